@@ -1,0 +1,43 @@
+"""Command line: ``python -m training {zoo,fit,export,hub,compare} ...``.
+
+Each sub-command lives in its own module exposing ``add_arguments(parser)`` and ``main(args)``;
+modules are imported lazily so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+COMMANDS = {
+    "zoo": ("training.zoo", "list the architectures with parameters and FLOPs, or summarise one"),
+    "fit": ("training.fit", "train an architecture end-to-end on a dataset and export it"),
+    "export": ("training.export", "export a trained checkpoint to models/<name>/<version>/"),
+    "hub": ("training.hub", "wrap a TF Hub model (handle or local path) end-to-end and export it"),
+    "compare": ("training.compare", "train and compare several architectures on one recipe"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        # Only the chosen command's module is imported (the others may pull heavy dependencies).
+        if argv and argv[0] == name:
+            module = importlib.import_module(module_name)
+            p = sub.add_parser(name, help=help_text, description=module.__doc__)
+            module.add_arguments(p)
+            p.set_defaults(_main=module.main)
+        else:
+            sub.add_parser(name, help=help_text)
+    args = parser.parse_args(argv)
+    return int(args._main(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

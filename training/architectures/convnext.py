@@ -1,0 +1,1 @@
+"""convnext family: being written."""

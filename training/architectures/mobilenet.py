@@ -1,0 +1,1 @@
+"""mobilenet family: being written."""

@@ -1,0 +1,1 @@
+"""xception family: being written."""
