@@ -1,0 +1,120 @@
+"""Service settings, read once from environment variables (all optional).
+
+| variable                   | default                  | meaning                                            |
+|----------------------------|--------------------------|----------------------------------------------------|
+| CONVZOO_MODEL              | imagenette               | model to serve, ``name`` or ``name:version``       |
+| CONVZOO_MODELS_DIR         | <repo>/models            | the model repository (``models/<name>/<version>``) |
+| CONVZOO_MAX_IMAGES         | 32                       | images per request                                 |
+| CONVZOO_MAX_REQUEST_BYTES  | 64 MiB                   | body size of one request (larger: 413)             |
+| CONVZOO_MAX_FILE_BYTES     | 32 MiB                   | size of one uploaded file                          |
+| CONVZOO_MAX_PIXELS         | 40 000 000               | width x height of one image (checked before decoding) |
+| CONVZOO_TOP_K              | 5                        | ``top_k`` when the request does not say            |
+| CONVZOO_MAX_TOP_K          | 100                      | largest ``top_k`` a request may ask for            |
+| CONVZOO_MAX_BATCH_SIZE     | 32                       | adaptive batching: most images per model call      |
+| CONVZOO_MAX_LATENCY_MS     | 1000                     | adaptive batching: longest a request may queue     |
+| CONVZOO_API_WORKERS        | 1                        | processes decoding images and answering HTTP       |
+| CONVZOO_DECODE_THREADS     | 4                        | decoding threads per API process                   |
+| CONVZOO_MODEL_WORKERS      | one per GPU, else 1      | processes running the model                        |
+| CONVZOO_TIMEOUT_S          | 60                       | request timeout                                    |
+| CONVZOO_MAX_CONCURRENCY    | 512                      | requests in flight before the server answers 503   |
+
+The same settings apply to ``bentoml serve`` from the repository root and to a built Bento.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+MiB = 1024 * 1024
+REPO_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+DEFAULT_MODEL = "imagenette"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may contain; anything beyond is refused before the model."""
+
+    max_images: int = 32
+    max_request_bytes: int = 64 * MiB
+    max_file_bytes: int = 32 * MiB
+    max_pixels: int = 40_000_000
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    model: str = DEFAULT_MODEL
+    models_dir: Path = REPO_MODELS_DIR
+    limits: Limits = Limits()
+    top_k: int = 5
+    max_top_k: int = 100
+    max_batch_size: int = 32
+    max_latency_ms: int = 1000
+    api_workers: int = 1
+    decode_threads: int = 4
+    model_workers: int = 1
+    timeout_s: int = 60
+    max_concurrency: int = 512
+
+
+def _int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+    if number < 1:
+        raise ValueError(f"{name} must be at least 1, got {number}")
+    return number
+
+
+def count_gpus() -> int:
+    """NVIDIA GPUs this process may use (CUDA_VISIBLE_DEVICES, else ``nvidia-smi -L``); 0 if none."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() not in ("", "-1")])
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    try:
+        listing = subprocess.run(
+            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in listing.splitlines() if line.startswith("GPU "))
+
+
+def load_config() -> ServiceConfig:
+    """The settings from the environment (see the module docstring)."""
+    limits = Limits(
+        max_images=_int("CONVZOO_MAX_IMAGES", Limits.max_images),
+        max_request_bytes=_int("CONVZOO_MAX_REQUEST_BYTES", Limits.max_request_bytes),
+        max_file_bytes=_int("CONVZOO_MAX_FILE_BYTES", Limits.max_file_bytes),
+        max_pixels=_int("CONVZOO_MAX_PIXELS", Limits.max_pixels),
+    )
+    config = ServiceConfig(
+        model=os.environ.get("CONVZOO_MODEL") or DEFAULT_MODEL,
+        models_dir=Path(os.environ.get("CONVZOO_MODELS_DIR") or REPO_MODELS_DIR),
+        limits=limits,
+        top_k=_int("CONVZOO_TOP_K", ServiceConfig.top_k),
+        max_top_k=_int("CONVZOO_MAX_TOP_K", ServiceConfig.max_top_k),
+        max_batch_size=_int("CONVZOO_MAX_BATCH_SIZE", ServiceConfig.max_batch_size),
+        max_latency_ms=_int("CONVZOO_MAX_LATENCY_MS", ServiceConfig.max_latency_ms),
+        api_workers=_int("CONVZOO_API_WORKERS", ServiceConfig.api_workers),
+        decode_threads=_int("CONVZOO_DECODE_THREADS", ServiceConfig.decode_threads),
+        model_workers=_int("CONVZOO_MODEL_WORKERS", max(1, count_gpus())),
+        timeout_s=_int("CONVZOO_TIMEOUT_S", ServiceConfig.timeout_s),
+        max_concurrency=_int("CONVZOO_MAX_CONCURRENCY", ServiceConfig.max_concurrency),
+    )
+    if config.top_k > config.max_top_k:
+        raise ValueError(
+            f"CONVZOO_TOP_K ({config.top_k}) exceeds CONVZOO_MAX_TOP_K ({config.max_top_k})"
+        )
+    if config.max_batch_size < 2:
+        raise ValueError("CONVZOO_MAX_BATCH_SIZE must be at least 2 (adaptive batching)")
+    return config

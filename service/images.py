@@ -1,0 +1,169 @@
+"""Turn uploaded bytes into model-ready RGB arrays, or refuse them with one clear reason.
+
+Pure PIL + numpy (no TensorFlow), so the API processes stay light. Everything that can go wrong
+with an upload (empty, not an image, truncated, too many bytes or pixels, odd modes) raises the
+single error type ``InvalidImage(filename, reason)``; nothing here ever reaches the model.
+
+Rules:
+
+- Formats: JPEG (also MPO, what many phones write), PNG, WebP, BMP, GIF (first frame).
+- The pixel count is checked from the header, before any pixel is decoded, so a decompression
+  bomb (a tiny file claiming 50000x50000) never allocates.
+- EXIF orientation is applied: a phone photo is classified upright.
+- Every mode becomes 8-bit RGB: grayscale is replicated, 16-bit is scaled (65535 -> 255), CMYK is
+  converted, transparency (RGBA, LA, PA, palette with a transparent colour) is composited on white.
+- ``prepare_image`` then center-crops to the model's aspect ratio and resizes with the filter the
+  model's own ``Resizing`` layer uses (``metadata.json`` "preprocessing"), so requests of any size
+  stack into one batch and the model's resize becomes an identity.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from service.config import Limits
+
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")  # JPEG includes MPO (phones)
+EXIF_ORIENTATION = 0x0112
+WHITE = (255, 255, 255)
+
+RESAMPLING = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+    "area": Image.Resampling.BOX,
+    "lanczos3": Image.Resampling.LANCZOS,
+}
+
+
+class InvalidImage(ValueError):
+    """An upload that cannot be classified; ``reason`` says why, in words a user understands."""
+
+    def __init__(self, filename: str, reason: str):
+        super().__init__(f"{filename}: {reason}")
+        self.filename = filename
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Resize:
+    """How to bring an image to the model's input size (mirrors keras ``Resizing``)."""
+
+    height: int
+    width: int
+    interpolation: str = "bilinear"
+    crop_to_aspect_ratio: bool = True
+
+    @classmethod
+    def from_metadata(cls, metadata: dict) -> Resize:
+        """From a model's ``metadata.json`` (``input_size`` and the optional "preprocessing")."""
+        height, width = metadata["input_size"]
+        preprocessing = metadata.get("preprocessing") or {}
+        interpolation = preprocessing.get("resize", "bilinear")
+        if interpolation not in RESAMPLING:
+            raise ValueError(
+                f"unsupported resize {interpolation!r} in metadata; one of {sorted(RESAMPLING)}"
+            )
+        crop = bool(preprocessing.get("crop_to_aspect_ratio", True))
+        return cls(int(height), int(width), interpolation, crop)
+
+
+def decode_image(data: bytes, filename: str, limits: Limits = Limits()) -> np.ndarray:
+    """The upload as uint8 RGB ``[height, width, 3]``, upright; raises ``InvalidImage``."""
+    return np.asarray(_decode(data, filename, limits))
+
+
+def prepare_image(
+    data: bytes, filename: str, resize: Resize, limits: Limits = Limits()
+) -> np.ndarray:
+    """Decode, crop and resize one upload: uint8 RGB ``[resize.height, resize.width, 3]``."""
+    image = _decode(data, filename, limits)
+    box = crop_box(image.height, image.width, resize) if resize.crop_to_aspect_ratio else None
+    resized = image.resize(
+        (resize.width, resize.height), resample=RESAMPLING[resize.interpolation], box=box
+    )
+    return np.asarray(resized)
+
+
+def crop_box(height: int, width: int, resize: Resize) -> tuple[int, int, int, int]:
+    """The centered (left, top, right, bottom) box of the target aspect ratio, as keras crops it."""
+    crop_height = max(min(height, int(width * resize.height / resize.width)), 1)
+    crop_width = max(min(width, int(height * resize.width / resize.height)), 1)
+    top = int((height - crop_height) / 2)
+    left = int((width - crop_width) / 2)
+    return (left, top, left + crop_width, top + crop_height)
+
+
+def _decode(data: bytes, filename: str, limits: Limits) -> Image.Image:
+    if not data:
+        raise InvalidImage(filename, "the file is empty")
+    if len(data) > limits.max_file_bytes:
+        raise InvalidImage(
+            filename, f"the file has {len(data)} bytes; the limit is {limits.max_file_bytes}"
+        )
+    try:
+        with Image.open(io.BytesIO(data), formats=FORMATS) as image:
+            _check_pixels(image, filename, limits)
+            return _to_rgb(_upright(image), filename)
+    except InvalidImage:
+        raise
+    except UnidentifiedImageError:
+        raise InvalidImage(
+            filename, "not an image in a supported format (JPEG, PNG, WebP, BMP, GIF)"
+        ) from None
+    except Image.DecompressionBombError as error:
+        raise InvalidImage(filename, f"decompression bomb refused: {error}") from None
+    except Exception as error:  # noqa: BLE001 - PIL raises many types on malformed input
+        raise InvalidImage(filename, f"the image cannot be decoded ({error})") from None
+
+
+def _check_pixels(image: Image.Image, filename: str, limits: Limits) -> None:
+    """Refuse absurd dimensions from the header alone, before any pixel is decoded."""
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise InvalidImage(filename, f"the image has no pixels ({width}x{height})")
+    if width * height > limits.max_pixels:
+        raise InvalidImage(
+            filename,
+            f"the image is {width}x{height} = {width * height} pixels; "
+            f"the limit is {limits.max_pixels}",
+        )
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation tag (a transposed copy only when the tag asks for one)."""
+    orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    if orientation in range(2, 9):
+        return ImageOps.exif_transpose(image)
+    return image
+
+
+def _to_rgb(image: Image.Image, filename: str) -> Image.Image:
+    """8-bit RGB whatever the mode; loads the pixels (so truncation is detected here)."""
+    image.load()
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("L", "1", "CMYK", "YCbCr"):
+        return image.convert("RGB")
+    if mode.startswith("I;16") or mode == "I":
+        return _sixteen_bit_to_rgb(image)
+    if mode == "P" and "transparency" not in image.info:
+        return image.convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "P", "La", "RGBa"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, WHITE)
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    raise InvalidImage(filename, f"unsupported image mode {mode!r}")
+
+
+def _sixteen_bit_to_rgb(image: Image.Image) -> Image.Image:
+    """16-bit grayscale (PNG) scaled to 8 bits: 65535 -> 255."""
+    values = np.asarray(image).astype(np.uint32)
+    gray = ((values * 255 + 32767) // 65535).clip(0, 255).astype(np.uint8)
+    return Image.fromarray(gray).convert("RGB")
