@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import keras
 import numpy as np
 import pytest
@@ -81,4 +83,56 @@ def test_parameter_count_equals_keras_applications(name):
         if isinstance(layer, (keras.layers.Normalization, keras.layers.Rescaling))
     )
     assert ours.count_params() == theirs.count_params() - preprocessing
+    keras.backend.clear_session()
+
+
+@dataclass(frozen=True)
+class PaperFigure:
+    """A published parameter figure for a model without a keras twin, and how to compare."""
+
+    exact: int
+    """Our exact parameter count at the reference size (derived by hand, see the module docstring)."""
+    paper: float
+    """The figure the paper states (rounded)."""
+    num_classes: int = 1000
+    counts: str = "all"
+    """Which of our parameters the paper's figure covers: "all"; "hidden" (not the output layer);
+    "kernels_in_1024s" (conv/dense kernels only, no biases, in the paper's units of 1024)."""
+    tolerance: float = 0.01
+
+
+PAPER_PARAMS = {
+    # "60,000 trainable parameters" = C1..F6 exactly; the RBF output layer was set by hand.
+    "lenet5": PaperFigure(exact=60_850, paper=60_000, num_classes=10, counts="hidden", tolerance=0.0),
+    # "60 million parameters": the paper rounds 60.97M down, hence 2%.
+    "alexnet": PaperFigure(exact=60_965_224, paper=60_000_000, tolerance=0.02),
+    # Table 1's "6.8M": weights in units of 1024 ("1000K" for the 1024x1000 linear layer).
+    "inception_v1": PaperFigure(exact=6_998_552, paper=6_800_000, counts="kernels_in_1024s"),
+    "resnet18": PaperFigure(exact=11_703_912, paper=11_700_000),  # table 1 / torchvision: 11.7M
+    "resnet34": PaperFigure(exact=21_823_208, paper=21_800_000),  # 21.8M
+}
+
+
+def _paper_comparable(model, counts: str) -> float:
+    if counts == "all":
+        return model.count_params()
+    if counts == "hidden":
+        return model.count_params() - model.get_layer("predictions").count_params()
+    if counts == "kernels_in_1024s":
+        kernels = sum(int(np.prod(w.shape)) for w in model.weights if w.path.endswith("kernel"))
+        return kernels / 1.024
+    raise ValueError(f"unknown parameter convention {counts!r}")
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=_marks(n)) for n in PAPER_PARAMS]
+)
+def test_parameter_count_matches_the_paper(name):
+    """Faithfulness for models without a keras twin: our exact count, close to the paper's."""
+    figure = PAPER_PARAMS[name]
+    assert model_info(name).keras_application is None
+    model = create_model(name, num_classes=figure.num_classes)
+    assert model.count_params() == figure.exact
+    comparable = _paper_comparable(model, figure.counts)
+    assert abs(comparable - figure.paper) <= figure.tolerance * figure.paper
     keras.backend.clear_session()
