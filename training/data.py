@@ -1,0 +1,280 @@
+"""Datasets for training: a folder of class sub-folders, or TensorFlow Datasets' Imagenette.
+
+    data = load_data("/work/shared/data/imagenette2-train", image_size=128)   # or "imagenette"
+    print(data.describe())
+    train = pipeline(data.splits["train"], batch_size=64, num_classes=data.num_classes,
+                     training=True, augmentation=Augmentation(mixup=0.2))
+
+Folders are split per class with a fixed seed (70% / 15% / 15% by default): file lists are sorted
+and permuted by NumPy's PCG64 generator, so the split is the same on every run and machine.
+TFDS ``imagenette`` keeps the official ``validation`` split for validation and holds out the end of
+``train`` (``train[70%:]`` by default) as the test split.
+
+Every split yields ``(uint8 image [h, w, 3], int32 label)``, decoded to RGB (grayscale, palette and
+RGBA files included) and resized once with ``training.end_to_end.resize_images`` (so the model's own
+resize layer is an identity during training); staying uint8 keeps the in-memory cache compact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from training.end_to_end import Augmentation, image_hw, resize_images
+from training.labels import human_labels, load_label_map
+
+AUTOTUNE = tf.data.AUTOTUNE
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp"})
+SPLITS = ("train", "validation", "test")
+TFDS_NAME = "imagenette"
+
+
+@dataclass(frozen=True)
+class SplitFractions:
+    """Shares of each class held out for validation and test (the rest trains); seeded."""
+
+    validation: float = 0.15
+    test: float = 0.15
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.validation < 0 or self.test < 0 or self.validation + self.test >= 1:
+            raise ValueError(f"validation + test fractions must leave some training data: {self}")
+
+    @property
+    def train(self) -> float:
+        return 1.0 - self.validation - self.test
+
+
+@dataclass(frozen=True)
+class FolderSplit:
+    """File paths and integer labels of each split of a class-folder dataset."""
+
+    class_ids: tuple[str, ...]
+    files: dict[str, tuple[tuple[str, int], ...]]  # split -> ((path, label), ...)
+
+
+@dataclass(frozen=True)
+class Data:
+    """A dataset ready for the pipeline: unbatched splits of resized uint8 images + int labels."""
+
+    name: str
+    class_ids: tuple[str, ...]
+    labels: tuple[str, ...]
+    image_size: tuple[int, int]
+    splits: dict[str, tf.data.Dataset]
+    sizes: dict[str, int]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_ids)
+
+    def describe(self) -> str:
+        counts = ", ".join(f"{split} {self.sizes[split]:,}" for split in SPLITS)
+        return (
+            f"dataset {self.name}: {self.num_classes} classes, {counts} images "
+            f"at {self.image_size[0]}x{self.image_size[1]}"
+        )
+
+
+def split_folder(root: str | Path, fractions: SplitFractions = SplitFractions()) -> FolderSplit:
+    """Stratified, seeded split of ``root/<class>/<image>`` into train / validation / test."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder not found: {root}")
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(class_dirs) < 2:
+        raise ValueError(f"{root} needs at least two class sub-folders, found {len(class_dirs)}")
+    rng = np.random.default_rng(fractions.seed)
+    files: dict[str, list[tuple[str, int]]] = {split: [] for split in SPLITS}
+    for label, class_dir in enumerate(class_dirs):
+        paths = sorted(
+            str(p) for p in class_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+        )
+        if not paths:
+            raise ValueError(f"class folder {class_dir} has no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+        order = rng.permutation(len(paths))
+        n_test = round(len(paths) * fractions.test)
+        n_validation = round(len(paths) * fractions.validation)
+        bounds = {"test": (0, n_test), "validation": (n_test, n_test + n_validation)}
+        bounds["train"] = (n_test + n_validation, len(paths))
+        for split, (start, stop) in bounds.items():
+            files[split].extend((paths[i], label) for i in order[start:stop])
+    # Mix the classes within each split (so --limit keeps a sample of every class).
+    mixed = {split: tuple(items[i] for i in rng.permutation(len(items))) for split, items in files.items()}
+    return FolderSplit(class_ids=tuple(d.name for d in class_dirs), files=mixed)
+
+
+def decode_and_resize(image_bytes: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
+    """Encoded JPEG/PNG/GIF/BMP -> RGB -> resized uint8 ``[h, w, 3]`` (rounded and clipped)."""
+    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    return to_uint8(resize_images(image, image_size))
+
+
+def to_uint8(pixels: tf.Tensor) -> tf.Tensor:
+    """Float pixels 0..255 -> uint8, rounding to nearest (antialiased resizing can overshoot)."""
+    return tf.cast(tf.clip_by_value(tf.round(pixels), 0.0, 255.0), tf.uint8)
+
+
+def load_folder(
+    root: str | Path,
+    image_size: int | tuple[int, int],
+    *,
+    fractions: SplitFractions = SplitFractions(),
+    label_map: dict[str, str] | None = None,
+    limit: int | None = None,
+) -> Data:
+    """A class-folder dataset, split and decoded lazily; ``limit`` caps the images per split."""
+    size = image_hw(image_size)
+    split = split_folder(root, fractions)
+    datasets, sizes = {}, {}
+    for name, items in split.files.items():
+        items = items[:limit] if limit else items
+        paths = [path for path, _ in items]
+        labels = np.array([label for _, label in items], dtype=np.int32)
+        ds = tf.data.Dataset.from_tensor_slices((paths, labels))
+        datasets[name] = ds.map(
+            lambda path, label: (decode_and_resize(tf.io.read_file(path), size), label),
+            num_parallel_calls=AUTOTUNE,
+        )
+        sizes[name] = len(items)
+    return Data(
+        name=Path(root).resolve().name,
+        class_ids=split.class_ids,
+        labels=tuple(human_labels(list(split.class_ids), label_map)),
+        image_size=size,
+        splits=datasets,
+        sizes=sizes,
+    )
+
+
+def tfds_splits(fractions: SplitFractions) -> dict[str, str]:
+    """TFDS split strings: the start of ``train`` trains, its end tests, ``validation`` validates."""
+    percent = round(100 * fractions.train)
+    return {"train": f"train[:{percent}%]", "validation": "validation", "test": f"train[{percent}%:]"}
+
+
+def load_tfds(
+    image_size: int | tuple[int, int],
+    *,
+    name: str = TFDS_NAME,
+    fractions: SplitFractions = SplitFractions(),
+    label_map: dict[str, str] | None = None,
+    limit: int | None = None,
+    data_dir: str | None = None,
+) -> Data:
+    """A TensorFlow Datasets image classification set (downloads and prepares it on first use)."""
+    import tensorflow_datasets as tfds  # heavy import, only on this path
+
+    size = image_hw(image_size)
+    split_names = tfds_splits(fractions)
+    loaded, info = tfds.load(
+        name,
+        split=[split_names[s] for s in SPLITS],
+        as_supervised=True,
+        shuffle_files=False,
+        with_info=True,
+        data_dir=data_dir,
+    )
+    datasets, sizes = {}, {}
+    for split, ds in zip(SPLITS, loaded):
+        count = _split_size(info, split_names[split], ds)
+        if limit:
+            ds, count = ds.take(limit), min(count, limit)
+        datasets[split] = ds.map(
+            lambda image, label: (to_uint8(resize_images(image, size)), tf.cast(label, tf.int32)),
+            num_parallel_calls=AUTOTUNE,
+        )
+        sizes[split] = count
+    class_ids = tuple(info.features["label"].names)
+    return Data(
+        name=name,
+        class_ids=class_ids,
+        labels=tuple(human_labels(list(class_ids), label_map)),
+        image_size=size,
+        splits=datasets,
+        sizes=sizes,
+    )
+
+
+def load_data(
+    source: str,
+    image_size: int | tuple[int, int],
+    *,
+    fractions: SplitFractions = SplitFractions(),
+    labels_map: str | Path | None = None,
+    limit: int | None = None,
+) -> Data:
+    """``"imagenette"`` -> TFDS; anything else is a folder of class sub-folders."""
+    label_map = load_label_map(labels_map) if labels_map else None
+    if source == TFDS_NAME:
+        return load_tfds(image_size, fractions=fractions, label_map=label_map, limit=limit)
+    return load_folder(source, image_size, fractions=fractions, label_map=label_map, limit=limit)
+
+
+def pipeline(
+    ds: tf.data.Dataset,
+    *,
+    batch_size: int,
+    num_classes: int,
+    training: bool = False,
+    augmentation: Augmentation | None = None,
+    cache: bool = True,
+    seed: int = 0,
+) -> tf.data.Dataset:
+    """cache -> shuffle (training) -> batch -> one-hot labels -> MixUp/CutMix (training) -> prefetch.
+
+    Yields ``(images, one-hot float32 labels)``; images stay uint8 unless a batch was mixed.
+    """
+    if cache:
+        ds = ds.cache()
+    if training:
+        ds = ds.shuffle(_buffer_size(ds), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+    ds = ds.map(lambda images, labels: (images, tf.one_hot(labels, num_classes)), num_parallel_calls=AUTOTUNE)
+    if training and augmentation is not None and augmentation.mixes_batches:
+        ds = ds.map(batch_mixer(augmentation, seed), num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)
+
+
+def batch_mixer(augmentation: Augmentation, seed: int = 0):
+    """A tf.data map function applying MixUp or CutMix (one at random when both are enabled)."""
+    mixers = []
+    if augmentation.mixup:
+        mixers.append(keras.layers.MixUp(alpha=augmentation.mixup, seed=seed))
+    if augmentation.cutmix:
+        mixers.append(keras.layers.CutMix(factor=augmentation.cutmix, seed=seed + 1))
+    if not mixers:
+        raise ValueError("batch_mixer needs mixup or cutmix > 0")
+    chooser = keras.random.SeedGenerator(seed + 2)
+
+    def mix(images, labels):
+        data = {"images": tf.cast(images, tf.float32), "labels": labels}
+        if len(mixers) == 1:
+            mixed = mixers[0](data, training=True)
+        else:
+            use_first = keras.random.uniform((), seed=chooser) < 0.5
+            mixed = tf.cond(
+                use_first, lambda: mixers[0](data, training=True), lambda: mixers[1](data, training=True)
+            )
+        return mixed["images"], mixed["labels"]
+
+    return mix
+
+
+def _split_size(info, split: str, ds: tf.data.Dataset) -> int:
+    """Examples in a TFDS split, from its metadata, else counted (metadata without split sizes)."""
+    try:
+        return info.splits[split].num_examples
+    except KeyError:
+        return int(ds.reduce(0, lambda count, _: count + 1))
+
+
+def _buffer_size(ds: tf.data.Dataset) -> int:
+    """Shuffle over the whole split when its size is known (it is for folders and TFDS)."""
+    size = int(ds.cardinality())
+    return size if size > 0 else 10_000
