@@ -1,0 +1,102 @@
+"""One step of the user ladder: a headless Locust run in its own process, and its CSV parsed.
+
+Locust (gevent) never shares a process with TensorFlow, so it runs as
+``locust -f benchmarks/locustfile.py --headless --users N --spawn-rate N --run-time Ts
+--reset-stats --csv PREFIX`` with the images passed through environment variables (see the
+locustfile). ``--reset-stats`` drops the ramp-up: the figures cover the time all N users were
+running. The ``Aggregated`` row of ``PREFIX_stats.csv`` gives one ``Step``; Locust's
+``PREFIX_stats_history.csv`` (per-second figures) stays beside it for a closer look.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.modelrepo import REPO
+from benchmarks.servers import pin_prefix
+
+LOCUSTFILE = REPO / "benchmarks" / "locustfile.py"
+LOCUST_GRACE_S = 60  # start-up and shut-down of Locust beyond the step's run time
+
+
+@dataclass(frozen=True)
+class Step:
+    """One server at one number of concurrent users (latencies in ms, as Locust reports them)."""
+
+    server: str
+    users: int
+    seconds: float
+    requests: int
+    failures: int
+    requests_per_s: float
+    images_per_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    mean_ms: float
+
+
+class LocustError(RuntimeError):
+    """Locust did not run or wrote no statistics."""
+
+
+def locust_command(host: str, users: int, seconds: float, csv_prefix: Path,
+                   cpus: str | None) -> list[str]:
+    locust = Path(sys.executable).with_name("locust")
+    return pin_prefix(cpus) + [
+        str(locust), "-f", str(LOCUSTFILE), "--headless", "--host", host,
+        "--users", str(users), "--spawn-rate", str(users), "--run-time", f"{seconds:g}s",
+        "--reset-stats", "--only-summary", "--csv", str(csv_prefix), "--exit-code-on-error", "0",
+    ]
+
+
+def run_step(server: str, host: str, users: int, seconds: float, images: list[Path],
+             images_per_request: int, csv_prefix: Path, cpus: str | None) -> Step:
+    """Run Locust for one step and return its figures; its console output goes to PREFIX.log."""
+    csv_prefix.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ,
+           "CONVZOO_BENCH_IMAGES": os.pathsep.join(str(p) for p in images),
+           "CONVZOO_BENCH_IMAGES_PER_REQUEST": str(images_per_request)}
+    log_path = csv_prefix.with_suffix(".log")
+    with log_path.open("wb") as log:
+        finished = subprocess.run(
+            locust_command(host, users, seconds, csv_prefix, cpus), env=env, cwd=REPO,
+            stdout=log, stderr=subprocess.STDOUT, timeout=seconds + LOCUST_GRACE_S,
+        )
+    if finished.returncode != 0:
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-10:])
+        raise LocustError(f"locust exited with code {finished.returncode}:\n{tail}")
+    return parse_stats(Path(f"{csv_prefix}_stats.csv"), server, users, images_per_request)
+
+
+def parse_stats(stats_csv: Path, server: str, users: int, images_per_request: int) -> Step:
+    """The ``Aggregated`` row of a Locust ``_stats.csv`` as a ``Step``."""
+    if not stats_csv.is_file():
+        raise LocustError(f"Locust wrote no {stats_csv}")
+    with stats_csv.open(newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if row["Name"] == "Aggregated"]
+    if not rows:
+        raise LocustError(f"{stats_csv} has no Aggregated row")
+    row = rows[0]
+    requests = int(row["Request Count"])
+    failures = int(row["Failure Count"])
+    requests_per_s = float(row["Requests/s"])
+    succeeded_per_s = requests_per_s * (requests - failures) / requests if requests else 0.0
+    return Step(
+        server=server, users=users,
+        seconds=requests / requests_per_s if requests_per_s else 0.0,
+        requests=requests, failures=failures, requests_per_s=requests_per_s,
+        images_per_s=succeeded_per_s * images_per_request,
+        p50_ms=_number(row["50%"]), p95_ms=_number(row["95%"]), p99_ms=_number(row["99%"]),
+        mean_ms=_number(row["Average Response Time"]),
+    )
+
+
+def _number(text: str) -> float:
+    """Locust writes "N/A" when a step had no requests."""
+    return float("nan") if text in ("", "N/A") else float(text)

@@ -1,0 +1,101 @@
+"""Locust load test of ``POST /classify`` (DESIGN.md, contract 2), for any server that follows it.
+
+    CONVZOO_BENCH_IMAGES=a.jpg:b.jpg locust -f benchmarks/locustfile.py --headless \\
+        --users 8 --spawn-rate 8 --run-time 20s --host http://127.0.0.1:3000
+
+``python -m benchmarks.load`` runs it for you (one Locust process per step of the user ladder).
+Settings come from environment variables, so no TensorFlow (and nothing of this project) is
+imported here; gevent and TensorFlow must never share a process:
+
+| variable                           | meaning                                             |
+|------------------------------------|-----------------------------------------------------|
+| CONVZOO_BENCH_IMAGES               | image files, separated by ``os.pathsep`` (required) |
+| CONVZOO_BENCH_IMAGES_PER_REQUEST   | images in one request (default 1)                   |
+
+The files are read once at start and every request body is built then, so the load generator
+spends its CPU on sending, not on encoding. Users send back to back (no wait time: a closed loop,
+``users`` = requests in flight); each starts at a different place in the image list and walks
+through it in order, so every size of the mix is sent equally often. A request counts as failed
+unless the server answers 200 with a JSON list of one result (with a ``label``) per image.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from pathlib import Path
+
+from locust import FastHttpUser, constant, task
+
+IMAGES_VAR = "CONVZOO_BENCH_IMAGES"
+PER_REQUEST_VAR = "CONVZOO_BENCH_IMAGES_PER_REQUEST"
+
+
+def encode_multipart(files: list[tuple[str, bytes]], field: str = "images") -> tuple[bytes, str]:
+    """A multipart/form-data body with one part per (filename, bytes) in ``field``; and its type."""
+    boundary = uuid.uuid4().hex
+    parts = []
+    for filename, data in files:
+        suffix = Path(filename).suffix.lower().lstrip(".")
+        content_type = "image/jpeg" if suffix in ("jpg", "jpeg") else f"image/{suffix or 'octet-stream'}"
+        parts.append(
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; "
+            f"filename=\"{filename}\"\r\nContent-Type: {content_type}\r\n\r\n".encode() + data + b"\r\n"
+        )
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def build_requests(paths: list[Path], per_request: int) -> list[tuple[bytes, str, int]]:
+    """One prepared request per starting image: (body, content type, number of images)."""
+    files = [(path.name, path.read_bytes()) for path in paths]
+    prepared = []
+    for start in range(len(files)):
+        chosen = [files[(start + i) % len(files)] for i in range(per_request)]
+        body, content_type = encode_multipart(chosen)
+        prepared.append((body, content_type, per_request))
+    return prepared
+
+
+def _load_requests() -> list[tuple[bytes, str, int]]:
+    listing = os.environ.get(IMAGES_VAR, "")
+    paths = [Path(p) for p in listing.split(os.pathsep) if p]
+    if not paths:
+        raise SystemExit(f"set {IMAGES_VAR} to image files separated by {os.pathsep!r}")
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise SystemExit(f"{IMAGES_VAR}: files not found: {missing}")
+    return build_requests(paths, int(os.environ.get(PER_REQUEST_VAR, "1")))
+
+
+REQUESTS = _load_requests()
+_user_numbers = itertools.count()
+
+
+class ClassifyUser(FastHttpUser):
+    """Posts prepared requests to ``/classify`` back to back, checking every answer."""
+
+    wait_time = constant(0)
+
+    def on_start(self) -> None:
+        offset = next(_user_numbers) * 7  # users start at different images
+        self._requests = itertools.islice(itertools.cycle(REQUESTS), offset % len(REQUESTS), None)
+
+    @task
+    def classify(self) -> None:
+        body, content_type, count = next(self._requests)
+        with self.client.post("/classify", data=body, headers={"Content-Type": content_type},
+                              catch_response=True) as response:
+            if response.status_code != 200:
+                response.failure(f"HTTP {response.status_code}: {(response.text or '')[:200]}")
+                return
+            try:
+                results = response.json()
+            except ValueError:
+                response.failure("the answer is not JSON")
+                return
+            if not isinstance(results, list) or len(results) != count or not all(
+                isinstance(r, dict) and "label" in r for r in results
+            ):
+                response.failure(f"expected a list of {count} results with 'label', got {str(results)[:200]}")

@@ -1,0 +1,71 @@
+"""Find an exported model in the model repository (``models/<name>/<version>/``) and load it.
+
+The benchmark kit reads the repository directly (DESIGN.md, contract 1), so every server and the
+in-process ceiling measure the very same folder. ``resolve`` and ``read_metadata`` need no
+TensorFlow; ``load_signatures`` imports it when called.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_MODELS_DIR = Path(os.environ.get("CONVZOO_MODELS_DIR") or REPO / "models")
+DEFAULT_MODEL = os.environ.get("CONVZOO_MODEL") or "imagenette"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    name: str
+    version: int
+    path: Path
+
+    @property
+    def spec(self) -> str:
+        """``name:version``, as ``CONVZOO_MODEL`` and ``--model`` take it."""
+        return f"{self.name}:{self.version}"
+
+
+def versions(models_dir: Path, name: str) -> list[int]:
+    """Complete exports of ``name`` (a SavedModel and a metadata.json), oldest first."""
+    folder = Path(models_dir) / name
+    if not folder.is_dir():
+        return []
+    return sorted(
+        int(p.name) for p in folder.iterdir()
+        if p.name.isdigit() and (p / "saved_model.pb").is_file() and (p / "metadata.json").is_file()
+    )
+
+
+def resolve(spec: str, models_dir: Path = DEFAULT_MODELS_DIR) -> ModelRef:
+    """``"name"`` (latest version) or ``"name:version"`` to the exported folder; clear error if absent."""
+    name, _, version = spec.strip().partition(":")
+    available = versions(models_dir, name)
+    if not available:
+        names = sorted(p.name for p in Path(models_dir).glob("*") if versions(models_dir, p.name))
+        raise FileNotFoundError(
+            f"no exported model {name!r} in {models_dir}; models there: {names or 'none'} "
+            "(export one with `python -m training fit ...`, or pass --model / --models-dir)"
+        )
+    if version in ("", "latest"):
+        chosen = available[-1]
+    elif version.isdigit() and int(version) in available:
+        chosen = int(version)
+    else:
+        raise FileNotFoundError(f"{name} has versions {available} in {models_dir}, not {version!r}")
+    return ModelRef(name, chosen, Path(models_dir) / name / str(chosen))
+
+
+def read_metadata(ref: ModelRef) -> dict:
+    return json.loads((ref.path / "metadata.json").read_text())
+
+
+def load_signatures(ref: ModelRef):
+    """The loaded SavedModel's signatures (``serving_default`` and the bytes one, ``serve_bytes``)."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(ref.path))
+    return loaded, loaded.signatures

@@ -1,0 +1,110 @@
+"""Peer (b): Ray Serve with ``@serve.batch`` (dynamic batching across requests).
+
+    python -m benchmarks.peers.ray_server --model imagenette --port 3002
+
+One replica of a deployment whose FastAPI ingress decodes the uploads with PIL (the same decode
+as the FastAPI peer) and sends each image to a ``@serve.batch`` method, which stacks what has
+queued (up to ``--max-batch-size`` images, waiting at most ``--batch-wait-ms``) into one
+``serving_default`` call. Ray's HTTP proxy (a separate actor) forwards requests to the replica,
+as in any Ray Serve deployment. Same HTTP contract as the BentoML service for what the load test
+uses: ``POST /classify``, ``POST /metadata``, ``GET /readyz``.
+
+A local Ray instance is started with as many CPUs as this process may use (its affinity, so
+``taskset`` limits Ray's processes as well), no dashboard and a small object store; SIGTERM or
+Ctrl-C shuts Serve and Ray down.
+"""
+
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import numpy as np  # noqa: E402
+import ray  # noqa: E402
+from fastapi import FastAPI, File, HTTPException, UploadFile  # noqa: E402
+from ray import serve  # noqa: E402
+
+from benchmarks.modelrepo import DEFAULT_MODEL, DEFAULT_MODELS_DIR, read_metadata, resolve  # noqa: E402
+from benchmarks.peers.common import answer, decode  # noqa: E402
+
+OBJECT_STORE_BYTES = 256 * 1024 * 1024
+app = FastAPI(title="convzoo (Ray Serve peer)")
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
+@serve.ingress(app)
+class Classifier:
+    def __init__(self, model: str, models_dir: str, max_batch_size: int, batch_wait_ms: float):
+        import tensorflow as tf
+
+        self.ref = resolve(model, Path(models_dir))
+        metadata = read_metadata(self.ref)
+        self.labels, self.size = metadata["labels"], tuple(metadata["input_size"])
+        self.serving = tf.saved_model.load(str(self.ref.path)).signatures["serving_default"]
+        self.predict.set_max_batch_size(max_batch_size)
+        self.predict.set_batch_wait_timeout_s(batch_wait_ms / 1000)
+
+    @app.get("/readyz")
+    async def readyz(self) -> str:
+        return "ok"
+
+    @app.post("/metadata")
+    async def describe(self) -> dict:
+        return {"name": self.ref.name, "version": self.ref.version, "labels": self.labels,
+                "input_size": list(self.size)}
+
+    @app.post("/classify")
+    async def classify(self, images: list[UploadFile] = File(...)) -> list[dict]:
+        arrays = []
+        for upload in images:
+            try:
+                arrays.append(decode(await upload.read(), self.size))
+            except OSError as error:
+                raise HTTPException(400, f"{upload.filename}: not a readable image ({error})")
+        rows = await asyncio.gather(*(self.predict(array) for array in arrays))
+        return [answer(row, self.labels) for row in rows]
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def predict(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        import tensorflow as tf
+
+        probabilities = self.serving(images=tf.constant(np.stack(arrays)))["probabilities"]
+        return list(probabilities.numpy())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.peers.ray_server", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="NAME or NAME:VERSION")
+    parser.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=3002)
+    parser.add_argument("--max-batch-size", type=int, default=32)
+    parser.add_argument("--batch-wait-ms", type=float, default=5.0)
+    args = parser.parse_args(argv)
+    resolve(args.model, args.models_dir)  # fail fast, before starting Ray
+
+    ray.init(num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False,
+             object_store_memory=OBJECT_STORE_BYTES, log_to_driver=False)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # after ray.init, which sets its own
+    try:
+        serve.start(http_options={"host": args.host, "port": args.port})
+        serve.run(Classifier.bind(args.model, str(args.models_dir.resolve()), args.max_batch_size,
+                                  args.batch_wait_ms), route_prefix="/")
+        print(f"Ray Serve ready on http://{args.host}:{args.port}", flush=True)
+        signal.pause()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

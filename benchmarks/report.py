@@ -1,0 +1,175 @@
+"""The load benchmark's outputs: ``steps.csv``, ``ceiling.csv``, ``report.md`` and ``plot.png``.
+
+The targets (each a ratio from the same run on the same machine) compare the service under test
+(the BentoML service when measured, else the first server) with the in-process ceiling and peers:
+
+- efficiency: images/s at saturation ÷ in-process end-to-end ceiling images/s, at least 0.90;
+- overhead: p50 at one user − in-process end-to-end p50 at batch 1, at most 3 ms;
+- vs FastAPI: at least 2× its images/s at saturation, with p99 no worse;
+- vs Ray Serve: more images/s at saturation than it, with p99 no worse.
+
+"Saturation" is the step with the most images/s. "p99 no worse" compares the p99 of both servers
+at the same number of users: the one where the service under test saturates.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import matplotlib
+import matplotlib.ticker
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from benchmarks.ladder import Step  # noqa: E402
+
+EFFICIENCY_GOAL = 0.90
+OVERHEAD_GOAL_MS = 3.0
+FASTAPI_FACTOR_GOAL = 2.0
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    measured: str
+    goal: str
+    passed: bool | None  # None: not measurable in this run
+
+
+def saturation(steps: list[Step]) -> Step:
+    return max(steps, key=lambda s: s.images_per_s)
+
+
+def at_users(steps: list[Step], users: int) -> Step | None:
+    return next((s for s in steps if s.users == users), None)
+
+
+def evaluate_targets(subject: str, by_server: dict[str, list[Step]], ceiling: dict | None) -> list[Target]:
+    steps = by_server.get(subject) or []
+    if not steps:
+        return []
+    peak = saturation(steps)
+    targets = []
+    if ceiling and "e2e_images_per_s" in ceiling:
+        ratio = peak.images_per_s / ceiling["e2e_images_per_s"]
+        targets.append(Target(
+            "efficiency", f"{peak.images_per_s:.1f} / {ceiling['e2e_images_per_s']:.1f} = {ratio:.2f} "
+            f"({peak.users} users; ceiling {ceiling['e2e_mode']} batch {ceiling['e2e_batch_size']})",
+            f">= {EFFICIENCY_GOAL:.2f}", ratio >= EFFICIENCY_GOAL))
+    one_user = at_users(steps, 1)
+    if ceiling and "e2e_p50_ms_batch1" in ceiling and one_user is not None:
+        overhead = one_user.p50_ms - ceiling["e2e_p50_ms_batch1"]
+        targets.append(Target(
+            "overhead at one user", f"{one_user.p50_ms:.1f} − {ceiling['e2e_p50_ms_batch1']:.1f} = "
+            f"{overhead:.1f} ms (p50; ceiling {ceiling['e2e_batch1_mode']} batch 1)",
+            f"<= {OVERHEAD_GOAL_MS:.0f} ms", overhead <= OVERHEAD_GOAL_MS))
+    for peer, factor, strict in (("fastapi", FASTAPI_FACTOR_GOAL, False), ("ray", 1.0, True)):
+        if peer != subject and by_server.get(peer):
+            targets.append(_versus(subject, peak, peer, by_server[peer], factor, strict))
+    return targets
+
+
+def _versus(subject: str, peak: Step, peer: str, peer_steps: list[Step], factor: float,
+            strict: bool) -> Target:
+    peer_peak = saturation(peer_steps)
+    ratio = peak.images_per_s / peer_peak.images_per_s if peer_peak.images_per_s else math.inf
+    fast_enough = ratio > factor if strict else ratio >= factor
+    same_users = at_users(peer_steps, peak.users)
+    p99_ok = same_users is not None and peak.p99_ms <= same_users.p99_ms
+    p99_text = (f"p99 at {peak.users} users {peak.p99_ms:.0f} vs {same_users.p99_ms:.0f} ms"
+                if same_users else f"{peer} has no step at {peak.users} users")
+    goal = f"{'>' if strict else '>='} {factor:g}x images/s, p99 no worse"
+    return Target(f"vs {peer}", f"{peak.images_per_s:.1f} / {peer_peak.images_per_s:.1f} = "
+                  f"{ratio:.2f}x; {p99_text}", goal, fast_enough and p99_ok)
+
+
+def write_steps_csv(path: Path, steps: list[Step]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[f.name for f in fields(Step)])
+        writer.writeheader()
+        writer.writerows(asdict(s) for s in steps)
+
+
+def write_ceiling_csv(path: Path, points: list[dict]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(points[0]))
+        writer.writeheader()
+        writer.writerows(points)
+
+
+def steps_table(steps: list[Step]) -> str:
+    lines = ["| users | requests | failures | requests/s | images/s | p50 ms | p95 ms | p99 ms |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {s.users} | {s.requests} | {s.failures} | {s.requests_per_s:.1f} | "
+              f"{s.images_per_s:.1f} | {s.p50_ms:.0f} | {s.p95_ms:.0f} | {s.p99_ms:.0f} |"
+              for s in steps]
+    return "\n".join(lines)
+
+
+def ceiling_table(points: list[dict]) -> str:
+    lines = ["| mode | batch | runs | batch p50 ms | batch p95 ms | images/s |",
+             "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {p['mode']} | {p['batch_size']} | {p['runs']} | {p['p50_ms']:.1f} | "
+              f"{p['p95_ms']:.1f} | {p['images_per_s']:.1f} |" for p in points]
+    return "\n".join(lines)
+
+
+def targets_table(subject: str, targets: list[Target]) -> str:
+    lines = [f"Service under test: **{subject}**.", "",
+             "| target | measured | goal | result |", "|---|---|---|---|"]
+    lines += [f"| {t.name} | {t.measured} | {t.goal} | {'pass' if t.passed else 'FAIL'} |"
+              for t in targets]
+    return "\n".join(lines)
+
+
+def write_markdown(path: Path, *, header: list[str], titles: dict[str, str], subject: str,
+                   by_server: dict[str, list[Step]], ceiling: dict | None,
+                   targets: list[Target], problems: dict[str, str]) -> None:
+    parts = ["# convzoo load benchmark", "", *(f"- {line}" for line in header), ""]
+    parts += ["## Targets", "", targets_table(subject, targets) if targets else
+              "No target could be evaluated (the service under test has no steps).", ""]
+    for server, steps in by_server.items():
+        peak = saturation(steps)
+        parts += [f"## {server}: {titles.get(server, server)}", "", steps_table(steps), "",
+                  f"Saturation: {peak.images_per_s:.1f} images/s at {peak.users} users "
+                  f"(p99 {peak.p99_ms:.0f} ms).", ""]
+    if ceiling:
+        parts += ["## Ceiling: the SavedModel in-process (benchmarks.raw)", "",
+                  f"Command: `{ceiling['command']}`", "", ceiling_table(ceiling["points"]), ""]
+    if problems:
+        parts += ["## Not measured", "", *(f"- {name}: {why}" for name, why in problems.items()), ""]
+    parts += ["![images/s against p99 latency](plot.png)", ""]
+    path.write_text("\n".join(parts))
+
+
+def plot(path: Path, by_server: dict[str, list[Step]], ceiling: dict | None, title: str) -> None:
+    """images/s (y) against p99 latency (x, log), one line per server, the ceiling as a line."""
+    figure, axes = plt.subplots(figsize=(8, 5.5), dpi=110)
+    for server, steps in by_server.items():
+        ordered = sorted(steps, key=lambda s: s.users)
+        axes.plot([s.p99_ms for s in ordered], [s.images_per_s for s in ordered], marker="o",
+                  label=server)
+        for s in ordered:
+            axes.annotate(str(s.users), (s.p99_ms, s.images_per_s), textcoords="offset points",
+                          xytext=(4, 4), fontsize=7)
+    if ceiling and "e2e_images_per_s" in ceiling:
+        axes.axhline(ceiling["e2e_images_per_s"], color="black", linestyle="--",
+                     label=f"in-process end-to-end ceiling ({ceiling['e2e_mode']})")
+    axes.set_xscale("log")
+    plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
+    axes.xaxis.set_major_formatter(plain)
+    axes.xaxis.set_minor_formatter(plain)
+    axes.tick_params(axis="x", which="minor", labelsize=7)
+    axes.set_xlabel("p99 latency (ms, log scale)")
+    axes.set_ylabel("images/s")
+    axes.set_ylim(bottom=0)
+    axes.set_title(title, fontsize=10)
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=8, title="numbers: concurrent users", title_fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
