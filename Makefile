@@ -14,8 +14,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -e '.[dev]'
 	touch $@
 
+# Serve the default model (CONVZOO_MODEL, else models/imagenette) on port 3000 (BENTOML_PORT).
 serve: venv
-	@echo "No default model has been exported yet (see issue: training)."; exit 1
+	$(PY) -m service.import_model
+	$(VENV)/bin/bentoml serve --port $${BENTOML_PORT:-3000}
 
 test: venv
 	$(PY) -m pytest

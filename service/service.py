@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
+import aiohttp
 import anyio
 import bentoml
 import numpy as np
@@ -171,13 +172,26 @@ class Classifier:
                 400, f"{len(refused)} of {len(uploads)} images refused; nothing was classified",
                 files=refused,
             )
-        probabilities = await self.inference.to_async.predict(np.stack(prepared))
+        probabilities = await self._predict(np.stack(prepared))
         return [self._prediction(p, min(top_k, len(self.labels))) for p in probabilities]
 
     @bentoml.api
     async def metadata(self) -> dict[str, Any]:
         """The model served (name, version, labels, input_size, ...) and the request limits."""
         return self.model_metadata
+
+    async def _predict(self, batch: np.ndarray) -> np.ndarray:
+        """``Inference.predict``, retried once when the local connection to it breaks.
+
+        BentoML 1.4.40's dependency client renews its HTTP session every 100 calls and closes the
+        old one under calls still in flight (bentoml/BentoML#4971, fix pending in #5698); those
+        calls fail with a connection error. ``predict`` is a pure function, so repeating it is safe.
+        """
+        try:
+            return await self.inference.to_async.predict(batch)
+        except (aiohttp.ClientError, RuntimeError) as error:  # RuntimeError: "Session is closed"
+            logger.info("retrying a model call after a dropped connection (%r)", error)
+            return await self.inference.to_async.predict(batch)
 
     async def _prepare(self, index: int, upload: Upload) -> np.ndarray | dict[str, Any]:
         """The model-ready array, or the refusal ``{"index", "file", "reason"}``."""

@@ -1,0 +1,396 @@
+"""The HTTP service end to end: a real ``bentoml serve`` on a free port, real files, real model.
+
+A small zoo model (random weights, sharpened so its answers are decisive) is exported into a
+temporary model repository; the server imports it into a temporary BENTOML_HOME (never
+~/bentoml). Answers are checked against the SavedModel's own in-process prediction on the same
+decoded file: same top-1, probabilities within ``TOLERANCE``. They cannot be bit-identical: the
+service resizes with PIL on the API side (antialiased bilinear, like the model's ``Resizing``
+layer, measured in tests/test_images.py at < 0.5 gray levels mean difference), the reference lets
+the model's TensorFlow layer resize the full image.
+
+The tests in this module share one server and run in file order; the last one checks that the
+server still answers correctly after the whole refusal battery.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+import service_files as files
+from service.images import decode_image
+
+REPO = Path(__file__).resolve().parents[1]
+BENTOML = Path(sys.executable).parent / "bentoml"
+MiB = 1024 * 1024
+
+MODEL_NAME = "servicetest"
+INPUT_SIZE = (48, 48)
+LABELS = ["tench", "springer", "cassette player", "chain saw", "church", "french horn",
+          "garbage truck", "gas pump", "golf ball", "parachute"]
+TOLERANCE = 0.05
+"""Largest difference allowed between a served probability and the in-process one."""
+
+SERVER_SETTINGS = {
+    "CONVZOO_MODEL": MODEL_NAME,
+    "CONVZOO_MAX_IMAGES": "8",
+    "CONVZOO_MAX_FILE_BYTES": str(2 * MiB),
+    "CONVZOO_MAX_REQUEST_BYTES": str(6 * MiB),
+    "CONVZOO_MAX_BATCH_SIZE": "16",
+    "CONVZOO_MAX_LATENCY_MS": "5000",
+}
+
+
+# ---------------------------------------------------------------------------------- fixtures
+
+
+def export_test_model(models_dir: Path) -> Path:
+    """A LeNet-5 end-to-end model at 48x48 with random weights, exported the project's way."""
+    import keras
+
+    from training.end_to_end import build_end_to_end
+    try:
+        from training.export import export_model
+    except ImportError:
+        export_model = _scratch_export
+
+    keras.utils.set_random_seed(0)
+    model = build_end_to_end("lenet5", num_classes=len(LABELS), image_size=INPUT_SIZE)
+    sharpen(model)
+    return export_model(
+        model, name=MODEL_NAME, labels=LABELS, input_size=list(INPUT_SIZE), architecture="lenet5",
+        dataset="synthetic", metrics={"top1": 0.0, "top5": 0.0}, command="pytest",
+        models_dir=models_dir,
+    )
+
+
+def sharpen(model, factor: float = 40.0) -> None:
+    """Scale the classifier's logits so random weights give decisive, image-dependent answers."""
+    import keras
+
+    dense = [layer for layer in _all_layers(model) if isinstance(layer, keras.layers.Dense)][-1]
+    dense.set_weights([weight * factor for weight in dense.get_weights()])
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)
+
+
+@pytest.fixture(scope="session")
+def exported_model(tmp_path_factory) -> Path:
+    return Path(export_test_model(tmp_path_factory.mktemp("models")))
+
+
+@pytest.fixture(scope="session")
+def reference(exported_model):
+    """The SavedModel's own prediction on a decoded file: ``reference(data, name) -> probs``."""
+    import tensorflow as tf
+
+    serving_default = tf.saved_model.load(str(exported_model)).signatures["serving_default"]
+
+    def predict(data: bytes, name: str) -> np.ndarray:
+        image = decode_image(data, name)[None]
+        return serving_default(images=tf.constant(image))["probabilities"].numpy()[0]
+
+    return predict
+
+
+@pytest.fixture(scope="session")
+def bentoml_home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("bentoml_home")
+
+
+def server_env(exported_model: Path, bentoml_home: Path) -> dict[str, str]:
+    return {
+        **os.environ, **SERVER_SETTINGS,
+        "CONVZOO_MODELS_DIR": str(exported_model.parents[1]),
+        "BENTOML_HOME": str(bentoml_home),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+
+
+class Server:
+    """A ``bentoml serve`` subprocess (own process group) with its log in a file."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        with open(log, "wb") as out:
+            self.process = subprocess.Popen(
+                [str(BENTOML), "serve", *args, "--host", "127.0.0.1", "--port", str(self.port)],
+                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+
+    def wait_ready(self, timeout: float = 240) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"bentoml serve exited early:\n{self.log_tail()}")
+            try:
+                if requests.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:  # not listening yet
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"bentoml serve not ready after {timeout}s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server(exported_model, bentoml_home, tmp_path_factory):
+    server = Server([], server_env(exported_model, bentoml_home),
+                    tmp_path_factory.mktemp("logs") / "serve.log")
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+# ----------------------------------------------------------------------------------- helpers
+
+
+def classify(server: Server, named_files: list[tuple[str, bytes]], **form) -> requests.Response:
+    parts = [("images", (name, data)) for name, data in named_files]
+    return requests.post(f"{server.url}/classify", files=parts, data=form, timeout=120)
+
+
+def expect(response: requests.Response, status: int, server: Server):
+    """The JSON body, after checking the status (the server log is shown when it is wrong)."""
+    assert response.status_code == status, (
+        f"expected {status}, got {response.status_code}: {response.text}\n"
+        f"--- server log ---\n{server.log_tail()}"
+    )
+    return response.json()
+
+
+def assert_matches(answer: dict, probabilities: np.ndarray, top_k: int = 5) -> None:
+    """A served answer agrees with the in-process probabilities (see ``TOLERANCE``)."""
+    best = int(np.argmax(probabilities))
+    assert answer["label"] == LABELS[best]
+    assert abs(answer["score"] - probabilities[best]) < TOLERANCE
+    assert [entry["label"] for entry in answer["top_k"]][:1] == [LABELS[best]]
+    assert len(answer["top_k"]) == top_k
+    scores = [entry["score"] for entry in answer["top_k"]]
+    assert scores == sorted(scores, reverse=True)
+    for entry in answer["top_k"]:
+        assert abs(entry["score"] - probabilities[LABELS.index(entry["label"])]) < TOLERANCE
+
+
+# ------------------------------------------------------------------------------------- tests
+
+
+def test_metadata_names_the_served_model(server, exported_model):
+    exported = json.loads((exported_model / "metadata.json").read_text())
+    metadata = expect(requests.post(f"{server.url}/metadata", json={}, timeout=30), 200, server)
+    assert (metadata["name"], metadata["version"]) == (MODEL_NAME, int(exported_model.name))
+    assert metadata["labels"] == LABELS and metadata["input_size"] == list(INPUT_SIZE)
+    assert metadata["limits"]["max_images"] == 8
+
+
+@pytest.mark.parametrize("name", sorted(files.valid_files()))
+def test_every_kind_of_image_is_classified_like_in_process(server, reference, name):
+    data, _ = files.valid_files()[name]
+    [answer] = expect(classify(server, [(name, data)]), 200, server)
+    assert_matches(answer, reference(data, name))
+
+
+def test_many_images_in_one_request_answer_in_order(server, reference):
+    names = ["rgb.png", "gray.jpg", "tiny_1x1.png", "cmyk.jpg"]
+    sent = [(name, files.valid_files()[name][0]) for name in names]
+    answers = expect(classify(server, sent, top_k=3), 200, server)
+    assert len(answers) == len(names)
+    for (name, data), answer in zip(sent, answers):
+        assert_matches(answer, reference(data, name), top_k=3)
+
+
+def test_bentoml_client_classifies_files_on_disk(server, reference, tmp_path):
+    import bentoml
+
+    paths = []
+    for name in ["rgb.jpg", "rgb.webp"]:
+        paths.append(tmp_path / name)
+        paths[-1].write_bytes(files.valid_files()[name][0])
+    with bentoml.SyncHTTPClient(server.url) as client:
+        answers = client.classify(images=paths, top_k=2)
+        metadata = client.metadata()
+    assert metadata["name"] == MODEL_NAME
+    for path, answer in zip(paths, answers):
+        assert_matches(answer, reference(path.read_bytes(), path.name), top_k=2)
+
+
+def test_phone_photo_is_classified_upright(server):
+    upright = files.photo((96, 72), seed=5)
+    sent = [("upright.jpg", files.encode(upright, "JPEG", quality=95)),
+            ("phone.jpg", files.exif_rotated_jpeg(upright))]
+    upright_answer, phone_answer = expect(classify(server, sent, top_k=10), 200, server)
+    assert phone_answer["label"] == upright_answer["label"]
+    upright_scores = {e["label"]: e["score"] for e in upright_answer["top_k"]}
+    for entry in phone_answer["top_k"]:
+        assert abs(entry["score"] - upright_scores[entry["label"]]) < TOLERANCE
+
+
+def test_top_k_is_bounded(server):
+    data = files.valid_files()["rgb.png"][0]
+    assert len(expect(classify(server, [("a.png", data)], top_k=100), 200, server)[0]["top_k"]) == 10
+    for bad in (0, 101, "many"):
+        body = expect(classify(server, [("a.png", data)], top_k=bad), 400, server)
+        assert "top_k" in json.dumps(body)
+
+
+@pytest.mark.parametrize("name", sorted(files.refused_files()))
+def test_bad_file_is_refused_naming_file_and_reason(server, name):
+    data, reason_part = files.refused_files()[name]
+    body = expect(classify(server, [(name, data)]), 400, server)
+    [refusal] = body["files"]
+    assert refusal["file"] == name and refusal["index"] == 0
+    assert reason_part in refusal["reason"]
+
+
+def test_one_bad_image_refuses_the_whole_request_and_says_which(server):
+    good = files.valid_files()["rgb.png"][0]
+    sent = [("a.png", good), ("notes.jpg", b"not a picture at all"), ("b.png", good)]
+    body = expect(classify(server, sent), 400, server)
+    assert body["files"] == [{"index": 1, "file": "notes.jpg",
+                              "reason": body["files"][0]["reason"]}]
+    assert "nothing was classified" in body["error"]
+
+
+def test_request_level_limits(server):
+    good = files.valid_files()["rgb.png"][0]
+    url = f"{server.url}/classify"
+    too_many = expect(classify(server, [(f"{i}.png", good) for i in range(9)]), 413, server)
+    assert "limit is 8" in too_many["error"]
+    big = [(f"{i}.bin", files.refused_files()["oversized.jpg"][0]) for i in range(3)]
+    assert "exceeds the limit" in expect(classify(server, big), 413, server)["error"]
+    # the same body streamed without Content-Length (chunked) is cut off as well
+    prepared = requests.Request("POST", url, files=[("images", (n, d)) for n, d in big]).prepare()
+    chunks = (prepared.body[i:i + 65536] for i in range(0, len(prepared.body), 65536))
+    chunked = requests.post(url, data=chunks, timeout=60,
+                            headers={"Content-Type": prepared.headers["Content-Type"]})
+    assert "exceeds the limit" in expect(chunked, 413, server)["error"]
+    no_field = requests.post(url, files=[("image", ("a.png", good))], timeout=30)
+    assert "'images'" in expect(no_field, 400, server)["error"]
+    text_value = requests.post(url, files=[("images", (None, "https://example.com/a.jpg"))],
+                               timeout=30)
+    assert "not text" in expect(text_value, 400, server)["error"]
+    assert expect(requests.post(url, json={"images": []}, timeout=30), 415, server)["error"]
+    assert expect(requests.post(url, data=good, timeout=30,
+                                headers={"Content-Type": "image/png"}), 415, server)["error"]
+
+
+def test_concurrent_clients_are_served_in_batches(server, reference):
+    """Many clients sending one image each: the model sees batches (> 1), answers stay right."""
+    sent = [(f"{i}.png", files.encode(files.photo((64, 48), seed=i), "PNG")) for i in range(8)]
+    for name, data in sent * 2:  # let the dispatcher's latency model warm up
+        expect(classify(server, [(name, data)]), 200, server)
+    before = batch_histogram(server)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+        responses = list(pool.map(lambda item: classify(server, [item]), sent * 12))
+    for (name, data), response in zip(sent * 12, responses):
+        assert_matches(expect(response, 200, server)[0], reference(data, name))
+    after = batch_histogram(server)
+    batches = after["count"] - before["count"]
+    batched = batches - (after["le_1"] - before["le_1"])
+    print(f"\n{len(responses)} requests from 16 threads -> {batches:.0f} model calls, "
+          f"{batched:.0f} of them batches > 1, mean batch {len(responses) / batches:.2f}")
+    assert batched > 0 and batches < len(responses)
+
+
+def test_server_still_serves_correctly_after_everything(server, reference):
+    data = files.valid_files()["rgb.jpg"][0]
+    [answer] = expect(classify(server, [("again.jpg", data)]), 200, server)
+    assert_matches(answer, reference(data, "again.jpg"))
+    assert server.process.poll() is None
+
+
+@pytest.mark.slow  # about a minute: bentoml build, then a second server
+def test_built_bento_packages_and_serves_the_model(exported_model, bentoml_home, reference,
+                                                  tmp_path):
+    """``bentoml build`` (bentofile.yaml) packages the model; ``bentoml serve TAG`` serves it
+    even with an empty model repository."""
+    env = server_env(exported_model, bentoml_home)
+    build = subprocess.run([str(BENTOML), "build", "--output", "tag"], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    tag = re.search(r"convzoo:[a-z0-9]+", build.stdout).group(0)
+    bento_yaml = subprocess.run([str(BENTOML), "get", tag, "--output", "yaml"], env=env,
+                                capture_output=True, text=True, timeout=60).stdout
+    assert f"tag: {MODEL_NAME}:1" in bento_yaml
+    empty_repository = tmp_path / "no_models"
+    empty_repository.mkdir()
+    env = {**env, "CONVZOO_MODELS_DIR": str(empty_repository)}
+    env.pop("CONVZOO_MODEL")
+    bento_server = Server([tag], env, tmp_path / "bento_serve.log")
+    try:
+        bento_server.wait_ready()
+        metadata = expect(requests.post(f"{bento_server.url}/metadata", json={}, timeout=30),
+                          200, bento_server)
+        assert metadata["name"] == MODEL_NAME and metadata["version"] == 1
+        data = files.valid_files()["rgb.jpg"][0]
+        [answer] = expect(classify(bento_server, [("rgb.jpg", data)]), 200, bento_server)
+        assert_matches(answer, reference(data, "rgb.jpg"))
+    finally:
+        bento_server.stop()
+
+
+def batch_histogram(server: Server) -> dict[str, float]:
+    """``bentoml_service_adaptive_batch_size`` of ``predict`` from /metrics: count and le=1."""
+    text = requests.get(f"{server.url}/metrics", timeout=30).text
+    totals = {"count": 0.0, "le_1": 0.0}
+    for line in text.splitlines():
+        if not line.startswith("bentoml_service_adaptive_batch_size") or "predict" not in line:
+            continue
+        value = float(line.rsplit(" ", 1)[1])
+        if line.startswith("bentoml_service_adaptive_batch_size_count"):
+            totals["count"] += value
+        elif re.search(r'_bucket\{.*le="1\.0"', line):
+            totals["le_1"] += value
+    return totals
+
+
+def _scratch_export(model, *, name, labels, input_size, architecture, dataset, metrics, command,
+                    models_dir="models", version=None, extra=None):  # TEMPORARY until training.export lands
+    import keras, tensorflow as tf
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", lambda images: {"probabilities": model(tf.cast(images, "float32"), training=False)},
+        input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+    out = Path(models_dir) / name / "1"
+    archive.write_out(str(out))
+    (out / "metadata.json").write_text(json.dumps(dict(name=name, version=1, architecture=architecture, labels=labels, input_size=input_size, preprocessing={"resize": "bilinear", "antialias": True, "crop_to_aspect_ratio": True})))
+    return out
