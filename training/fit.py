@@ -1,0 +1,442 @@
+"""Train a zoo architecture end-to-end on an image dataset, evaluate it on held-out data, export it.
+
+    python -m training fit --arch resnet18 --data /work/shared/data/imagenette2-train \\
+        --image-size 128 --epochs 40 --batch-size 64 --optimizer adamw --lr 1e-3 \\
+        --warmup-epochs 3 --label-smoothing 0.1 --augment light --mixed-precision
+
+Writes ``runs/<run-name>/``: ``best.keras`` (best validation top-1), ``log.csv``, ``tensorboard/``,
+``backup/`` (while unfinished) and ``run.json`` (configuration, labels, command and, at the end, the
+held-out test metrics); then exports ``models/<name>/<version>/`` unless ``--no-export``.
+
+Crash-safe: kill it at any moment and run the SAME command again: it resumes from the last finished
+epoch (weights, optimizer state and so the learning-rate schedule position, epoch counter; the CSV
+log is appended to and the best checkpoint keeps its best-so-far). The early-stopping patience
+counter restarts on resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import csv
+import dataclasses
+import json
+import math
+import os
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from training.data import SplitFractions, load_data, pipeline
+from training.end_to_end import AUGMENTATION_PRESETS, augmentation_preset, build_end_to_end, image_hw
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+MONITOR = "val_top1"
+# Test-only: "EPOCH:BATCH" makes the process die (os._exit) after that batch of that 1-based epoch.
+CRASH_ENV = "CONVZOO_TEST_CRASH_AT"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    p = parser.add_argument
+    p("--arch", required=True, help="architecture name (`python -m training zoo` lists them)")
+    p("--data", required=True, help="folder of class sub-folders, or 'imagenette' (TensorFlow Datasets)")
+    p("--labels-map", help="JSON or 'id name' lines mapping class ids to human-readable names")
+    p("--image-size", type=int, help="square training size (default: the architecture's reference size)")
+    p("--epochs", type=int, default=30)
+    p("--batch-size", type=int, default=64, help="global batch size (split across GPUs)")
+    p("--optimizer", choices=OPTIMIZERS, default="adamw")
+    p("--lr", type=float, default=1e-3, help="peak learning rate (before --scale-lr)")
+    p("--weight-decay", type=float, help="decoupled weight decay (default: 0.05 for adamw, none otherwise)")
+    p("--scale-lr", action="store_true", help="linear scaling rule: lr = lr * batch_size / 256")
+    p("--warmup-epochs", type=float, default=0.0, help="linear warm-up before the cosine decay")
+    p("--label-smoothing", type=float, default=0.0)
+    p("--augment", choices=sorted(AUGMENTATION_PRESETS), default="light", help="augmentation preset")
+    p("--mixup", type=float, help="MixUp alpha (overrides the preset; 0 disables)")
+    p("--cutmix", type=float, help="CutMix alpha (overrides the preset; 0 disables)")
+    p("--width", type=float, help="width multiplier, for architectures that take one")
+    p("--arch-option", action="append", default=[], metavar="KEY=VALUE", help="builder option, repeatable")
+    p("--mixed-precision", action="store_true", help="mixed_float16 compute (GPU only)")
+    p("--jit-compile", choices=("auto", "on", "off"), default="auto", help="XLA (auto: Keras decides)")
+    p("--patience", type=int, default=10, help="early-stopping patience in epochs (0: never stop early)")
+    p("--validation-fraction", type=float, default=0.15, help="per class, for folder datasets")
+    p("--test-fraction", type=float, default=0.15, help="held-out share of each class (or of TFDS train)")
+    p("--limit", type=int, help="cap the images of every split (quick runs)")
+    p("--seed", type=int, default=0, help="data split, shuffling, augmentation and initial weights")
+    p("--run-name", help="folder under --runs-dir (default: ARCH_DATA_SIZEpx)")
+    p("--runs-dir", default="runs")
+    p("--name", help="exported model name (default: the architecture)")
+    p("--models-dir", default="models")
+    p("--no-export", action="store_true", help="do not export to --models-dir at the end")
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        run = fit(args)
+    except RunStateError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0 if run["metrics"] else 1
+
+
+class RunStateError(RuntimeError):
+    """The run folder holds a finished run, or an unfinished one with another configuration."""
+
+
+def fit(args: argparse.Namespace) -> dict:
+    """Train, evaluate and export as ``args`` say; returns the final ``run.json`` contents."""
+    config = run_config(args)
+    run_dir = Path(args.runs_dir) / config["run_name"]
+    resuming = check_run_dir(run_dir, config)
+    keras.utils.set_random_seed(args.seed)
+    strategy, device = choose_strategy()
+    config["mixed_precision"] = set_precision(args.mixed_precision)
+    print(f"device: {device}; precision: {keras.mixed_precision.global_policy().name}")
+
+    fractions = SplitFractions(args.validation_fraction, args.test_fraction, args.seed)
+    data = load_data(
+        args.data, config["image_size"], fractions=fractions, labels_map=args.labels_map, limit=args.limit
+    )
+    print(data.describe())
+    augmentation = augmentation_preset(args.augment).replace(**config["augmentation_overrides"])
+    batches = {
+        split: pipeline(
+            ds,
+            batch_size=args.batch_size,
+            num_classes=data.num_classes,
+            training=split == "train",
+            augmentation=augmentation,
+            cache=split != "test",  # evaluated once, at the end
+            seed=args.seed,
+        )
+        for split, ds in data.splits.items()
+    }
+    steps_per_epoch = math.ceil(data.sizes["train"] / args.batch_size)
+
+    with strategy.scope():
+        model = build_end_to_end(
+            args.arch,
+            num_classes=data.num_classes,
+            image_size=config["image_size"],
+            augmentation=augmentation,
+            arch_options=config["arch_options"],
+            seed=args.seed,
+        )
+        compile_model(model, config, steps_per_epoch)
+    print(
+        f"model {model.name}: {model.count_params():,} parameters; {steps_per_epoch} steps per epoch; "
+        f"peak learning rate {config['learning_rate']:g}"
+    )
+
+    run = {
+        "arch": args.arch,
+        "name": config["export_name"],
+        "labels": list(data.labels),
+        "class_ids": list(data.class_ids),
+        "image_size": list(config["image_size"]),
+        "dataset": data.name,
+        "splits": data.sizes,
+        "command": command_line(args),
+        "config": config,
+        "metrics": None,
+    }
+    write_json(run_dir / "run.json", run)
+
+    timer = EpochTimer()
+    start = time.perf_counter()
+    history = model.fit(
+        batches["train"],
+        validation_data=batches["validation"],
+        epochs=args.epochs,
+        callbacks=[timer, *make_callbacks(run_dir, resuming, args.patience)],
+        shuffle=False,  # the tf.data pipeline shuffles (Keras cannot shuffle a dataset itself)
+        verbose=1,
+    )
+    seconds = time.perf_counter() - start
+    epochs_run = len(history.epoch)
+
+    with strategy.scope():
+        best = keras.models.load_model(run_dir / "best.keras")
+    scores = best.evaluate(batches["test"], return_dict=True, verbose=0)
+    run["metrics"] = {"top1": float(scores["top1"]), "top5": float(scores["top5"]), "loss": float(scores["loss"])}
+    run["training"] = {
+        "epochs_run": epochs_run,  # in this session (after a resume: since the resume)
+        "first_epoch": history.epoch[0] + 1 if epochs_run else None,
+        "seconds": round(seconds, 1),
+        "images_per_second": round(epochs_run * data.sizes["train"] / seconds, 1) if epochs_run else None,
+        "images_per_second_steady": timer.steady_speed(data.sizes["train"]),
+        "best_val_top1": best_logged(run_dir / "log.csv"),
+    }
+    write_json(run_dir / "run.json", run)
+    shutil.rmtree(run_dir / "backup", ignore_errors=True)  # finished: nothing left to resume
+    print_summary(run)
+
+    if not args.no_export:
+        from training.export import export_model  # written by another part of the project
+
+        path = export_model(
+            best,
+            name=run["name"],
+            labels=run["labels"],
+            input_size=run["image_size"],
+            architecture=args.arch,
+            dataset=run["dataset"],
+            metrics={"top1": run["metrics"]["top1"], "top5": run["metrics"]["top5"]},
+            command=run["command"],
+            models_dir=args.models_dir,
+            extra={"run": str(run_dir)},
+        )
+        run["export"] = str(path)
+        write_json(run_dir / "run.json", run)
+        print(f"exported to {path}")
+    return run
+
+
+def run_config(args: argparse.Namespace) -> dict:
+    """Everything that defines the run, as plain JSON data (compared on resume)."""
+    info_size = image_hw(args.image_size) if args.image_size else None
+    if info_size is None:
+        from training.architectures import model_info
+
+        info_size = model_info(args.arch).input_shape[:2]
+    arch_options = parse_options(args.arch_option)
+    if args.width is not None:
+        arch_options["width"] = args.width
+    overrides = {k: v for k, v in (("mixup", args.mixup), ("cutmix", args.cutmix)) if v is not None}
+    learning_rate = args.lr * args.batch_size / 256 if args.scale_lr else args.lr
+    weight_decay = args.weight_decay
+    if weight_decay is None and args.optimizer == "adamw":
+        weight_decay = 0.05
+    data_name = args.data if args.data == "imagenette" else Path(args.data).resolve().name
+    config = {
+        "run_name": args.run_name or f"{args.arch}_{data_name}_{info_size[0]}px",
+        "export_name": args.name or args.arch,
+        "arch": args.arch,
+        "arch_options": arch_options,
+        "data": args.data,
+        "labels_map": args.labels_map,
+        "image_size": list(info_size),
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "optimizer": args.optimizer,
+        "base_lr": args.lr,
+        "scale_lr": args.scale_lr,
+        "learning_rate": learning_rate,
+        "weight_decay": weight_decay,
+        "warmup_epochs": args.warmup_epochs,
+        "label_smoothing": args.label_smoothing,
+        "augment": args.augment,
+        "augmentation_overrides": overrides,
+        "augmentation": dataclasses.asdict(augmentation_preset(args.augment).replace(**overrides)),
+        "mixed_precision": args.mixed_precision,
+        "jit_compile": args.jit_compile,
+        "patience": args.patience,
+        "validation_fraction": args.validation_fraction,
+        "test_fraction": args.test_fraction,
+        "limit": args.limit,
+        "seed": args.seed,
+    }
+    return config
+
+
+def parse_options(pairs: list[str]) -> dict:
+    """``["width=0.5", "dropout=0.2", "variant=a"]`` -> ``{"width": 0.5, "dropout": 0.2, "variant": "a"}``."""
+    options = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--arch-option expects KEY=VALUE, got {pair!r}")
+        try:
+            options[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            options[key] = text
+    return options
+
+
+def check_run_dir(run_dir: Path, config: dict) -> bool:
+    """True when ``run_dir`` holds an unfinished run of this configuration to resume."""
+    previous_file = run_dir / "run.json"
+    if not previous_file.exists():
+        return False
+    previous = json.loads(previous_file.read_text())
+    if previous.get("metrics"):
+        raise RunStateError(f"{run_dir} holds a finished run; choose another --run-name or delete it")
+    resumable = (run_dir / "backup" / "training_metadata.json").exists()
+    if resumable and previous["config"] != config:
+        changed = sorted(k for k in config if previous["config"].get(k) != config[k])
+        raise RunStateError(
+            f"{run_dir} holds an unfinished run with another configuration (differs in: "
+            f"{', '.join(changed)}); re-run its command ({previous['command']}) or pick another --run-name"
+        )
+    if resumable:
+        print(f"resuming the unfinished run in {run_dir}")
+    return resumable
+
+
+def choose_strategy() -> tuple[tf.distribute.Strategy, str]:
+    """MirroredStrategy over several GPUs, else the default strategy; and a description."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy(), f"MirroredStrategy over {len(gpus)} GPUs"
+    where = "1 GPU" if gpus else f"CPU ({os.cpu_count()} cores)"
+    return tf.distribute.get_strategy(), f"default strategy on {where}"
+
+
+def set_precision(mixed: bool) -> bool:
+    """Set the global policy; mixed_float16 only where a GPU runs it (returns whether it is on)."""
+    if mixed and not tf.config.list_physical_devices("GPU"):
+        print("note: --mixed-precision needs a GPU; training in float32")
+        mixed = False
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    return mixed
+
+
+def learning_rate_schedule(config: dict, steps_per_epoch: int) -> keras.optimizers.schedules.CosineDecay:
+    """Linear warm-up from 0 to the peak rate, then cosine decay to 0 at the last step."""
+    total = max(1, config["epochs"] * steps_per_epoch)
+    warmup = min(total - 1, round(config["warmup_epochs"] * steps_per_epoch))
+    if warmup > 0:
+        return keras.optimizers.schedules.CosineDecay(
+            0.0, decay_steps=total - warmup, warmup_target=config["learning_rate"], warmup_steps=warmup
+        )
+    return keras.optimizers.schedules.CosineDecay(config["learning_rate"], decay_steps=total)
+
+
+def make_optimizer(config: dict, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """Adam, AdamW, SGD (momentum 0.9, Nesterov) or RMSprop (rho 0.9, momentum 0.9, eps 1e-3)."""
+    lr = learning_rate_schedule(config, steps_per_epoch)
+    decay = config["weight_decay"] or None
+    optimizer = {
+        "adam": lambda: keras.optimizers.Adam(lr, weight_decay=decay),
+        "adamw": lambda: keras.optimizers.AdamW(lr, weight_decay=decay or 0.0),
+        "sgd": lambda: keras.optimizers.SGD(lr, momentum=0.9, nesterov=True, weight_decay=decay),
+        "rmsprop": lambda: keras.optimizers.RMSprop(lr, rho=0.9, momentum=0.9, epsilon=1e-3, weight_decay=decay),
+    }[config["optimizer"]]()
+    if decay:
+        # No decay on biases and normalization scales/offsets (the usual practice since Goyal et al.).
+        optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    return optimizer
+
+
+def compile_model(model: keras.Model, config: dict, steps_per_epoch: int) -> None:
+    model.compile(
+        optimizer=make_optimizer(config, steps_per_epoch),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config["label_smoothing"]),
+        metrics=[
+            keras.metrics.CategoricalAccuracy(name="top1"),
+            keras.metrics.TopKCategoricalAccuracy(k=5, name="top5"),
+        ],
+        jit_compile={"auto": "auto", "on": True, "off": False}[config["jit_compile"]],
+    )
+
+
+def make_callbacks(run_dir: Path, resuming: bool, patience: int) -> list[keras.callbacks.Callback]:
+    """Checkpoint, CSV log, TensorBoard, early stopping, and the backup (last: it saves the epoch
+    only after the others have written theirs)."""
+    callbacks = [
+        keras.callbacks.ModelCheckpoint(
+            run_dir / "best.keras",
+            monitor=MONITOR,
+            mode="max",
+            save_best_only=True,
+            initial_value_threshold=best_logged(run_dir / "log.csv") if resuming else None,
+        ),
+        keras.callbacks.CSVLogger(run_dir / "log.csv", append=resuming),
+        keras.callbacks.TensorBoard(run_dir / "tensorboard"),
+    ]
+    if patience > 0:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=patience))
+    callbacks.append(keras.callbacks.BackupAndRestore(run_dir / "backup", delete_checkpoint=False))
+    if os.environ.get(CRASH_ENV):
+        callbacks.append(CrashForTests(os.environ[CRASH_ENV]))
+    return callbacks
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Wall-clock seconds of each epoch (training + validation)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds: list[float] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self._start)
+
+    def steady_speed(self, images_per_epoch: int) -> float | None:
+        """Training images per second of the median epoch after the first (which compiles)."""
+        later = sorted(self.seconds[1:])
+        return round(images_per_epoch / later[len(later) // 2], 1) if later else None
+
+
+class CrashForTests(keras.callbacks.Callback):
+    """Test-only (env ``CONVZOO_TEST_CRASH_AT=EPOCH:BATCH``): die like a killed process, no cleanup."""
+
+    def __init__(self, spec: str):
+        super().__init__()
+        self.epoch, self.batch = (int(n) for n in spec.split(":"))
+        self.current = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch + 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.current, batch + 1) == (self.epoch, self.batch):
+            print(f"\n{CRASH_ENV}: killing the process in epoch {self.epoch} after batch {self.batch}", flush=True)
+            os._exit(75)
+
+
+def best_logged(log_csv: Path) -> float | None:
+    """The best validation top-1 recorded in the CSV log so far (None without one)."""
+    if not log_csv.exists():
+        return None
+    with open(log_csv, newline="") as f:
+        values = [float(row[MONITOR]) for row in csv.DictReader(f) if row.get(MONITOR)]
+    return max(values) if values else None
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command as typed when run from the CLI, else an equivalent one rebuilt from ``args``."""
+    if sys.argv[1:2] == ["fit"]:
+        return shlex.join(["python", "-m", "training", *sys.argv[1:]])
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    words = ["python", "-m", "training", "fit"]
+    for action in parser._actions:
+        value = getattr(args, action.dest, None)
+        if not action.option_strings or value == action.default or value is None:
+            continue
+        flag = action.option_strings[0]
+        if isinstance(value, bool):
+            words.append(flag)
+        elif isinstance(value, list):
+            words.extend(word for item in value for word in (flag, str(item)))
+        else:
+            words.extend((flag, str(value)))
+    return shlex.join(words)
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write atomically (temporary file + rename), so a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def print_summary(run: dict) -> None:
+    t, m = run["training"], run["metrics"]
+    speed = f"{t['images_per_second']:,.1f} images/s" if t["images_per_second"] else "no epoch run"
+    if t["images_per_second_steady"]:
+        speed += f", {t['images_per_second_steady']:,.1f} after the first epoch"
+    print(
+        f"\n{run['arch']} on {run['dataset']} ({run['image_size'][0]}px): {t['epochs_run']} epochs in "
+        f"{t['seconds']:,.0f} s ({speed}); held-out test top-1 {m['top1']:.4f}, top-5 {m['top5']:.4f} "
+        f"on {run['splits']['test']:,} images"
+    )
