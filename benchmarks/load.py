@@ -116,6 +116,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
          f"{ref.spec if ref else args.host}, {os.cpu_count()} CPUs, "
          f"{args.images_per_request} image(s)/request")
     print(f"\nTargets (service under test: {subject}):")
+    if not targets:
+        print("  none could be evaluated (they need the ceiling and measured steps)")
     for target in targets:
         print(f"  {'pass' if target.passed else 'FAIL'}  {target.name}: {target.measured} "
               f"(goal {target.goal})")

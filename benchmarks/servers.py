@@ -16,12 +16,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import requests
 import yaml
 
 from benchmarks.modelrepo import REPO, ModelRef
 
 READY_POLL_S = 0.5
+WORKER_EXIT_S = 15
 
 
 @dataclass(frozen=True)
@@ -119,18 +121,26 @@ class RunningServer:
         return "\n".join(text[-lines:])
 
     def stop(self, timeout_s: float = 30) -> None:
-        """SIGTERM to the server (it stops its own workers), then SIGKILL to its process group."""
+        """SIGTERM to the server, which stops its workers; then kill any of them still running.
+
+        BentoML and Ray start workers in sessions of their own, so the process tree is listed
+        before stopping and leftovers are killed one by one, by pid.
+        """
+        try:
+            workers = psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            workers = []
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout_s)
             except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)  # leftovers of our own session only
-        except ProcessLookupError:
-            pass
-        self.process.wait()
+                self.process.kill()
+                self.process.wait()
+        _, alive = psutil.wait_procs(workers, timeout=WORKER_EXIT_S)
+        for worker in alive:
+            worker.kill()
+        psutil.wait_procs(alive, timeout=WORKER_EXIT_S)
         self._log.close()
 
 

@@ -1,0 +1,156 @@
+"""The benchmark kit, for real but tiny: no timing assertions, only that it runs and reports.
+
+A LeNet-5 end-to-end model (random weights, 32x32) is exported into a temporary model repository.
+``benchmarks.raw`` measures it in-process; ``benchmarks.load`` starts the FastAPI peer, runs
+Locust for a few seconds per step, and must write a well-formed CSV, report and plot. The full
+``--compare`` run (BentoML service, FastAPI and Ray Serve peers, ceiling) is marked slow.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from benchmarks import raw
+from benchmarks.ladder import Step, parse_stats
+from benchmarks.report import evaluate_targets
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL_NAME = "benchtiny"
+LABELS = ["tench", "church", "parachute"]
+LOAD_TIMEOUT_S = 240
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    import keras
+
+    from training.end_to_end import build_end_to_end
+    from training.export import export_model
+
+    keras.utils.set_random_seed(0)
+    model = build_end_to_end("lenet5", num_classes=len(LABELS), image_size=(32, 32))
+    folder = tmp_path_factory.mktemp("models")
+    export_model(model, name=MODEL_NAME, labels=LABELS, input_size=[32, 32], architecture="lenet5",
+                 dataset="synthetic", metrics={"top1": 0.0, "top5": 0.0}, command="pytest",
+                 models_dir=folder)
+    return folder
+
+
+def pinning_args() -> list[str]:
+    """The default pinning (server CPU 1, Locust CPU 0) where two CPUs are ours, else none."""
+    return [] if {0, 1} <= os.sched_getaffinity(0) else ["--no-pin"]
+
+
+def run_load(args: list[str], tmp_path: Path, bentoml_home: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "BENTOML_HOME": str(bentoml_home), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run([sys.executable, "-m", "benchmarks.load", *args, *pinning_args()],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=LOAD_TIMEOUT_S)
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def check_report(out: Path, servers: list[str], users: list[int]) -> str:
+    """The outputs exist and parse; every server has every step, served without failures."""
+    steps = read_csv(out / "steps.csv")
+    assert [(s["server"], int(s["users"])) for s in steps] == [
+        (server, count) for server in servers for count in users]
+    for step in steps:
+        assert int(step["requests"]) > 0 and int(step["failures"]) == 0, step
+        assert float(step["images_per_s"]) > 0 and float(step["p50_ms"]) <= float(step["p99_ms"])
+    ceiling = read_csv(out / "ceiling.csv")
+    assert {row["mode"] for row in ceiling} == {"tensor", "bytes", "pil"}
+    assert all(float(row["images_per_s"]) > 0 for row in ceiling)
+    report = (out / "report.md").read_text()
+    for heading in ["## Targets", "## Ceiling", *(f"## {server}:" for server in servers)]:
+        assert heading in report
+    assert "Pinning:" in report and "Machine:" in report and "Command:" in report
+    with Image.open(out / "plot.png") as plot:
+        assert plot.format == "PNG" and plot.width > 300 and plot.height > 200
+    return report
+
+
+def test_raw_measures_every_mode_and_batch_size(models_dir, tmp_path):
+    result_path = tmp_path / "raw.json"
+    code = raw.main(["--model", MODEL_NAME, "--models-dir", str(models_dir), "--batch-sizes", "1,4",
+                     "--warmup", "0", "--repeats", "3", "--cpus", "none", "--json", str(result_path)])
+    assert code == 0
+    result = json.loads(result_path.read_text())
+    assert result["model"] == f"{MODEL_NAME}:1" and result["input_size"] == [32, 32]
+    assert [(p["mode"], p["batch_size"]) for p in result["points"]] == [
+        (mode, size) for mode in raw.MODES for size in (1, 4)]
+    assert all(p["runs"] == 3 and p["images_per_s"] > 0 for p in result["points"])
+    assert set(result["ceiling"]) >= {"e2e_images_per_s", "e2e_p50_ms_batch1", "tensor_images_per_s"}
+
+
+def test_load_runner_against_fastapi_peer_writes_report(models_dir, tmp_path):
+    out = tmp_path / "results"
+    finished = run_load(["--servers", "fastapi", "--model", MODEL_NAME, "--models-dir", str(models_dir),
+                         "--users", "1,2", "--step-seconds", "3", "--warmup-seconds", "1",
+                         "--ceiling-batch-sizes", "1,2", "--out", str(out)], tmp_path, tmp_path)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    report = check_report(out, ["fastapi"], [1, 2])
+    assert "| efficiency |" in report and "| overhead at one user |" in report
+    assert "Targets" in finished.stdout and "step 2/2" in finished.stdout
+
+
+def test_load_runner_refuses_bad_arguments_clearly(models_dir, tmp_path):
+    finished = run_load(["--servers", "fastapi", "--model", f"{MODEL_NAME}:1", "--models-dir",
+                         str(models_dir), "--host", "http://127.0.0.1:9"], tmp_path, tmp_path)
+    assert finished.returncode == 2 and "not allowed with argument" in finished.stderr
+    finished = run_load(["--model", "nosuchmodel", "--models-dir", str(models_dir)], tmp_path, tmp_path)
+    assert finished.returncode == 1 and "no exported model 'nosuchmodel'" in finished.stderr
+
+
+def test_parse_stats_reads_the_aggregated_row(tmp_path):
+    stats = tmp_path / "step_stats.csv"
+    stats.write_text(
+        "Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,"
+        "Min Response Time,Max Response Time,Average Content Size,Requests/s,Failures/s,"
+        "50%,66%,75%,80%,90%,95%,98%,99%,99.9%,99.99%,100%\n"
+        "POST,/classify,100,10,48,53.3,5.2,183.8,291.1,50.0,5.0,48,57,72,78,100,120,130,140,180,180,180\n"
+        ",Aggregated,100,10,48,53.3,5.2,183.8,291.1,50.0,5.0,48,57,72,78,100,120,130,140,180,180,180\n")
+    step = parse_stats(stats, "fastapi", 4, images_per_request=2)
+    assert (step.requests, step.failures, step.p50_ms, step.p95_ms, step.p99_ms) == (100, 10, 48, 120, 140)
+    assert step.images_per_s == pytest.approx(50.0 * 0.9 * 2)  # successful requests only
+    assert step.seconds == pytest.approx(2.0)
+
+
+def _steps(server: str, rows: list[tuple[int, float, float, float]]) -> list[Step]:
+    return [Step(server, users, 10, 100, 0, rate, rate, p50, p50, p99, p50)
+            for users, rate, p50, p99 in rows]
+
+
+def test_targets_compare_saturation_and_same_user_p99():
+    by_server = {
+        "bentoml": _steps("bentoml", [(1, 40, 11, 20), (8, 95, 60, 90)]),
+        "fastapi": _steps("fastapi", [(1, 45, 9, 15), (8, 45, 150, 300)]),
+        "ray": _steps("ray", [(1, 30, 20, 40), (8, 100, 50, 80)]),
+    }
+    ceiling = {"e2e_images_per_s": 100.0, "e2e_mode": "pil", "e2e_batch_size": 16,
+               "e2e_p50_ms_batch1": 9.5, "e2e_batch1_mode": "pil"}
+    targets = {t.name: t.passed for t in evaluate_targets("bentoml", by_server, ceiling)}
+    assert targets == {"efficiency": True, "overhead at one user": True, "vs fastapi": True,
+                       "vs ray": False}
+
+
+@pytest.mark.slow
+def test_compare_runs_all_three_servers_and_the_ceiling(models_dir, tmp_path):
+    out = tmp_path / "results"
+    finished = run_load(["--compare", "--model", MODEL_NAME, "--models-dir", str(models_dir),
+                         "--users", "1,2", "--step-seconds", "3", "--warmup-seconds", "1",
+                         "--ceiling-batch-sizes", "1,2", "--out", str(out)], tmp_path, tmp_path)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    report = check_report(out, ["bentoml", "fastapi", "ray"], [1, 2])
+    assert "Service under test: **bentoml**" in report
+    assert "| vs fastapi |" in report and "| vs ray |" in report and "Not measured" not in report
