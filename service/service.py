@@ -100,7 +100,7 @@ class Inference:
         self.saved_model = tf.saved_model.load(self.bento_model.path)
         self.serving_default = self.saved_model.signatures["serving_default"]
         height, width = self.bento_model.info.metadata["input_size"]
-        self.predict(np.zeros((1, height, width, 3), np.uint8))  # warm-up: trace and allocate now
+        self.serving_default(images=np.zeros((1, height, width, 3), np.uint8))  # warm-up
         logger.info("serving %s on %s", MODEL_TAG, self.device)
 
     @bentoml.api(
