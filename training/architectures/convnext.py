@@ -9,13 +9,18 @@ and the ConvNeXt block
 
 (the 1x1 convolutions are written as Dense on the channel axis, as in the official code).
 
-CPU latency. keras.applications writes the depthwise 7x7 as ``Conv2D(groups=C)``; TensorFlow's CPU
-kernel for grouped convolutions is far slower than its depthwise kernel, and this single choice
-made keras' ConvNeXtTiny ~6x slower than ResNet-50 at batch 1. Here it is a ``DepthwiseConv2D``
-(same weights, same parameter count). A profile of what remains showed LayerNormalization and
-the exact (erf) GELU to be cheap next to the matmuls, so both stay as Keras' built-ins.
-Measured with ``python -m benchmarks.zoo_latency`` (2 shared CPU cores, batch 1, 224x224, random
-weights, median of 40 runs): keras ConvNeXtTiny 326 ms, ours 68 ms, ResNet-50 58 ms (ratio 1.2).
+CPU latency. keras.applications writes the depthwise 7x7 as ``Conv2D(groups=C)``. TensorFlow's CPU
+convolution kernels do not handle groups, so Keras' TF backend compiles each grouped conv with
+XLA as a separate function, and XLA's CPU grouped convolution is slow: in a per-op trace (batch 1,
+224 px) keras' ConvNeXtTiny spent ~235 of ~307 ms in its 18 grouped convs (~13 ms each). Here
+the 7x7 is a ``DepthwiseConv2D`` (same weights, same parameter count): ~0.2 ms each. The same
+trace of this model (~67 ms) leaves ~42 ms in the MLP matmuls (its 4.5 G multiply-adds vs
+ResNet-50's 3.9 G), ~9 ms in the exact GELU and ~6 ms in LayerNorms; a tanh GELU or a GELU fused
+into the Dense measured no faster, so both stay Keras' built-ins.
+``python -m benchmarks.zoo_latency --repeats 80`` (2 CPU cores shared with other jobs, load
+average ~5, batch 1, 224x224, random weights; medians): ours 154 ms, keras ConvNeXtTiny 911 ms,
+our ResNet-50 130 ms; ConvNeXt-T / ResNet-50 = 1.29 (keras': 5.89), as the median of per-round
+ratios. On the idle machine (same timing, keras' ResNet50): ~70 ms vs ~54 ms.
 """
 
 from __future__ import annotations
