@@ -1,0 +1,339 @@
+"""Export an end-to-end model to the model repository: ``models/<name>/<version>/``.
+
+    python -m training export runs/resnet18_imagenette2-train_128px --name resnet18
+    saved_model_cli show --dir models/resnet18/1 --all
+
+A version folder holds a SavedModel (TensorFlow Serving's layout, versions 1, 2, 3...) with two
+signatures, both calling the model with ``training=False`` so augmentation layers stay inactive:
+
+- ``serving_default``: ``images`` uint8 ``[batch, height, width, 3]`` of any height and width
+  -> ``{"probabilities": float32 [batch, classes]}`` (the model's own first layer resizes);
+- ``serve_bytes``: ``image_bytes`` string ``[batch]`` of encoded JPEG / PNG / GIF (first frame) / BMP
+  -> the same probabilities: each image is decoded to RGB and resized in-graph with
+  ``training.end_to_end.resize_images`` (the model's resize op), so both paths agree numerically;
+
+and ``metadata.json`` (``REQUIRED_KEYS``: labels in output order, input size, parameters, FLOPs,
+held-out metrics, the training command, the resize a server must mirror...).
+
+Writing is atomic: everything goes to a hidden sibling ``.tmp-<version>-<pid>/``, is fsynced, then
+renamed to ``<version>/``. A crash leaves at most a hidden temporary folder, which no reader takes
+for a version (``latest_version`` only counts folders with both ``saved_model.pb`` and
+``metadata.json``); an existing version folder is never overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from training.end_to_end import RESIZE, image_hw, resize_images
+from training.flops import count_flops, format_count
+
+METADATA_FILE = "metadata.json"
+REQUIRED_KEYS = (
+    "name", "version", "architecture", "labels", "input_size", "params", "flops",
+    "dataset", "metrics", "command", "created", "signatures", "preprocessing",
+)  # fmt: skip
+SIGNATURES = {
+    "serving_default": {
+        "inputs": {"images": "uint8 [batch, height, width, 3], RGB, any height and width"},
+        "outputs": {"probabilities": "float32 [batch, classes], in the order of labels"},
+    },
+    "serve_bytes": {
+        "inputs": {"image_bytes": "string [batch], encoded JPEG, PNG, GIF (first frame) or BMP"},
+        "outputs": {"probabilities": "float32 [batch, classes], in the order of labels"},
+    },
+}
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def export_model(
+    model: keras.Model,
+    *,
+    name: str,
+    labels: list[str],
+    input_size: int | tuple[int, int] | list[int],
+    architecture: str,
+    dataset: str,
+    metrics: dict,
+    command: str,
+    models_dir: str | Path = "models",
+    version: int | None = None,
+    extra: dict | None = None,
+) -> Path:
+    """Write ``model`` as ``models_dir/name/version/`` (next free version by default); return it.
+
+    ``model`` follows ``training.end_to_end``: float32 ``images`` input of any size, first layer a
+    ``Resizing`` named "resize" to ``input_size``, probabilities out. ``metrics`` holds the held-out
+    ``top1`` and ``top5`` (fractions, or None when not measured). ``extra`` adds metadata keys.
+    """
+    height, width = image_hw(tuple(input_size) if isinstance(input_size, list) else input_size)
+    labels = [str(label) for label in labels]
+    check_export_inputs(model, name, labels, metrics)
+    preprocessing = resize_preprocessing(model, (height, width))
+
+    folder = Path(models_dir) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    version = choose_version(folder, version)
+    final = folder / str(version)
+    tmp = folder / f".tmp-{version}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)  # left by an earlier crash of a process with our pid
+    try:
+        params = write_saved_model(model, tmp, (height, width))
+        metadata = {
+            "name": name,
+            "version": version,
+            "architecture": architecture,
+            "labels": labels,
+            "input_size": [height, width],
+            "params": params,
+            "flops": count_flops(model, (height, width, 3)),
+            "dataset": dataset,
+            "metrics": metrics,
+            "command": command,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "signatures": SIGNATURES,
+            "preprocessing": preprocessing,
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            **(extra or {}),
+        }
+        (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+        fsync_tree(tmp)
+        if final.exists():  # another process took this version meanwhile
+            raise FileExistsError(f"{final} appeared during the export; nothing was overwritten")
+        os.rename(tmp, final)
+        fsync_dir(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def check_export_inputs(model: keras.Model, name: str, labels: list[str], metrics: dict) -> None:
+    """Clear errors for a bad name, labels that do not match the outputs, or malformed metrics."""
+    if not NAME_PATTERN.fullmatch(name):
+        raise ValueError(f"model name {name!r} must be letters, digits, '_', '-' or '.' (not first)")
+    classes = model.outputs[0].shape[-1]
+    if len(labels) != classes:
+        raise ValueError(f"{len(labels)} labels for a model with {classes} outputs")
+    if len(set(labels)) != len(labels):
+        raise ValueError("labels must be distinct")
+    for key in ("top1", "top5"):
+        if key not in metrics:
+            raise ValueError(f"metrics need {key!r} (held-out accuracy, or None when not measured)")
+        value = metrics[key]
+        if value is not None and not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"metrics[{key!r}] = {value!r} is not a fraction in [0, 1]")
+
+
+def resize_preprocessing(model: keras.Model, size: tuple[int, int]) -> dict:
+    """The resize a server must mirror, read from (and checked against) the model's "resize" layer.
+
+    The bytes signature resizes with ``resize_images`` (``end_to_end.RESIZE``); exporting a model
+    whose own resize differs would make the two signatures disagree, so that is an error.
+    """
+    try:
+        layer = model.get_layer("resize")
+    except ValueError:
+        raise ValueError(
+            f"model {model.name} has no layer named 'resize'; build it with "
+            "training.end_to_end.build_end_to_end"
+        ) from None
+    config = layer.get_config()
+    found = {
+        "size": (config.get("height"), config.get("width")),
+        "interpolation": config.get("interpolation"),
+        "crop_to_aspect_ratio": config.get("crop_to_aspect_ratio"),
+        "antialias": config.get("antialias"),
+    }
+    expected = {"size": size, **RESIZE}
+    if found != expected:
+        raise ValueError(f"the model's 'resize' layer does {found}, the export expects {expected}")
+    return {
+        "resize": RESIZE["interpolation"],
+        "antialias": RESIZE["antialias"],
+        "crop_to_aspect_ratio": RESIZE["crop_to_aspect_ratio"],
+        "input": "RGB pixels 0..255; scaling and normalization are inside the model",
+    }
+
+
+def serving_functions(model: keras.Model, size: tuple[int, int]):
+    """The two endpoint functions: uint8 image batches, and encoded image strings."""
+
+    def classify_images(images):
+        return {"probabilities": model(tf.cast(images, tf.float32), training=False)}
+
+    def decode_one(image_bytes):
+        image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+        image.set_shape([None, None, 3])
+        return resize_images(image, size)
+
+    def classify_bytes(image_bytes):
+        images = tf.map_fn(
+            decode_one, image_bytes, fn_output_signature=tf.TensorSpec((*size, 3), tf.float32)
+        )
+        return {"probabilities": model(images, training=False)}
+
+    return classify_images, classify_bytes
+
+
+def write_saved_model(model: keras.Model, path: Path, size: tuple[int, int]) -> int:
+    """Write the SavedModel with both signatures; return the parameters it holds."""
+    classify_images, classify_bytes = serving_functions(model, size)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    images_fn = archive.add_endpoint(
+        "serving_default",
+        classify_images,
+        input_signature=[tf.TensorSpec((None, None, None, 3), tf.uint8, name="images")],
+    )
+    archive.add_endpoint(
+        "serve_bytes",
+        classify_bytes,
+        input_signature=[tf.TensorSpec((None,), tf.string, name="image_bytes")],
+    )
+    archive.write_out(str(path), verbose=False)
+    return count_parameters(images_fn)
+
+
+def count_parameters(endpoint: tf.types.experimental.GenericFunction) -> int:
+    """Scalars in every variable the endpoint reads: the whole exported model, wrapped TF Hub
+    modules included (their variables are not Keras weights, so ``count_params`` misses them)."""
+    variables = endpoint.get_concrete_function().variables
+    return int(sum(np.prod(v.shape) for v in {id(v): v for v in variables}.values()))
+
+
+def choose_version(folder: Path, version: int | None) -> int:
+    """``version`` if free, else the next one after every numbered folder (complete or not)."""
+    if version is None:
+        taken = [int(p.name) for p in folder.iterdir() if p.name.isdigit()]
+        return max(taken, default=0) + 1
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"version must be a positive integer, got {version!r}")
+    if (folder / str(version)).exists():
+        raise FileExistsError(
+            f"{folder / str(version)} already exists and versions are never overwritten; "
+            f"omit --version to export as {choose_version(folder, None)}"
+        )
+    return version
+
+
+def is_complete(version_dir: Path) -> bool:
+    """A finished export: a numbered folder with both the SavedModel and its metadata."""
+    return (
+        version_dir.name.isdigit()
+        and (version_dir / "saved_model.pb").is_file()
+        and (version_dir / METADATA_FILE).is_file()
+    )
+
+
+def latest_version(models_dir: str | Path, name: str) -> int | None:
+    """The highest complete version of ``name`` in the repository, or None."""
+    folder = Path(models_dir) / name
+    if not folder.is_dir():
+        return None
+    versions = [int(p.name) for p in folder.iterdir() if is_complete(p)]
+    return max(versions, default=None)
+
+
+def load_metadata(version_dir: str | Path) -> dict:
+    """``metadata.json`` of an exported version, checked for every required key."""
+    path = Path(version_dir) / METADATA_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no exported model at {version_dir} ({METADATA_FILE} missing)")
+    metadata = json.loads(path.read_text(encoding="utf-8"))
+    missing = [key for key in REQUIRED_KEYS if key not in metadata]
+    if missing:
+        raise ValueError(f"{path} lacks required keys: {', '.join(missing)}")
+    return metadata
+
+
+def fsync_tree(root: Path) -> None:
+    """Flush every file and folder under ``root`` to disk (before the rename publishes them)."""
+    for folder, _, files in os.walk(root):
+        for file in files:
+            with open(os.path.join(folder, file), "rb") as f:
+                os.fsync(f.fileno())
+        fsync_dir(Path(folder))
+
+
+def fsync_dir(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    p = parser.add_argument
+    p("run_dir", type=Path, help="a finished `python -m training fit` run (best.keras + run.json)")
+    p("--name", help="model name in the repository (default: the run's export name)")
+    p("--models-dir", type=Path, default=Path("models"))
+    p("--version", type=int, help="version number (default: the next one); never overwrites")
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        path = export_run(args.run_dir, name=args.name, models_dir=args.models_dir, version=args.version)
+    except (FileNotFoundError, FileExistsError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    metadata = load_metadata(path)
+    top1 = metadata["metrics"]["top1"]
+    print(
+        f"exported {metadata['architecture']} to {path}: {len(metadata['labels'])} classes, "
+        f"{format_count(metadata['params'])} parameters, {format_count(metadata['flops'])} multiply-adds "
+        f"at {metadata['input_size'][0]}x{metadata['input_size'][1]}, held-out top-1 "
+        + (f"{top1:.4f}" if top1 is not None else "not measured")
+    )
+    print(f"inspect it: saved_model_cli show --dir {path} --all")
+    return 0
+
+
+def export_run(
+    run_dir: str | Path,
+    *,
+    name: str | None = None,
+    models_dir: str | Path = "models",
+    version: int | None = None,
+) -> Path:
+    """Export a finished fit run from ``run_dir/best.keras`` and ``run_dir/run.json``."""
+    run_dir = Path(run_dir)
+    run_file, checkpoint = run_dir / "run.json", run_dir / "best.keras"
+    for needed in (run_file, checkpoint):
+        if not needed.is_file():
+            raise FileNotFoundError(f"{needed} not found: is {run_dir} a `python -m training fit` run?")
+    run = json.loads(run_file.read_text(encoding="utf-8"))
+    if not run.get("metrics"):
+        raise ValueError(f"{run_dir} is not finished (run.json has no held-out metrics yet)")
+    import training.architectures  # noqa: F401  (registers the zoo's custom layers for loading)
+
+    model = keras.models.load_model(checkpoint)
+    return export_model(
+        model,
+        name=name or run["name"],
+        labels=run["labels"],
+        input_size=run["image_size"],
+        architecture=run["arch"],
+        dataset=run["dataset"],
+        metrics={"top1": run["metrics"]["top1"], "top5": run["metrics"]["top5"]},
+        command=run["command"],
+        models_dir=models_dir,
+        version=version,
+        extra={"run": str(run_dir)},
+    )
