@@ -44,7 +44,9 @@ def folder(tmp_path_factory) -> Path:
 def test_split_is_stratified_disjoint_and_complete(folder):
     split = split_folder(folder)
     assert split.class_ids == CLASSES
-    counts = {name: np.bincount([label for _, label in items], minlength=3) for name, items in split.files.items()}
+    counts = {
+        name: np.bincount([label for _, label in items], minlength=3) for name, items in split.files.items()
+    }
     assert list(counts["train"]) == [14, 14, 14]
     assert list(counts["validation"]) == [3, 3, 3] and list(counts["test"]) == [3, 3, 3]
     paths = [path for items in split.files.values() for path, _ in items]

@@ -112,7 +112,9 @@ def test_save_and_reload_gives_the_same_predictions(model, tmp_path):
 def test_mixed_precision_keeps_float32_probabilities():
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        model = build_end_to_end(tiny_backbone(), num_classes=NUM_CLASSES, image_size=SIZE, preprocessing="unit")
+        model = build_end_to_end(
+            tiny_backbone(), num_classes=NUM_CLASSES, image_size=SIZE, preprocessing="unit"
+        )
         probs = model(random_images(2, 50, 50), training=False)
     finally:
         keras.mixed_precision.set_global_policy("float32")

@@ -96,7 +96,8 @@ def split_folder(root: str | Path, fractions: SplitFractions = SplitFractions())
             str(p) for p in class_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
         )
         if not paths:
-            raise ValueError(f"class folder {class_dir} has no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+            kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
+            raise ValueError(f"class folder {class_dir} has no images ({kinds})")
         order = rng.permutation(len(paths))
         n_test = round(len(paths) * fractions.test)
         n_validation = round(len(paths) * fractions.validation)

@@ -33,7 +33,13 @@ import keras
 import tensorflow as tf
 
 from training.data import SplitFractions, load_data, pipeline
-from training.end_to_end import AUGMENTATION_PRESETS, augmentation_preset, build_end_to_end, image_hw
+from training.end_to_end import (
+    AUGMENTATION_PRESETS,
+    Augmentation,
+    augmentation_preset,
+    build_end_to_end,
+    image_hw,
+)
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 MONITOR = "val_top1"
@@ -94,15 +100,16 @@ def fit(args: argparse.Namespace) -> dict:
     resuming = check_run_dir(run_dir, config)
     keras.utils.set_random_seed(args.seed)
     strategy, device = choose_strategy()
-    config["mixed_precision"] = set_precision(args.mixed_precision)
-    print(f"device: {device}; precision: {keras.mixed_precision.global_policy().name}")
+    set_precision(args.mixed_precision)
+    precision = keras.mixed_precision.global_policy().name
+    print(f"device: {device}; precision: {precision}")
 
     fractions = SplitFractions(args.validation_fraction, args.test_fraction, args.seed)
     data = load_data(
         args.data, config["image_size"], fractions=fractions, labels_map=args.labels_map, limit=args.limit
     )
     print(data.describe())
-    augmentation = augmentation_preset(args.augment).replace(**config["augmentation_overrides"])
+    augmentation = Augmentation(**config["augmentation"])
     batches = {
         split: pipeline(
             ds,
@@ -118,14 +125,7 @@ def fit(args: argparse.Namespace) -> dict:
     steps_per_epoch = math.ceil(data.sizes["train"] / args.batch_size)
 
     with strategy.scope():
-        model = build_end_to_end(
-            args.arch,
-            num_classes=data.num_classes,
-            image_size=config["image_size"],
-            augmentation=augmentation,
-            arch_options=config["arch_options"],
-            seed=args.seed,
-        )
+        model = build_model(config, data.num_classes)
         compile_model(model, config, steps_per_epoch)
     print(
         f"model {model.name}: {model.count_params():,} parameters; {steps_per_epoch} steps per epoch; "
@@ -140,19 +140,21 @@ def fit(args: argparse.Namespace) -> dict:
         "image_size": list(config["image_size"]),
         "dataset": data.name,
         "splits": data.sizes,
+        "device": device,
+        "precision": precision,
         "command": command_line(args),
         "config": config,
         "metrics": None,
     }
     write_json(run_dir / "run.json", run)
 
-    timer = EpochTimer()
+    stats = EpochStats()
     start = time.perf_counter()
     history = model.fit(
         batches["train"],
         validation_data=batches["validation"],
         epochs=args.epochs,
-        callbacks=[timer, *make_callbacks(run_dir, resuming, args.patience)],
+        callbacks=[stats, *make_callbacks(run_dir, resuming, args.patience)],
         shuffle=False,  # the tf.data pipeline shuffles (Keras cannot shuffle a dataset itself)
         verbose=1,
     )
@@ -162,13 +164,13 @@ def fit(args: argparse.Namespace) -> dict:
     with strategy.scope():
         best = keras.models.load_model(run_dir / "best.keras")
     scores = best.evaluate(batches["test"], return_dict=True, verbose=0)
-    run["metrics"] = {"top1": float(scores["top1"]), "top5": float(scores["top5"]), "loss": float(scores["loss"])}
+    run["metrics"] = {key: float(scores[key]) for key in ("top1", "top5", "loss")}
     run["training"] = {
         "epochs_run": epochs_run,  # in this session (after a resume: since the resume)
         "first_epoch": history.epoch[0] + 1 if epochs_run else None,
         "seconds": round(seconds, 1),
         "images_per_second": round(epochs_run * data.sizes["train"] / seconds, 1) if epochs_run else None,
-        "images_per_second_steady": timer.steady_speed(data.sizes["train"]),
+        "images_per_second_steady": stats.steady_speed(data.sizes["train"]),
         "best_val_top1": best_logged(run_dir / "log.csv"),
     }
     write_json(run_dir / "run.json", run)
@@ -179,7 +181,7 @@ def fit(args: argparse.Namespace) -> dict:
         from training.export import export_model  # written by another part of the project
 
         path = export_model(
-            best,
+            float32_model(best, config, data.num_classes),
             name=run["name"],
             labels=run["labels"],
             input_size=run["image_size"],
@@ -194,6 +196,36 @@ def fit(args: argparse.Namespace) -> dict:
         write_json(run_dir / "run.json", run)
         print(f"exported to {path}")
     return run
+
+
+def build_model(config: dict, num_classes: int) -> keras.Model:
+    """The end-to-end model ``config`` describes (under the current dtype policy)."""
+    return build_end_to_end(
+        config["arch"],
+        num_classes=num_classes,
+        image_size=config["image_size"],
+        augmentation=Augmentation(**config["augmentation"]),
+        arch_options=config["arch_options"],
+        seed=config["seed"],
+    )
+
+
+def float32_model(model: keras.Model, config: dict, num_classes: int) -> keras.Model:
+    """``model`` itself when it computes in float32, else a float32 rebuild with its weights.
+
+    A mixed-precision model keeps float32 weights but computes in float16, which CPU servers run
+    slowly; the exported model should not depend on the GPU it was trained on.
+    """
+    if model.dtype_policy.name == "float32":
+        return model
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        twin = build_model(config, num_classes)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    twin.set_weights(model.get_weights())
+    return twin
 
 
 def run_config(args: argparse.Namespace) -> dict:
@@ -264,7 +296,10 @@ def check_run_dir(run_dir: Path, config: dict) -> bool:
         return False
     previous = json.loads(previous_file.read_text())
     if previous.get("metrics"):
-        raise RunStateError(f"{run_dir} holds a finished run; choose another --run-name or delete it")
+        raise RunStateError(
+            f"{run_dir} holds a finished run; choose another --run-name or delete it "
+            f"(to export it again: python -m training export {run_dir})"
+        )
     resumable = (run_dir / "backup" / "training_metadata.json").exists()
     if resumable and previous["config"] != config:
         changed = sorted(k for k in config if previous["config"].get(k) != config[k])
@@ -314,7 +349,9 @@ def make_optimizer(config: dict, steps_per_epoch: int) -> keras.optimizers.Optim
         "adam": lambda: keras.optimizers.Adam(lr, weight_decay=decay),
         "adamw": lambda: keras.optimizers.AdamW(lr, weight_decay=decay or 0.0),
         "sgd": lambda: keras.optimizers.SGD(lr, momentum=0.9, nesterov=True, weight_decay=decay),
-        "rmsprop": lambda: keras.optimizers.RMSprop(lr, rho=0.9, momentum=0.9, epsilon=1e-3, weight_decay=decay),
+        "rmsprop": lambda: keras.optimizers.RMSprop(
+            lr, rho=0.9, momentum=0.9, epsilon=1e-3, weight_decay=decay
+        ),
     }[config["optimizer"]]()
     if decay:
         # No decay on biases and normalization scales/offsets (the usual practice since Goyal et al.).
@@ -356,8 +393,9 @@ def make_callbacks(run_dir: Path, resuming: bool, patience: int) -> list[keras.c
     return callbacks
 
 
-class EpochTimer(keras.callbacks.Callback):
-    """Wall-clock seconds of each epoch (training + validation)."""
+class EpochStats(keras.callbacks.Callback):
+    """Times each epoch (training + validation) and adds the learning rate reached at its end to
+    the epoch's logs, so that log.csv and TensorBoard show the schedule. Must run before them."""
 
     def __init__(self):
         super().__init__()
@@ -368,6 +406,8 @@ class EpochTimer(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.seconds.append(time.perf_counter() - self._start)
+        if logs is not None:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
     def steady_speed(self, images_per_epoch: int) -> float | None:
         """Training images per second of the median epoch after the first (which compiles)."""
@@ -388,7 +428,7 @@ class CrashForTests(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         if (self.current, batch + 1) == (self.epoch, self.batch):
-            print(f"\n{CRASH_ENV}: killing the process in epoch {self.epoch} after batch {self.batch}", flush=True)
+            print(f"\n{CRASH_ENV}: killing the process at epoch {self.epoch}, batch {self.batch}", flush=True)
             os._exit(75)
 
 
