@@ -5,7 +5,8 @@ Locust (gevent) never shares a process with TensorFlow, so it runs as
 --reset-stats --csv PREFIX`` with the images passed through environment variables (see the
 locustfile). ``--reset-stats`` drops the ramp-up: the figures cover the time all N users were
 running. The ``Aggregated`` row of ``PREFIX_stats.csv`` gives one ``Step``; Locust's
-``PREFIX_stats_history.csv`` (per-second figures) stays beside it for a closer look.
+``PREFIX_stats_history.csv`` (per-second figures) stays beside it for a closer look; the most
+frequent error of ``PREFIX_failures.csv`` is kept with the step.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import csv
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from benchmarks.modelrepo import REPO
@@ -39,6 +40,7 @@ class Step:
     p95_ms: float
     p99_ms: float
     mean_ms: float
+    top_failure: str = ""  # the most frequent error of the step (Locust's _failures.csv)
 
 
 class LocustError(RuntimeError):
@@ -71,7 +73,8 @@ def run_step(server: str, host: str, users: int, seconds: float, images: list[Pa
     if finished.returncode != 0:
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-10:])
         raise LocustError(f"locust exited with code {finished.returncode}:\n{tail}")
-    return parse_stats(Path(f"{csv_prefix}_stats.csv"), server, users, images_per_request)
+    step = parse_stats(Path(f"{csv_prefix}_stats.csv"), server, users, images_per_request)
+    return replace(step, top_failure=top_failure(Path(f"{csv_prefix}_failures.csv")))
 
 
 def parse_stats(stats_csv: Path, server: str, users: int, images_per_request: int) -> Step:
@@ -95,6 +98,18 @@ def parse_stats(stats_csv: Path, server: str, users: int, images_per_request: in
         p50_ms=_number(row["50%"]), p95_ms=_number(row["95%"]), p99_ms=_number(row["99%"]),
         mean_ms=_number(row["Average Response Time"]),
     )
+
+
+def top_failure(failures_csv: Path, limit: int = 160) -> str:
+    """The most frequent error in a Locust ``_failures.csv`` ("" when there were none)."""
+    if not failures_csv.is_file():
+        return ""
+    with failures_csv.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        return ""
+    worst = max(rows, key=lambda row: int(row["Occurrences"]))
+    return f"{worst['Occurrences']}x {worst['Error']}"[:limit]
 
 
 def _number(text: str) -> float:

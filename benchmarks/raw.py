@@ -123,13 +123,19 @@ def make_calls(signatures, images: list[bytes], size: tuple[int, int]) -> dict:
     def indices(step: int, batch_size: int) -> list[int]:
         return [(step * batch_size + i) % count for i in range(batch_size)]
 
+    def distinct(batch_size: int) -> int:
+        """Batch ``step`` repeats with this period, so only that many are prepared."""
+        return count // math.gcd(batch_size, count)
+
     def tensor_mode(batch_size: int):
-        batches = [tf.constant(decoded[indices(step, batch_size)]) for step in range(count)]
-        return lambda step: serving(images=batches[step % count])["probabilities"].numpy()
+        period = distinct(batch_size)
+        batches = [tf.constant(decoded[indices(step, batch_size)]) for step in range(period)]
+        return lambda step: serving(images=batches[step % period])["probabilities"].numpy()
 
     def bytes_mode(batch_size: int):
-        batches = [tf.constant([images[i] for i in indices(step, batch_size)]) for step in range(count)]
-        return lambda step: serve_bytes(image_bytes=batches[step % count])["probabilities"].numpy()
+        period = distinct(batch_size)
+        batches = [tf.constant([images[i] for i in indices(step, batch_size)]) for step in range(period)]
+        return lambda step: serve_bytes(image_bytes=batches[step % period])["probabilities"].numpy()
 
     def pil_mode(batch_size: int):
         def call(step: int):

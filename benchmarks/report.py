@@ -137,6 +137,10 @@ def write_markdown(path: Path, *, header: list[str], titles: dict[str, str], sub
         parts += [f"## {server}: {titles.get(server, server)}", "", steps_table(steps), "",
                   f"Saturation: {peak.images_per_s:.1f} images/s at {peak.users} users "
                   f"(p99 {peak.p99_ms:.0f} ms).", ""]
+        failed = [s for s in steps if s.failures]
+        if failed:
+            parts += ["Failures (most frequent error per step):", "",
+                      *(f"- {s.users} users: {s.top_failure}" for s in failed), ""]
     if ceiling:
         parts += ["## Ceiling: the SavedModel in-process (benchmarks.raw)", "",
                   f"Command: `{ceiling['command']}`", "", ceiling_table(ceiling["points"]), ""]
@@ -162,6 +166,7 @@ def plot(path: Path, by_server: dict[str, list[Step]], ceiling: dict | None, tit
     axes.set_xscale("log")
     plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
     axes.xaxis.set_major_formatter(plain)
+    axes.xaxis.set_minor_locator(matplotlib.ticker.LogLocator(base=10, subs=(2, 5)))
     axes.xaxis.set_minor_formatter(plain)
     axes.tick_params(axis="x", which="minor", labelsize=7)
     axes.set_xlabel("p99 latency (ms, log scale)")
