@@ -216,3 +216,9 @@ def test_labels_and_data_together_are_refused(feature_dir, tmp_path, capsys):
     argv = ["hub", feature_dir, "--data", str(tmp_path), "--labels", "x.txt", "--models-dir", str(tmp_path)]
     assert cli(argv) == 2
     assert "with --data the labels come from the dataset" in capsys.readouterr().err
+
+
+def test_a_handle_that_cannot_be_loaded_is_a_clear_error(tmp_path, capsys):
+    assert cli(["hub", str(tmp_path / "absent"), "--models-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "could not load" in err and "absent" in err and "TFHUB_CACHE_DIR" in err

@@ -322,8 +322,10 @@ def export_run(
     if not run.get("metrics"):
         raise ValueError(f"{run_dir} is not finished (run.json has no held-out metrics yet)")
     import training.architectures  # noqa: F401  (registers the zoo's custom layers for loading)
+    from training.fit import float32_model
 
-    model = keras.models.load_model(checkpoint)
+    # A mixed-precision checkpoint is rebuilt to compute in float32, as `fit` exports it.
+    model = float32_model(keras.models.load_model(checkpoint), run["config"], len(run["labels"]))
     return export_model(
         model,
         name=name or run["name"],

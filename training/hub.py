@@ -66,7 +66,13 @@ class HubModel(keras.layers.Layer):
         kwargs.setdefault("dtype", "float32")  # the module computes in float32
         super().__init__(**kwargs)
         self.handle = str(handle)
-        self.module = hub.load(self.handle)
+        try:
+            self.module = hub.load(self.handle)
+        except OSError as error:  # no network, unknown handle, missing folder
+            raise OSError(
+                f"could not load {self.handle} ({error}); offline, pass the unpacked SavedModel "
+                "folder instead, or set TFHUB_CACHE_DIR to a cache that holds it"
+            ) from error
         if not callable(self.module):
             raise ValueError(f"{self.handle} has no __call__ function: not a TF2 image model")
         self.takes_training = "training" in inspect.signature(self.module.__call__).parameters
@@ -174,7 +180,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     try:
         path, handle = wrap_and_export(args)
-    except (FileNotFoundError, FileExistsError, ValueError) as error:
+    except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"exported {handle} to {path}")
