@@ -2,8 +2,19 @@
 
     from training.architectures import create_model, list_models
     model = create_model("resnet50", num_classes=10, input_shape=(128, 128, 3))
+
+Importing this package imports every family module, so their ``@register_model`` entries and
+their custom layers (needed to load ``.keras`` checkpoints) are registered.
 """
 
-from training.architectures._registry import ModelInfo, create_model, list_models, model_info
+from training.architectures._registry import (
+    ModelInfo,
+    _import_families,
+    create_model,
+    list_models,
+    model_info,
+)
+
+_import_families()
 
 __all__ = ["ModelInfo", "create_model", "list_models", "model_info"]
