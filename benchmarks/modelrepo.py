@@ -2,7 +2,7 @@
 
 The benchmark kit reads the repository directly (DESIGN.md, contract 1), so every server and the
 in-process ceiling measure the very same folder. ``resolve`` and ``read_metadata`` need no
-TensorFlow; ``load_signatures`` imports it when called.
+TensorFlow; ``load_saved_model`` imports it when called.
 """
 
 from __future__ import annotations
@@ -63,9 +63,8 @@ def read_metadata(ref: ModelRef) -> dict:
     return json.loads((ref.path / "metadata.json").read_text())
 
 
-def load_signatures(ref: ModelRef):
-    """The loaded SavedModel's signatures (``serving_default`` and the bytes one, ``serve_bytes``)."""
+def load_saved_model(ref: ModelRef):
+    """The loaded SavedModel; ``.signatures`` has ``serving_default`` and ``serve_bytes``."""
     import tensorflow as tf
 
-    loaded = tf.saved_model.load(str(ref.path))
-    return loaded, loaded.signatures
+    return tf.saved_model.load(str(ref.path))

@@ -37,7 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.images import ImageMix, build_image_set
-from benchmarks.modelrepo import DEFAULT_MODEL, DEFAULT_MODELS_DIR, read_metadata, resolve
+from benchmarks.modelrepo import (DEFAULT_MODEL, DEFAULT_MODELS_DIR, load_saved_model,
+                                  read_metadata, resolve)
 from benchmarks.peers.common import decode
 
 MODES = ("tensor", "bytes", "pil")
@@ -204,10 +205,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
     if unknown:
         raise SystemExit(f"unknown modes {sorted(unknown)}; choose from {MODES}")
 
-    from benchmarks.modelrepo import load_signatures  # TensorFlow, after pinning
-
-    _, signatures = load_signatures(ref)
-    calls = make_calls(signatures, images, size)
+    saved_model = load_saved_model(ref)  # imports TensorFlow: after pinning
+    calls = make_calls(saved_model.signatures, images, size)
     print(f"model {ref.spec} ({metadata.get('architecture')}, input {size[0]}x{size[1]}), "
           f"CPUs {sorted(os.sched_getaffinity(0))}; images: {image_set.description}", flush=True)
     points = []
