@@ -61,10 +61,7 @@ def export_test_model(models_dir: Path) -> Path:
     import keras
 
     from training.end_to_end import build_end_to_end
-    try:
-        from training.export import export_model
-    except ImportError:
-        export_model = _scratch_export
+    from training.export import export_model
 
     keras.utils.set_random_seed(0)
     model = build_end_to_end("lenet5", num_classes=len(LABELS), image_size=INPUT_SIZE)
@@ -382,15 +379,3 @@ def batch_histogram(server: Server) -> dict[str, float]:
             totals["le_1"] += value
     return totals
 
-
-def _scratch_export(model, *, name, labels, input_size, architecture, dataset, metrics, command,
-                    models_dir="models", version=None, extra=None):  # TEMPORARY until training.export lands
-    import keras, tensorflow as tf
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint("serving_default", lambda images: {"probabilities": model(tf.cast(images, "float32"), training=False)},
-        input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
-    out = Path(models_dir) / name / "1"
-    archive.write_out(str(out))
-    (out / "metadata.json").write_text(json.dumps(dict(name=name, version=1, architecture=architecture, labels=labels, input_size=input_size, preprocessing={"resize": "bilinear", "antialias": True, "crop_to_aspect_ratio": True})))
-    return out
