@@ -12,6 +12,11 @@ Crash-safe: kill it at any moment and run the SAME command again: it resumes fro
 epoch (weights, optimizer state and so the learning-rate schedule position, epoch counter; the CSV
 log is appended to and the best checkpoint keeps its best-so-far). The early-stopping patience
 counter restarts on resume.
+
+``--time-limit MINUTES`` trains on a budget: at the end of an epoch, training stops when the next
+epoch (as long as the last) would end past the limit; the epochs of earlier sessions of a resumed
+run count (``log.csv`` records every epoch's ``epoch_seconds``). The best checkpoint is then
+evaluated and exported as usual, and ``run.json`` says the time limit stopped it.
 """
 
 from __future__ import annotations
@@ -78,6 +83,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p("--name", help="exported model name (default: the architecture)")
     p("--models-dir", default="models")
     p("--no-export", action="store_true", help="do not export to --models-dir at the end")
+    p("--time-limit", type=float, metavar="MINUTES", help="stop early once the next epoch would end "
+      "past this many minutes of training (resumed sessions included), then evaluate and export")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -149,12 +156,18 @@ def fit(args: argparse.Namespace) -> dict:
     write_json(run_dir / "run.json", run)
 
     stats = EpochStats()
+    callbacks = [stats, *make_callbacks(run_dir, resuming, args.patience)]
+    time_limit = None
+    if args.time_limit is not None:
+        spent = logged_seconds(run_dir / "log.csv") if resuming else 0.0
+        time_limit = TimeLimit(args.time_limit * 60, spent=spent)
+        callbacks.append(time_limit)
     start = time.perf_counter()
     history = model.fit(
         batches["train"],
         validation_data=batches["validation"],
         epochs=args.epochs,
-        callbacks=[stats, *make_callbacks(run_dir, resuming, args.patience)],
+        callbacks=callbacks,
         shuffle=False,  # the tf.data pipeline shuffles (Keras cannot shuffle a dataset itself)
         verbose=1,
     )
@@ -172,10 +185,15 @@ def fit(args: argparse.Namespace) -> dict:
         "images_per_second": round(epochs_run * data.sizes["train"] / seconds, 1) if epochs_run else None,
         "images_per_second_steady": stats.steady_speed(data.sizes["train"]),
         "best_val_top1": best_logged(run_dir / "log.csv"),
+        "time_limit_minutes": args.time_limit,
+        "stopped_by_time_limit": bool(time_limit and time_limit.stopped),
     }
     write_json(run_dir / "run.json", run)
     shutil.rmtree(run_dir / "backup", ignore_errors=True)  # finished: nothing left to resume
     print_summary(run)
+    if run["training"]["stopped_by_time_limit"]:
+        last_epoch = history.epoch[-1] + 1
+        print(f"stopped by --time-limit {args.time_limit:g} min after epoch {last_epoch}/{args.epochs}")
 
     if not args.no_export:
         from training.export import export_model  # written by another part of the project
@@ -394,8 +412,8 @@ def make_callbacks(run_dir: Path, resuming: bool, patience: int) -> list[keras.c
 
 
 class EpochStats(keras.callbacks.Callback):
-    """Times each epoch (training + validation) and adds the learning rate reached at its end to
-    the epoch's logs, so that log.csv and TensorBoard show the schedule. Must run before them."""
+    """Times each epoch (training + validation) and adds its duration and the learning rate reached
+    at its end to the epoch's logs, so that log.csv and TensorBoard show them. Must run before them."""
 
     def __init__(self):
         super().__init__()
@@ -407,12 +425,33 @@ class EpochStats(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.seconds.append(time.perf_counter() - self._start)
         if logs is not None:
+            logs["epoch_seconds"] = round(self.seconds[-1], 3)
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
     def steady_speed(self, images_per_epoch: int) -> float | None:
         """Training images per second of the median epoch after the first (which compiles)."""
         later = sorted(self.seconds[1:])
         return round(images_per_epoch / later[len(later) // 2], 1) if later else None
+
+
+class TimeLimit(keras.callbacks.Callback):
+    """Stops training at the end of an epoch when one more epoch, as long as the last, would end
+    past ``seconds``; ``spent`` is the training time of earlier sessions. ``stopped`` tells whether
+    it cut the training short."""
+
+    def __init__(self, seconds: float, spent: float = 0.0):
+        super().__init__()
+        self.seconds, self.spent, self.stopped = seconds, spent, False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        last = time.perf_counter() - self._start
+        self.spent += last
+        if epoch + 1 < self.params["epochs"] and self.spent + last > self.seconds:
+            self.model.stop_training = True
+            self.stopped = True
 
 
 class CrashForTests(keras.callbacks.Callback):
@@ -439,6 +478,14 @@ def best_logged(log_csv: Path) -> float | None:
     with open(log_csv, newline="") as f:
         values = [float(row[MONITOR]) for row in csv.DictReader(f) if row.get(MONITOR)]
     return max(values) if values else None
+
+
+def logged_seconds(log_csv: Path) -> float:
+    """Training time of the epochs recorded in the CSV log (0 without one)."""
+    if not log_csv.exists():
+        return 0.0
+    with open(log_csv, newline="") as f:
+        return sum(float(row["epoch_seconds"]) for row in csv.DictReader(f) if row.get("epoch_seconds"))
 
 
 def command_line(args: argparse.Namespace) -> str:
