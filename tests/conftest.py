@@ -19,3 +19,17 @@ def shared_imagenette() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def exported_model(tmp_path_factory) -> Path:
+    """The service tests' small model (tests/test_service.py), exported once for every module."""
+    from test_service import export_test_model
+
+    return Path(export_test_model(tmp_path_factory.mktemp("models")))
+
+
+@pytest.fixture(scope="session")
+def bentoml_home(tmp_path_factory) -> Path:
+    """A BENTOML_HOME for the servers the tests start (never ~/bentoml)."""
+    return tmp_path_factory.mktemp("bentoml_home")

@@ -89,11 +89,6 @@ def _all_layers(model):
 
 
 @pytest.fixture(scope="session")
-def exported_model(tmp_path_factory) -> Path:
-    return Path(export_test_model(tmp_path_factory.mktemp("models")))
-
-
-@pytest.fixture(scope="session")
 def reference(exported_model):
     """The SavedModel's own prediction on a decoded file: ``reference(data, name) -> probs``."""
     import tensorflow as tf
@@ -105,11 +100,6 @@ def reference(exported_model):
         return serving_default(images=tf.constant(image))["probabilities"].numpy()[0]
 
     return predict
-
-
-@pytest.fixture(scope="session")
-def bentoml_home(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("bentoml_home")
 
 
 def server_env(exported_model: Path, bentoml_home: Path) -> dict[str, str]:
