@@ -16,7 +16,8 @@
 | CONVZOO_DECODE_THREADS     | 4                        | decoding threads per API process                   |
 | CONVZOO_MODEL_WORKERS      | one per GPU, else 1      | processes running the model                        |
 | CONVZOO_TIMEOUT_S          | 60                       | request timeout                                    |
-| CONVZOO_MAX_CONCURRENCY    | 512                      | requests in flight before the server answers 503   |
+| CONVZOO_MAX_CONCURRENCY    | 512                      | requests in flight before the server answers 429   |
+| CONVZOO_API_KEY            | (none: no authentication)| clients must send ``Authorization: Bearer <key>`` |
 
 The same settings apply to ``bentoml serve`` from the repository root and to a built Bento.
 """
@@ -26,7 +27,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 MiB = 1024 * 1024
@@ -58,6 +59,7 @@ class ServiceConfig:
     model_workers: int = 1
     timeout_s: int = 60
     max_concurrency: int = 512
+    api_key: str | None = field(default=None, repr=False)  # never printed
 
 
 def _int(name: str, default: int) -> int:
@@ -110,6 +112,7 @@ def load_config() -> ServiceConfig:
         model_workers=_int("CONVZOO_MODEL_WORKERS", max(1, count_gpus())),
         timeout_s=_int("CONVZOO_TIMEOUT_S", ServiceConfig.timeout_s),
         max_concurrency=_int("CONVZOO_MAX_CONCURRENCY", ServiceConfig.max_concurrency),
+        api_key=os.environ.get("CONVZOO_API_KEY") or None,
     )
     if config.top_k > config.max_top_k:
         raise ValueError(

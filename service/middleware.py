@@ -9,12 +9,18 @@ watches the body as BentoML reads it (no buffering, no second copy):
 - 413 when the Content-Length exceeds ``max_bytes`` (nothing of the body is read), or when a
   body without Content-Length (chunked) grows past it (reading stops there);
 - 400 when the form is malformed, has no ``file_field`` part, has a text value in ``file_field``,
-  or a file in another field. The check ends with the last body chunk, which BentoML then never
+  a file in another field, a part without a name, a text value over 1 MiB or more than 1000
+  parts (what Starlette's parser, called by BentoML, would fail on with a 500). The check ends with the last body chunk, which BentoML then never
   receives: it stops with a disconnect, and its own answer is replaced by ours.
+
+``ApiKeyGuard`` (on when ``CONVZOO_API_KEY`` is set) answers 401 to every request, on every path
+but the health probes, that lacks ``Authorization: Bearer <key>``. The key is compared in constant
+time and never echoed: not in the answer, not in a log line.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 from typing import Any, Awaitable, Callable
 
@@ -27,6 +33,38 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 DISCONNECT: Message = {"type": "http.disconnect"}
+MAX_FORM_PARTS = 1000
+MAX_TEXT_BYTES = 1024 * 1024
+"""What Starlette's form parser (which BentoML calls with its defaults) accepts: 1000 files, 1000
+text fields, 1 MiB per text value. Beyond, or on a part without a name, it raises and BentoML
+answers 500; the guard refuses first, with a 400."""
+
+
+class ApiKeyGuard:
+    OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz"})
+    """Health probes stay open, so a load balancer or orchestrator needs no key."""
+
+    def __init__(self, app: ASGIApp, *, key: str) -> None:
+        if not key:
+            raise ValueError("ApiKeyGuard needs a non-empty key")
+        self.app = app
+        self.key = key.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan" or scope["path"] in self.OPEN_PATHS or self._allowed(scope):
+            await self.app(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})  # policy violation
+        else:
+            await _send_json(send, 401, (
+                "missing or wrong API key: send the header 'Authorization: Bearer <key>' "
+                "(the key the server was started with, CONVZOO_API_KEY)"
+            ), headers=[(b"www-authenticate", b"Bearer")])
+
+    def _allowed(self, scope: Scope) -> bool:
+        header = next((v for k, v in scope["headers"] if k.lower() == b"authorization"), b"")
+        scheme, _, token = header.strip().partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key)
 
 
 class UploadGuard:
@@ -79,7 +117,11 @@ class UploadGuard:
             if not refusal:  # after a refusal the app's own (error) answer is dropped
                 await send(message)
 
-        await self.app(scope, watched_receive, guarded_send)
+        try:
+            await self.app(scope, watched_receive, guarded_send)
+        except Exception:
+            if not refusal:  # an app that raises on the disconnect we fed it: answer for it
+                raise
         if refusal:
             await _send_json(send, *refusal)
 
@@ -94,7 +136,9 @@ class FormInspector:
     def __init__(self, boundary: bytes, file_field: str) -> None:
         self.file_field = file_field
         self.files = 0
+        self.fields = 0
         self.problem: str | None = None
+        self._text_bytes: int | None = None  # size of the current part, if it is a text value
         self._field = b""
         self._value = b""
         self._disposition = b""
@@ -104,6 +148,7 @@ class FormInspector:
             "on_header_value": self._header_value,
             "on_header_end": self._header_end,
             "on_headers_finished": self._headers_finished,
+            "on_part_data": self._part_data,
         })
 
     def feed(self, chunk: bytes, last: bool) -> str | None:
@@ -135,19 +180,37 @@ class FormInspector:
 
     def _headers_finished(self) -> None:
         _, options = parse_options_header(self._disposition)
-        name = options.get(b"name", b"").decode("utf-8", "replace")
+        if b"name" not in options:
+            self._refuse("a part without a field name (Content-Disposition: form-data; name=...)")
+            return
+        name = options[b"name"].decode("utf-8", "replace")
         is_file = b"filename" in options
+        self._text_bytes = None if is_file else 0
         if name == self.file_field and is_file:
             self.files += 1
         elif name == self.file_field:
-            self.problem = self.problem or (
-                f"the field '{self.file_field}' must hold uploaded files, not text")
+            self._refuse(f"the field '{self.file_field}' must hold uploaded files, not text")
         elif is_file:
-            self.problem = self.problem or (
+            self._refuse(
                 f"a file was sent in the field '{name}'; images go in the field '{self.file_field}'")
+        else:
+            self.fields += 1
+        if max(self.files, self.fields) > MAX_FORM_PARTS:
+            self._refuse(f"more than {MAX_FORM_PARTS} files or fields in one form")
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._text_bytes is not None:
+            self._text_bytes += end - start
+            if self._text_bytes > MAX_TEXT_BYTES:
+                self._refuse(f"a text field of more than {MAX_TEXT_BYTES} bytes")
+
+    def _refuse(self, problem: str) -> None:
+        self.problem = self.problem or problem
 
 
-async def _send_json(send: Send, status: int, message: str) -> None:
+async def _send_json(
+    send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
     payload = json.dumps({"error": message}).encode()
     await send({
         "type": "http.response.start",
@@ -155,6 +218,7 @@ async def _send_json(send: Send, status: int, message: str) -> None:
         "headers": [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(payload)).encode()),
+            *(headers or []),
         ],
     })
     await send({"type": "http.response.body", "body": payload})

@@ -16,13 +16,27 @@ Resolution of ``CONVZOO_MODEL`` (``name`` or ``name:version``), in this order:
 
 With no ``CONVZOO_MODEL`` the name is ``imagenette``; while that model does not exist anywhere and
 ``models/`` holds exactly one model, that one is served.
+
+Safety (the service refuses to start, with one line naming the folder and the reason):
+
+- A model name is letters, digits, ``_``, ``.`` and ``-`` (starting with a letter or digit), so
+  ``../x``, ``/etc`` or ``a/b`` are refused before any path is built; a folder that resolves
+  outside the repository (a symlink to elsewhere) is refused too.
+- Every version folder (digits only) is checked before it is served or imported
+  (``check_export``): ``metadata.json`` is a JSON object with ``labels`` and ``input_size``,
+  ``saved_model.pb`` is a complete protocol buffer, every ``variables/`` shard is there. A folder
+  that fails is never skipped silently: an interrupted copy must not hide behind an older version.
+  (``training.export`` writes to a hidden ``.tmp-*`` folder and renames it into place, so an
+  interrupted *export* never leaves a digits-only folder.)
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
+import sys
 from pathlib import Path
 
 import bentoml
@@ -37,8 +51,16 @@ BENTO_YAML = Path(__file__).resolve().parents[2] / "bento.yaml"
 """Where ``bento.yaml`` lies when this file runs from a built Bento (``<bento>/src/service/``)."""
 
 
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+"""Model names (the same rule as ``training.export``): never a path."""
+
+
 class ModelNotFound(LookupError):
     """The configured model is neither in the model repository nor in the BentoML store."""
+
+
+class InvalidModel(ValueError):
+    """A model folder that must not be served: incomplete, corrupt, or outside the repository."""
 
 
 def parse_model_spec(spec: str) -> tuple[str, str | None]:
@@ -46,6 +68,11 @@ def parse_model_spec(spec: str) -> tuple[str, str | None]:
     name, _, version = spec.strip().partition(":")
     if not name:
         raise ValueError(f"model must be NAME or NAME:VERSION, got {spec!r}")
+    if not NAME_PATTERN.fullmatch(name):
+        raise ValueError(
+            f"model name {name!r} is not allowed: letters, digits, '_', '.' and '-' only, "
+            "starting with a letter or digit (a name, never a path)"
+        )
     if version in ("", "latest"):
         return name, None
     if not version.isdigit() or int(version) < 1:
@@ -53,22 +80,119 @@ def parse_model_spec(spec: str) -> tuple[str, str | None]:
     return name, str(int(version))
 
 
+def model_folder(models_dir: Path, name: str, version: str | int | None = None) -> Path:
+    """``models_dir/name[/version]``, refused when it resolves outside ``models_dir``."""
+    if not NAME_PATTERN.fullmatch(name) or (version is not None and not str(version).isdigit()):
+        raise InvalidModel(f"{name!r} version {version!r} is not a model name and version")
+    root = Path(models_dir).resolve()
+    folder = root / name if version is None else root / name / str(version)
+    if not folder.resolve().is_relative_to(root):
+        raise InvalidModel(
+            f"{folder} resolves to {folder.resolve()}, outside the model repository {root}; "
+            "models are served only from inside it"
+        )
+    return folder
+
+
 def repository_versions(models_dir: Path, name: str) -> list[int]:
-    """Complete exported versions of ``name`` in the repository (those with a metadata.json)."""
+    """Version folders (digits only) of ``name`` in the repository, complete or not."""
+    if not NAME_PATTERN.fullmatch(name):
+        return []
     folder = Path(models_dir) / name
     if not folder.is_dir():
         return []
-    return sorted(
-        int(p.name) for p in folder.iterdir()
-        if p.name.isdigit() and (p / "metadata.json").is_file() and (p / "saved_model.pb").is_file()
-    )
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir())
 
 
 def repository_names(models_dir: Path) -> list[str]:
-    """Model names with at least one complete version in the repository."""
+    """Model names with at least one version folder in the repository."""
     if not Path(models_dir).is_dir():
         return []
     return sorted(p.name for p in Path(models_dir).iterdir() if repository_versions(models_dir, p.name))
+
+
+def check_export(folder: Path) -> dict:
+    """The metadata of a complete export at ``folder``; raises ``InvalidModel`` saying why not.
+
+    Cheap and TensorFlow-free: ``metadata.json`` parses and names ``labels`` and ``input_size``,
+    ``saved_model.pb`` walks as a protocol buffer to its last byte (a truncated or overwritten
+    file does not), and ``variables/`` has its index and every data shard the index's name
+    promises (``variables.data-0000i-of-0000N``).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InvalidModel(f"{folder}: not a folder")
+    metadata = _check_metadata(folder / "metadata.json")
+    graph = folder / "saved_model.pb"
+    if not graph.is_file() or graph.stat().st_size == 0:
+        raise InvalidModel(f"{folder}: saved_model.pb is missing or empty (an interrupted copy?)")
+    if problem := _protobuf_problem(graph.read_bytes()):
+        raise InvalidModel(f"{folder}: saved_model.pb is corrupt or truncated ({problem})")
+    _check_variables(folder / "variables")
+    return metadata
+
+
+def _check_metadata(path: Path) -> dict:
+    try:
+        metadata = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InvalidModel(f"{path.parent}: metadata.json is missing (an interrupted copy?)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InvalidModel(f"{path.parent}: metadata.json is not valid JSON ({error})") from None
+    if not isinstance(metadata, dict):
+        raise InvalidModel(f"{path.parent}: metadata.json is not a JSON object")
+    labels, size = metadata.get("labels"), metadata.get("input_size")
+    if not (isinstance(labels, list) and labels and all(isinstance(x, str) for x in labels)):
+        raise InvalidModel(f"{path.parent}: metadata.json has no list of class names in 'labels'")
+    if not (isinstance(size, list) and len(size) == 2
+            and all(isinstance(x, int) and x > 0 for x in size)):
+        raise InvalidModel(f"{path.parent}: metadata.json 'input_size' is not [height, width]")
+    return metadata
+
+
+def _protobuf_problem(data: bytes) -> str | None:
+    """Why ``data`` is not a well-formed protocol buffer message at the top level, or None."""
+    position = 0
+    while position < len(data):
+        key, position = _varint(data, position)
+        wire_type = key & 7
+        if key >> 3 == 0 or wire_type not in (0, 1, 2, 5):
+            return f"bad field key {key} at byte {position}"
+        if wire_type == 0:
+            _, position = _varint(data, position)
+        elif wire_type == 2:
+            length, position = _varint(data, position)
+            position += length
+        else:
+            position += 8 if wire_type == 1 else 4
+        if position > len(data):
+            return f"a field runs past the end of the file ({len(data)} bytes)"
+    return None
+
+
+def _varint(data: bytes, position: int) -> tuple[int, int]:
+    value = shift = 0
+    while position < len(data) and shift < 64:
+        byte = data[position]
+        value |= (byte & 0x7F) << shift
+        position += 1
+        if byte < 0x80:
+            return value, position
+        shift += 7
+    return value, len(data) + 1  # unterminated: reported as running past the end
+
+
+def _check_variables(folder: Path) -> None:
+    if not (folder / "variables.index").is_file():
+        raise InvalidModel(f"{folder.parent}: variables/variables.index is missing")
+    shards = sorted(folder.glob("variables.data-*-of-*"))
+    if not shards:
+        raise InvalidModel(f"{folder.parent}: variables/ has no variables.data-* shard")
+    expected = int(shards[0].name.rsplit("-of-", 1)[1])
+    missing = [f"variables.data-{i:05d}-of-{expected:05d}" for i in range(expected)
+               if not (folder / f"variables.data-{i:05d}-of-{expected:05d}").is_file()]
+    if missing:
+        raise InvalidModel(f"{folder.parent}: variables/ lacks {', '.join(missing)}")
 
 
 def store_versions(name: str) -> list[int]:
@@ -83,15 +207,14 @@ def store_versions(name: str) -> list[int]:
 def import_export(models_dir: Path, name: str, version: str | int) -> bentoml.Model:
     """Import ``models_dir/name/version`` into the BentoML store as ``name:version`` (idempotent)."""
     tag = f"{name}:{version}"
+    source = model_folder(models_dir, name, version)
+    if not source.exists():
+        raise ModelNotFound(f"no exported model at {source}")
+    metadata = check_export(source)  # even when imported before: the repository is the truth
     try:
         return bentoml.models.get(tag)
     except NotFound:
         pass
-    source = Path(models_dir) / name / str(version)
-    metadata_file = source / "metadata.json"
-    if not metadata_file.is_file():
-        raise ModelNotFound(f"no exported model at {source} (metadata.json missing)")
-    metadata = json.loads(metadata_file.read_text())
     try:
         with bentoml.models.create(
             tag, labels={"project": "convzoo"}, metadata=metadata
@@ -109,17 +232,33 @@ def resolve_model(config: ServiceConfig) -> str:
     if BENTO_YAML.is_file():
         return _packaged_model(config)
     name, version = _default_name(config)
+    model_folder(config.models_dir, name)  # refuses a name that resolves outside the repository
     if repository_versions(config.models_dir, name):
         version = version or str(repository_versions(config.models_dir, name)[-1])
-        return str(import_export(config.models_dir, name, version).tag)
-    if version is None and store_versions(name):
-        version = str(store_versions(name)[-1])
-    if version is None:
-        raise ModelNotFound(_not_found_message(config, name))
+        model = import_export(config.models_dir, name, version)
+    else:
+        if version is None and store_versions(name):
+            version = str(store_versions(name)[-1])
+        if version is None:
+            raise ModelNotFound(_not_found_message(config, name))
+        try:
+            model = bentoml.models.get(f"{name}:{version}")
+        except NotFound:
+            raise ModelNotFound(_not_found_message(config, f"{name}:{version}")) from None
+    check_export(Path(model.path))  # the store's copy too (an interrupted import, a bad disk)
+    return str(model.tag)
+
+
+def resolve_model_or_exit(config: ServiceConfig) -> str:
+    """``resolve_model``, or one line on stderr naming the folder and the reason, then exit 2.
+
+    For service start-up: a traceback would bury the reason; BentoML prints this line and stops.
+    """
     try:
-        return str(bentoml.models.get(f"{name}:{version}").tag)
-    except NotFound:
-        raise ModelNotFound(_not_found_message(config, f"{name}:{version}")) from None
+        return resolve_model(config)
+    except (ModelNotFound, InvalidModel, ValueError) as error:
+        print(f"convzoo: cannot serve a model: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
 def _default_name(config: ServiceConfig) -> tuple[str, str | None]:

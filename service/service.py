@@ -35,13 +35,13 @@ from starlette.responses import JSONResponse
 
 from service.config import count_gpus, load_config
 from service.images import InvalidImage, Resize, prepare_image
-from service.middleware import UploadGuard
-from service.model_store import resolve_model
+from service.middleware import ApiKeyGuard, UploadGuard
+from service.model_store import resolve_model_or_exit
 
 logger = logging.getLogger("bentoml.convzoo")  # under "bentoml" so BentoML's log config shows it
 
 CONFIG = load_config()
-MODEL_TAG = resolve_model(CONFIG)
+MODEL_TAG = resolve_model_or_exit(CONFIG)
 GPUS = count_gpus()
 
 
@@ -214,6 +214,8 @@ def _error(status: int, message: str, **details: Any) -> JSONResponse:
     return JSONResponse({"error": message, **details}, status_code=status)
 
 
+if CONFIG.api_key:  # added first, so it runs before anything reads the body
+    Classifier.add_asgi_middleware(ApiKeyGuard, key=CONFIG.api_key)
 Classifier.add_asgi_middleware(
     UploadGuard, path="/classify", file_field="images", max_bytes=CONFIG.limits.max_request_bytes
 )

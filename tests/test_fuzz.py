@@ -1,0 +1,308 @@
+"""Hostile uploads, in process: the decode/validate layer and the upload guard under fuzzing.
+
+- ``service.images.prepare_image`` on mutated JPEG / PNG / GIF / WebP / BMP files (bit flips,
+  truncations, insertions, deletions, huge integers written over the header) either returns a
+  model-ready array or raises ``InvalidImage`` (never anything else), within ``SECONDS_PER_IMAGE``;
+  a separate process decodes a seeded corpus of the same mutations and must not grow its peak
+  memory beyond what the pixel limit allows.
+- Decompression bombs of every format are refused from the header, at once.
+- ``service.middleware.UploadGuard`` in front of Starlette's own form parser (what BentoML uses,
+  answering 500 when it fails) on random and mutated multipart bodies: a 2xx/4xx answer, never a
+  5xx or an exception.
+
+The same guard and decoder are fuzzed over HTTP against a real server in tests/test_reliability.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import httpx
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+import service_files as files
+from service.config import Limits
+from service.images import InvalidImage, Resize, prepare_image
+from service.middleware import UploadGuard
+
+REPO = Path(__file__).resolve().parents[1]
+MiB = 1024 * 1024
+RESIZE = Resize(48, 48)
+LIMITS = Limits(max_file_bytes=1 * MiB, max_pixels=4_000_000)
+SECONDS_PER_IMAGE = 2.0
+"""Generous for a shared 2-core machine; a mutated seed decodes in milliseconds."""
+PEAK_MEMORY_MIB = 160
+"""Peak-memory growth allowed while decoding the mutated corpus at ``LIMITS``: 4 Mpx is 16 MiB as
+RGBA, a few working copies of that, plus the allocator's slack."""
+
+
+def seeds() -> dict[str, bytes]:
+    """Small valid files of every format and several modes: the material mutations start from."""
+    base = files.photo((64, 48), seed=1)
+    return {
+        "photo.jpg": files.encode(base, "JPEG", quality=90),
+        "gray.jpg": files.encode(base.convert("L"), "JPEG"),
+        "cmyk.jpg": files.encode(base.convert("CMYK"), "JPEG"),
+        "photo.png": files.encode(base, "PNG"),
+        "rgba.png": files.encode(base.convert("RGBA"), "PNG"),
+        "gray16.png": files.sixteen_bit_gray_png(32, 24),
+        "palette.gif": files.encode(base.convert("P"), "GIF"),
+        "anim.gif": files.animated_gif(),
+        "lossy.webp": files.encode(base, "WEBP", quality=80),
+        "lossless.webp": files.encode(base, "WEBP", lossless=True),
+        "photo.bmp": files.encode(base, "BMP"),
+    }
+
+
+SEEDS = seeds()
+
+
+@st.composite
+def mutated_files(draw) -> tuple[str, bytes]:
+    """A seed file with 1 to 8 random edits."""
+    name = draw(st.sampled_from(sorted(SEEDS)))
+    data = bytearray(SEEDS[name])
+    for _ in range(draw(st.integers(1, 8))):
+        edit = draw(st.sampled_from(["flip", "truncate", "insert", "delete", "header_int"]))
+        at = draw(st.integers(0, max(len(data) - 1, 0)))
+        if edit == "flip" and data:
+            data[at] ^= 1 << draw(st.integers(0, 7))
+        elif edit == "truncate":
+            del data[at:]
+        elif edit == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=64))
+        elif edit == "delete":
+            del data[at:at + draw(st.integers(1, 64))]
+        elif edit == "header_int" and len(data) > 4:
+            at = draw(st.integers(0, min(len(data), 200) - 4))  # where sizes and lengths live
+            value = draw(st.sampled_from([0, 1, 0x7FFF, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF]))
+            data[at:at + 4] = struct.pack(draw(st.sampled_from(["<I", ">I"])), value)
+    return name, bytes(data)
+
+
+def decode_or_refuse(name: str, data: bytes) -> str:
+    """``prepare_image`` on one file: "ok" or "refused", after checking the result or error."""
+    start = time.perf_counter()
+    try:
+        array = prepare_image(data, name, RESIZE, LIMITS)
+    except InvalidImage as error:
+        assert error.filename == name and error.reason
+        outcome = "refused"
+    else:
+        assert array.shape == (48, 48, 3) and array.dtype == np.uint8
+        outcome = "ok"
+    elapsed = time.perf_counter() - start
+    assert elapsed < SECONDS_PER_IMAGE, f"{name}: {elapsed:.2f} s for {len(data)} bytes"
+    return outcome
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_files())
+def test_mutated_images_decode_or_raise_only_invalid_image(upload):
+    decode_or_refuse(*upload)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=4096), st.sampled_from(["x.jpg", "x.png", "", "../../etc/passwd"]))
+def test_random_bytes_are_refused_as_invalid_image(data, name):
+    assert decode_or_refuse(name, data) == "refused"
+
+
+def _patched(data: bytes, offset: int, layout: str, *values: int) -> bytes:
+    patched = bytearray(data)
+    struct.pack_into(layout, patched, offset, *values)
+    return bytes(patched)
+
+
+def bombs() -> dict[str, bytes]:
+    """Small files whose headers claim far more pixels than ``LIMITS`` (or PIL's own cap) allow."""
+    base = files.photo((64, 48))
+    jpeg = files.encode(base, "JPEG")
+    start_of_frame = jpeg.index(b"\xff\xc0")
+    webp = files.encode(base, "WEBP", quality=80)  # lossy: "VP8 " chunk, 14-bit sizes at 26
+    return {
+        "bomb.png": files.png_bomb(100_000, 100_000),
+        "just_over_limit.png": files.png_bomb(2001, 2000),
+        "bomb.jpg": _patched(jpeg, start_of_frame + 5, ">HH", 65_500, 65_500),
+        "bomb.gif": _patched(files.encode(base, "GIF"), 6, "<HH", 65_535, 65_535),
+        "bomb.bmp": _patched(files.encode(base, "BMP"), 18, "<ii", 30_000, 30_000),
+        "bomb.webp": _patched(webp, 26, "<HH", 16_383, 16_383),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(bombs()))
+def test_decompression_bombs_are_refused_from_the_header(name):
+    start = time.perf_counter()
+    with pytest.raises(InvalidImage) as refused:
+        prepare_image(bombs()[name], name, RESIZE, LIMITS)
+    assert time.perf_counter() - start < 0.5
+    assert "pixels" in refused.value.reason
+
+
+MEMORY_PROBE = """
+import json, re, sys
+from pathlib import Path
+sys.path[:0] = [{tests!r}, {repo!r}]
+from test_fuzz import LIMITS, RESIZE, SEEDS
+from service.images import InvalidImage, prepare_image
+
+def peak_mib():  # this process's own high-water mark (ru_maxrss would include its parent's)
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1)) / 1024
+
+for name, data in sorted(SEEDS.items()):
+    prepare_image(data, name, RESIZE, LIMITS)  # every decoder loaded and warm
+before = peak_mib()
+outcomes = {{"ok": 0, "refused": 0}}
+for path in sorted(Path({corpus!r}).iterdir()):
+    try:
+        prepare_image(path.read_bytes(), path.name, RESIZE, LIMITS)
+        outcomes["ok"] += 1
+    except InvalidImage:
+        outcomes["refused"] += 1
+print(json.dumps({{"before_mib": before, "after_mib": peak_mib(), **outcomes}}))
+"""
+
+
+def memory_corpus(folder: Path, count: int = 600) -> None:
+    """Bombs, the largest images ``LIMITS`` allow, and seeded header mutations, as files."""
+    rng = random.Random(0)
+    largest = files.photo((2000, 1999), seed=4)  # 3 998 000 pixels, just under the limit
+    corpus = {**bombs(), "under_limit.png": files.png_bomb(2000, 1999),
+              "largest.jpg": files.encode(largest, "JPEG"), "largest.png": files.encode(largest, "PNG")}
+    for i in range(count):
+        name, data = rng.choice(sorted(SEEDS.items()))
+        data = bytearray(data)
+        for _ in range(rng.randint(1, 4)):
+            at = rng.randrange(min(len(data), 200) - 4)
+            if rng.random() < 0.5:  # one big integer, or a plausible width and height
+                packed = struct.pack(rng.choice(["<I", ">I"]), rng.choice([0xFFFF, 0x7FFFFFFF, 2000]))
+            else:
+                packed = struct.pack(rng.choice(["<HH", ">HH"]), 2000, 1999)
+            data[at:at + 4] = packed
+        corpus[f"{i:03d}-{name}"] = bytes(data)
+    for name, data in corpus.items():
+        (folder / name).write_bytes(data)
+
+
+def test_memory_per_image_is_bounded_by_the_pixel_limit(tmp_path):
+    """Headers claiming up to (and beyond) ``LIMITS.max_pixels``: peak memory stays bounded.
+
+    Decoded in a fresh process, whose peak resident size (``VmHWM``) shows every allocation the
+    corpus made, C-level ones of PIL included (this test process may hold TensorFlow).
+    """
+    memory_corpus(tmp_path)
+    code = MEMORY_PROBE.format(tests=str(REPO / "tests"), repo=str(REPO), corpus=str(tmp_path))
+    probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           timeout=300, cwd=REPO)
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    result = json.loads(probe.stdout.strip().splitlines()[-1])
+    print(f"\nmemory probe: {result}")
+    assert result["ok"] >= 2 and result["refused"] > 0  # the largest images decoded, bombs not
+    assert result["after_mib"] - result["before_mib"] < PEAK_MEMORY_MIB, result
+
+
+# ------------------------------------------------------------------ multipart bodies, in process
+
+
+async def _read_form(request: Request) -> JSONResponse:
+    """Parse the form like BentoML does, and like BentoML answer 500 when the parser fails."""
+    try:
+        async with request.form() as form:
+            return JSONResponse({"images": len(form.getlist("images"))})
+    except HTTPException as error:
+        return JSONResponse({"error": f"parser failed: {error.detail}"}, status_code=500)
+
+
+def guarded_app(max_bytes: int) -> UploadGuard:
+    app = Starlette(routes=[Route("/classify", _read_form, methods=["POST"])])
+    return UploadGuard(app, path="/classify", file_field="images", max_bytes=max_bytes)
+
+
+GUARDED_APP = guarded_app(max_bytes=64 * 1024)
+BOUNDARY = "fuzzboundary"
+
+
+def multipart(parts: list[tuple[bytes, bytes]]) -> bytes:
+    """A body from (Content-Disposition value, content) pairs."""
+    body = b"".join(
+        b"--" + BOUNDARY.encode() + b"\r\nContent-Disposition: " + disposition
+        + b"\r\nContent-Type: application/octet-stream\r\n\r\n" + content + b"\r\n"
+        for disposition, content in parts
+    )
+    return body + b"--" + BOUNDARY.encode() + b"--\r\n"
+
+
+dispositions = st.one_of(
+    st.just(b'form-data; name="images"; filename="a.jpg"'),
+    st.just(b'form-data; name="images"'),
+    st.just(b'form-data; name="other"; filename="b.png"'),
+    st.just(b"form-data"),
+    st.binary(max_size=80),
+)
+bodies = st.one_of(
+    st.binary(max_size=2048),
+    st.lists(st.tuples(dispositions, st.binary(max_size=512)), max_size=4).map(multipart),
+    st.tuples(st.lists(st.tuples(dispositions, st.binary(max_size=512)), min_size=1, max_size=3),
+              st.integers(0, 10_000), st.binary(max_size=16)).map(
+        lambda t: _splice(multipart(t[0]), t[1], t[2])),
+)
+
+
+def _splice(body: bytes, at: int, junk: bytes) -> bytes:
+    at %= len(body) + 1
+    return body[:at] + junk + body[at + len(junk):]
+
+
+@settings(max_examples=300, deadline=None)
+@given(bodies, st.booleans())
+def test_random_multipart_bodies_get_an_answer_never_an_error(body, chunked):
+    response = asyncio.run(_post(GUARDED_APP, body, chunked))
+    assert response.status_code in (200, 400, 413), (response.status_code, response.text)
+    if response.status_code != 200:
+        assert response.headers["content-type"].startswith(("application/json", "text/plain"))
+
+
+FORMS_STARLETTE_FAILS_ON = {
+    "nameless part": multipart([(b'form-data; name="images"; filename="a.jpg"', b"x"),
+                                (b"form-data", b"y")]),
+    "text over 1 MiB": multipart([(b'form-data; name="images"; filename="a.jpg"', b"x"),
+                                  (b'form-data; name="top_k"', b"5" * (MiB + 1))]),
+    "1001 fields": multipart([(b'form-data; name="images"; filename="a.jpg"', b"x")]
+                             + [(b'form-data; name="note"', b"1")] * 1001),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FORMS_STARLETTE_FAILS_ON))
+def test_forms_the_parser_would_fail_on_are_refused_first(case):
+    response = asyncio.run(_post(guarded_app(4 * MiB), FORMS_STARLETTE_FAILS_ON[case], False))
+    assert response.status_code == 400 and response.json()["error"], response.text
+
+
+async def _post(app: UploadGuard, body: bytes, chunked: bool) -> httpx.Response:
+    """POST ``body`` to the guarded ``app`` in process; an exception in the app propagates."""
+    async def chunks():
+        for i in range(0, len(body), 100):
+            yield body[i:i + 100]
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=True)
+    async with httpx.AsyncClient(transport=transport, base_url="http://fuzz") as client:
+        return await client.post(
+            "/classify", content=chunks() if chunked else body,
+            headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+        )
