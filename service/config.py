@@ -10,11 +10,9 @@
 | CONVZOO_MAX_PIXELS         | 40 000 000               | width x height of one image (checked before decoding) |
 | CONVZOO_TOP_K              | 5                        | ``top_k`` when the request does not say            |
 | CONVZOO_MAX_TOP_K          | 100                      | largest ``top_k`` a request may ask for            |
-| CONVZOO_MAX_BATCH_SIZE     | 32                       | adaptive batching: most images per model call      |
-| CONVZOO_MAX_LATENCY_MS     | 1000                     | adaptive batching: longest a request may queue     |
-| CONVZOO_API_WORKERS        | 1                        | processes decoding images and answering HTTP       |
-| CONVZOO_DECODE_THREADS     | 4                        | decoding threads per API process                   |
-| CONVZOO_MODEL_WORKERS      | one per GPU, else 1      | processes running the model                        |
+| CONVZOO_MAX_BATCH_SIZE     | 32                       | batching: most images per model call               |
+| CONVZOO_WORKERS            | one per GPU, else 1      | processes, each with its own copy of the model     |
+| CONVZOO_DECODE_THREADS     | 4                        | decoding threads per process                       |
 | CONVZOO_TIMEOUT_S          | 60                       | request timeout                                    |
 | CONVZOO_MAX_CONCURRENCY    | 512                      | requests in flight before the server answers 429   |
 | CONVZOO_API_KEY            | (none: no authentication)| clients must send ``Authorization: Bearer <key>`` |
@@ -53,10 +51,8 @@ class ServiceConfig:
     top_k: int = 5
     max_top_k: int = 100
     max_batch_size: int = 32
-    max_latency_ms: int = 1000
-    api_workers: int = 1
+    workers: int = 1
     decode_threads: int = 4
-    model_workers: int = 1
     timeout_s: int = 60
     max_concurrency: int = 512
     api_key: str | None = field(default=None, repr=False)  # never printed
@@ -106,10 +102,8 @@ def load_config() -> ServiceConfig:
         top_k=_int("CONVZOO_TOP_K", ServiceConfig.top_k),
         max_top_k=_int("CONVZOO_MAX_TOP_K", ServiceConfig.max_top_k),
         max_batch_size=_int("CONVZOO_MAX_BATCH_SIZE", ServiceConfig.max_batch_size),
-        max_latency_ms=_int("CONVZOO_MAX_LATENCY_MS", ServiceConfig.max_latency_ms),
-        api_workers=_int("CONVZOO_API_WORKERS", ServiceConfig.api_workers),
+        workers=_int("CONVZOO_WORKERS", max(1, count_gpus())),
         decode_threads=_int("CONVZOO_DECODE_THREADS", ServiceConfig.decode_threads),
-        model_workers=_int("CONVZOO_MODEL_WORKERS", max(1, count_gpus())),
         timeout_s=_int("CONVZOO_TIMEOUT_S", ServiceConfig.timeout_s),
         max_concurrency=_int("CONVZOO_MAX_CONCURRENCY", ServiceConfig.max_concurrency),
         api_key=os.environ.get("CONVZOO_API_KEY") or None,
@@ -118,6 +112,4 @@ def load_config() -> ServiceConfig:
         raise ValueError(
             f"CONVZOO_TOP_K ({config.top_k}) exceeds CONVZOO_MAX_TOP_K ({config.max_top_k})"
         )
-    if config.max_batch_size < 2:
-        raise ValueError("CONVZOO_MAX_BATCH_SIZE must be at least 2 (adaptive batching)")
     return config

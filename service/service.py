@@ -1,18 +1,18 @@
 """The convzoo HTTP service: raw images in, class probabilities out (BentoML 1.4).
 
-Two BentoML services, started together by ``bentoml serve`` (``bentofile.yaml`` names
-``Classifier``):
+One BentoML service, ``Classifier`` (``bentoml serve``; ``bentofile.yaml`` names it), port 3000:
+``POST /classify`` and ``POST /metadata``. Each worker process (one per GPU, else one):
 
-- ``Classifier`` (the HTTP API, port 3000): ``POST /classify`` and ``POST /metadata``. It decodes,
-  validates and resizes every upload in a thread pool (``service.images``), refuses bad requests
-  with a 4xx JSON answer, stacks the good images into one uint8 array and awaits ``Inference``.
-  It never imports TensorFlow.
-- ``Inference`` (one process per GPU, else one): owns the SavedModel. Its ``predict`` is
-  ``batchable``: BentoML's adaptive batching merges the arrays of concurrent requests (from all
-  API processes) into one call of the model's ``serving_default`` signature. Calls travel over a
-  local Unix socket as pickled numpy arrays.
+1. decodes, validates and resizes every upload in a thread pool (``service.images``) and refuses
+   bad requests with a 4xx JSON answer, so only good images go further;
+2. stacks a request's images into one uint8 array and hands it to its ``Batcher``
+   (``service.batching``), which merges the arrays of concurrent requests into one call of the
+   SavedModel's ``serving_default`` signature, in a worker thread of the same process.
 
-Both declare the model at class level (``bentoml.models.BentoModel``), so ``bentoml build``
+The model lives in the API process on purpose: no second service, no pickling, no local HTTP hop
+per batch, no batching window to wait for (measured in benchmarks/README.md, "What we tried").
+
+The model is declared at class level (``bentoml.models.BentoModel``), so ``bentoml build``
 packages it. Which model: ``CONVZOO_MODEL`` (see ``service.model_store``); every setting:
 ``service.config``.
 """
@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-import aiohttp
 import anyio
 import bentoml
 import numpy as np
@@ -33,6 +33,7 @@ from pydantic import BaseModel, Field, WrapValidator
 from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse
 
+from service.batching import Batcher
 from service.config import count_gpus, load_config
 from service.images import InvalidImage, Resize, prepare_image
 from service.middleware import ApiKeyGuard, UploadGuard
@@ -83,62 +84,23 @@ class Prediction(BaseModel):
 
 
 @bentoml.service(
-    name="convzoo-inference",
-    workers=CONFIG.model_workers,
-    resources={"gpu": GPUS} if GPUS else None,
-    traffic={"timeout": CONFIG.timeout_s},
-)
-class Inference:
-    """The SavedModel behind a batchable API: uint8 ``[n, h, w, 3]`` -> float32 ``[n, classes]``."""
-
-    bento_model = bentoml.models.BentoModel(MODEL_TAG)
-
-    def __init__(self) -> None:
-        import tensorflow as tf  # only the inference processes load TensorFlow
-
-        self.device = _select_device(tf)
-        self.saved_model = tf.saved_model.load(self.bento_model.path)
-        self.serving_default = self.saved_model.signatures["serving_default"]
-        height, width = self.bento_model.info.metadata["input_size"]
-        self.serving_default(images=np.zeros((1, height, width, 3), np.uint8))  # warm-up
-        logger.info("serving %s on %s", MODEL_TAG, self.device)
-
-    @bentoml.api(
-        batchable=True,
-        max_batch_size=CONFIG.max_batch_size,
-        max_latency_ms=CONFIG.max_latency_ms,
-    )
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        return self.serving_default(images=images)["probabilities"].numpy()
-
-
-def _select_device(tf: Any) -> str:
-    """GPU when TensorFlow sees one (memory growth on; worker i takes GPU i mod n), else CPU."""
-    gpus = tf.config.list_physical_devices("GPU")
-    if not gpus:
-        return "CPU"
-    gpu = gpus[((bentoml.server_context.worker_index or 1) - 1) % len(gpus)]
-    tf.config.set_visible_devices(gpu, "GPU")
-    tf.config.experimental.set_memory_growth(gpu, True)
-    return f"GPU ({gpu.name})"
-
-
-@bentoml.service(
     name="convzoo",
-    workers=CONFIG.api_workers,
+    workers=CONFIG.workers,
+    resources={"gpu": GPUS} if GPUS else None,
     traffic={"timeout": CONFIG.timeout_s, "max_concurrency": CONFIG.max_concurrency},
 )
 class Classifier:
     """Image classification over HTTP (see README, "Service")."""
 
     bento_model = bentoml.models.BentoModel(MODEL_TAG)
-    inference = bentoml.depends(Inference)
 
     def __init__(self) -> None:
         metadata = self.bento_model.info.metadata
         self.labels: list[str] = list(metadata["labels"])
         self.resize = Resize.from_metadata(metadata)
         self.decoders = anyio.CapacityLimiter(CONFIG.decode_threads)
+        self.model = _load_model(self.bento_model.path, self.resize)
+        self.batcher = Batcher(self.model, CONFIG.max_batch_size, _batch_size_histogram().observe)
         self.model_metadata = {
             **metadata,
             "bentoml_tag": MODEL_TAG,
@@ -172,26 +134,14 @@ class Classifier:
                 400, f"{len(refused)} of {len(uploads)} images refused; nothing was classified",
                 files=refused,
             )
-        probabilities = await self._predict(np.stack(prepared))
-        return [self._prediction(p, min(top_k, len(self.labels))) for p in probabilities]
+        probabilities = await self.batcher(np.stack(prepared))
+        top_k = min(top_k, len(self.labels))
+        return JSONResponse([self._prediction(p, top_k) for p in probabilities])
 
     @bentoml.api
     async def metadata(self) -> dict[str, Any]:
         """The model served (name, version, labels, input_size, ...) and the request limits."""
         return self.model_metadata
-
-    async def _predict(self, batch: np.ndarray) -> np.ndarray:
-        """``Inference.predict``, retried once when the local connection to it breaks.
-
-        BentoML 1.4.40's dependency client renews its HTTP session every 100 calls and closes the
-        old one under calls still in flight (bentoml/BentoML#4971, fix pending in #5698); those
-        calls fail with a connection error. ``predict`` is a pure function, so repeating it is safe.
-        """
-        try:
-            return await self.inference.to_async.predict(batch)
-        except (aiohttp.ClientError, RuntimeError) as error:  # RuntimeError: "Session is closed"
-            logger.info("retrying a model call after a dropped connection (%r)", error)
-            return await self.inference.to_async.predict(batch)
 
     async def _prepare(self, index: int, upload: Upload) -> np.ndarray | dict[str, Any]:
         """The model-ready array, or the refusal ``{"index", "file", "reason"}``."""
@@ -204,10 +154,56 @@ class Classifier:
         except InvalidImage as error:
             return {"index": index, "file": error.filename, "reason": error.reason}
 
-    def _prediction(self, probabilities: np.ndarray, top_k: int) -> Prediction:
+    def _prediction(self, probabilities: np.ndarray, top_k: int) -> dict[str, Any]:
+        """One image's ``Prediction`` as plain JSON data. ``classify`` answers with a ready
+        ``JSONResponse``: left to BentoML, every answer would first rebuild the JSON schema of
+        ``list[Prediction]`` (to pick the media type), a fifth of the event loop's time."""
         best = np.argsort(probabilities)[::-1][:top_k]
-        ranked = [LabelScore(label=self.labels[i], score=float(probabilities[i])) for i in best]
-        return Prediction(label=ranked[0].label, score=ranked[0].score, top_k=ranked)
+        ranked = [{"label": self.labels[i], "score": float(probabilities[i])} for i in best]
+        return {"label": ranked[0]["label"], "score": ranked[0]["score"], "top_k": ranked}
+
+
+def _load_model(path: str, resize: Resize) -> Callable[[np.ndarray], np.ndarray]:
+    """The SavedModel's ``serving_default`` as a numpy function, warmed up: uint8 images
+    ``[n, height, width, 3]`` -> float32 probabilities ``[n, classes]``."""
+    import tensorflow as tf  # imported here: BentoML's serve command never needs it
+
+    device = _select_device(tf)
+    saved_model = tf.saved_model.load(path)  # kept referenced: it owns the variables
+    serving_default = saved_model.signatures["serving_default"]
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        return serving_default(images=tf.constant(images))["probabilities"].numpy()
+
+    predict(np.zeros((1, resize.height, resize.width, 3), np.uint8))  # traces and allocates
+    logger.info("serving %s on %s (worker %s)", MODEL_TAG, device, _worker_index())
+    return predict
+
+
+def _select_device(tf: Any) -> str:
+    """GPU when TensorFlow sees one (memory growth on; worker i takes GPU i mod n), else CPU."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return "CPU"
+    gpu = gpus[(_worker_index() - 1) % len(gpus)]
+    tf.config.set_visible_devices(gpu, "GPU")
+    tf.config.experimental.set_memory_growth(gpu, True)
+    return f"GPU ({gpu.name})"
+
+
+def _worker_index() -> int:
+    return bentoml.server_context.worker_index or 1
+
+
+def _batch_size_histogram() -> Any:
+    """``convzoo_batch_size`` on ``/metrics``: images per model call (imported late, once the
+    worker has set up Prometheus' multiprocess mode)."""
+    import prometheus_client
+
+    buckets = [2**i for i in range(CONFIG.max_batch_size.bit_length())] + [CONFIG.max_batch_size]
+    return prometheus_client.Histogram(
+        "convzoo_batch_size", "Images per model call", buckets=sorted(set(buckets))
+    )
 
 
 def _error(status: int, message: str, **details: Any) -> JSONResponse:

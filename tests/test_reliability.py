@@ -326,11 +326,15 @@ def test_the_service_refuses_to_start_on_a_corrupt_export_with_one_line(exported
 # ---------------------------------------------------------------------- worker killed (last)
 
 
+MODEL_WORKER = "_bentoml_impl.worker.service"
+"""In the command line of the service's worker process, which holds the model (service/service.py)."""
+
+
 @pytest.mark.slow  # the model worker reloads TensorFlow: 10-30 s on 2 cores
 def test_a_killed_model_worker_is_restarted_and_the_service_recovers(guarded):
     expected = post_photo(guarded).json()
     [worker] = [p for p in psutil.Process(guarded.process.pid).children(recursive=True)
-                if "convzoo-inference" in " ".join(p.cmdline())]
+                if MODEL_WORKER in " ".join(p.cmdline())]
     outcomes: list[tuple[float, int | str, float]] = []  # (sent at, status, seconds)
     start = time.monotonic()
     worker.kill()  # SIGKILL
@@ -354,5 +358,5 @@ def test_a_killed_model_worker_is_restarted_and_the_service_recovers(guarded):
           f"slowest {max(o[2] for o in outcomes):.1f} s")
     assert all(o[1] == 200 for o in outcomes[-5:])
     assert max(o[2] for o in outcomes) < TIMEOUT_S + 5  # no hang past the configured timeout
-    assert any("convzoo-inference" in " ".join(p.cmdline())
+    assert any(MODEL_WORKER in " ".join(p.cmdline())
                for p in psutil.Process(guarded.process.pid).children(recursive=True))

@@ -1,0 +1,102 @@
+"""Batching inside the API process: concurrent requests share one model call, with no fixed wait.
+
+``Batcher`` holds a queue of requests (each a uint8 array ``[n, h, w, 3]`` of already validated
+images) and runs at most one model call at a time, in a worker thread (TensorFlow releases the
+GIL, so decoding and HTTP go on meanwhile). When the model is free, the next call takes every
+request waiting, up to ``max_batch_size`` images, in arrival order. So:
+
+- at one client, a request is run as soon as it arrives: no batching delay at all;
+- under load, requests pile up while the model runs and the next call takes them together:
+  batches grow with the load, by themselves, and a request waits at most about one model call.
+
+This replaces BentoML's adaptive batching between two services, which cost a pickle and a local
+HTTP round trip per call and a wait for the batch window (benchmarks/README.md, "What we tried").
+Only validated arrays ever enter the queue, so a bad upload can never fail a batch; an error of
+the model itself fails exactly the requests of that call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import anyio
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Pending:
+    """One request's images and the future its result goes to."""
+
+    images: np.ndarray
+    result: asyncio.Future
+
+
+class Batcher:
+    """``await batcher(images)``: the model's output for these images, computed in a shared batch."""
+
+    def __init__(
+        self,
+        model: Callable[[np.ndarray], np.ndarray],
+        max_batch_size: int,
+        on_batch: Callable[[int], None] = lambda size: None,
+    ) -> None:
+        self.model = model
+        self.max_batch_size = max_batch_size
+        self.on_batch = on_batch  # called with the size of every model call (metrics)
+        self.queue: deque[Pending] = deque()
+        self.wakeup: asyncio.Event | None = None
+        self.runner: asyncio.Task | None = None
+
+    async def __call__(self, images: np.ndarray) -> np.ndarray:
+        if self.runner is None:  # started lazily, inside the server's event loop
+            self.wakeup = asyncio.Event()
+            self.runner = asyncio.create_task(self._run(), name="convzoo-batcher")
+        pending = Pending(images, asyncio.get_running_loop().create_future())
+        self.queue.append(pending)
+        self.wakeup.set()
+        return await pending.result
+
+    async def _run(self) -> None:
+        while True:
+            await self.wakeup.wait()
+            self.wakeup.clear()
+            while self.queue:
+                await self._call_model(self._take())
+
+    def _take(self) -> list[Pending]:
+        """The waiting requests for one call: at least one, at most ``max_batch_size`` images
+        (unless a single request alone has more). Requests whose client gave up are dropped."""
+        taken: list[Pending] = []
+        size = 0
+        while self.queue:
+            pending = self.queue[0]
+            if pending.result.done():  # cancelled: the client went away
+                self.queue.popleft()
+                continue
+            if taken and size + len(pending.images) > self.max_batch_size:
+                break
+            taken.append(self.queue.popleft())
+            size += len(pending.images)
+        return taken
+
+    async def _call_model(self, taken: list[Pending]) -> None:
+        if not taken:
+            return
+        batch = taken[0].images if len(taken) == 1 else np.concatenate([p.images for p in taken])
+        self.on_batch(len(batch))
+        try:
+            outputs = await anyio.to_thread.run_sync(self.model, batch)
+        except Exception as error:  # noqa: BLE001 - handed to every caller of this batch
+            for pending in taken:
+                if not pending.result.done():
+                    pending.result.set_exception(error)
+            return
+        start = 0
+        for pending in taken:
+            end = start + len(pending.images)
+            if not pending.result.done():
+                pending.result.set_result(outputs[start:end])
+            start = end
