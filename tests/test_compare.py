@@ -50,7 +50,8 @@ def test_compare_trains_measures_reports_and_a_rerun_skips(folder, tmp_path, cap
         assert Path(row["export"]) == out / "models" / row["arch"] / "1"  # not the repo's models/
         assert (Path(row["export"]) / "saved_model.pb").is_file()
         assert int(row["params"]) == metadata["params"] > 0 and int(row["flops"]) == metadata["flops"] > 0
-        assert (row["image_size"], row["epochs_done"], row["epochs_planned"], row["stopped"]) == ("32", "1", "1", "")
+        assert row["image_size"] == "32" and row["stopped"] == ""
+        assert (row["epochs_done"], row["epochs_planned"]) == ("1", "1")
         assert float(row["train_images_per_s"]) > 0 and float(row["train_minutes"]) > 0
         assert float(row["test_top1"]) == pytest.approx(run["metrics"]["top1"])
         assert float(row["test_top5"]) == 1.0  # 3 classes

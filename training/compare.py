@@ -59,7 +59,9 @@ from pathlib import Path
 
 import numpy as np
 
+from training import fit
 from training.architectures import model_info
+from training.end_to_end import AUGMENTATION_PRESETS
 from training.flops import format_count
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,19 +90,19 @@ class CompareError(RuntimeError):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = parser.add_argument
-    p("--archs", default=",".join(DEFAULT_ARCHS), help="comma-separated architectures (default: %(default)s)")
+    p("--archs", default=",".join(DEFAULT_ARCHS), help="comma-separated names (default: %(default)s)")
     p("--data", required=True, help="folder of class sub-folders, or 'imagenette' (TensorFlow Datasets)")
     p("--labels-map", help="JSON or 'id name' lines mapping class ids to human-readable names")
     p("--image-size", type=int, default=96, help="square training size for every architecture")
     p("--epochs", type=int, default=10)
     p("--batch-size", type=int, default=32)
-    p("--optimizer", choices=("adam", "adamw", "sgd", "rmsprop"), default="adamw")
+    p("--optimizer", choices=fit.OPTIMIZERS, default="adamw")
     p("--lr", type=float, default=1e-3, help="peak learning rate")
     p("--weight-decay", type=float, help="(default: fit's, 0.05 for adamw)")
     p("--warmup-epochs", type=float, default=1.0, help="linear warm-up before the cosine decay")
     p("--label-smoothing", type=float, default=0.1)
-    p("--augment", default="light", help="augmentation preset (fit's --augment)")
-    p("--patience", type=int, default=0, help="early-stopping patience (0: every architecture runs all epochs)")
+    p("--augment", choices=sorted(AUGMENTATION_PRESETS), default="light", help="augmentation preset")
+    p("--patience", type=int, default=0, help="early-stopping patience (0: all run every epoch)")
     p("--validation-fraction", type=float, default=0.15)
     p("--test-fraction", type=float, default=0.15)
     p("--limit", type=int, help="cap the images of every split (quick runs)")
@@ -201,8 +203,6 @@ def fit_argv(arch: str, args: argparse.Namespace, out: Path) -> list[str]:
 
 def expected_config(argv: list[str]) -> dict:
     """The run configuration fit derives from ``argv`` (what its run.json will record)."""
-    from training import fit
-
     parser = argparse.ArgumentParser()
     fit.add_arguments(parser)
     return fit.run_config(parser.parse_args(argv[1:]))
@@ -289,10 +289,9 @@ def ensure_export(run_dir: Path, run: dict) -> Path:
     if run.get("export") and (Path(run["export"]) / "metadata.json").is_file():
         return Path(run["export"])
     from training.export import export_run
-    from training.fit import write_json
 
     path = export_run(run_dir, models_dir=run_dir.parent / "models")
-    write_json(run_dir / "run.json", {**run, "export": str(path)})
+    fit.write_json(run_dir / "run.json", {**run, "export": str(path)})
     return path
 
 
@@ -406,7 +405,7 @@ def markdown(rows: list[dict], failed: list[str], args: argparse.Namespace, out:
         lines.append(
             f"| {r['arch']} | {r['year']} | {format_count(r['params'])} | {format_count(r['flops'])} "
             f"| {cell(r['train_images_per_s'], ',.1f')} | {r['train_minutes']:.1f} | {epochs} "
-            f"| {r['epochs_to_target'] or '—'} | {100 * r['test_top1']:.1f} % | {100 * r['test_top5']:.1f} % "
+            f"| {r['epochs_to_target'] or '—'} | {r['test_top1']:.1%} | {r['test_top5']:.1%} "
             f"| {r['latency_ms_batch1']:.2f} | {r['images_per_s_batch32']:,.1f} |"
         )
     if failed:
@@ -424,14 +423,14 @@ def header(run: dict | None, args: argparse.Namespace) -> list[str]:
     if run:
         c, s = run["config"], run["splits"]
         lines += [
-            f"- data: {run['dataset']} ({c['data']}), {len(run['labels'])} classes; seeded per-class split "
+            f"- data: {run['dataset']} ({c['data']}), {len(run['labels'])} classes; split "
             f"(seed {c['seed']}): train {s['train']:,}, validation {s['validation']:,}, "
             f"test {s['test']:,} images (test held out, used once per architecture)",
             f"- recipe (every architecture): {c['image_size'][0]}×{c['image_size'][1]} px, {c['epochs']} "
             f"epochs, batch {c['batch_size']}, {c['optimizer']} peak lr {c['learning_rate']:g} "
-            f"(warm-up {c['warmup_epochs']:g} epochs, cosine decay), weight decay {c['weight_decay'] or 'none'}, "
-            f"label smoothing {c['label_smoothing']:g}, augmentation {c['augment']}, "
-            f"early-stopping patience {c['patience'] or 'off'}{budget}",
+            f"(warm-up {c['warmup_epochs']:g} epochs, cosine decay), "
+            f"weight decay {c['weight_decay'] or 'none'}, label smoothing {c['label_smoothing']:g}, "
+            f"augmentation {c['augment']}, early-stopping patience {c['patience'] or 'off'}{budget}",
         ]
     lines += [
         "- train images/s: fit's median epoch after the first (validation pass included); train time: "
