@@ -5,7 +5,9 @@
     python -m service.import_model resnet50:2 --models-dir /path/to/models
 
 The store lives in ``$BENTOML_HOME/models`` (default ``~/bentoml``); ``bentoml models list``
-shows what is there. Importing an existing ``name:version`` again does nothing.
+shows what is there. Importing an existing ``name:version`` again does nothing, unless the
+store's copy differs from the repository's export (another model under the same tag): then the
+repository's export replaces it.
 """
 
 from __future__ import annotations

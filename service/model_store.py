@@ -212,9 +212,17 @@ def import_export(models_dir: Path, name: str, version: str | int) -> bentoml.Mo
         raise ModelNotFound(f"no exported model at {source}")
     metadata = check_export(source)  # even when imported before: the repository is the truth
     try:
-        return bentoml.models.get(tag)
+        stored = bentoml.models.get(tag)
     except NotFound:
         pass
+    else:
+        if same_export(source, Path(stored.path)):
+            return stored
+        # Another export under the same name:version (a model re-trained elsewhere, a test run
+        # in this BENTOML_HOME): the repository wins, or the service would answer with the
+        # wrong weights.
+        logger.warning("the model store's %s differs from %s: importing it again", tag, source)
+        bentoml.models.delete(tag)
     try:
         with bentoml.models.create(
             tag, labels={"project": "convzoo"}, metadata=metadata
@@ -225,6 +233,16 @@ def import_export(models_dir: Path, name: str, version: str | int) -> bentoml.Mo
         return bentoml.models.get(tag)
     logger.info("imported %s into the BentoML model store as %s", source, tag)
     return bentoml.models.get(tag)
+
+
+def same_export(a: Path, b: Path) -> bool:
+    """Whether two export folders hold the same model: same SavedModel fingerprint (a checksum
+    of the graph and the variables' layout) and the same metadata.json."""
+    return all(
+        (a / name).is_file() and (b / name).is_file()
+        and (a / name).read_bytes() == (b / name).read_bytes()
+        for name in ("fingerprint.pb", "metadata.json")
+    )
 
 
 def resolve_model(config: ServiceConfig) -> str:
