@@ -1,0 +1,94 @@
+"""The default model shipped in models/: the repository contract, real photos, and real serving.
+
+Uses the committed export (models/imagenette/<latest>) and held-out photos of the real data set
+(skipped when ../shared is absent). The service test starts a real ``bentoml serve`` on the
+repository's own models/ (with a temporary BENTOML_HOME), as ``make serve`` does.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import tensorflow as tf
+
+from test_service import SERVER_SETTINGS, TOLERANCE, Server, server_env
+from training.data import split_folder
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL_DIR = REPO / "models" / "imagenette"
+REQUIRED = {"name", "version", "architecture", "labels", "input_size", "params", "flops",
+            "dataset", "metrics", "command", "created"}
+
+
+def latest() -> Path:
+    versions = sorted((int(p.name), p) for p in MODEL_DIR.iterdir() if p.name.isdigit())
+    return versions[-1][1]
+
+
+@pytest.fixture(scope="module")
+def saved_model():
+    return tf.saved_model.load(str(latest()))
+
+
+@pytest.fixture(scope="module")
+def held_out(shared_imagenette):
+    """Three held-out test-split photos per class (the split `fit` used), as (bytes, label)."""
+    split = split_folder(shared_imagenette)
+    picked: dict[int, list] = {}
+    for path, label in split.files["test"]:
+        if len(picked.setdefault(label, [])) < 3:
+            picked[label].append((Path(path).read_bytes(), label))
+    return [item for items in picked.values() for item in items]
+
+
+def test_metadata_follows_the_contract():
+    metadata = json.loads((latest() / "metadata.json").read_text())
+    assert REQUIRED <= metadata.keys()
+    assert metadata["name"] == "imagenette" and metadata["version"] == int(latest().name)
+    assert metadata["labels"][0] == "tench" and len(metadata["labels"]) == 10
+    assert metadata["params"] <= 5_000_000
+    assert 0 < metadata["metrics"]["top5"] <= 1 and 0 < metadata["metrics"]["top1"] <= 1
+    assert (latest() / "saved_model.pb").is_file()
+
+
+def test_classifies_held_out_photos_through_both_signatures(saved_model, held_out):
+    encoded = tf.constant([data for data, _ in held_out])
+    from_bytes = saved_model.signatures["serve_bytes"](image_bytes=encoded)["probabilities"].numpy()
+    for (data, _), expected in zip(held_out[:5], from_bytes):
+        image = tf.io.decode_jpeg(data, channels=3)[tf.newaxis]
+        got = saved_model.signatures["serving_default"](images=image)["probabilities"].numpy()[0]
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    accuracy = np.mean(from_bytes.argmax(1) == np.array([label for _, label in held_out]))
+    assert accuracy >= 0.6  # 30 photos; the whole test split measured 0.817 (metadata.json)
+
+
+def test_make_serve_answers_like_the_model(saved_model, held_out, tmp_path):
+    """`bentoml serve` on the repository's models/ (the default model) over HTTP."""
+    env = server_env(latest(), tmp_path / "bentoml_home")
+    for name in SERVER_SETTINGS:  # the service's own defaults, as `make serve` has them
+        env.pop(name, None)
+    server = Server([], env, tmp_path / "serve.log")
+    try:
+        server.wait_ready()
+        meta = requests.post(f"{server.url}/metadata", json={}, timeout=30).json()
+        assert (meta["name"], meta["version"]) == ("imagenette", int(latest().name))
+        sample = held_out[::3]  # one photo per class
+        response = requests.post(
+            f"{server.url}/classify",
+            files=[("images", (f"photo{i}.jpg", data)) for i, (data, _) in enumerate(sample)],
+            timeout=120,
+        )
+        assert response.status_code == 200, response.text
+        expected = saved_model.signatures["serve_bytes"](
+            image_bytes=tf.constant([data for data, _ in sample])
+        )["probabilities"].numpy()
+        labels = meta["labels"]
+        for answer, probabilities in zip(response.json(), expected):
+            assert answer["label"] == labels[int(probabilities.argmax())]
+            assert abs(answer["score"] - float(probabilities.max())) <= TOLERANCE
+    finally:
+        server.stop()
