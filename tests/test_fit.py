@@ -18,6 +18,7 @@ import pytest
 from test_data import make_folder
 from training import __main__ as cli
 from training import fit
+from training.cli import command_line
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -160,7 +161,7 @@ def test_optimizers_and_schedule():
 
 def test_command_rebuilt_when_not_run_from_the_cli():
     args = parse("--arch", "resnet18", "--data", "imagenette", "--mixed-precision", "--arch-option", "a=1")
-    assert fit.command_line(args) == (
+    assert command_line("fit", fit.add_arguments, args) == (
         "python -m training fit --arch resnet18 --data imagenette --arch-option a=1 --mixed-precision"
     )
 

@@ -60,6 +60,7 @@ from pathlib import Path
 import numpy as np
 
 from training import fit
+from training.cli import command_line
 from training.architectures import model_info
 from training.end_to_end import AUGMENTATION_PRESETS
 from training.flops import format_count
@@ -417,7 +418,7 @@ def header(run: dict | None, args: argparse.Namespace) -> list[str]:
     """Bullet lines: command, machine, data and split, recipe, how speed and latency were measured."""
     budget = f"; time budget {args.time_budget:g} min per architecture" if args.time_budget else ""
     lines = [
-        f"- command: `{command_line(args)}`",
+        f"- command: `{command_line('compare', add_arguments, args)}`",
         f"- machine: {machine()}" + (f"; training device: {run['device']}" if run else ""),
     ]
     if run:
@@ -493,21 +494,6 @@ def machine() -> str:
                  if line.startswith("model name")]  # fmt: skip
         model = names[0] if names else model
     return f"{model}, {os.cpu_count()} CPU cores, {platform.system()}"
-
-
-def command_line(args: argparse.Namespace) -> str:
-    """An equivalent ``python -m training compare`` command (options that differ from the defaults)."""
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    words = ["python", "-m", "training", "compare"]
-    for action in parser._actions:
-        value = getattr(args, action.dest, None)
-        if not action.option_strings or value is None or value is False or value == action.default:
-            continue
-        words.append(action.option_strings[0])
-        if value is not True:
-            words.append(str(value))
-    return shlex.join(words)
 
 
 def read_json(path: Path) -> dict | None:

@@ -28,7 +28,6 @@ import dataclasses
 import json
 import math
 import os
-import shlex
 import shutil
 import sys
 import time
@@ -37,6 +36,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from training.cli import command_line
 from training.data import SplitFractions, load_data, pipeline
 from training.end_to_end import (
     AUGMENTATION_PRESETS,
@@ -149,7 +149,7 @@ def fit(args: argparse.Namespace) -> dict:
         "splits": data.sizes,
         "device": device,
         "precision": precision,
-        "command": command_line(args),
+        "command": command_line("fit", add_arguments, args),
         "config": config,
         "metrics": None,
     }
@@ -486,27 +486,6 @@ def logged_seconds(log_csv: Path) -> float:
         return 0.0
     with open(log_csv, newline="") as f:
         return sum(float(row["epoch_seconds"]) for row in csv.DictReader(f) if row.get("epoch_seconds"))
-
-
-def command_line(args: argparse.Namespace) -> str:
-    """The command as typed when run from the CLI, else an equivalent one rebuilt from ``args``."""
-    if sys.argv[1:2] == ["fit"]:
-        return shlex.join(["python", "-m", "training", *sys.argv[1:]])
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    words = ["python", "-m", "training", "fit"]
-    for action in parser._actions:
-        value = getattr(args, action.dest, None)
-        if not action.option_strings or value == action.default or value is None:
-            continue
-        flag = action.option_strings[0]
-        if isinstance(value, bool):
-            words.append(flag)
-        elif isinstance(value, list):
-            words.extend(word for item in value for word in (flag, str(item)))
-        else:
-            words.extend((flag, str(value)))
-    return shlex.join(words)
 
 
 def write_json(path: Path, data: dict) -> None:

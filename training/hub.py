@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import math
-import shlex
 import sys
 from pathlib import Path
 
@@ -42,6 +41,7 @@ import keras
 import tensorflow as tf
 import tensorflow_hub as hub
 
+from training.cli import command_line
 from training.data import SplitFractions, load_data, pipeline
 from training.end_to_end import AUGMENTATION_PRESETS, augmentation_preset, build_end_to_end
 from training.export import export_model
@@ -206,7 +206,7 @@ def wrap_and_export(args: argparse.Namespace) -> tuple[Path, str]:
         name=args.name,
         input_size=args.image_size,
         architecture=f"tfhub:{handle}",
-        command=command_line(args),
+        command=command_line("hub", add_arguments, args),
         models_dir=args.models_dir,
         version=args.version,
         **details,
@@ -282,15 +282,3 @@ def fine_tune(args: argparse.Namespace, handle: str, preprocessing: str | None) 
         "extra": {"fine_tuning": {**config, "splits": data.sizes, "augment": args.augment}},
     }
 
-
-def command_line(args: argparse.Namespace) -> str:
-    """An equivalent ``python -m training hub ...`` command rebuilt from ``args``."""
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    words = ["python", "-m", "training", "hub"]
-    for action in parser._actions:
-        value = getattr(args, action.dest, None)
-        if value is None or value == action.default or action.dest == "help":
-            continue
-        words.extend([str(value)] if not action.option_strings else [action.option_strings[0], str(value)])
-    return shlex.join(words)
