@@ -73,6 +73,24 @@ class Data:
     def num_classes(self) -> int:
         return len(self.class_ids)
 
+    def batches(
+        self, batch_size: int, augmentation: Augmentation | None = None, seed: int = 0
+    ) -> dict[str, tf.data.Dataset]:
+        """Every split through ``pipeline``: the training split shuffled (and mixed, if the
+        augmentation says so); the test split, evaluated once at the end, not cached."""
+        return {
+            split: pipeline(
+                ds,
+                batch_size=batch_size,
+                num_classes=self.num_classes,
+                training=split == "train",
+                augmentation=augmentation,
+                cache=split != "test",
+                seed=seed,
+            )
+            for split, ds in self.splits.items()
+        }
+
     def describe(self) -> str:
         counts = ", ".join(f"{split} {self.sizes[split]:,}" for split in SPLITS)
         return (

@@ -37,7 +37,7 @@ import keras
 import tensorflow as tf
 
 from training.cli import command_line
-from training.data import SplitFractions, load_data, pipeline
+from training.data import SplitFractions, load_data
 from training.end_to_end import (
     AUGMENTATION_PRESETS,
     Augmentation,
@@ -117,18 +117,7 @@ def fit(args: argparse.Namespace) -> dict:
     )
     print(data.describe())
     augmentation = Augmentation(**config["augmentation"])
-    batches = {
-        split: pipeline(
-            ds,
-            batch_size=args.batch_size,
-            num_classes=data.num_classes,
-            training=split == "train",
-            augmentation=augmentation,
-            cache=split != "test",  # evaluated once, at the end
-            seed=args.seed,
-        )
-        for split, ds in data.splits.items()
-    }
+    batches = data.batches(args.batch_size, augmentation, seed=args.seed)
     steps_per_epoch = math.ceil(data.sizes["train"] / args.batch_size)
 
     with strategy.scope():

@@ -42,7 +42,7 @@ import tensorflow as tf
 import tensorflow_hub as hub
 
 from training.cli import command_line
-from training.data import SplitFractions, load_data, pipeline
+from training.data import SplitFractions, load_data
 from training.end_to_end import AUGMENTATION_PRESETS, augmentation_preset, build_end_to_end
 from training.export import export_model
 from training.fit import OPTIMIZERS, compile_model
@@ -238,18 +238,7 @@ def fine_tune(args: argparse.Namespace, handle: str, preprocessing: str | None) 
     data = load_data(args.data, args.image_size, fractions=fractions, labels_map=args.labels_map, limit=args.limit)
     print(data.describe())
     augmentation = augmentation_preset(args.augment)
-    batches = {
-        split: pipeline(
-            ds,
-            batch_size=args.batch_size,
-            num_classes=data.num_classes,
-            training=split == "train",
-            augmentation=augmentation,
-            cache=split != "test",
-            seed=args.seed,
-        )
-        for split, ds in data.splits.items()
-    }
+    batches = data.batches(args.batch_size, augmentation, seed=args.seed)
     model = build_hub_model(
         handle,
         image_size=args.image_size,
