@@ -192,7 +192,8 @@ def write_saved_model(model: keras.Model, path: Path, size: tuple[int, int]) -> 
     """Write the SavedModel with both signatures; return the parameters it holds."""
     classify_images, classify_bytes = serving_functions(model, size)
     archive = keras.export.ExportArchive()
-    archive.track(model)
+    # No archive.track(model): the endpoints track the variables they read by themselves, and
+    # track() would store every weight a second time (as Keras variables beside the TF ones).
     images_fn = archive.add_endpoint(
         "serving_default",
         classify_images,
@@ -337,5 +338,21 @@ def export_run(
         command=run["command"],
         models_dir=models_dir,
         version=version,
-        extra={"run": str(run_dir)},
+        extra=run_extras(run, run_dir),
     )
+
+
+def run_extras(run: dict, run_dir: str | Path) -> dict:
+    """Metadata about how the model was trained, from a run's ``run.json``: time, epochs, device."""
+    training = run.get("training") or {}
+    summary = {
+        key: training[key]
+        for key in ("seconds", "epochs_run", "images_per_second", "images_per_second_steady")
+        if training.get(key) is not None
+    }
+    for key in ("device", "precision", "backend", "trained_on", "splits", "validation_metrics"):
+        if run.get(key) is not None:
+            summary[key] = run[key]
+    if (run.get("config") or {}).get("pack"):
+        summary["pack"] = run["config"]["pack"]
+    return {"run": str(run_dir), "training": summary}
