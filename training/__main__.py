@@ -1,4 +1,4 @@
-"""Command line: ``python -m training {zoo,fit,export,hub,compare} ...``.
+"""Command line: ``python -m training {zoo,fit,export,hub,compare,pack,fit-packed,evaluate} ...``.
 
 Each sub-command lives in its own module exposing ``add_arguments(parser)`` and ``main(args)``;
 modules are imported lazily so ``--help`` stays fast.
@@ -19,6 +19,9 @@ COMMANDS = {
     "export": ("training.export", "export a trained checkpoint to models/<name>/<version>/"),
     "hub": ("training.hub", "wrap a TF Hub model (handle or local path) end-to-end and export it"),
     "compare": ("training.compare", "train and compare several architectures on one recipe"),
+    "pack": ("training.pack", "pack dataset splits into one file, to train where TensorFlow is absent"),
+    "fit-packed": ("training.fit_packed", "train from a pack on any Keras backend (JAX/PyTorch GPUs)"),
+    "evaluate": ("training.evaluate", "evaluate a run on its validation and test splits into run.json"),
 }
 
 

@@ -21,7 +21,6 @@ import dataclasses
 from dataclasses import dataclass
 
 import keras
-import tensorflow as tf
 from keras import layers
 
 from training.architectures import create_model, model_info
@@ -103,13 +102,14 @@ def resize_layer(image_size: int | tuple[int, int], name: str = "resize") -> lay
     return layers.Resizing(height, width, **RESIZE, dtype="float32", name=name)
 
 
-def resize_images(images, image_size: int | tuple[int, int]) -> tf.Tensor:
+def resize_images(images, image_size: int | tuple[int, int]):
     """Resize one image ``[h, w, 3]`` or a batch ``[n, h, w, 3]`` exactly as the model does.
 
-    Returns float32 pixels in 0..255. The input is cast to float32 first: Keras resizes uint8
-    eagerly back to uint8 but not in graph mode, and the model always resizes float32.
+    Returns float32 pixels in 0..255 (a tensor of the Keras backend, a ``tf.Tensor`` inside tf.data).
+    The input is cast to float32 first: Keras resizes uint8 eagerly back to uint8 but not in graph
+    mode, and the model always resizes float32.
     """
-    return resize_layer(image_size)(tf.cast(images, tf.float32))
+    return resize_layer(image_size)(keras.ops.cast(images, "float32"))
 
 
 def augmentation_layers(aug: Augmentation, seed: int | None = None) -> list[layers.Layer]:

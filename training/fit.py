@@ -34,10 +34,8 @@ import time
 from pathlib import Path
 
 import keras
-import tensorflow as tf
 
 from training.cli import command_line
-from training.data import SplitFractions, load_data
 from training.end_to_end import (
     AUGMENTATION_PRESETS,
     Augmentation,
@@ -110,6 +108,8 @@ def fit(args: argparse.Namespace) -> dict:
     set_precision(args.mixed_precision)
     precision = keras.mixed_precision.global_policy().name
     print(f"device: {device}; precision: {precision}")
+
+    from training.data import SplitFractions, load_data  # TensorFlow (tf.data) from here on
 
     fractions = SplitFractions(args.validation_fraction, args.test_fraction, args.seed)
     data = load_data(
@@ -185,7 +185,7 @@ def fit(args: argparse.Namespace) -> dict:
         print(f"stopped by --time-limit {args.time_limit:g} min after epoch {last_epoch}/{args.epochs}")
 
     if not args.no_export:
-        from training.export import export_model  # written by another part of the project
+        from training.export import export_model, run_extras
 
         path = export_model(
             float32_model(best, config, data.num_classes),
@@ -197,7 +197,7 @@ def fit(args: argparse.Namespace) -> dict:
             metrics={"top1": run["metrics"]["top1"], "top5": run["metrics"]["top5"]},
             command=run["command"],
             models_dir=args.models_dir,
-            extra={"run": str(run_dir)},
+            extra=run_extras(run, run_dir),
         )
         run["export"] = str(path)
         write_json(run_dir / "run.json", run)
@@ -321,6 +321,8 @@ def check_run_dir(run_dir: Path, config: dict) -> bool:
 
 def choose_strategy() -> tuple[tf.distribute.Strategy, str]:
     """MirroredStrategy over several GPUs, else the default strategy; and a description."""
+    import tensorflow as tf
+
     gpus = tf.config.list_physical_devices("GPU")
     if len(gpus) > 1:
         return tf.distribute.MirroredStrategy(), f"MirroredStrategy over {len(gpus)} GPUs"
@@ -330,6 +332,8 @@ def choose_strategy() -> tuple[tf.distribute.Strategy, str]:
 
 def set_precision(mixed: bool) -> bool:
     """Set the global policy; mixed_float16 only where a GPU runs it (returns whether it is on)."""
+    import tensorflow as tf
+
     if mixed and not tf.config.list_physical_devices("GPU"):
         print("note: --mixed-precision needs a GPU; training in float32")
         mixed = False

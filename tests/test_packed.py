@@ -1,0 +1,158 @@
+"""Training where TensorFlow is absent: pack -> fit-packed -> evaluate -> export, and the pieces."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from test_data import make_folder
+from training import __main__ as cli
+from training.data import SplitFractions, split_folder
+from training.end_to_end import Augmentation
+from training.fit_packed import Batches, mix_batch
+from training.pack import Pack
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    return make_folder(tmp_path_factory.mktemp("images"), per_class=16)  # 36 / 6 / 6 images
+
+
+@pytest.fixture(scope="module")
+def packed(folder, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("packs") / "tiny.npz"
+    argv = ["pack", "--data", str(folder), "--image-size", "32", "--splits", "train,validation",
+            "--quality", "0", "--out", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0
+    return out
+
+
+def test_pack_holds_fits_split_resized_losslessly(folder, packed):
+    pack = Pack(packed)
+    split = split_folder(folder, SplitFractions(0.15, 0.15, 0))
+    assert pack.splits == ["train", "validation"] and pack.meta["encoding"] == "PNG"
+    assert pack.class_ids == split.class_ids
+    assert pack.labels == ("tench", "English springer", "parachute")
+    for name in ("train", "validation"):
+        assert list(pack.labels_of(name)) == [label for _, label in split.files[name]]
+    images = pack.images("train")
+    assert images.shape == (36, 32, 32, 3) and images.dtype == np.uint8
+    # The very pixels of fit's own pipeline (decode, crop-resize, round), stored as PNG.
+    from training.data import decode_and_resize
+
+    first = decode_and_resize(tf.io.read_file(split.files["train"][0][0]), (32, 32)).numpy()
+    np.testing.assert_array_equal(images[0], first)
+    with pytest.raises(KeyError, match="not 'test'"):
+        pack.images("test")  # never packed: the training machine never sees it
+
+
+def test_pack_refuses_unknown_splits(folder, tmp_path, capsys):
+    assert cli.main(["pack", "--data", str(folder), "--image-size", "32", "--splits", "train,holdout",
+                     "--out", str(tmp_path / "x.npz")]) == 2  # fmt: skip
+    assert "--splits" in capsys.readouterr().err and not (tmp_path / "x.npz").exists()
+
+
+def test_mix_batch_mixes_labels_in_proportion_to_pixels():
+    rng = np.random.default_rng(0)
+    images = np.stack([np.full((8, 8, 3), value, np.float32) for value in (0.0, 100.0, 200.0, 50.0)])
+    labels = np.eye(4, dtype=np.float32)
+    for kind in ("mixup", "cutmix"):
+        aug = Augmentation(**{kind: 1.0})
+        for _ in range(20):
+            mixed, mixed_labels = mix_batch(images, labels, aug, rng)
+            np.testing.assert_allclose(mixed_labels.sum(axis=1), 1.0, rtol=1e-6)
+            # Each image's mean pixel is the label-weighted mean of the source images' values.
+            expected = mixed_labels @ images.reshape(4, -1).mean(axis=1)
+            np.testing.assert_allclose(mixed.reshape(4, -1).mean(axis=1), expected, rtol=1e-5, atol=1e-3)
+    assert images[1, 0, 0, 0] == 100.0  # the input batch is left untouched
+
+
+def test_batches_are_full_shuffled_each_epoch_and_cover_the_split():
+    images = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1).repeat(3, axis=3)
+    labels = np.arange(10) % 2
+    batches = Batches(images, labels, 2, 4, Augmentation(), seed=0, workers=1)
+    assert len(batches) == 2  # 10 images in batches of 4: the remainder is left out
+    first = [batches[i][0][:, 0, 0, 0].tolist() for i in range(2)]
+    batches.on_epoch_end()
+    second = [batches[i][0][:, 0, 0, 0].tolist() for i in range(2)]
+    assert first != second and all(len(b) == 4 for b in first + second)
+    x, y = batches[0]
+    assert x.dtype == np.float32 and y.shape == (4, 2)
+    np.testing.assert_array_equal(y.argmax(axis=1), x[:, 0, 0, 0].astype(int) % 2)
+
+
+def test_fit_packed_then_evaluate_then_export(packed, folder, tmp_path):
+    runs, models = tmp_path / "runs", tmp_path / "models"
+    argv = ["fit-packed", "--data", str(packed), "--arch", "lenet5", "--image-size", "32", "--epochs", "2",
+            "--batch-size", "8", "--augment", "strong", "--train-splits", "train", "--runs-dir", str(runs),
+            "--run-name", "tiny", "--name", "tiny", "--workers", "2"]  # fmt: skip
+    assert cli.main(argv) == 0
+    run_dir = runs / "tiny"
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["metrics"] is None and run["trained_on"] == ["train"] and run["splits"] == {"train": 36}
+    assert run["training"]["epochs_run"] == 2 and run["config"]["pack"]["encoding"] == "PNG"
+    assert run["command"].startswith("python -m training fit-packed --arch lenet5 --data ")
+    assert not (run_dir / "backup").exists()
+
+    assert cli.main(["evaluate", str(run_dir), "--data", str(folder)]) == 0
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["splits"] == {"train": 36, "validation": 6, "test": 6}
+    assert 0 <= run["metrics"]["top1"] <= 1 and run["metrics"]["top5"] == 1.0  # 3 classes
+    assert set(run["validation_metrics"]) == {"top1", "top5", "loss"}
+
+    assert cli.main(["export", str(run_dir), "--models-dir", str(models)]) == 0
+    metadata = json.loads((models / "tiny" / "1" / "metadata.json").read_text())
+    assert metadata["metrics"]["top1"] == run["metrics"]["top1"]
+    assert metadata["training"]["epochs_run"] == 2 and metadata["training"]["pack"]["file"] == "tiny.npz"
+    loaded = tf.saved_model.load(str(models / "tiny" / "1"))
+    out = loaded.signatures["serving_default"](images=tf.zeros((1, 40, 50, 3), tf.uint8))
+    assert out["probabilities"].shape == (1, 3)
+
+
+def test_fit_packed_refuses_a_pack_split_differently(packed, tmp_path, capsys):
+    argv = ["fit-packed", "--data", str(packed), "--arch", "lenet5", "--image-size", "32", "--epochs", "1",
+            "--seed", "1", "--runs-dir", str(tmp_path)]  # fmt: skip
+    assert cli.main(argv) == 2
+    assert "--seed 1 (pack: 0)" in capsys.readouterr().err
+
+
+def module_level_imports(module: str) -> set[str]:
+    """Modules imported by ``module``'s top-level statements (not inside functions)."""
+    import ast
+    import importlib.util
+
+    tree = ast.parse(Path(importlib.util.find_spec(module).origin).read_text())
+    found = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names if node.module == "training")
+    return found
+
+
+def test_fit_packed_imports_no_tensorflow():
+    """What fit-packed imports at load time never reaches TensorFlow (the GPU machine has JAX only;
+    TensorFlow is imported inside the functions fit-packed does not call)."""
+    import importlib.util
+
+    seen, todo = set(), ["training.fit_packed"]
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        imports = module_level_imports(module)
+        assert not {m for m in imports if m.split(".")[0] in ("tensorflow", "tensorflow_hub")}, module
+        todo.extend(m for m in imports if m.startswith("training") and importlib.util.find_spec(m))
+        if module == "training.architectures":  # the package registers every family on import
+            todo.extend(f"training.architectures.{p.stem}" for p in (REPO / "training/architectures").glob("*.py"))
+    assert {"training.fit", "training.end_to_end", "training.pack", "training.architectures.resnet"} <= seen
+    assert "training.data" not in seen and "training.export" not in seen

@@ -1,0 +1,257 @@
+"""Train from a packed dataset on any Keras 3 backend (JAX, PyTorch, TensorFlow): no tf.data needed.
+
+    python -m training pack --data ../shared/data/imagenette2-train --image-size 128 --splits train \\
+        --out packs/imagenette2-train_128px.npz                            # here, with TensorFlow
+    KERAS_BACKEND=jax python -m training fit-packed --data packs/imagenette2-train_128px.npz \\
+        --arch resnet18 --width 0.5 --epochs 200 --batch-size 256 --mixed-precision ...   # a GPU machine
+    python -m training evaluate runs/RUN --data ../shared/data/imagenette2-train     # here: val + test
+    python -m training export runs/RUN --name imagenette
+
+For a GPU machine that has JAX or PyTorch but no TensorFlow. It takes ``python -m training fit``'s
+flags and builds the same run from them: the same end-to-end model (``fit.build_model``, Keras'
+augmentation layers inside it), optimizer, learning-rate schedule, label smoothing and metrics
+(``fit.compile_model``), CSV log, time limit and crash safety (BackupAndRestore: run the same
+command again to resume). What differs is the input: the pack's images, decoded once into memory
+(already at the training size, so the model's resize is the identity), shuffled every epoch, with
+MixUp / CutMix drawn here in NumPy (``mix_batch``) instead of by Keras' layers in tf.data.
+
+The pack normally holds the training split only, so there is no validation pass and no best
+checkpoint: ``best.keras`` holds the final epoch's weights (the learning rate has decayed to zero
+by then), in float32 and without optimizer state. ``--mixed-precision`` trains in bfloat16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from training import fit
+from training.cli import command_line
+from training.end_to_end import Augmentation
+from training.pack import Pack
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    fit.add_arguments(parser)
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="batch threads")
+    parser.add_argument(
+        "--train-splits",
+        default="train",
+        help="packed splits to train on, comma-separated (train,validation: once a recipe is chosen)",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, _interrupt)  # a kill saves the weights too (see fit_packed)
+    try:
+        run = fit_packed(args)
+    except (fit.RunStateError, ValueError, KeyError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0 if run.get("training") else 1
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+class Batches(keras.utils.PyDataset):
+    """Shuffled training batches of a packed split: (float32 images, one-hot labels), mixed or not.
+
+    Every batch is full (the remainder of an epoch's shuffle is left out, a different few images
+    each epoch), so JAX compiles the training step for one shape only.
+    """
+
+    def __init__(self, images, labels, num_classes, batch_size, augmentation: Augmentation, seed, workers):
+        super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=2 * workers)
+        self.images, self.labels = images, labels
+        self.num_classes, self.batch_size, self.augmentation = num_classes, batch_size, augmentation
+        self.seed, self.epoch = seed, 0
+        self.order = np.random.default_rng(seed).permutation(len(images))
+
+    def __len__(self) -> int:  # full batches only: one input shape, one compiled step
+        return max(1, len(self.images) // self.batch_size)
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+        self.order = np.random.default_rng((self.seed, self.epoch)).permutation(len(self.images))
+
+    def __getitem__(self, index: int):
+        rows = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
+        images = self.images[rows].astype(np.float32)
+        labels = np.eye(self.num_classes, dtype=np.float32)[self.labels[rows]]
+        if self.augmentation.mixes_batches:
+            rng = np.random.default_rng((self.seed, self.epoch, index))
+            images, labels = mix_batch(images, labels, self.augmentation, rng)
+        return images, labels
+
+
+def mix_batch(images: np.ndarray, labels: np.ndarray, augmentation: Augmentation, rng: np.random.Generator):
+    """MixUp (Zhang et al. 2018) or CutMix (Yun et al. 2019) of a batch with its own permutation.
+
+    One of the two at random when both are enabled, like ``training.data.batch_mixer``. Labels are
+    mixed in proportion to the pixels each image contributes.
+    """
+    choices = [name for name in ("mixup", "cutmix") if getattr(augmentation, name)]
+    kind = choices[rng.integers(len(choices))]
+    alpha = getattr(augmentation, kind)
+    lam = float(rng.beta(alpha, alpha))
+    perm = rng.permutation(len(images))
+    if kind == "mixup":
+        return lam * images + (1 - lam) * images[perm], lam * labels + (1 - lam) * labels[perm]
+    height, width = images.shape[1:3]
+    cut_h, cut_w = int(height * math.sqrt(1 - lam)), int(width * math.sqrt(1 - lam))
+    cy, cx = rng.integers(height), rng.integers(width)
+    y0, y1 = np.clip([cy - cut_h // 2, cy + cut_h // 2], 0, height)
+    x0, x1 = np.clip([cx - cut_w // 2, cx + cut_w // 2], 0, width)
+    images = images.copy()
+    images[:, y0:y1, x0:x1] = images[perm, y0:y1, x0:x1]
+    kept = 1 - (y1 - y0) * (x1 - x0) / (height * width)
+    return images, kept * labels + (1 - kept) * labels[perm]
+
+
+def fit_packed(args: argparse.Namespace) -> dict:
+    pack = Pack(args.data)
+    config = fit.run_config(args)
+    config["data"] = pack.meta["source"]  # the folder it was packed from (what `evaluate` reads)
+    config["pack"] = {"file": Path(args.data).name, **pack.meta}
+    mismatched = [
+        f"--{key.replace('_', '-')} {config[key]} (pack: {pack.meta[key]})"
+        for key in ("validation_fraction", "test_fraction", "seed")
+        if config[key] != pack.meta[key]
+    ]
+    if list(config["image_size"]) != list(pack.meta["image_size"]):
+        mismatched.append(f"--image-size {config['image_size'][0]} (pack: {pack.meta['image_size'][0]})")
+    if mismatched:
+        raise ValueError("the pack was split or resized differently: " + "; ".join(mismatched))
+    run_dir = Path(args.runs_dir) / config["run_name"]
+    resuming = fit.check_run_dir(run_dir, config)
+    keras.utils.set_random_seed(args.seed)
+    if args.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    precision = keras.mixed_precision.global_policy().name
+    device = describe_device()
+    print(f"backend: {keras.backend.backend()}; device: {device}; precision: {precision}")
+
+    start = time.perf_counter()
+    train_splits = [name.strip() for name in args.train_splits.split(",") if name.strip()]
+    if "test" in train_splits:
+        raise ValueError("--train-splits must not include the held-out test split")
+    config["train_splits"] = train_splits
+    images = np.concatenate([pack.images(name) for name in train_splits])
+    labels = np.concatenate([pack.labels_of(name) for name in train_splits])
+    if args.limit:
+        images, labels = images[: args.limit], labels[: args.limit]
+    print(f"decoded {len(images):,} training images ({' + '.join(train_splits)}) in {time.perf_counter() - start:.1f} s")
+    augmentation = Augmentation(**config["augmentation"])
+    batches = Batches(
+        images, labels, len(pack.labels), args.batch_size, augmentation, args.seed, args.workers
+    )
+    model = fit.build_model(config, len(pack.labels))
+    enable_jit(model)
+    fit.compile_model(model, config, len(batches))
+    print(f"model {model.name}: {model.count_params():,} parameters; {len(batches)} steps per epoch")
+
+    run = {
+        "arch": args.arch,
+        "name": config["export_name"],
+        "labels": list(pack.labels),
+        "class_ids": list(pack.class_ids),
+        "image_size": list(config["image_size"]),
+        "dataset": pack.meta["dataset"],
+        "splits": {"train": len(images)},
+        "trained_on": train_splits,
+        "device": device,
+        "precision": precision,
+        "backend": keras.backend.backend(),
+        "command": command_line("fit-packed", add_arguments, args),
+        "config": config,
+        "metrics": None,
+        "checkpoint": "final epoch (fit-packed trains without a validation pass)",
+    }
+    fit.write_json(run_dir / "run.json", run)
+
+    stats = fit.EpochStats()
+    callbacks = [
+        stats,
+        keras.callbacks.CSVLogger(run_dir / "log.csv", append=resuming),
+        keras.callbacks.BackupAndRestore(run_dir / "backup", delete_checkpoint=False),
+    ]
+    time_limit = None
+    if args.time_limit is not None:
+        spent = fit.logged_seconds(run_dir / "log.csv") if resuming else 0.0
+        time_limit = fit.TimeLimit(args.time_limit * 60, spent=spent)
+        callbacks.append(time_limit)
+    start = time.perf_counter()
+    history = keras.callbacks.History()
+    interrupted = False
+    try:
+        model.fit(batches, epochs=args.epochs, callbacks=[*callbacks, history], verbose=2)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep what was learnt (the backup can resume it)
+        interrupted = True
+        print("\ninterrupted: saving the weights reached so far", file=sys.stderr)
+    seconds = time.perf_counter() - start
+    epochs_run = len(history.epoch)
+
+    final = fit.float32_model(model, config, len(pack.labels))
+    if final is model:  # drop the optimizer state: a rebuilt, uncompiled twin saves weights only
+        final = fit.build_model(config, len(pack.labels))
+        final.set_weights(model.get_weights())
+    final.save(run_dir / "best.keras")
+    run["training"] = {
+        "epochs_run": epochs_run,
+        "first_epoch": history.epoch[0] + 1 if epochs_run else None,
+        "seconds": round(seconds, 1),
+        "images_per_second": round(epochs_run * len(images) / seconds, 1) if epochs_run else None,
+        "images_per_second_steady": stats.steady_speed(len(images)),
+        "final_train_top1": float(history.history["top1"][-1]) if history.history.get("top1") else None,
+        "time_limit_minutes": args.time_limit,
+        "stopped_by_time_limit": bool(time_limit and time_limit.stopped),
+        "interrupted": interrupted,
+    }
+    fit.write_json(run_dir / "run.json", run)
+    if not interrupted:
+        shutil.rmtree(run_dir / "backup", ignore_errors=True)
+    print(
+        f"\n{epochs_run} epochs in {seconds:,.0f} s ({run['training']['images_per_second']} images/s); "
+        f"saved {run_dir / 'best.keras'}; next, here or on the machine with the data:\n"
+        f"  python -m training evaluate {run_dir} --data {config['data']}"
+    )
+    return run
+
+
+def enable_jit(model: keras.Model) -> None:
+    """Let JAX compile the whole training step, augmentation layers included.
+
+    Keras marks RandomZoom / RandomTranslation / RandomRotation ``supports_jit = False`` (TensorFlow's
+    image-transform op has no XLA kernel), which turns ``jit_compile="auto"`` off for the whole model:
+    every op then runs eagerly, 4 s a step on an H100. JAX's versions of them compile fine.
+    """
+    if keras.backend.backend() == "jax":
+        for layer in model._flatten_layers():
+            layer.supports_jit = True
+
+
+def describe_device() -> str:
+    backend = keras.backend.backend()
+    try:
+        if backend == "jax":
+            import jax
+
+            return ", ".join(sorted({d.device_kind for d in jax.devices()}))
+        if backend == "torch":
+            import torch
+
+            return torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    except Exception as error:  # a description only
+        return f"unknown ({error})"
+    return backend
