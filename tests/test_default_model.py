@@ -63,7 +63,7 @@ def test_classifies_held_out_photos_through_both_signatures(saved_model, held_ou
         got = saved_model.signatures["serving_default"](images=image)["probabilities"].numpy()[0]
         np.testing.assert_allclose(got, expected, atol=1e-5)
     accuracy = np.mean(from_bytes.argmax(1) == np.array([label for _, label in held_out]))
-    assert accuracy >= 0.6  # 30 photos; the whole test split measured 0.817 (metadata.json)
+    assert accuracy >= 0.6  # 30 photos; the whole test split measured 0.850 (metadata.json)
 
 
 def test_make_serve_answers_like_the_model(saved_model, held_out, tmp_path):
