@@ -1,6 +1,6 @@
 """docs/default-model.png: the default model's training curve and the recipe search beside it.
 
-    python scripts/plot_default_model.py runs/gpu/runs   # folder of fit-packed runs (evaluated)
+    python training/scripts/plot_default_model.py runs/gpu/runs   # folder of fit-packed runs (evaluated)
 """
 
 from __future__ import annotations

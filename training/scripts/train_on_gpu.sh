@@ -6,7 +6,7 @@
 #
 #   python -m training pack --data ../shared/data/imagenette2-train --image-size 128 --splits train \
 #       --quality 85 --out packs/imagenette2-train_128px.npz          # here (TensorFlow), 32 MiB
-#   BUDGET=300 OUT=out scripts/train_on_gpu.sh ["NAME|FLAGS" ...]      # the GPU machine
+#   BUDGET=300 OUT=out training/scripts/train_on_gpu.sh ["NAME|FLAGS" ...]      # the GPU machine
 #   (COLLECT=DIR also copies the checkpoints, split in 15 MiB parts, and a tarball of the logs)
 #   python -m training evaluate out/runs/NAME --data ../shared/data/imagenette2-train   # here
 #   python -m training export out/runs/NAME --name imagenette
