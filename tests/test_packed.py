@@ -153,6 +153,7 @@ def test_fit_packed_imports_no_tensorflow():
         assert not {m for m in imports if m.split(".")[0] in ("tensorflow", "tensorflow_hub")}, module
         todo.extend(m for m in imports if m.startswith("training") and importlib.util.find_spec(m))
         if module == "training.architectures":  # the package registers every family on import
-            todo.extend(f"training.architectures.{p.stem}" for p in (REPO / "training/architectures").glob("*.py"))
+            family_files = (REPO / "training" / "architectures").glob("*.py")
+            todo.extend(f"training.architectures.{p.stem}" for p in family_files)
     assert {"training.fit", "training.end_to_end", "training.pack", "training.architectures.resnet"} <= seen
     assert "training.data" not in seen and "training.export" not in seen

@@ -13,7 +13,6 @@ is what ``python -m training export`` needs. Refuses data whose classes differ f
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -46,14 +45,11 @@ def main(args: argparse.Namespace) -> int:
 def evaluate_run(run_dir: str | Path, *, data: str | None = None, batch_size: int = 64) -> dict:
     import training.architectures  # noqa: F401  (registers the zoo's custom layers for loading)
     from training.data import SplitFractions, load_data
+    from training.export import read_run
     from training.fit import write_json
 
     run_dir = Path(run_dir)
-    run_file, checkpoint = run_dir / "run.json", run_dir / "best.keras"
-    for needed in (run_file, checkpoint):
-        if not needed.is_file():
-            raise FileNotFoundError(f"{needed} not found")
-    run = json.loads(run_file.read_text(encoding="utf-8"))
+    run, checkpoint = read_run(run_dir)
     config = run["config"]
     fractions = SplitFractions(config["validation_fraction"], config["test_fraction"], config["seed"])
     dataset = load_data(
@@ -81,5 +77,5 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, batch_size: in
     if "validation" in trained_on:  # a final run on train + validation: only the test split is unseen
         run["validation_metrics"]["note"] = "the validation split was trained on"
         run["splits"]["train"] += run["splits"]["validation"]
-    write_json(run_file, run)
+    write_json(run_dir / "run.json", run)
     return run

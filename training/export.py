@@ -315,11 +315,7 @@ def export_run(
 ) -> Path:
     """Export a finished fit run from ``run_dir/best.keras`` and ``run_dir/run.json``."""
     run_dir = Path(run_dir)
-    run_file, checkpoint = run_dir / "run.json", run_dir / "best.keras"
-    for needed in (run_file, checkpoint):
-        if not needed.is_file():
-            raise FileNotFoundError(f"{needed} not found: is {run_dir} a `python -m training fit` run?")
-    run = json.loads(run_file.read_text(encoding="utf-8"))
+    run, checkpoint = read_run(run_dir)
     if not run.get("metrics"):
         raise ValueError(f"{run_dir} is not finished (run.json has no held-out metrics yet)")
     import training.architectures  # noqa: F401  (registers the zoo's custom layers for loading)
@@ -340,6 +336,15 @@ def export_run(
         version=version,
         extra=run_extras(run, run_dir),
     )
+
+
+def read_run(run_dir: Path) -> tuple[dict, Path]:
+    """A run folder's ``run.json`` contents and the path of its ``best.keras``, both required."""
+    run_file, checkpoint = run_dir / "run.json", run_dir / "best.keras"
+    for needed in (run_file, checkpoint):
+        if not needed.is_file():
+            raise FileNotFoundError(f"{needed} not found: is {run_dir} a `python -m training fit` run?")
+    return json.loads(run_file.read_text(encoding="utf-8")), checkpoint
 
 
 def run_extras(run: dict, run_dir: str | Path) -> dict:

@@ -32,6 +32,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import keras
 
@@ -128,20 +129,8 @@ def fit(args: argparse.Namespace) -> dict:
         f"peak learning rate {config['learning_rate']:g}"
     )
 
-    run = {
-        "arch": args.arch,
-        "name": config["export_name"],
-        "labels": list(data.labels),
-        "class_ids": list(data.class_ids),
-        "image_size": list(config["image_size"]),
-        "dataset": data.name,
-        "splits": data.sizes,
-        "device": device,
-        "precision": precision,
-        "command": command_line("fit", add_arguments, args),
-        "config": config,
-        "metrics": None,
-    }
+    run = new_run(config, data.labels, data.class_ids, data.name, data.sizes, device, precision,
+                  command_line("fit", add_arguments, args))  # fmt: skip
     write_json(run_dir / "run.json", run)
 
     stats = EpochStats()
@@ -203,6 +192,25 @@ def fit(args: argparse.Namespace) -> dict:
         write_json(run_dir / "run.json", run)
         print(f"exported to {path}")
     return run
+
+
+def new_run(config, labels, class_ids, dataset, splits, device, precision, command, **more) -> dict:
+    """The run record written to ``run.json`` before training (``metrics`` None until evaluated)."""
+    return {
+        "arch": config["arch"],
+        "name": config["export_name"],
+        "labels": list(labels),
+        "class_ids": list(class_ids),
+        "image_size": list(config["image_size"]),
+        "dataset": dataset,
+        "splits": dict(splits),
+        "device": device,
+        "precision": precision,
+        **more,
+        "command": command,
+        "config": config,
+        "metrics": None,
+    }
 
 
 def build_model(config: dict, num_classes: int) -> keras.Model:
@@ -319,7 +327,7 @@ def check_run_dir(run_dir: Path, config: dict) -> bool:
     return resumable
 
 
-def choose_strategy() -> tuple[tf.distribute.Strategy, str]:
+def choose_strategy() -> tuple[Any, str]:  # (tf.distribute.Strategy, description)
     """MirroredStrategy over several GPUs, else the default strategy; and a description."""
     import tensorflow as tf
 

@@ -151,7 +151,8 @@ def fit_packed(args: argparse.Namespace) -> dict:
     labels = np.concatenate([pack.labels_of(name) for name in train_splits])
     if args.limit:
         images, labels = images[: args.limit], labels[: args.limit]
-    print(f"decoded {len(images):,} training images ({' + '.join(train_splits)}) in {time.perf_counter() - start:.1f} s")
+    seconds = time.perf_counter() - start
+    print(f"decoded {len(images):,} training images ({' + '.join(train_splits)}) in {seconds:.1f} s")
     augmentation = Augmentation(**config["augmentation"])
     batches = Batches(
         images, labels, len(pack.labels), args.batch_size, augmentation, args.seed, args.workers
@@ -161,23 +162,13 @@ def fit_packed(args: argparse.Namespace) -> dict:
     fit.compile_model(model, config, len(batches))
     print(f"model {model.name}: {model.count_params():,} parameters; {len(batches)} steps per epoch")
 
-    run = {
-        "arch": args.arch,
-        "name": config["export_name"],
-        "labels": list(pack.labels),
-        "class_ids": list(pack.class_ids),
-        "image_size": list(config["image_size"]),
-        "dataset": pack.meta["dataset"],
-        "splits": {"train": len(images)},
-        "trained_on": train_splits,
-        "device": device,
-        "precision": precision,
-        "backend": keras.backend.backend(),
-        "command": command_line("fit-packed", add_arguments, args),
-        "config": config,
-        "metrics": None,
-        "checkpoint": "final epoch (fit-packed trains without a validation pass)",
-    }
+    run = fit.new_run(
+        config, pack.labels, pack.class_ids, pack.meta["dataset"], {"train": len(images)}, device, precision,
+        command_line("fit-packed", add_arguments, args),
+        trained_on=train_splits,
+        backend=keras.backend.backend(),
+        checkpoint="final epoch (fit-packed trains without a validation pass)",
+    )
     fit.write_json(run_dir / "run.json", run)
 
     stats = fit.EpochStats()
