@@ -157,3 +157,24 @@ def test_fit_packed_imports_no_tensorflow():
             todo.extend(f"training.architectures.{p.stem}" for p in family_files)
     assert {"training.fit", "training.end_to_end", "training.pack", "training.architectures.resnet"} <= seen
     assert "training.data" not in seen and "training.export" not in seen
+
+
+def test_fit_packed_killed_mid_epoch_then_the_same_command_resumes(packed, tmp_path):
+    from test_fit import read_log, run_cli
+
+    from training import fit
+
+    argv = ["fit-packed", "--data", str(packed), "--arch", "lenet5", "--image-size", "32", "--epochs", "3",
+            "--batch-size", "8", "--train-splits", "train,validation", "--runs-dir", str(tmp_path),
+            "--run-name", "resume", "--workers", "1"]  # fmt: skip
+    killed = run_cli(argv, env={fit.CRASH_ENV: "2:2"})  # dies after batch 2 of epoch 2
+    assert killed.returncode == 75, killed.stderr[-2000:]
+    assert [row["epoch"] for row in read_log(tmp_path / "resume")] == ["0"]
+
+    resumed = run_cli(argv)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming the unfinished run" in resumed.stdout and "Epoch 1/3" not in resumed.stdout
+    assert [row["epoch"] for row in read_log(tmp_path / "resume")] == ["0", "1", "2"]
+    run = json.loads((tmp_path / "resume" / "run.json").read_text())
+    assert run["trained_on"] == ["train", "validation"] and run["splits"] == {"train": 42}
+    assert run["training"]["first_epoch"] == 2 and not (tmp_path / "resume" / "backup").exists()

@@ -133,6 +133,10 @@ def fit_packed(args: argparse.Namespace) -> dict:
         mismatched.append(f"--image-size {config['image_size'][0]} (pack: {pack.meta['image_size'][0]})")
     if mismatched:
         raise ValueError("the pack was split or resized differently: " + "; ".join(mismatched))
+    train_splits = [name.strip() for name in args.train_splits.split(",") if name.strip()]
+    if "test" in train_splits:
+        raise ValueError("--train-splits must not include the held-out test split")
+    config["train_splits"] = train_splits  # before the check: a resumed run must match it too
     run_dir = Path(args.runs_dir) / config["run_name"]
     resuming = fit.check_run_dir(run_dir, config)
     keras.utils.set_random_seed(args.seed)
@@ -143,10 +147,6 @@ def fit_packed(args: argparse.Namespace) -> dict:
     print(f"backend: {keras.backend.backend()}; device: {device}; precision: {precision}")
 
     start = time.perf_counter()
-    train_splits = [name.strip() for name in args.train_splits.split(",") if name.strip()]
-    if "test" in train_splits:
-        raise ValueError("--train-splits must not include the held-out test split")
-    config["train_splits"] = train_splits
     images = np.concatenate([pack.images(name) for name in train_splits])
     labels = np.concatenate([pack.labels_of(name) for name in train_splits])
     if args.limit:
@@ -177,6 +177,8 @@ def fit_packed(args: argparse.Namespace) -> dict:
         keras.callbacks.CSVLogger(run_dir / "log.csv", append=resuming),
         keras.callbacks.BackupAndRestore(run_dir / "backup", delete_checkpoint=False),
     ]
+    if os.environ.get(fit.CRASH_ENV):
+        callbacks.append(fit.CrashForTests(os.environ[fit.CRASH_ENV]))
     time_limit = None
     if args.time_limit is not None:
         spent = fit.logged_seconds(run_dir / "log.csv") if resuming else 0.0
