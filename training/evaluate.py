@@ -46,7 +46,7 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, batch_size: in
     import training.architectures  # noqa: F401  (registers the zoo's custom layers for loading)
     from training.data import SplitFractions, load_data
     from training.export import read_run
-    from training.fit import write_json
+    from training.fit import loss_and_metrics, write_json
 
     run_dir = Path(run_dir)
     run, checkpoint = read_run(run_dir)
@@ -58,13 +58,7 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, batch_size: in
     if list(dataset.class_ids) != list(run["class_ids"]):
         raise ValueError(f"the data's classes {dataset.class_ids} are not the run's {run['class_ids']}")
     model = keras.models.load_model(checkpoint, compile=False)
-    model.compile(  # the loss as trained (label smoothing included), top-1 and top-5
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.get("label_smoothing", 0.0)),
-        metrics=[
-            keras.metrics.CategoricalAccuracy(name="top1"),
-            keras.metrics.TopKCategoricalAccuracy(k=5, name="top5"),
-        ],
-    )
+    model.compile(**loss_and_metrics(config))  # the loss as trained, top-1 and top-5
     batches = dataset.batches(batch_size, None, seed=config["seed"])
     scores = {}
     for split in ("validation", "test"):

@@ -135,10 +135,8 @@ def fit(args: argparse.Namespace) -> dict:
 
     stats = EpochStats()
     callbacks = [stats, *make_callbacks(run_dir, resuming, args.patience)]
-    time_limit = None
-    if args.time_limit is not None:
-        spent = logged_seconds(run_dir / "log.csv") if resuming else 0.0
-        time_limit = TimeLimit(args.time_limit * 60, spent=spent)
+    time_limit = time_limit_callback(run_dir, resuming, args.time_limit)
+    if time_limit:
         callbacks.append(time_limit)
     start = time.perf_counter()
     history = model.fit(
@@ -381,35 +379,56 @@ def make_optimizer(config: dict, steps_per_epoch: int) -> keras.optimizers.Optim
 def compile_model(model: keras.Model, config: dict, steps_per_epoch: int) -> None:
     model.compile(
         optimizer=make_optimizer(config, steps_per_epoch),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config["label_smoothing"]),
-        metrics=[
-            keras.metrics.CategoricalAccuracy(name="top1"),
-            keras.metrics.TopKCategoricalAccuracy(k=5, name="top5"),
-        ],
+        **loss_and_metrics(config),
         jit_compile={"auto": "auto", "on": True, "off": False}[config["jit_compile"]],
     )
 
 
-def make_callbacks(run_dir: Path, resuming: bool, patience: int) -> list[keras.callbacks.Callback]:
+def loss_and_metrics(config: dict) -> dict:
+    """``compile`` arguments: the training loss (label smoothing included), top-1 and top-5."""
+    return {
+        "loss": keras.losses.CategoricalCrossentropy(label_smoothing=config.get("label_smoothing", 0.0)),
+        "metrics": [
+            keras.metrics.CategoricalAccuracy(name="top1"),
+            keras.metrics.TopKCategoricalAccuracy(k=5, name="top5"),
+        ],
+    }
+
+
+def make_callbacks(
+    run_dir: Path, resuming: bool, patience: int, *, validated: bool = True, tensorboard: bool = True
+) -> list[keras.callbacks.Callback]:
     """Checkpoint, CSV log, TensorBoard, early stopping, and the backup (last: it saves the epoch
-    only after the others have written theirs)."""
-    callbacks = [
-        keras.callbacks.ModelCheckpoint(
-            run_dir / "best.keras",
-            monitor=MONITOR,
-            mode="max",
-            save_best_only=True,
-            initial_value_threshold=best_logged(run_dir / "log.csv") if resuming else None,
-        ),
-        keras.callbacks.CSVLogger(run_dir / "log.csv", append=resuming),
-        keras.callbacks.TensorBoard(run_dir / "tensorboard"),
-    ]
-    if patience > 0:
+    only after the others have written theirs). Without a validation pass (``validated=False``)
+    there is no best checkpoint and no early stopping; ``tensorboard=False`` where TensorFlow,
+    which writes the event files, is absent."""
+    callbacks: list[keras.callbacks.Callback] = []
+    if validated:
+        callbacks.append(
+            keras.callbacks.ModelCheckpoint(
+                run_dir / "best.keras",
+                monitor=MONITOR,
+                mode="max",
+                save_best_only=True,
+                initial_value_threshold=best_logged(run_dir / "log.csv") if resuming else None,
+            )
+        )
+    callbacks.append(keras.callbacks.CSVLogger(run_dir / "log.csv", append=resuming))
+    if tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(run_dir / "tensorboard"))
+    if validated and patience > 0:
         callbacks.append(keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=patience))
     callbacks.append(keras.callbacks.BackupAndRestore(run_dir / "backup", delete_checkpoint=False))
     if os.environ.get(CRASH_ENV):
         callbacks.append(CrashForTests(os.environ[CRASH_ENV]))
     return callbacks
+
+
+def time_limit_callback(run_dir: Path, resuming: bool, minutes: float | None) -> TimeLimit | None:
+    """``--time-limit``'s callback (counting the training time of earlier sessions), or None."""
+    if minutes is None:
+        return None
+    return TimeLimit(minutes * 60, spent=logged_seconds(run_dir / "log.csv") if resuming else 0.0)
 
 
 class EpochStats(keras.callbacks.Callback):

@@ -147,10 +147,8 @@ def fit_packed(args: argparse.Namespace) -> dict:
     print(f"backend: {keras.backend.backend()}; device: {device}; precision: {precision}")
 
     start = time.perf_counter()
-    images = np.concatenate([pack.images(name) for name in train_splits])
-    labels = np.concatenate([pack.labels_of(name) for name in train_splits])
-    if args.limit:
-        images, labels = images[: args.limit], labels[: args.limit]
+    images = np.concatenate([pack.images(name, limit=args.limit) for name in train_splits])
+    labels = np.concatenate([pack.labels_of(name)[: args.limit] for name in train_splits])
     seconds = time.perf_counter() - start
     print(f"decoded {len(images):,} training images ({' + '.join(train_splits)}) in {seconds:.1f} s")
     augmentation = Augmentation(**config["augmentation"])
@@ -172,17 +170,9 @@ def fit_packed(args: argparse.Namespace) -> dict:
     fit.write_json(run_dir / "run.json", run)
 
     stats = fit.EpochStats()
-    callbacks = [
-        stats,
-        keras.callbacks.CSVLogger(run_dir / "log.csv", append=resuming),
-        keras.callbacks.BackupAndRestore(run_dir / "backup", delete_checkpoint=False),
-    ]
-    if os.environ.get(fit.CRASH_ENV):
-        callbacks.append(fit.CrashForTests(os.environ[fit.CRASH_ENV]))
-    time_limit = None
-    if args.time_limit is not None:
-        spent = fit.logged_seconds(run_dir / "log.csv") if resuming else 0.0
-        time_limit = fit.TimeLimit(args.time_limit * 60, spent=spent)
+    callbacks = [stats, *fit.make_callbacks(run_dir, resuming, 0, validated=False, tensorboard=False)]
+    time_limit = fit.time_limit_callback(run_dir, resuming, args.time_limit)
+    if time_limit:
         callbacks.append(time_limit)
     start = time.perf_counter()
     history = keras.callbacks.History()

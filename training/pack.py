@@ -161,14 +161,15 @@ class Pack:
         self._check(split)
         return self._arrays[f"{split}_labels"]
 
-    def images(self, split: str, threads: int | None = None) -> np.ndarray:
-        """All images of ``split`` as uint8 ``[n, height, width, 3]``."""
+    def images(self, split: str, threads: int | None = None, limit: int | None = None) -> np.ndarray:
+        """The images of ``split`` (the first ``limit`` only, if given) as uint8 ``[n, h, w, 3]``."""
         from PIL import Image
 
         self._check(split)
         data, offsets = self._arrays[f"{split}_data"], self._arrays[f"{split}_offsets"]
         height, width = self.meta["image_size"]
-        out = np.empty((len(offsets) - 1, height, width, 3), dtype=np.uint8)
+        count = len(offsets) - 1 if limit is None else min(limit, len(offsets) - 1)
+        out = np.empty((count, height, width, 3), dtype=np.uint8)
 
         def decode(i: int) -> None:
             with Image.open(io.BytesIO(data[offsets[i] : offsets[i + 1]].tobytes())) as image:
