@@ -12,7 +12,7 @@
 | CONVZOO_MAX_TOP_K          | 100                      | largest ``top_k`` a request may ask for            |
 | CONVZOO_MAX_BATCH_SIZE     | 32                       | batching: most images per model call               |
 | CONVZOO_WORKERS            | one per GPU, else 1      | processes, each with its own copy of the model     |
-| CONVZOO_DECODE_THREADS     | 4                        | decoding threads per process                       |
+| CONVZOO_DECODE_THREADS     | 0 on one CPU, else 4     | decoding threads per process; 0: on the event loop |
 | CONVZOO_TIMEOUT_S          | 60                       | request timeout                                    |
 | CONVZOO_MAX_CONCURRENCY    | 512                      | requests in flight before the server answers 429   |
 | CONVZOO_API_KEY            | (none: no authentication)| clients must send ``Authorization: Bearer <key>`` |
@@ -58,7 +58,7 @@ class ServiceConfig:
     api_key: str | None = field(default=None, repr=False)  # never printed
 
 
-def _int(name: str, default: int) -> int:
+def _int(name: str, default: int, minimum: int = 1) -> int:
     value = os.environ.get(name)
     if value is None or value == "":
         return default
@@ -66,9 +66,20 @@ def _int(name: str, default: int) -> int:
         number = int(value)
     except ValueError:
         raise ValueError(f"{name} must be an integer, got {value!r}") from None
-    if number < 1:
-        raise ValueError(f"{name} must be at least 1, got {number}")
+    if number < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {number}")
     return number
+
+
+def default_decode_threads() -> int:
+    """0 (decode on the event loop) when this process may run on one CPU only, else 4.
+
+    On one CPU a thread cannot decode in parallel with anything, and handing every image to one
+    costs more than it gains (benchmarks/README.md, "What we tried", row 20); with more CPUs,
+    threads decode in parallel with the event loop and the model.
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return 0 if cpus == 1 else ServiceConfig.decode_threads
 
 
 def count_gpus() -> int:
@@ -103,7 +114,7 @@ def load_config() -> ServiceConfig:
         max_top_k=_int("CONVZOO_MAX_TOP_K", ServiceConfig.max_top_k),
         max_batch_size=_int("CONVZOO_MAX_BATCH_SIZE", ServiceConfig.max_batch_size),
         workers=_int("CONVZOO_WORKERS", max(1, count_gpus())),
-        decode_threads=_int("CONVZOO_DECODE_THREADS", ServiceConfig.decode_threads),
+        decode_threads=_int("CONVZOO_DECODE_THREADS", default_decode_threads(), minimum=0),
         timeout_s=_int("CONVZOO_TIMEOUT_S", ServiceConfig.timeout_s),
         max_concurrency=_int("CONVZOO_MAX_CONCURRENCY", ServiceConfig.max_concurrency),
         api_key=os.environ.get("CONVZOO_API_KEY") or None,

@@ -49,6 +49,9 @@ SERVER_SETTINGS = {
     "CONVZOO_MAX_FILE_BYTES": str(2 * MiB),
     "CONVZOO_MAX_REQUEST_BYTES": str(6 * MiB),
     "CONVZOO_MAX_BATCH_SIZE": "16",
+    # decode on the event loop, the default of a one-CPU process; the server of
+    # tests/test_reliability.py keeps the threads of a process with several CPUs
+    "CONVZOO_DECODE_THREADS": "0",
 }
 
 
@@ -198,6 +201,24 @@ def assert_matches(answer: dict, probabilities: np.ndarray, top_k: int = 5) -> N
 
 
 # ------------------------------------------------------------------------------------- tests
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs a process that may run on two CPUs or more")
+def test_decoding_threads_default_to_none_on_one_cpu():
+    """One CPU: decode on the event loop (threads only add hand-offs); more: 4 threads."""
+    code = "from service.config import load_config; print(load_config().decode_threads)"
+
+    def threads(*prefix: str, **env: str) -> str:
+        return subprocess.run([*prefix, sys.executable, "-c", code], capture_output=True, text=True,
+                              check=True, cwd=REPO, env={**os.environ, **env}).stdout.strip()
+
+    assert threads() == "4"
+    assert threads("taskset", "-c", "0") == "0"
+    assert threads("taskset", "-c", "0", CONVZOO_DECODE_THREADS="2") == "2"
+    refused = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             cwd=REPO, env={**os.environ, "CONVZOO_DECODE_THREADS": "-1"})
+    assert refused.returncode != 0 and "CONVZOO_DECODE_THREADS must be at least 0" in refused.stderr
 
 
 def test_metadata_names_the_served_model(server, exported_model):
