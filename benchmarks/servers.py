@@ -57,9 +57,9 @@ def pin_prefix(cpus: str | None) -> list[str]:
     return ["taskset", "-c", cpus] if cpus else []
 
 
-def bentoml_target() -> str:
+def bentoml_target(repo: Path = REPO) -> str:
     """The service import path, from ``bentofile.yaml``'s ``service`` field."""
-    bentofile = REPO / "bentofile.yaml"
+    bentofile = repo / "bentofile.yaml"
     if not bentofile.is_file():
         raise ServerError(f"{bentofile} not found: the BentoML service is not there to measure")
     target = (yaml.safe_load(bentofile.read_text()) or {}).get("service")
@@ -68,9 +68,10 @@ def bentoml_target() -> str:
     return target
 
 
-def command(spec: ServerSpec, ref: ModelRef, models_dir: Path, port: int) -> list[str]:
+def command(spec: ServerSpec, ref: ModelRef, models_dir: Path, port: int,
+            repo: Path = REPO) -> list[str]:
     if spec.module is None:
-        return [sys.executable, "-m", "bentoml", "serve", bentoml_target(),
+        return [sys.executable, "-m", "bentoml", "serve", bentoml_target(repo),
                 "--host", "127.0.0.1", "--port", str(port)]
     return [sys.executable, "-m", spec.module, "--model", ref.spec,
             "--models-dir", str(models_dir), "--host", "127.0.0.1", "--port", str(port)]
@@ -80,17 +81,18 @@ class RunningServer:
     """A started server process; use as a context manager so it is always stopped."""
 
     def __init__(self, spec: ServerSpec, ref: ModelRef, models_dir: Path, cpus: str | None,
-                 log_path: Path):
+                 log_path: Path, repo: Path = REPO):
+        """``repo``: the checkout to run the server from (another one: ``benchmarks.ab``)."""
         self.spec = spec
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.argv = pin_prefix(cpus) + command(spec, ref, models_dir, self.port)
+        self.argv = pin_prefix(cpus) + command(spec, ref, models_dir, self.port, repo)
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CONVZOO_MODEL": ref.spec,
                "CONVZOO_MODELS_DIR": str(models_dir)}
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log_path = log_path
         self._log = log_path.open("wb")
-        self.process = subprocess.Popen(self.argv, cwd=REPO, env=env, stdout=self._log,
+        self.process = subprocess.Popen(self.argv, cwd=repo, env=env, stdout=self._log,
                                         stderr=subprocess.STDOUT, start_new_session=True)
 
     def __enter__(self) -> RunningServer:

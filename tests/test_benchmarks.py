@@ -154,3 +154,23 @@ def test_compare_runs_all_three_servers_and_the_ceiling(models_dir, tmp_path):
     report = check_report(out, ["bentoml", "fastapi", "ray"], [1, 2])
     assert "Service under test: **bentoml**" in report
     assert "| vs fastapi |" in report and "| vs ray |" in report and "Not measured" not in report
+
+
+def test_ab_runs_interleaved_rounds_and_summarizes(models_dir, tmp_path):
+    """``benchmarks.ab``, two variants of the FastAPI peer, one short round: a row per variant."""
+    pin = [] if {0, 1} <= os.sched_getaffinity(0) else ["--no-pin"]
+    finished = subprocess.run(
+        [sys.executable, "-m", "benchmarks.ab", "first:", "second:SOME_SETTING=1", "--server",
+         "fastapi", "--model", MODEL_NAME, "--models-dir", str(models_dir), "--rounds", "1",
+         "--steps", "1", "--seconds", "2", "--users", "2", "--out", str(tmp_path), *pin],
+        cwd=REPO, capture_output=True, text=True, timeout=LOAD_TIMEOUT_S,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    rows = [line for line in finished.stdout.splitlines() if line.startswith("| first")
+            or line.startswith("| second")]
+    assert len(rows) == 2 and rows[0].split("|")[3].strip() == "1.000"
+    assert (tmp_path / "logs" / "first-r1.log").is_file()
+    bad = subprocess.run([sys.executable, "-m", "benchmarks.ab", "nocolon"], cwd=REPO,
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "NAME[@CHECKOUT]" in bad.stderr
