@@ -11,10 +11,15 @@ the median over runs of images/s, and the p50/p95 latency of one batch call. Mod
   ``serving_default`` (the model alone: the upper bound no server can pass);
 - ``bytes``: the JPEG bytes through the ``serve_bytes`` signature (decode + resize in-graph);
 - ``pil``: the JPEG bytes decoded and resized with PIL here, then ``serving_default`` (what the
-  peer servers do per request).
+  peer servers do per request);
+- ``service``: the JPEG bytes through the service's own ``service.images.prepare_image``
+  (libjpeg-turbo at reduced scale, crop, PIL resize), then ``serving_default``: what the service
+  computes per image, without HTTP. Reported for reference, not part of the ceiling.
 
-``bytes`` and ``pil`` are end-to-end (JPEG bytes in, probabilities out); the end-to-end ceiling
-is the better of the two at its best batch size. Batches cycle through the benchmark's image mix
+``bytes`` and ``pil`` are end-to-end (JPEG bytes in, probabilities out) with the exported model's
+own decoding or the usual PIL one; the end-to-end ceiling is the better of the two at its best
+batch size. The ``service`` mode tells how much of the service's distance to the ceiling is its
+decoding and how much is serving (``service_images_per_s`` in the summary). Batches cycle through the benchmark's image mix
 (``benchmarks.images``), so every batch holds a mix of sizes.
 
 ``--cpus`` pins this process (and TensorFlow's thread pools, sized from the affinity) to the
@@ -41,7 +46,7 @@ from benchmarks.modelrepo import (DEFAULT_MODEL, DEFAULT_MODELS_DIR, load_saved_
                                   read_metadata, resolve)
 from benchmarks.peers.common import decode
 
-MODES = ("tensor", "bytes", "pil")
+MODES = ("tensor", "bytes", "pil", "service")
 END_TO_END = ("bytes", "pil")
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 
@@ -112,7 +117,7 @@ def measure(call, batch_size: int, image_count: int, warmup: int, repeats: int,
     )
 
 
-def make_calls(signatures, images: list[bytes], size: tuple[int, int]) -> dict:
+def make_calls(signatures, images: list[bytes], size: tuple[int, int], metadata: dict) -> dict:
     """One function per mode: ``call(step)`` classifies batch number ``step`` (of ``batch_size``)."""
     import tensorflow as tf
 
@@ -144,7 +149,18 @@ def make_calls(signatures, images: list[bytes], size: tuple[int, int]) -> dict:
             return serving(images=tf.constant(batch))["probabilities"].numpy()
         return call
 
-    calls = {"tensor": tensor_mode, "pil": pil_mode}
+    def service_mode(batch_size: int):
+        from service.images import Resize, prepare_image
+
+        resize = Resize.from_metadata(metadata)
+
+        def call(step: int):
+            batch = np.stack([prepare_image(images[i], "benchmark.jpg", resize)
+                              for i in indices(step, batch_size)])
+            return serving(images=tf.constant(batch))["probabilities"].numpy()
+        return call
+
+    calls = {"tensor": tensor_mode, "pil": pil_mode, "service": service_mode}
     if serve_bytes is not None:
         calls["bytes"] = bytes_mode
     return calls
@@ -165,6 +181,10 @@ def ceiling_summary(points: list[Point]) -> dict:
             summary.update(e2e_p50_ms_batch1=fastest.p50_ms, e2e_batch1_mode=fastest.mode)
     if tensor:
         summary["tensor_images_per_s"] = max(p.images_per_s for p in tensor)
+    service = [p for p in points if p.mode == "service"]
+    if service:
+        best = max(service, key=lambda p: p.images_per_s)
+        summary.update(service_images_per_s=best.images_per_s, service_batch_size=best.batch_size)
     return summary
 
 
@@ -206,7 +226,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
         raise SystemExit(f"unknown modes {sorted(unknown)}; choose from {MODES}")
 
     saved_model = load_saved_model(ref)  # imports TensorFlow: after pinning
-    calls = make_calls(saved_model.signatures, images, size)
+    calls = make_calls(saved_model.signatures, images, size, metadata)
     print(f"model {ref.spec} ({metadata.get('architecture')}, input {size[0]}x{size[1]}), "
           f"CPUs {sorted(os.sched_getaffinity(0))}; images: {image_set.description}", flush=True)
     points = []
@@ -218,7 +238,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
             point = measure(calls[mode](batch_size), batch_size, len(images), args.warmup,
                             args.repeats, args.max_seconds)
             points.append(p := replace(point, mode=mode))
-            print(f"  {mode:6s} batch {batch_size:3d}: p50 {p.p50_ms:8.1f} ms, "
+            print(f"  {mode:7s} batch {batch_size:3d}: p50 {p.p50_ms:8.1f} ms, "
                   f"{p.images_per_s:7.1f} images/s ({p.runs} runs)", flush=True)
     return {
         "model": ref.spec,

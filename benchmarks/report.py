@@ -110,6 +110,20 @@ def steps_table(steps: list[Step]) -> str:
     return "\n".join(lines)
 
 
+def decoding_reference(subject: str, by_server: dict[str, list[Step]], ceiling: dict | None) -> str:
+    """A sentence splitting the service's distance to the ceiling into decoding and serving."""
+    steps = by_server.get(subject) or []
+    if not steps or not ceiling or "service_images_per_s" not in ceiling:
+        return ""
+    peak = saturation(steps)
+    reference = ceiling["service_images_per_s"]
+    return (f"For reference (not a target): the service's own decoding (`service` mode) and the "
+            f"model in-process reach {reference:.1f} images/s (batch "
+            f"{ceiling['service_batch_size']}); the service serves {peak.images_per_s:.1f} / "
+            f"{reference:.1f} = {peak.images_per_s / reference:.2f} of that, the rest being HTTP, "
+            f"batching and thread switches.")
+
+
 def ceiling_table(points: list[dict]) -> str:
     lines = ["| mode | batch | runs | batch p50 ms | batch p95 ms | images/s |",
              "|---|---:|---:|---:|---:|---:|"]
@@ -132,6 +146,8 @@ def write_markdown(path: Path, *, header: list[str], titles: dict[str, str], sub
     parts = ["# convzoo load benchmark", "", *(f"- {line}" for line in header), ""]
     parts += ["## Targets", "", targets_table(subject, targets) if targets else
               "No target could be evaluated (the service under test has no steps).", ""]
+    if reference := decoding_reference(subject, by_server, ceiling):
+        parts += [reference, ""]
     for server, steps in by_server.items():
         peak = saturation(steps)
         parts += [f"## {server}: {titles.get(server, server)}", "", steps_table(steps), "",

@@ -69,7 +69,7 @@ def check_report(out: Path, servers: list[str], users: list[int]) -> str:
         assert int(step["requests"]) > 0 and int(step["failures"]) == 0, step
         assert float(step["images_per_s"]) > 0 and float(step["p50_ms"]) <= float(step["p99_ms"])
     ceiling = read_csv(out / "ceiling.csv")
-    assert {row["mode"] for row in ceiling} == {"tensor", "bytes", "pil"}
+    assert {row["mode"] for row in ceiling} == {"tensor", "bytes", "pil", "service"}
     assert all(float(row["images_per_s"]) > 0 for row in ceiling)
     report = (out / "report.md").read_text()
     for heading in ["## Targets", "## Ceiling", *(f"## {server}:" for server in servers)]:
@@ -90,7 +90,9 @@ def test_raw_measures_every_mode_and_batch_size(models_dir, tmp_path):
     assert [(p["mode"], p["batch_size"]) for p in result["points"]] == [
         (mode, size) for mode in raw.MODES for size in (1, 4)]
     assert all(p["runs"] == 3 and p["images_per_s"] > 0 for p in result["points"])
-    assert set(result["ceiling"]) >= {"e2e_images_per_s", "e2e_p50_ms_batch1", "tensor_images_per_s"}
+    assert set(result["ceiling"]) >= {"e2e_images_per_s", "e2e_p50_ms_batch1", "tensor_images_per_s",
+                                      "service_images_per_s"}
+    assert result["ceiling"]["e2e_mode"] in ("bytes", "pil")  # the service's decoding is not in it
 
 
 def test_load_runner_against_fastapi_peer_writes_report(models_dir, tmp_path):
