@@ -113,13 +113,14 @@ def steps_table(steps: list[Step]) -> str:
 def decoding_reference(subject: str, by_server: dict[str, list[Step]], ceiling: dict | None) -> str:
     """A sentence splitting the service's distance to the ceiling into decoding and serving."""
     steps = by_server.get(subject) or []
-    if not steps or not ceiling or "service_images_per_s" not in ceiling:
+    summary = (ceiling or {}).get("ceiling") or {}
+    if not steps or "service_images_per_s" not in summary:
         return ""
     peak = saturation(steps)
-    reference = ceiling["service_images_per_s"]
+    reference = summary["service_images_per_s"]
     return (f"For reference (not a target): the service's own decoding (`service` mode) and the "
             f"model in-process reach {reference:.1f} images/s (batch "
-            f"{ceiling['service_batch_size']}); the service serves {peak.images_per_s:.1f} / "
+            f"{summary['service_batch_size']}); the service serves {peak.images_per_s:.1f} / "
             f"{reference:.1f} = {peak.images_per_s / reference:.2f} of that, the rest being HTTP, "
             f"batching and thread switches.")
 

@@ -75,6 +75,7 @@ def check_report(out: Path, servers: list[str], users: list[int]) -> str:
     for heading in ["## Targets", "## Ceiling", *(f"## {server}:" for server in servers)]:
         assert heading in report
     assert "Pinning:" in report and "Machine:" in report and "Command:" in report
+    assert "For reference (not a target)" in report  # the service-decoding line of the ceiling
     with Image.open(out / "plot.png") as plot:
         assert plot.format == "PNG" and plot.width > 300 and plot.height > 200
     return report
