@@ -19,8 +19,8 @@ the median over runs of images/s, and the p50/p95 latency of one batch call. Mod
 ``bytes`` and ``pil`` are end-to-end (JPEG bytes in, probabilities out) with the exported model's
 own decoding or the usual PIL one; the end-to-end ceiling is the better of the two at its best
 batch size. The ``service`` mode tells how much of the service's distance to the ceiling is its
-decoding and how much is serving (``service_images_per_s`` in the summary). Batches cycle through the benchmark's image mix
-(``benchmarks.images``), so every batch holds a mix of sizes.
+decoding and how much is serving (``service_images_per_s`` in the summary). Batches cycle through
+the benchmark's image mix (``benchmarks.images``), so every batch holds a mix of sizes.
 
 ``--cpus`` pins this process (and TensorFlow's thread pools, sized from the affinity) to the
 given CPUs before TensorFlow is imported; the load runner uses the same CPUs for every server.
@@ -143,24 +143,23 @@ def make_calls(signatures, images: list[bytes], size: tuple[int, int], metadata:
         batches = [tf.constant([images[i] for i in indices(step, batch_size)]) for step in range(period)]
         return lambda step: serve_bytes(image_bytes=batches[step % period])["probabilities"].numpy()
 
-    def pil_mode(batch_size: int):
-        def call(step: int):
-            batch = np.stack([decode(images[i], size) for i in indices(step, batch_size)])
-            return serving(images=tf.constant(batch))["probabilities"].numpy()
-        return call
+    def decoding_mode(prepare):
+        """Decode every image of the batch here with ``prepare(bytes)``, then the model."""
+        def mode(batch_size: int):
+            def call(step: int):
+                batch = np.stack([prepare(images[i]) for i in indices(step, batch_size)])
+                return serving(images=tf.constant(batch))["probabilities"].numpy()
+            return call
+        return mode
 
-    def service_mode(batch_size: int):
-        from service.images import Resize, prepare_image
+    from service.images import Resize, prepare_image
 
-        resize = Resize.from_metadata(metadata)
-
-        def call(step: int):
-            batch = np.stack([prepare_image(images[i], "benchmark.jpg", resize)
-                              for i in indices(step, batch_size)])
-            return serving(images=tf.constant(batch))["probabilities"].numpy()
-        return call
-
-    calls = {"tensor": tensor_mode, "pil": pil_mode, "service": service_mode}
+    resize = Resize.from_metadata(metadata)
+    calls = {
+        "tensor": tensor_mode,
+        "pil": decoding_mode(lambda data: decode(data, size)),
+        "service": decoding_mode(lambda data: prepare_image(data, "benchmark.jpg", resize)),
+    }
     if serve_bytes is not None:
         calls["bytes"] = bytes_mode
     return calls

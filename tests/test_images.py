@@ -5,6 +5,8 @@ All files are generated here (``tests/service_files.py``) and decoded in-process
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 
@@ -132,7 +134,7 @@ def test_reduced_scale_jpeg_decoding_matches_full_decoding(size):
 
     data = files.encode(files.photo(size, seed=3), "JPEG", quality=90)
     ours = prepare_image(data, "p.jpg", Resize(128, 128)).astype(float)
-    full = Image.open(__import__("io").BytesIO(data)).convert("RGB")
+    full = Image.open(io.BytesIO(data)).convert("RGB")
     box = crop_box(full.height, full.width, Resize(128, 128))
     reference = np.asarray(full.resize((128, 128), Image.Resampling.BILINEAR, box=box)).astype(float)
     assert np.abs(ours - reference).mean() < 2.0
