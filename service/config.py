@@ -16,6 +16,7 @@
 | CONVZOO_TIMEOUT_S          | 60                       | request timeout                                    |
 | CONVZOO_MAX_CONCURRENCY    | 512                      | requests in flight before the server answers 429   |
 | CONVZOO_API_KEY            | (none: no authentication)| clients must send ``Authorization: Bearer <key>`` |
+| CONVZOO_RUNTIME            | auto                     | tensorflow, openvino, openvino-int8, ... (``service.runtimes``) |
 
 The same settings apply to ``bentoml serve`` from the repository root and to a built Bento.
 """
@@ -56,6 +57,7 @@ class ServiceConfig:
     timeout_s: int = 60
     max_concurrency: int = 512
     api_key: str | None = field(default=None, repr=False)  # never printed
+    runtime: str = "auto"
 
 
 def _int(name: str, default: int, minimum: int = 1) -> int:
@@ -118,6 +120,7 @@ def load_config() -> ServiceConfig:
         timeout_s=_int("CONVZOO_TIMEOUT_S", ServiceConfig.timeout_s),
         max_concurrency=_int("CONVZOO_MAX_CONCURRENCY", ServiceConfig.max_concurrency),
         api_key=os.environ.get("CONVZOO_API_KEY") or None,
+        runtime=(os.environ.get("CONVZOO_RUNTIME") or "auto").strip().lower(),
     )
     if config.top_k > config.max_top_k:
         raise ValueError(

@@ -8,7 +8,10 @@ One BentoML service, ``Classifier`` (``bentoml serve``; ``bentofile.yaml`` names
    with a 4xx JSON answer, so only good images go further;
 2. stacks a request's images into one uint8 array and hands it to its ``Batcher``
    (``service.batching``), which merges the arrays of concurrent requests into one call of the
-   SavedModel's ``serving_default`` signature, in a worker thread of the same process.
+   model, in a worker thread of the same process. The model runs on the runtime that
+   ``service.runtimes`` chooses (``CONVZOO_RUNTIME``, default ``auto``): on a CPU, the fastest
+   OpenVINO form of the export that passed its accuracy gate (int8 for the default model), else
+   TensorFlow's ``serving_default``. TensorFlow is imported only when it serves.
 
 The model lives in the API process on purpose: no second service, no pickling, no local HTTP hop
 per batch, no batching window to wait for (measured in benchmarks/README.md, "What we tried").
@@ -24,6 +27,7 @@ import asyncio
 import gc
 import logging
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +40,7 @@ from pydantic import BaseModel, Field, WrapValidator
 from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse
 
+from service import runtimes
 from service.batching import Batcher
 from service.config import count_gpus, load_config
 from service.images import InvalidImage, Resize, prepare_image
@@ -47,6 +52,23 @@ logger = logging.getLogger("bentoml.convzoo")  # under "bentoml" so BentoML's lo
 CONFIG = load_config()
 MODEL_TAG = resolve_model_or_exit(CONFIG)
 GPUS = count_gpus()
+
+
+def _choose_runtime_or_exit() -> runtimes.Choice:
+    """The runtime for ``MODEL_TAG`` (``service.runtimes.choose``); a requested runtime that
+    cannot serve stops the service with one line, ``auto``'s fallback to TensorFlow is a warning."""
+    model = bentoml.models.get(MODEL_TAG)
+    try:
+        choice = runtimes.choose(CONFIG.runtime, model.info.metadata, model.path, gpus=GPUS)
+    except runtimes.RuntimeUnavailable as error:
+        print(f"convzoo: cannot serve {MODEL_TAG}: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    if CONFIG.runtime == "auto" and not GPUS and (choice.key == "tensorflow" or "skipped" in choice.reason):
+        logger.warning("%s: %s", MODEL_TAG, choice.reason)
+    return choice
+
+
+RUNTIME = _choose_runtime_or_exit()
 
 
 def _spans_off_unless_exported() -> None:
@@ -128,12 +150,13 @@ class Classifier:
         self.resize = Resize.from_metadata(metadata)
         # None: decode on the event loop (CONVZOO_DECODE_THREADS=0, the default on one CPU)
         self.decoders = anyio.CapacityLimiter(CONFIG.decode_threads) if CONFIG.decode_threads else None
-        self.model = _load_model(self.bento_model.path, self.resize)
+        self.model = _load_model(self.bento_model.path, self.resize, CONFIG.max_batch_size)
         self.batcher = Batcher(self.model, CONFIG.max_batch_size, _batch_size_histogram().observe)
         _freeze_startup_objects()
         self.model_metadata = {
             **metadata,
             "bentoml_tag": MODEL_TAG,
+            "runtime": runtimes.describe(RUNTIME),
             "limits": {
                 "max_images": CONFIG.limits.max_images,
                 "max_request_bytes": CONFIG.limits.max_request_bytes,
@@ -195,20 +218,20 @@ class Classifier:
         return {"label": ranked[0]["label"], "score": ranked[0]["score"], "top_k": ranked}
 
 
-def _load_model(path: str, resize: Resize) -> Callable[[np.ndarray], np.ndarray]:
-    """The SavedModel's ``serving_default`` as a numpy function, warmed up: uint8 images
-    ``[n, height, width, 3]`` -> float32 probabilities ``[n, classes]``."""
-    import tensorflow as tf  # imported here: BentoML's serve command never needs it
+def _load_model(path: str, resize: Resize, max_batch_size: int) -> runtimes.Predict:
+    """The model on ``RUNTIME`` as a numpy function, warmed up at every batch size the batcher
+    can form: uint8 images ``[n, height, width, 3]`` -> float32 probabilities ``[n, classes]``."""
+    where = "CPU"
+    if RUNTIME.runtime == "tensorflow":
+        import tensorflow as tf  # only here: an OpenVINO worker never loads TensorFlow
 
-    device = _select_device(tf)
-    saved_model = tf.saved_model.load(path)  # kept referenced: it owns the variables
-    serving_default = saved_model.signatures["serving_default"]
-
-    def predict(images: np.ndarray) -> np.ndarray:
-        return serving_default(images=tf.constant(images))["probabilities"].numpy()
-
-    predict(np.zeros((1, resize.height, resize.width, 3), np.uint8))  # traces and allocates
-    logger.info("serving %s on %s (worker %s)", MODEL_TAG, device, _worker_index())
+        where = _select_device(tf)
+    predict = runtimes.load(RUNTIME, path, (resize.height, resize.width))
+    runtimes.warm_up(predict, (resize.height, resize.width), max_batch_size)
+    logger.info(
+        "serving %s with %s %s on %s (%s; worker %s)",
+        MODEL_TAG, RUNTIME.runtime, RUNTIME.precision, where, RUNTIME.reason, _worker_index(),
+    )
     return predict
 
 

@@ -55,6 +55,22 @@ def test_metadata_follows_the_contract():
     assert (latest() / "saved_model.pb").is_file()
 
 
+def test_faster_forms_are_intact_and_passed_the_gate():
+    """The shipped OpenVINO forms (``python -m training optimize``): files as recorded, gate passed,
+    int8 within 0.5 points of the SavedModel on the whole test split."""
+    from service.runtimes import GATE, artifact_problem
+
+    entries = json.loads((latest() / "metadata.json").read_text())["runtimes"]
+    reference = entries["tensorflow"]["test"]
+    assert reference["images"] == 1420 and abs(reference["top1"] - 0.85) < 0.005
+    for key in ("openvino-fp32", "openvino-int8"):
+        entry = entries[key]
+        assert artifact_problem(latest() / entry["path"], entry["files"]) is None
+        assert entry["gate"]["passed"]
+        assert reference["top1"] - entry["test"]["top1"] <= GATE.max_top1_drop
+        assert entry["test"]["agreement"] >= GATE.min_agreement
+
+
 def test_classifies_held_out_photos_through_both_signatures(saved_model, held_out):
     encoded = tf.constant([data for data, _ in held_out])
     from_bytes = saved_model.signatures["serve_bytes"](image_bytes=encoded)["probabilities"].numpy()
@@ -76,6 +92,7 @@ def test_make_serve_answers_like_the_model(saved_model, held_out, tmp_path):
         server.wait_ready()
         meta = requests.post(f"{server.url}/metadata", json={}, timeout=30).json()
         assert (meta["name"], meta["version"]) == ("imagenette", int(latest().name))
+        assert meta["runtime"]["name"] == "openvino", meta["runtime"]  # auto on a CPU
         sample = held_out[::3]  # one photo per class
         response = requests.post(
             f"{server.url}/classify",

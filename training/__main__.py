@@ -1,4 +1,4 @@
-"""Command line: ``python -m training {zoo,fit,export,hub,compare,pack,fit-packed,evaluate} ...``.
+"""Command line: ``python -m training {zoo,fit,export,optimize,hub,compare,pack,fit-packed,evaluate} ...``.
 
 Each sub-command lives in its own module exposing ``add_arguments(parser)`` and ``main(args)``;
 modules are imported lazily so ``--help`` stays fast.
@@ -22,6 +22,7 @@ COMMANDS = {
     "pack": ("training.pack", "pack dataset splits into one file, to train where TensorFlow is absent"),
     "fit-packed": ("training.fit_packed", "train from a pack on any Keras backend (JAX/PyTorch GPUs)"),
     "evaluate": ("training.evaluate", "evaluate a run on its validation and test splits into run.json"),
+    "optimize": ("training.optimize", "add OpenVINO fp32/bf16/int8 forms of an export, measured and gated"),
 }
 
 

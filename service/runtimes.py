@@ -1,0 +1,295 @@
+"""The runtimes that can serve an export, and which one does: TensorFlow or OpenVINO.
+
+An export (``models/<name>/<version>/``) always holds the SavedModel, the canonical artifact that
+TensorFlow (and TensorFlow Serving) runs. ``python -m training optimize`` adds faster forms for
+CPUs beside it and describes each in ``metadata.json["runtimes"]`` (schema below):
+
+    openvino/fp32/model.xml + model.bin   OpenVINO IR, fp32 weights (also served in bf16)
+    openvino/int8/model.xml + model.bin   the same, int8-quantized (NNCF post-training)
+
+Every derived form is the graph *after* the model's resize: uint8 ``[n, height, width, 3]`` at the
+model's input size -> float32 probabilities. The service resizes each upload to that size before
+batching (``service.images``), so it loses nothing; TensorFlow keeps serving any size.
+
+``CONVZOO_RUNTIME`` chooses (``choose``):
+
+- ``auto`` (default): on a GPU, TensorFlow; on a CPU, the fastest entry (by the images/s that
+  ``optimize`` measured) that passed the accuracy gate, whose files are intact, whose runtime is
+  installed and whose precision this CPU runs natively (bf16 needs AVX512_BF16 or AMX); else
+  TensorFlow fp32, with a warning saying why.
+- ``tensorflow``, ``tensorflow-bf16``, ``openvino`` (its fastest passing entry), ``openvino-int8``,
+  ``openvino-bf16``, ``openvino-fp32``: exactly that, or ``RuntimeUnavailable`` saying why in one
+  line (the service then refuses to start).
+
+The accuracy gate (``GATE``), measured by ``optimize`` on the held-out test split against the
+SavedModel on the same images: top-1 at most 0.5 points below the SavedModel's, and the same top-1
+answer on at least 98 % of the images.
+
+``metadata.json["runtimes"][key]`` (key: ``tensorflow``, ``tensorflow-bf16``, ``openvino-fp32``,
+``openvino-bf16``, ``openvino-int8``)::
+
+    {"runtime": "openvino", "precision": "int8",
+     "path": "openvino/int8",                          # absent for TensorFlow (the SavedModel)
+     "files": {"model.xml": {"bytes": N, "sha256": H}, "model.bin": {...}},
+     "config": {"INFERENCE_PRECISION_HINT": "f32"},    # OpenVINO compile settings
+     "test": {"images": 1420, "top1": 0.85, "top5": 0.98, "agreement": 0.991},
+     "gate": {"passed": true, "top1_drop": -0.002, "agreement": 0.991, "rule": "..."},
+     "speed": {"batch1_ms": 1.4, "batch32_images_per_s": 790, "cpus": 2, "cpu": "..."}}
+
+TensorFlow is imported only when TensorFlow serves: with OpenVINO the service process never
+loads it (tests/test_runtimes.py checks the served process).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger("bentoml.convzoo")
+
+Predict = Callable[[np.ndarray], np.ndarray]
+"""uint8 images ``[n, height, width, 3]`` at the model's input size -> float32 ``[n, classes]``."""
+
+RUNTIMES = ("tensorflow", "openvino")
+KEYS = ("tensorflow", "tensorflow-bf16", "openvino-fp32", "openvino-bf16", "openvino-int8")
+CHOICES = ("auto", "tensorflow", "tensorflow-bf16", "openvino", "openvino-fp32", "openvino-bf16",
+           "openvino-int8")  # fmt: skip
+OPENVINO_PRECISION_HINT = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+"""OpenVINO's ``INFERENCE_PRECISION_HINT`` per precision: int8 keeps its non-quantized layers in
+f32 (on a bf16-capable CPU OpenVINO would otherwise pick bf16 for them by itself)."""
+
+
+@dataclass(frozen=True)
+class Gate:
+    """What a derived form must show on the held-out test split to serve in ``auto``."""
+
+    max_top1_drop: float = 0.005
+    min_agreement: float = 0.98
+
+    @property
+    def rule(self) -> str:
+        return (
+            f"top-1 at most {100 * self.max_top1_drop:.1f} points below the SavedModel's and the "
+            f"same top-1 answer on at least {100 * self.min_agreement:.0f} % of the test images"
+        )
+
+    def judge(self, top1: float, reference_top1: float, agreement: float) -> dict:
+        drop = reference_top1 - top1
+        passed = drop <= self.max_top1_drop + 1e-9 and agreement >= self.min_agreement
+        return {"passed": bool(passed), "top1_drop": round(drop, 6),
+                "agreement": round(agreement, 6), "rule": self.rule}  # fmt: skip
+
+
+GATE = Gate()
+
+
+class RuntimeUnavailable(RuntimeError):
+    """The requested runtime cannot serve this export; the message says why in one line."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What serves: ``key`` (``openvino-int8``...), and why it was chosen."""
+
+    key: str
+    runtime: str
+    precision: str
+    path: Path | None  # the artifact's folder; None: the SavedModel
+    config: dict
+    reason: str
+
+
+# ------------------------------------------------------------------------------- choosing
+
+
+def choose(requested: str, metadata: dict, folder: str | Path, *, gpus: int = 0) -> Choice:
+    """The runtime to serve the export in ``folder`` with (module docstring); never loads it."""
+    folder = Path(folder)
+    requested = (requested or "auto").strip().lower()
+    if requested not in CHOICES:
+        raise RuntimeUnavailable(
+            f"CONVZOO_RUNTIME={requested!r} is not one of: {', '.join(CHOICES)}"
+        )
+    entries = metadata.get("runtimes") or {}
+    if requested == "tensorflow":
+        return _tensorflow("fp32", {}, "requested (CONVZOO_RUNTIME=tensorflow)")
+    if requested == "auto" and gpus:
+        return _tensorflow("fp32", {}, f"auto: {gpus} GPU(s), TensorFlow serves on GPU")
+    if requested == "auto":
+        candidates = [key for key in KEYS if key in entries and key != "tensorflow"]
+    elif requested == "openvino":
+        candidates = [key for key in KEYS if key.startswith("openvino-") and key in entries]
+        if not candidates:
+            raise RuntimeUnavailable(
+                f"CONVZOO_RUNTIME=openvino: {folder} has no OpenVINO artifact; create them with "
+                f"`python -m training optimize {folder}`"
+            )
+    else:
+        candidates = [requested]
+    ranked = sorted(candidates, key=lambda key: -_speed(entries.get(key, {})))
+    problems = []
+    for key in ranked:
+        problem = unusable(key, entries.get(key), folder)
+        if problem is None:
+            entry = entries[key]
+            how = "auto: the fastest form that passed the accuracy gate" if requested == "auto" \
+                else f"requested (CONVZOO_RUNTIME={requested})"
+            if problems:
+                how += " (skipped: " + "; ".join(problems) + ")"
+            return Choice(key, entry["runtime"], entry["precision"],
+                          folder / entry["path"] if entry.get("path") else None,
+                          dict(entry.get("config") or {}), how)  # fmt: skip
+        problems.append(f"{key}: {problem}")
+    if requested != "auto":
+        raise RuntimeUnavailable(f"CONVZOO_RUNTIME={requested} cannot serve {folder}: "
+                                 + "; ".join(problems))  # fmt: skip
+    reason = "auto: " + ("; ".join(problems) if problems else "no faster form in metadata.json "
+                         f"(`python -m training optimize {folder}` makes them)")  # fmt: skip
+    return _tensorflow("fp32", {}, reason + " -> TensorFlow fp32")
+
+
+def unusable(key: str, entry: dict | None, folder: Path) -> str | None:
+    """Why the entry ``key`` cannot serve here (missing, gate failed, corrupt, ...), or None."""
+    if not entry:
+        return "not in metadata.json (`python -m training optimize` creates it)"
+    if not (entry.get("gate") or {}).get("passed", False):
+        gate = entry.get("gate") or {}
+        return (f"failed the accuracy gate (top-1 {100 * gate.get('top1_drop', float('nan')):+.2f} "
+                f"points below, {100 * gate.get('agreement', float('nan')):.1f} % agreement)")
+    if entry["precision"] == "bf16" and not cpu_has_bf16():
+        return "this CPU has no native bf16 (AVX512_BF16 or AMX)"
+    if not _installed(entry["runtime"]):
+        return f"the {entry['runtime']} package is not installed"
+    if entry.get("path"):
+        return artifact_problem(folder / entry["path"], entry.get("files") or {})
+    return None
+
+
+def artifact_problem(path: Path, files: dict) -> str | None:
+    """Why the artifact folder does not hold exactly the recorded files (size, SHA-256), or None."""
+    if not files:
+        return f"{path}: metadata.json records no files for it"
+    for name, expected in files.items():
+        file = path / name
+        if not file.is_file():
+            return f"{file} is missing"
+        if file.stat().st_size != expected["bytes"]:
+            return f"{file} has {file.stat().st_size} bytes, {expected['bytes']} recorded (truncated?)"
+        if sha256(file) != expected["sha256"]:
+            return f"{file} does not match its recorded SHA-256 (corrupt)"
+    return None
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_records(path: Path) -> dict:
+    """``{"model.xml": {"bytes", "sha256"}, ...}`` for every file in an artifact folder."""
+    return {f.name: {"bytes": f.stat().st_size, "sha256": sha256(f)}
+            for f in sorted(path.iterdir()) if f.is_file()}  # fmt: skip
+
+
+def _tensorflow(precision: str, config: dict, reason: str) -> Choice:
+    return Choice("tensorflow" if precision == "fp32" else "tensorflow-bf16", "tensorflow",
+                  precision, None, config, reason)  # fmt: skip
+
+
+def _speed(entry: dict) -> float:
+    return float((entry.get("speed") or {}).get("batch32_images_per_s") or 0.0)
+
+
+def _installed(runtime: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(runtime) is not None
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (Linux ``/proc/cpuinfo`` flags)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (its affinity, e.g. under ``taskset`` or a container)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+# ------------------------------------------------------------------------------- loading
+
+
+def load(choice: Choice, folder: str | Path, input_size: tuple[int, int]) -> Predict:
+    """A numpy function for the chosen runtime (not thread-safe: one call at a time)."""
+    if choice.runtime == "tensorflow":
+        return load_tensorflow(Path(folder), bf16=choice.precision == "bf16")
+    return load_openvino(choice.path / "model.xml", choice.config)
+
+
+def load_tensorflow(folder: Path, *, bf16: bool = False) -> Predict:
+    """The SavedModel's ``serving_default`` (any input size); with ``bf16``, TensorFlow's oneDNN
+    automatic mixed precision (a process-wide setting, made before the model is loaded)."""
+    import tensorflow as tf
+
+    if bf16:
+        tf.config.optimizer.set_experimental_options({"auto_mixed_precision_onednn_bfloat16": True})
+    saved_model = tf.saved_model.load(str(folder))
+    serving_default = saved_model.signatures["serving_default"]
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        return serving_default(images=tf.constant(images))["probabilities"].numpy()
+
+    predict.saved_model = saved_model  # kept referenced: it owns the variables
+    return predict
+
+
+def load_openvino(model_xml: Path, config: dict | None = None, threads: int | None = None) -> Predict:
+    """An OpenVINO IR compiled for this CPU: one stream, as many threads as this process has CPUs
+    (``threads`` to override), latency-first; ``config`` adds compile settings (precision)."""
+    import openvino as ov
+
+    settings = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+                "INFERENCE_NUM_THREADS": threads or cpu_count(), **(config or {})}  # fmt: skip
+    compiled = ov.Core().compile_model(str(model_xml), "CPU", settings)
+    request = compiled.create_infer_request()
+    lock = threading.Lock()
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        with lock:  # one request object: its output buffer is reused by the next call
+            return np.array(request.infer({0: np.ascontiguousarray(images)})[0], copy=True)
+
+    predict.compiled = compiled
+    return predict
+
+
+def warm_up(predict: Predict, input_size: tuple[int, int], max_batch_size: int) -> None:
+    """Run every batch size the batcher can form once, so no request pays for the first call at a
+    new shape (15-40 ms each with TensorFlow: oneDNN builds its kernels per shape)."""
+    height, width = input_size
+    for size in range(1, max_batch_size + 1):
+        predict(np.zeros((size, height, width, 3), np.uint8))
+
+
+def describe(choice: Choice) -> dict[str, Any]:
+    """What ``/metadata`` says under ``runtime``."""
+    return {"name": choice.runtime, "precision": choice.precision, "key": choice.key,
+            "artifact": str(choice.path.relative_to(choice.path.parents[1])) if choice.path
+            else "saved_model.pb", "reason": choice.reason}  # fmt: skip

@@ -1,0 +1,422 @@
+"""Faster forms of an export for CPU serving: OpenVINO fp32, bf16 and int8 beside the SavedModel.
+
+    python -m training optimize models/imagenette/2                  # data: what the export names
+    python -m training optimize models/imagenette/2 --data ../shared/data/imagenette2-train
+
+Writes into the version folder (the SavedModel stays as it is, the canonical artifact):
+
+    openvino/fp32/model.xml + .bin   the graph after the model's resize, fp32 (also served in bf16)
+    openvino/int8/model.xml + .bin   the same, int8: NNCF post-training quantization calibrated on
+                                     ``--calibration`` images of the run's own training split
+
+and describes every form in ``metadata.json["runtimes"]`` (schema: ``service.runtimes``): precision,
+files (bytes, SHA-256), held-out test top-1/top-5 and the share of test images whose top-1 agrees
+with the SavedModel's on the same images, the accuracy gate's verdict, and the speed measured here.
+``tensorflow`` (the SavedModel itself, the reference) and, on a CPU with native bf16,
+``tensorflow-bf16`` (TensorFlow's oneDNN automatic mixed precision) are measured the same way.
+
+Why "after the resize": OpenVINO has no conversion rule for the antialiased resize
+(``ScaleAndTranslate``); the service resizes every upload to the input size before batching, so the
+derived forms take uint8 images at that size: ``images`` uint8 ``[n, height, width, 3]`` ->
+probabilities ``[n, classes]`` (the cast, the family's scaling, the backbone and the softmax inside).
+
+The split is the one the model was trained with (fractions and seed from the export's metadata or
+its run folder); the test split is never used for calibration. Running it again replaces the
+derived forms (they are reproducible from the SavedModel); each is written to a hidden folder and
+renamed into place, and ``metadata.json`` is replaced atomically last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from service.runtimes import (GATE, OPENVINO_PRECISION_HINT, cpu_count, cpu_has_bf16,
+                              file_records, load_openvino, load_tensorflow)
+
+OPENVINO_PRECISIONS = ("fp32", "bf16", "int8")
+RESIZE_SCOPE = re.compile(r"(^|/)resize(_\d+)?/")
+"""Ops of the end-to-end model's first layer (``training.end_to_end.resize_layer``, "resize")."""
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """Images for one export: calibration from the training split, test images with labels."""
+
+    calibration: np.ndarray  # uint8 [n, h, w, 3]
+    test_images: np.ndarray  # uint8 [m, h, w, 3]
+    test_labels: np.ndarray  # int [m]
+    source: dict  # where they came from (data folder, split rule), recorded in metadata.json
+
+
+# ------------------------------------------------------------------------ graph after the resize
+
+
+def after_resize_function(saved_model_dir: str | Path, input_size: tuple[int, int]):
+    """The SavedModel's ``serving_default`` cut after its resize layer, as a TensorFlow function:
+    ``images`` uint8 ``[n, height, width, 3]`` -> probabilities ``[n, classes]``, weights frozen.
+
+    The graph is frozen (variables to constants), the one tensor leaving the resize layer's scope
+    becomes the new input (fed with the images cast to float32), and the rest is pruned away."""
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    saved_model = tf.saved_model.load(str(saved_model_dir))  # referenced: it owns the variables
+    frozen = convert_variables_to_constants_v2(saved_model.signatures["serving_default"])
+    graph_def = frozen.graph.as_graph_def()
+    boundary = resize_output(graph_def)
+
+    def import_graph():
+        tf.compat.v1.import_graph_def(graph_def, name="")
+
+    wrapped = tf.compat.v1.wrap_function(import_graph, [])
+    after = wrapped.prune(
+        feeds=wrapped.graph.get_tensor_by_name(boundary),
+        fetches=wrapped.graph.get_tensor_by_name(frozen.outputs[0].name),
+    )
+    height, width = input_size
+
+    @tf.function(input_signature=[tf.TensorSpec([None, height, width, 3], tf.uint8, name="images")])
+    def classify(images):
+        return after(tf.cast(images, tf.float32))
+
+    return classify.get_concrete_function()
+
+
+def resize_output(graph_def) -> str:
+    """The name of the one tensor that leaves the resize layer's ops (``RESIZE_SCOPE``)."""
+    inside = {node.name for node in graph_def.node if RESIZE_SCOPE.search(node.name)}
+    leaving = {
+        source if ":" in source else f"{source}:0"
+        for node in graph_def.node if node.name not in inside
+        for source in node.input
+        if not source.startswith("^") and source.split(":")[0] in inside
+    }  # fmt: skip
+    if len(leaving) != 1:
+        raise ValueError(
+            f"cannot find where the model's resize layer ends ({len(leaving)} tensors leave a scope "
+            "named 'resize'); was it exported by training.export from training.end_to_end?"
+        )
+    return leaving.pop()
+
+
+# ------------------------------------------------------------------------------ OpenVINO forms
+
+
+def to_openvino(function):
+    """An OpenVINO model of the after-resize function (``ov.convert_model``)."""
+    import openvino as ov
+
+    return ov.convert_model(function)
+
+
+def quantize_int8(model, calibration: np.ndarray):
+    """NNCF post-training quantization (int8 weights and activations) on calibration images.
+
+    Full bias correction instead of NNCF's fast one: chosen on the default model's *validation*
+    split (300 calibration images: top-1 agreement with the SavedModel 97.8 % fast, 98.8 % full;
+    600 images 98.3 / 98.5 %; the mixed preset 98.0 / 98.5 %), for ~10 s more (benchmarks/README.md)."""
+    import nncf
+
+    samples = [calibration[i : i + 1] for i in range(len(calibration))]
+    return nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples),
+                         fast_bias_correction=False)  # fmt: skip
+
+
+def write_ir(model, folder: Path) -> dict:
+    """Save an OpenVINO IR as ``folder/model.xml`` + ``.bin`` (replacing it); its file records."""
+    import openvino as ov
+
+    tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
+    old = folder.parent / f".old-{folder.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    ov.save_model(model, str(tmp / "model.xml"), compress_to_fp16=False)
+    if folder.exists():
+        os.rename(folder, old)
+    os.rename(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return file_records(folder)
+
+
+# ------------------------------------------------------------------------------ measuring
+
+
+def predict_all(predict, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    return np.concatenate(
+        [predict(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+    )
+
+
+def score(probabilities: np.ndarray, labels: np.ndarray, reference: np.ndarray | None) -> dict:
+    """Top-1, top-5 and (given the reference's top-1 answers) the share of equal top-1 answers."""
+    top5 = np.argsort(probabilities, axis=1)[:, ::-1][:, :5]
+    result = {
+        "images": int(len(labels)),
+        "top1": float(np.mean(top5[:, 0] == labels)),
+        "top5": float(np.mean(np.any(top5 == labels[:, None], axis=1))),
+    }
+    if reference is not None:
+        result["agreement"] = float(np.mean(top5[:, 0] == reference))
+    return result
+
+
+def measure_speed(predict, input_size: tuple[int, int], seconds: float = 2.0) -> dict:
+    """Median batch-1 latency and batch-32 images/s on random images, on this process' CPUs."""
+    rng = np.random.default_rng(0)
+    one = rng.integers(0, 256, (1, *input_size, 3), dtype=np.uint8)
+    batch = rng.integers(0, 256, (32, *input_size, 3), dtype=np.uint8)
+    predict(one), predict(batch)  # first calls build kernels
+    single, batched = [], []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(single) < 5:
+        start = time.perf_counter()
+        predict(one)
+        single.append(time.perf_counter() - start)
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(batched) < 3:
+        start = time.perf_counter()
+        predict(batch)
+        batched.append(time.perf_counter() - start)
+    return {
+        "batch1_ms": round(1000 * statistics.median(single), 3),
+        "batch32_images_per_s": round(32 / statistics.median(batched), 1),
+        "cpus": cpu_count(),
+    }
+
+
+# ------------------------------------------------------------------------------ the whole job
+
+
+def optimize_export(
+    version_dir: str | Path,
+    held_out: HeldOut,
+    *,
+    precisions: tuple[str, ...] = OPENVINO_PRECISIONS,
+    tensorflow_bf16: bool | None = None,
+    speed_seconds: float = 2.0,
+    log=print,
+) -> dict:
+    """Write the OpenVINO forms of an export, measure every runtime, record them in metadata.json.
+
+    Returns ``metadata["runtimes"]``. ``tensorflow_bf16`` (default: when the CPU has native bf16)
+    also measures TensorFlow's oneDNN bf16, last (a process-wide TensorFlow setting, switched
+    off again afterwards)."""
+    folder = Path(version_dir)
+    metadata = json.loads((folder / "metadata.json").read_text(encoding="utf-8"))
+    size = tuple(metadata["input_size"])
+    if held_out.test_images.shape[1:3] != size or held_out.calibration.shape[1:3] != size:
+        raise ValueError(f"held-out images must be {size[0]}x{size[1]}, the model's input size")
+    unknown = set(precisions) - set(OPENVINO_PRECISIONS)
+    if unknown:
+        raise ValueError(f"unknown precisions {sorted(unknown)}; choose from {OPENVINO_PRECISIONS}")
+    labels = held_out.test_labels
+
+    log(f"tensorflow: the SavedModel on {len(labels):,} test images (the reference)")
+    saved_model = load_tensorflow(folder)
+    reference = Reference.of(predict_all(saved_model, held_out.test_images), labels)
+    runtimes = {"tensorflow": measure(saved_model, "tensorflow", "fp32", held_out, reference, speed_seconds)}
+
+    if precisions:
+        ov_root = folder / "openvino"
+        ov_root.mkdir(exist_ok=True)
+        log("openvino: converting the graph after the resize")
+        models = {"fp32": to_openvino(after_resize_function(folder, size))}
+        if "int8" in precisions:
+            log(f"openvino int8: calibrating on {len(held_out.calibration)} training images")
+            models["int8"] = quantize_int8(models["fp32"], held_out.calibration)
+        files = {artifact: write_ir(model, ov_root / artifact) for artifact, model in models.items()}
+        for precision in precisions:
+            if precision == "bf16" and not cpu_has_bf16():
+                log("openvino bf16: skipped (this CPU has no native bf16)")
+                continue
+            artifact = "int8" if precision == "int8" else "fp32"
+            config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISION_HINT[precision]}
+            predict = load_openvino(ov_root / artifact / "model.xml", config)
+            key = f"openvino-{precision}"
+            runtimes[key] = measure(predict, "openvino", precision, held_out, reference, speed_seconds,
+                                    path=f"openvino/{artifact}", files=files[artifact], config=config)
+            log(summary_line(key, runtimes[key]))
+        if not {"fp32", "bf16"} & set(precisions):
+            shutil.rmtree(ov_root / "fp32", ignore_errors=True)
+
+    if tensorflow_bf16 if tensorflow_bf16 is not None else cpu_has_bf16():
+        import tensorflow as tf
+
+        try:
+            predict = load_tensorflow(folder, bf16=True)
+            runtimes["tensorflow-bf16"] = measure(predict, "tensorflow", "bf16", held_out, reference,
+                                                  speed_seconds)  # fmt: skip
+        finally:  # a process-wide setting: models loaded after this compute in fp32 again
+            tf.config.optimizer.set_experimental_options({"auto_mixed_precision_onednn_bfloat16": False})
+        log(summary_line("tensorflow-bf16", runtimes["tensorflow-bf16"]))
+
+    metadata["runtimes"] = runtimes
+    metadata["runtimes_data"] = held_out.source
+    write_metadata(folder, metadata)
+    return runtimes
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The SavedModel's answers on the test images, which every other form is judged against."""
+
+    top1_answers: np.ndarray
+    top1: float
+
+    @classmethod
+    def of(cls, probabilities: np.ndarray, labels: np.ndarray) -> Reference:
+        answers = probabilities.argmax(axis=1)
+        return cls(answers, float(np.mean(answers == labels)))
+
+
+def measure(predict, runtime: str, precision: str, held_out: HeldOut, reference: Reference,
+            speed_seconds: float = 2.0, **extra) -> dict:  # fmt: skip
+    """One ``metadata.json["runtimes"]`` entry: test scores, the gate's verdict against the
+    SavedModel's ``reference`` answers, and the speed on this machine."""
+    test = score(predict_all(predict, held_out.test_images), held_out.test_labels, reference.top1_answers)
+    gate = GATE.judge(test["top1"], reference.top1, test["agreement"])
+    speed = measure_speed(predict, held_out.test_images.shape[1:3], speed_seconds)
+    return {"runtime": runtime, "precision": precision, **extra, "test": test, "gate": gate,
+            "speed": {**speed, "cpu": cpu_name()}}  # fmt: skip
+
+
+def summary_line(key: str, found: dict) -> str:
+    test, gate, speed = found["test"], found["gate"], found["speed"]
+    return (
+        f"{key:16s} top-1 {100 * test['top1']:.2f} %  agreement {100 * test.get('agreement', 1):.1f} %"
+        f"  gate {'passed' if gate['passed'] else 'FAILED'}  batch 1 {speed['batch1_ms']:.2f} ms"
+        f"  batch 32 {speed['batch32_images_per_s']:.0f} images/s ({speed['cpus']} CPUs)"
+    )
+
+
+def write_metadata(folder: Path, metadata: dict) -> None:
+    """Replace ``metadata.json`` atomically (write a sibling, fsync, rename)."""
+    tmp = folder / f".metadata.json.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(metadata, indent=2) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, folder / "metadata.json")
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+# ------------------------------------------------------------------------------ data
+
+
+def held_out_from_folder(
+    data: str | Path, metadata: dict, *, calibration: int = 300, fractions=None, limit: int | None = None
+) -> HeldOut:
+    """Calibration images from the training split and the test split of a class-folder dataset,
+    split as the model was trained (``fractions``: ``training.data.SplitFractions``), resized to
+    the model's input size exactly as training resized them."""
+    import tensorflow as tf
+
+    from training.data import SplitFractions, decode_and_resize, split_folder
+
+    fractions = fractions or SplitFractions()
+    split = split_folder(data, fractions)
+    if len(split.class_ids) != len(metadata["labels"]):
+        raise ValueError(f"{data} has {len(split.class_ids)} classes, the model {len(metadata['labels'])}")
+    recorded = ((metadata.get("training") or {}).get("splits") or {}).get("test")
+    if recorded is not None and limit is None and recorded != len(split.files["test"]):
+        raise ValueError(
+            f"{data} split with {fractions} gives {len(split.files['test'])} test images, the model "
+            f"was evaluated on {recorded}: not the data or split it was trained with"
+        )
+    size = tuple(metadata["input_size"])
+    rng = np.random.default_rng(fractions.seed)
+    train = split.files["train"]
+    chosen = [train[i] for i in sorted(rng.choice(len(train), min(calibration, len(train)), replace=False))]
+    test = split.files["test"][:limit] if limit else split.files["test"]
+
+    def read(path):
+        return decode_and_resize(tf.io.read_file(path), size)
+
+    def decode(items):
+        paths = tf.data.Dataset.from_tensor_slices([path for path, _ in items])
+        return np.stack(list(paths.map(read, num_parallel_calls=tf.data.AUTOTUNE).as_numpy_iterator()))
+
+    return HeldOut(
+        calibration=decode(chosen),
+        test_images=decode(test),
+        test_labels=np.array([label for _, label in test]),
+        source={"data": str(data), "validation_fraction": fractions.validation,
+                "test_fraction": fractions.test, "seed": fractions.seed,
+                "calibration": f"{len(chosen)} images of the training split",
+                "test": f"{len(test)} images of the test split"},  # fmt: skip
+    )
+
+
+def recorded_split(version_dir: Path, metadata: dict) -> tuple[str | None, object]:
+    """The data folder and split fractions the export was trained with, as far as it records them
+    (its run folder's run.json, else the pack it was trained from)."""
+    from training.data import SplitFractions
+
+    run_file = Path(str(metadata.get("run", ""))) / "run.json"
+    if metadata.get("run") and run_file.is_file():
+        config = json.loads(run_file.read_text(encoding="utf-8"))["config"]
+        fractions = SplitFractions(config["validation_fraction"], config["test_fraction"], config["seed"])
+        return config.get("data"), fractions
+    pack = (metadata.get("training") or {}).get("pack") or {}
+    if pack:
+        return pack.get("source"), SplitFractions(pack["validation_fraction"], pack["test_fraction"], pack["seed"])
+    return None, SplitFractions()
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    p = parser.add_argument
+    p("version_dir", type=Path, help="an exported version folder, e.g. models/imagenette/2")
+    p("--data", help="the class-folder dataset it was trained on (default: what the export records)")
+    p("--calibration", type=int, default=300, help="training-split images to calibrate int8 on")
+    p("--precisions", default=",".join(OPENVINO_PRECISIONS),
+      help="OpenVINO forms to write and measure (comma-separated; empty: none)")
+    p("--limit", type=int, help="test images to evaluate on (default: the whole test split)")
+
+
+def main(args: argparse.Namespace) -> int:
+    folder = args.version_dir
+    try:
+        metadata = json.loads((folder / "metadata.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        print(f"error: {folder} is not an export ({error})", file=sys.stderr)
+        return 2
+    recorded_data, fractions = recorded_split(folder, metadata)
+    data = args.data or recorded_data
+    if not data or not Path(data).is_dir():
+        print(f"error: give --data: the folder the model was trained on ({data or 'not recorded'} "
+              "is not a folder here)", file=sys.stderr)  # fmt: skip
+        return 2
+    precisions = tuple(p for p in args.precisions.split(",") if p)
+    try:
+        held_out = held_out_from_folder(data, metadata, calibration=args.calibration,
+                                        fractions=fractions, limit=args.limit)  # fmt: skip
+        runtimes = optimize_export(folder, held_out, precisions=precisions)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"{folder}: runtimes recorded in metadata.json (gate: {GATE.rule})")
+    for key, found in runtimes.items():
+        print("  " + summary_line(key, found))
+    return 0
