@@ -111,6 +111,11 @@ def test_killed_mid_epoch_then_the_same_command_resumes(folder, tmp_path):
     metadata = json.loads((Path(run["export"]) / "metadata.json").read_text())
     assert metadata["labels"] == run["labels"] and metadata["command"] == run["command"]
     assert metadata["metrics"]["top1"] == pytest.approx(run["metrics"]["top1"])
+    # and its OpenVINO forms, measured on the same test split (python -m training optimize)
+    entries = metadata["runtimes"]
+    assert entries["tensorflow"]["test"]["images"] == run["splits"]["test"]
+    assert entries["tensorflow"]["test"]["top1"] == pytest.approx(run["metrics"]["top1"], abs=1e-6)
+    assert (Path(run["export"]) / entries["openvino-int8"]["path"] / "model.xml").is_file()
 
 
 def test_an_unfinished_run_with_another_configuration_is_refused(tmp_path):

@@ -110,6 +110,9 @@ def test_fit_packed_then_evaluate_then_export(packed, folder, tmp_path):
     metadata = json.loads((models / "tiny" / "1" / "metadata.json").read_text())
     assert metadata["metrics"]["top1"] == run["metrics"]["top1"]
     assert metadata["training"]["epochs_run"] == 2 and metadata["training"]["pack"]["file"] == "tiny.npz"
+    # optimized from the data the run names, on the same 6 test images evaluate used
+    assert metadata["runtimes"]["openvino-fp32"]["test"]["images"] == 6
+    assert metadata["runtimes"]["tensorflow"]["test"]["top1"] == pytest.approx(run["metrics"]["top1"], abs=1e-6)
     loaded = tf.saved_model.load(str(models / "tiny" / "1"))
     out = loaded.signatures["serving_default"](images=tf.zeros((1, 40, 50, 3), tf.uint8))
     assert out["probabilities"].shape == (1, 3)

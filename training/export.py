@@ -286,6 +286,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p("--name", help="model name in the repository (default: the run's export name)")
     p("--models-dir", type=Path, default=Path("models"))
     p("--version", type=int, help="version number (default: the next one); never overwrites")
+    p("--no-optimize", action="store_true",
+      help="export the SavedModel only, without its OpenVINO forms (`python -m training optimize`)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -303,6 +305,10 @@ def main(args: argparse.Namespace) -> int:
         + (f"{top1:.4f}" if top1 is not None else "not measured")
     )
     print(f"inspect it: saved_model_cli show --dir {path} --all")
+    if not args.no_optimize:
+        from training.optimize import optimize_exported_run
+
+        optimize_exported_run(path)
     return 0
 
 

@@ -82,6 +82,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p("--name", help="exported model name (default: the architecture)")
     p("--models-dir", default="models")
     p("--no-export", action="store_true", help="do not export to --models-dir at the end")
+    p("--no-optimize", action="store_true",
+      help="export the SavedModel only, without its OpenVINO forms (`python -m training optimize`)")
     p("--time-limit", type=float, metavar="MINUTES", help="stop early once the next epoch would end "
       "past this many minutes of training (resumed sessions included), then evaluate and export")
 
@@ -189,6 +191,10 @@ def fit(args: argparse.Namespace) -> dict:
         run["export"] = str(path)
         write_json(run_dir / "run.json", run)
         print(f"exported to {path}")
+        if not args.no_optimize:
+            from training.optimize import held_out_from_data, optimize_after_export
+
+            optimize_after_export(path, lambda: held_out_from_data(data, seed=args.seed))
     return run
 
 

@@ -170,7 +170,7 @@ def score(probabilities: np.ndarray, labels: np.ndarray, reference: np.ndarray |
     return result
 
 
-def measure_speed(predict, input_size: tuple[int, int], seconds: float = 2.0) -> dict:
+def measure_speed(predict, input_size: tuple[int, int], seconds: float = 1.0) -> dict:
     """Median batch-1 latency and batch-32 images/s on random images, on this process' CPUs."""
     rng = np.random.default_rng(0)
     one = rng.integers(0, 256, (1, *input_size, 3), dtype=np.uint8)
@@ -203,7 +203,7 @@ def optimize_export(
     *,
     precisions: tuple[str, ...] = OPENVINO_PRECISIONS,
     tensorflow_bf16: bool | None = None,
-    speed_seconds: float = 2.0,
+    speed_seconds: float = 1.0,
     log=print,
 ) -> dict:
     """Write the OpenVINO forms of an export, measure every runtime, record them in metadata.json.
@@ -280,7 +280,7 @@ class Reference:
 
 
 def measure(predict, runtime: str, precision: str, held_out: HeldOut, reference: Reference,
-            speed_seconds: float = 2.0, **extra) -> dict:  # fmt: skip
+            speed_seconds: float = 1.0, **extra) -> dict:  # fmt: skip
     """One ``metadata.json["runtimes"]`` entry: test scores, the gate's verdict against the
     SavedModel's ``reference`` answers, and the speed on this machine."""
     test = score(predict_all(predict, held_out.test_images), held_out.test_labels, reference.top1_answers)
@@ -322,64 +322,85 @@ def cpu_name() -> str:
 # ------------------------------------------------------------------------------ data
 
 
-def held_out_from_folder(
-    data: str | Path, metadata: dict, *, calibration: int = 300, fractions=None, limit: int | None = None
-) -> HeldOut:
-    """Calibration images from the training split and the test split of a class-folder dataset,
-    split as the model was trained (``fractions``: ``training.data.SplitFractions``), resized to
-    the model's input size exactly as training resized them."""
+def held_out_from_data(data, *, calibration: int = 300, seed: int = 0, limit: int | None = None) -> HeldOut:
+    """Calibration images (a seeded sample of the training split) and the test split of a
+    ``training.data.Data``, resized exactly as training resized them."""
     import tensorflow as tf
 
-    from training.data import SplitFractions, decode_and_resize, split_folder
+    def arrays(ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+        images, labels = zip(*ds.as_numpy_iterator())
+        return np.stack(images), np.array(labels)
 
-    fractions = fractions or SplitFractions()
-    split = split_folder(data, fractions)
-    if len(split.class_ids) != len(metadata["labels"]):
-        raise ValueError(f"{data} has {len(split.class_ids)} classes, the model {len(metadata['labels'])}")
-    recorded = ((metadata.get("training") or {}).get("splits") or {}).get("test")
-    if recorded is not None and limit is None and recorded != len(split.files["test"]):
-        raise ValueError(
-            f"{data} split with {fractions} gives {len(split.files['test'])} test images, the model "
-            f"was evaluated on {recorded}: not the data or split it was trained with"
-        )
-    size = tuple(metadata["input_size"])
-    rng = np.random.default_rng(fractions.seed)
-    train = split.files["train"]
-    chosen = [train[i] for i in sorted(rng.choice(len(train), min(calibration, len(train)), replace=False))]
-    test = split.files["test"][:limit] if limit else split.files["test"]
-
-    def read(path):
-        return decode_and_resize(tf.io.read_file(path), size)
-
-    def decode(items):
-        paths = tf.data.Dataset.from_tensor_slices([path for path, _ in items])
-        return np.stack(list(paths.map(read, num_parallel_calls=tf.data.AUTOTUNE).as_numpy_iterator()))
-
+    train = data.splits["train"].shuffle(4096, seed=seed).take(calibration)
+    test = data.splits["test"].take(limit) if limit else data.splits["test"]
+    calibration_images, _ = arrays(train)
+    test_images, test_labels = arrays(test)
     return HeldOut(
-        calibration=decode(chosen),
-        test_images=decode(test),
-        test_labels=np.array([label for _, label in test]),
-        source={"data": str(data), "validation_fraction": fractions.validation,
-                "test_fraction": fractions.test, "seed": fractions.seed,
-                "calibration": f"{len(chosen)} images of the training split",
-                "test": f"{len(test)} images of the test split"},  # fmt: skip
+        calibration=calibration_images,
+        test_images=test_images,
+        test_labels=test_labels,
+        source={"data": data.name, "calibration": f"{len(calibration_images)} images of the training split",
+                "test": f"{len(test_images)} images of the test split"},  # fmt: skip
     )
 
 
-def recorded_split(version_dir: Path, metadata: dict) -> tuple[str | None, object]:
-    """The data folder and split fractions the export was trained with, as far as it records them
-    (its run folder's run.json, else the pack it was trained from)."""
-    from training.data import SplitFractions
+def held_out_for_export(version_dir: Path, metadata: dict, *, data: str | None = None,
+                        calibration: int = 300, limit: int | None = None) -> HeldOut:  # fmt: skip
+    """The held-out images of an export, split as it was trained: the data folder and split
+    fractions from its run folder's ``run.json``, else from the pack it was trained from."""
+    from training.data import SplitFractions, load_data
 
+    config = {}
     run_file = Path(str(metadata.get("run", ""))) / "run.json"
     if metadata.get("run") and run_file.is_file():
         config = json.loads(run_file.read_text(encoding="utf-8"))["config"]
-        fractions = SplitFractions(config["validation_fraction"], config["test_fraction"], config["seed"])
-        return config.get("data"), fractions
-    pack = (metadata.get("training") or {}).get("pack") or {}
-    if pack:
-        return pack.get("source"), SplitFractions(pack["validation_fraction"], pack["test_fraction"], pack["seed"])
-    return None, SplitFractions()
+    else:
+        config = (metadata.get("training") or {}).get("pack") or {}
+        config = {**config, "data": config.get("source")}
+    data = data or config.get("data")
+    if not data or (data != "imagenette" and not Path(data).is_dir()):
+        raise FileNotFoundError(
+            f"give --data: the dataset {version_dir} was trained on ({data or 'not recorded'} is not "
+            "a folder here)"
+        )
+    fractions = SplitFractions(config.get("validation_fraction", 0.15), config.get("test_fraction", 0.15),
+                               config.get("seed", 0))  # fmt: skip
+    dataset = load_data(data, tuple(metadata["input_size"]), fractions=fractions,
+                        labels_map=config.get("labels_map"))  # fmt: skip
+    if dataset.num_classes != len(metadata["labels"]):
+        raise ValueError(f"{data} has {dataset.num_classes} classes, the model {len(metadata['labels'])}")
+    recorded = ((metadata.get("training") or {}).get("splits") or {}).get("test")
+    if recorded is not None and limit is None and recorded != dataset.sizes["test"]:
+        raise ValueError(
+            f"{data} split with {fractions} gives {dataset.sizes['test']} test images, the model was "
+            f"evaluated on {recorded}: not the data or split it was trained with"
+        )
+    held_out = held_out_from_data(dataset, calibration=calibration, seed=fractions.seed, limit=limit)
+    held_out.source.update(data=str(data), validation_fraction=fractions.validation,
+                           test_fraction=fractions.test, seed=fractions.seed)  # fmt: skip
+    return held_out
+
+
+def optimize_after_export(version_dir: Path, held_out, log=print) -> dict | None:
+    """``optimize_export`` right after an export (``held_out``: a function returning the
+    ``HeldOut``); when OpenVINO or NNCF is missing, says so and how to do it later."""
+    missing = available()
+    if missing:
+        log(f"not optimized ({missing}): later, `python -m training optimize {version_dir}`")
+        return None
+    runtimes = optimize_export(version_dir, held_out(), log=log)
+    log(f"faster forms of {version_dir} (gate: {GATE.rule}):")
+    for key, found in runtimes.items():
+        log("  " + summary_line(key, found))
+    return runtimes
+
+
+def available() -> str | None:
+    """None when OpenVINO and NNCF are installed, else what is missing (``optimize`` needs both)."""
+    import importlib.util
+
+    missing = [name for name in ("openvino", "nncf") if importlib.util.find_spec(name) is None]
+    return f"{' and '.join(missing)} not installed" if missing else None
 
 
 # --------------------------------------------------------------------------- command line
@@ -402,16 +423,10 @@ def main(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as error:
         print(f"error: {folder} is not an export ({error})", file=sys.stderr)
         return 2
-    recorded_data, fractions = recorded_split(folder, metadata)
-    data = args.data or recorded_data
-    if not data or not Path(data).is_dir():
-        print(f"error: give --data: the folder the model was trained on ({data or 'not recorded'} "
-              "is not a folder here)", file=sys.stderr)  # fmt: skip
-        return 2
     precisions = tuple(p for p in args.precisions.split(",") if p)
     try:
-        held_out = held_out_from_folder(data, metadata, calibration=args.calibration,
-                                        fractions=fractions, limit=args.limit)  # fmt: skip
+        held_out = held_out_for_export(folder, metadata, data=args.data, calibration=args.calibration,
+                                       limit=args.limit)  # fmt: skip
         runtimes = optimize_export(folder, held_out, precisions=precisions)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -420,3 +435,13 @@ def main(args: argparse.Namespace) -> int:
     for key, found in runtimes.items():
         print("  " + summary_line(key, found))
     return 0
+
+
+def optimize_exported_run(version_dir: Path) -> None:
+    """After ``python -m training export RUN``: the faster forms, from the data the run names; a
+    note instead when that data is not here."""
+    metadata = json.loads((version_dir / "metadata.json").read_text(encoding="utf-8"))
+    try:
+        optimize_after_export(version_dir, lambda: held_out_for_export(version_dir, metadata))
+    except FileNotFoundError as error:
+        print(f"not optimized: {error}; later: `python -m training optimize {version_dir} --data DIR`")
