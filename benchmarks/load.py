@@ -1,7 +1,8 @@
 """Load-test the service (and its peers) over a ladder of concurrent users; write a report.
 
     python -m benchmarks.load                      # the BentoML service, started here
-    python -m benchmarks.load --compare            # + FastAPI and Ray Serve peers + the ceiling
+    python -m benchmarks.load --compare            # + the service on TensorFlow, FastAPI and Ray
+                                                   #   Serve peers, and the ceilings
     python -m benchmarks.load --host http://127.0.0.1:3000   # a server that is already running
     python -m benchmarks.load --servers fastapi --users 1,4 --step-seconds 5 --no-ceiling
 
@@ -9,11 +10,14 @@ For each server: start it (``taskset -c SERVER_CPUS``), wait for ``/readyz``, ch
 ``/metadata`` that it serves the requested export, warm it up (every image once, then a short
 untimed run at the top of the ladder), then one headless Locust run per step of the ladder
 (``taskset -c LOCUST_CPUS``, fixed time per step, closed loop), and stop it. The in-process
-ceiling (``benchmarks.raw``) runs first, alone, on the server CPUs. Servers run one after the
-other, never together, on the same images and the same ladder.
+ceilings (``benchmarks.raw``) run first, alone, on the server CPUs: one per runtime that a
+measured server uses (the service's default runtime, ``auto``: OpenVINO int8 for the default
+model; TensorFlow for ``bentoml-tf`` and the peers), and each server is judged against its own
+runtime's ceiling. Servers run one after the other, never together, on the same images and the
+same ladder.
 
 Output in ``benchmarks/results/<timestamp>/`` (or ``--out``): ``steps.csv``, ``ceiling.csv`` and
-``ceiling.json``, ``report.md`` (header, target ratios, a table per server, the ceiling table),
+``ceiling-<runtime>.json``, ``report.md`` (header, targets, a table per server, the ceilings),
 ``plot.png``, plus ``locust/`` (Locust's own CSVs and logs per step) and ``logs/`` (servers).
 """
 
@@ -32,12 +36,13 @@ from pathlib import Path
 from benchmarks.images import ImageMix, build_image_set
 from benchmarks.ladder import LocustError, Step, run_step
 from benchmarks.modelrepo import DEFAULT_MODEL, DEFAULT_MODELS_DIR, REPO, ModelRef, read_metadata, resolve
-from benchmarks.report import evaluate_targets, plot, write_ceiling_csv, write_markdown, write_steps_csv
+from benchmarks.report import (accuracy_targets, evaluate_targets, plot, write_ceiling_csv,
+                               write_markdown, write_steps_csv)
 from benchmarks.servers import SERVERS, RunningServer, ServerError, check_metadata, pin_prefix, warm_up
 
 RESULTS_DIR = REPO / "benchmarks" / "results"
 DEFAULT_USERS = "1,2,4,8,16,32,64"
-COMPARE_SERVERS = ("bentoml", "fastapi", "ray")
+COMPARE_SERVERS = ("bentoml", "bentoml-tf", "fastapi", "ray")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,7 +96,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     header = _header(ref, args, image_set.description, server_cpus, locust_cpus, users, command)
     print("\n".join(header), f"\nresults: {out}", sep="\n", flush=True)
 
-    ceiling = None if args.no_ceiling else _ceiling(ref, args, server_cpus, out)
+    ceilings = {} if args.no_ceiling else {
+        runtime: _ceiling(ref, args, server_cpus, out, runtime)
+        for runtime in dict.fromkeys(_runtime(name) for name in servers)
+    }
     by_server: dict[str, list[Step]] = {}
     problems: dict[str, str] = {}
     for name in servers:
@@ -102,17 +110,21 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             print(f"[{name}] NOT MEASURED: {error}", flush=True)
 
     subject = "bentoml" if "bentoml" in by_server else next(iter(by_server), servers[0])
+    ceiling = ceilings.get(_runtime(subject))
     targets = evaluate_targets(subject, by_server, ceiling and ceiling["ceiling"])
     all_steps = [s for steps in by_server.values() for s in steps]
     if all_steps:
         write_steps_csv(out / "steps.csv", all_steps)
-    if ceiling:
-        write_ceiling_csv(out / "ceiling.csv", ceiling["points"])
+    if ceilings:
+        write_ceiling_csv(out / "ceiling.csv", [{"runtime": runtime, **point} for runtime, found in
+                                                ceilings.items() for point in found["points"]])
+    if ref is not None and ceiling:
+        targets += accuracy_targets(read_metadata(ref), ceiling["runtime"]["key"])
     titles = {name: SERVERS[name].title if name in SERVERS else name for name in servers}
     header.append(f"Load average at the end: {_load_average()}")
     write_markdown(out / "report.md", header=header, titles=titles, subject=subject,
-                   by_server=by_server, ceiling=ceiling, targets=targets, problems=problems)
-    plot(out / "plot.png", by_server, ceiling and ceiling["ceiling"],
+                   by_server=by_server, ceilings=ceilings, targets=targets, problems=problems)
+    plot(out / "plot.png", by_server, {runtime: found["ceiling"] for runtime, found in ceilings.items()},
          f"{ref.spec if ref else args.host}, {os.cpu_count()} CPUs, "
          f"{args.images_per_request} image(s)/request")
     print(f"\nTargets (service under test: {subject}):")
@@ -170,15 +182,20 @@ def _ladder(name: str, url: str, args, images: list[Path], users: list[int],
     return steps
 
 
-def _ceiling(ref: ModelRef, args, server_cpus: str | None, out: Path) -> dict:
-    """Run ``benchmarks.raw`` in its own process (TensorFlow) on the server CPUs; its JSON."""
-    result_path = out / "ceiling.json"
+def _runtime(server: str) -> str:
+    """The runtime of a server in this run (an already running ``--host``: the service's default)."""
+    return SERVERS[server].model_runtime() if server in SERVERS else SERVERS["bentoml"].model_runtime()
+
+
+def _ceiling(ref: ModelRef, args, server_cpus: str | None, out: Path, runtime: str) -> dict:
+    """Run ``benchmarks.raw`` on ``runtime`` in its own process on the server CPUs; its JSON."""
+    result_path = out / f"ceiling-{runtime}.json"
     argv = pin_prefix(server_cpus) + [
-        sys.executable, "-m", "benchmarks.raw", "--model", ref.spec,
+        sys.executable, "-m", "benchmarks.raw", "--model", ref.spec, "--runtime", runtime,
         "--models-dir", str(args.models_dir), "--batch-sizes", args.ceiling_batch_sizes,
         "--cpus", "none", "--json", str(result_path),
     ]
-    print(f"[ceiling] {shlex.join(argv)}", flush=True)
+    print(f"[ceiling {runtime}] {shlex.join(argv)}", flush=True)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     subprocess.run(argv, cwd=REPO, env=env, check=True)
     return json.loads(result_path.read_text())

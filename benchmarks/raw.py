@@ -1,20 +1,26 @@
-"""The ceiling: the exported SavedModel measured in-process, with no server in between.
+"""The ceiling: the exported model measured in-process, with no server in between.
 
     python -m benchmarks.raw --model imagenette            # latest version, CPU 1, all modes
+    python -m benchmarks.raw --model imagenette --runtime tensorflow    # or openvino-int8, ...
     python -m benchmarks.raw --model resnet50:2 --batch-sizes 1,8,32 --cpus 0,1 --json out.json
+
+The model runs on the runtime ``--runtime`` names (``service.runtimes``; ``auto``, the default, is
+what the service would pick on this CPU: the fastest OpenVINO form that passed its accuracy gate),
+loaded and warmed up at every batch size exactly as the service does.
 
 For each batch size (1, 2, 4 ... 64) and each mode: ``--warmup`` untimed runs, then ``--repeats``
 timed runs; one run classifies the whole image mix (32 images) in batches of that size. Reported:
 the median over runs of images/s, and the p50/p95 latency of one batch call. Modes:
 
-- ``tensor``: uint8 images already decoded and resized to the model's input size, through
-  ``serving_default`` (the model alone: the upper bound no server can pass);
-- ``bytes``: the JPEG bytes through the ``serve_bytes`` signature (decode + resize in-graph);
-- ``pil``: the JPEG bytes decoded and resized with PIL here, then ``serving_default`` (what the
-  peer servers do per request);
+- ``tensor``: uint8 images already decoded and resized to the model's input size, through the
+  runtime (the model alone: the upper bound no server can pass);
+- ``bytes``: the JPEG bytes through the SavedModel's ``serve_bytes`` signature (decode + resize
+  in-graph; TensorFlow only);
+- ``pil``: the JPEG bytes decoded and resized with PIL here, then the runtime (what the peer
+  servers do per request);
 - ``service``: the JPEG bytes through the service's own ``service.images.prepare_image``
-  (libjpeg-turbo at reduced scale, crop, PIL resize), then ``serving_default``: what the service
-  computes per image, without HTTP. Reported for reference, not part of the ceiling.
+  (libjpeg-turbo at reduced scale, crop, PIL resize), then the runtime: what the service computes
+  per image, without HTTP. Reported for reference, not part of the ceiling.
 
 ``bytes`` and ``pil`` are end-to-end (JPEG bytes in, probabilities out) with the exported model's
 own decoding or the usual PIL one; the end-to-end ceiling is the better of the two at its best
@@ -45,6 +51,7 @@ from benchmarks.images import ImageMix, build_image_set
 from benchmarks.modelrepo import (DEFAULT_MODEL, DEFAULT_MODELS_DIR, load_saved_model,
                                   read_metadata, resolve)
 from benchmarks.peers.common import decode
+from service import runtimes
 
 MODES = ("tensor", "bytes", "pil", "service")
 END_TO_END = ("bytes", "pil")
@@ -117,12 +124,12 @@ def measure(call, batch_size: int, image_count: int, warmup: int, repeats: int,
     )
 
 
-def make_calls(signatures, images: list[bytes], size: tuple[int, int], metadata: dict) -> dict:
-    """One function per mode: ``call(step)`` classifies batch number ``step`` (of ``batch_size``)."""
-    import tensorflow as tf
+def make_calls(predict, serve_bytes, images: list[bytes], size: tuple[int, int], metadata: dict) -> dict:
+    """One function per mode: ``call(step)`` classifies batch number ``step`` (of ``batch_size``).
 
-    serving = signatures["serving_default"]
-    serve_bytes = signatures.get("serve_bytes")
+    ``predict``: the runtime's numpy function (``service.runtimes.load``), uint8 images at the
+    model's input size -> probabilities; ``serve_bytes``: the SavedModel's bytes signature, or None
+    (a runtime other than TensorFlow has no in-graph decoding: no ``bytes`` mode)."""
     decoded = np.stack([decode(data, size) for data in images])
     count = len(images)
 
@@ -135,10 +142,12 @@ def make_calls(signatures, images: list[bytes], size: tuple[int, int], metadata:
 
     def tensor_mode(batch_size: int):
         period = distinct(batch_size)
-        batches = [tf.constant(decoded[indices(step, batch_size)]) for step in range(period)]
-        return lambda step: serving(images=batches[step % period])["probabilities"].numpy()
+        batches = [np.ascontiguousarray(decoded[indices(step, batch_size)]) for step in range(period)]
+        return lambda step: predict(batches[step % period])
 
     def bytes_mode(batch_size: int):
+        import tensorflow as tf
+
         period = distinct(batch_size)
         batches = [tf.constant([images[i] for i in indices(step, batch_size)]) for step in range(period)]
         return lambda step: serve_bytes(image_bytes=batches[step % period])["probabilities"].numpy()
@@ -147,8 +156,7 @@ def make_calls(signatures, images: list[bytes], size: tuple[int, int], metadata:
         """Decode every image of the batch here with ``prepare(bytes)``, then the model."""
         def mode(batch_size: int):
             def call(step: int):
-                batch = np.stack([prepare(images[i]) for i in indices(step, batch_size)])
-                return serving(images=tf.constant(batch))["probabilities"].numpy()
+                return predict(np.stack([prepare(images[i]) for i in indices(step, batch_size)]))
             return call
         return mode
 
@@ -201,6 +209,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-sizes", default=",".join(map(str, DEFAULT_BATCH_SIZES)),
                         help="comma-separated (default: %(default)s)")
     parser.add_argument("--modes", default=",".join(MODES), help="of %(default)s")
+    parser.add_argument("--runtime", default="auto", choices=runtimes.CHOICES,
+                        help="as CONVZOO_RUNTIME: auto is what the service picks on this CPU")
     parser.add_argument("--warmup", type=int, default=1,
                         help="untimed runs per point (a run covers the whole image mix)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per point (median)")
@@ -224,14 +234,18 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
     if unknown:
         raise SystemExit(f"unknown modes {sorted(unknown)}; choose from {MODES}")
 
-    saved_model = load_saved_model(ref)  # imports TensorFlow: after pinning
-    calls = make_calls(saved_model.signatures, images, size, metadata)
-    print(f"model {ref.spec} ({metadata.get('architecture')}, input {size[0]}x{size[1]}), "
-          f"CPUs {sorted(os.sched_getaffinity(0))}; images: {image_set.description}", flush=True)
+    choice = runtimes.choose(args.runtime, metadata, ref.path)  # as the service on this CPU
+    predict = runtimes.load(choice, ref.path, size)  # after pinning: thread pools sized from it
+    serve_bytes = load_saved_model(ref).signatures["serve_bytes"] if choice.runtime == "tensorflow" else None
+    runtimes.warm_up(predict, size, max(int(b) for b in args.batch_sizes.split(",")))
+    calls = make_calls(predict, serve_bytes, images, size, metadata)
+    print(f"model {ref.spec} ({metadata.get('architecture')}, input {size[0]}x{size[1]}) on "
+          f"{choice.runtime} {choice.precision} ({choice.key}), CPUs {sorted(os.sched_getaffinity(0))}; "
+          f"images: {image_set.description}", flush=True)
     points = []
     for mode in modes:
         if mode not in calls:
-            print(f"skipping mode {mode!r}: the model has no serve_bytes signature", flush=True)
+            print(f"skipping mode {mode!r}: only TensorFlow runs the SavedModel's serve_bytes", flush=True)
             continue
         for batch_size in (int(b) for b in args.batch_sizes.split(",")):
             point = measure(calls[mode](batch_size), batch_size, len(images), args.warmup,
@@ -243,6 +257,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
         "model": ref.spec,
         "architecture": metadata.get("architecture"),
         "input_size": list(size),
+        "runtime": runtimes.describe(choice),
         "cpus": sorted(os.sched_getaffinity(0)),
         "images": image_set.description,
         "command": shlex.join([sys.executable, "-m", "benchmarks.raw", *argv]),
@@ -259,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = run(args, argv)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, runtimes.RuntimeUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(markdown_table([Point(**p) for p in result["points"]]))

@@ -1,12 +1,17 @@
 """The load benchmark's outputs: ``steps.csv``, ``ceiling.csv``, ``report.md`` and ``plot.png``.
 
 The targets (each a ratio from the same run on the same machine) compare the service under test
-(the BentoML service when measured, else the first server) with the in-process ceiling and peers:
+(the BentoML service when measured, else the first server) with the in-process ceiling of the
+runtime that serves it, with itself on TensorFlow, and with peers:
 
-- efficiency: images/s at saturation ÷ in-process end-to-end ceiling images/s, at least 0.90;
+- efficiency: images/s at saturation ÷ in-process end-to-end ceiling images/s, at least 0.80;
 - overhead: p50 at one user − in-process end-to-end p50 at batch 1, at most 3 ms;
+- p50 at one user: at most 5 ms;
+- vs bentoml-tf (the same service with ``CONVZOO_RUNTIME=tensorflow``): at least 2× its images/s;
 - vs FastAPI: at least 2× its images/s at saturation, with p99 no worse;
-- vs Ray Serve: more images/s at saturation than it, with p99 no worse.
+- vs Ray Serve: more images/s at saturation than it, with p99 no worse;
+- accuracy: the serving runtime's top-1 on the held-out test split (``metadata.json``, measured by
+  ``python -m training optimize``) at most 0.5 points below the SavedModel's.
 
 "Saturation" is the step with the most images/s. "p99 no worse" compares the p99 of both servers
 at the same number of users: the one where the service under test saturates.
@@ -27,9 +32,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from benchmarks.ladder import Step  # noqa: E402
 
-EFFICIENCY_GOAL = 0.90
+EFFICIENCY_GOAL = 0.80
 OVERHEAD_GOAL_MS = 3.0
+ONE_USER_P50_GOAL_MS = 5.0
 FASTAPI_FACTOR_GOAL = 2.0
+TENSORFLOW_FACTOR_GOAL = 2.0
+TOP1_DROP_GOAL = 0.005
 
 
 @dataclass(frozen=True)
@@ -67,10 +75,33 @@ def evaluate_targets(subject: str, by_server: dict[str, list[Step]], ceiling: di
             "overhead at one user", f"{one_user.p50_ms:.1f} − {ceiling['e2e_p50_ms_batch1']:.1f} = "
             f"{overhead:.1f} ms (p50; ceiling {ceiling['e2e_batch1_mode']} batch 1)",
             f"<= {OVERHEAD_GOAL_MS:.0f} ms", overhead <= OVERHEAD_GOAL_MS))
+    if one_user is not None:
+        targets.append(Target("p50 at one user", f"{one_user.p50_ms:.1f} ms",
+                              f"<= {ONE_USER_P50_GOAL_MS:.0f} ms", one_user.p50_ms <= ONE_USER_P50_GOAL_MS))
+    if subject != "bentoml-tf" and by_server.get("bentoml-tf"):
+        tf_peak = saturation(by_server["bentoml-tf"])
+        ratio = peak.images_per_s / tf_peak.images_per_s if tf_peak.images_per_s else math.inf
+        targets.append(Target("vs bentoml-tf", f"{peak.images_per_s:.1f} / {tf_peak.images_per_s:.1f} = "
+                              f"{ratio:.2f}x (saturation)", f">= {TENSORFLOW_FACTOR_GOAL:g}x images/s",
+                              ratio >= TENSORFLOW_FACTOR_GOAL))
     for peer, factor, strict in (("fastapi", FASTAPI_FACTOR_GOAL, False), ("ray", 1.0, True)):
         if peer != subject and by_server.get(peer):
             targets.append(_versus(subject, peak, peer, by_server[peer], factor, strict))
     return targets
+
+
+def accuracy_targets(metadata: dict, runtime_key: str) -> list[Target]:
+    """The serving runtime's held-out top-1 against the SavedModel's (``metadata["runtimes"]``)."""
+    entries = metadata.get("runtimes") or {}
+    if runtime_key not in entries or "tensorflow" not in entries:
+        return []
+    found, reference = entries[runtime_key]["test"], entries["tensorflow"]["test"]
+    drop = reference["top1"] - found["top1"]
+    return [Target(
+        "top-1 vs the SavedModel", f"{runtime_key} {100 * found['top1']:.2f} % vs "
+        f"{100 * reference['top1']:.2f} % ({-100 * drop:+.2f} points, {100 * found.get('agreement', 1):.1f} % "
+        f"same answers, {found['images']} held-out test images)",
+        f"at most {100 * TOP1_DROP_GOAL:.1f} points below", drop <= TOP1_DROP_GOAL + 1e-9)]
 
 
 def _versus(subject: str, peak: Step, peer: str, peer_steps: list[Step], factor: float,
@@ -142,11 +173,13 @@ def targets_table(subject: str, targets: list[Target]) -> str:
 
 
 def write_markdown(path: Path, *, header: list[str], titles: dict[str, str], subject: str,
-                   by_server: dict[str, list[Step]], ceiling: dict | None,
+                   by_server: dict[str, list[Step]], ceilings: dict[str, dict],
                    targets: list[Target], problems: dict[str, str]) -> None:
+    """``ceilings``: runtime -> ``benchmarks.raw`` result; the subject's is its first one."""
     parts = ["# convzoo load benchmark", "", *(f"- {line}" for line in header), ""]
     parts += ["## Targets", "", targets_table(subject, targets) if targets else
               "No target could be evaluated (the service under test has no steps).", ""]
+    ceiling = next(iter(ceilings.values()), None)
     if reference := decoding_reference(subject, by_server, ceiling):
         parts += [reference, ""]
     for server, steps in by_server.items():
@@ -158,17 +191,20 @@ def write_markdown(path: Path, *, header: list[str], titles: dict[str, str], sub
         if failed:
             parts += ["Failures (most frequent error per step):", "",
                       *(f"- {s.users} users: {s.top_failure}" for s in failed), ""]
-    if ceiling:
-        parts += ["## Ceiling: the SavedModel in-process (benchmarks.raw)", "",
-                  f"Command: `{ceiling['command']}`", "", ceiling_table(ceiling["points"]), ""]
+    for runtime, found in ceilings.items():
+        served = found.get("runtime") or {}
+        parts += [f"## Ceiling, runtime {runtime}: {served.get('name', 'tensorflow')} "
+                  f"{served.get('precision', 'fp32')} in-process (benchmarks.raw)", "",
+                  f"Command: `{found['command']}`", "", ceiling_table(found["points"]), ""]
     if problems:
         parts += ["## Not measured", "", *(f"- {name}: {why}" for name, why in problems.items()), ""]
     parts += ["![images/s against p99 latency](plot.png)", ""]
     path.write_text("\n".join(parts))
 
 
-def plot(path: Path, by_server: dict[str, list[Step]], ceiling: dict | None, title: str) -> None:
-    """images/s (y) against p99 latency (x, log), one line per server, the ceiling as a line."""
+def plot(path: Path, by_server: dict[str, list[Step]], ceilings: dict[str, dict], title: str) -> None:
+    """images/s (y) against p99 latency (x, log), one line per server, each runtime's ceiling
+    (``benchmarks.raw`` summaries by runtime) as a horizontal line."""
     figure, axes = plt.subplots(figsize=(8, 5.5), dpi=110)
     for server, steps in by_server.items():
         ordered = sorted(steps, key=lambda s: s.users)
@@ -177,9 +213,10 @@ def plot(path: Path, by_server: dict[str, list[Step]], ceiling: dict | None, tit
         for s in ordered:
             axes.annotate(str(s.users), (s.p99_ms, s.images_per_s), textcoords="offset points",
                           xytext=(4, 4), fontsize=7)
-    if ceiling and "e2e_images_per_s" in ceiling:
-        axes.axhline(ceiling["e2e_images_per_s"], color="black", linestyle="--",
-                     label=f"in-process end-to-end ceiling ({ceiling['e2e_mode']})")
+    for (runtime, ceiling), style in zip(ceilings.items(), ("--", ":", "-.")):
+        if "e2e_images_per_s" in ceiling:
+            axes.axhline(ceiling["e2e_images_per_s"], color="black", linestyle=style,
+                         label=f"in-process end-to-end ceiling, runtime {runtime} ({ceiling['e2e_mode']})")
     axes.set_xscale("log")
     plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
     axes.xaxis.set_major_formatter(plain)

@@ -32,13 +32,22 @@ class ServerSpec:
     title: str
     module: str | None  # a ``python -m`` peer module; None for the BentoML service
     ready_timeout_s: float
+    env: tuple[tuple[str, str], ...] = ()  # settings of its own (over the caller's environment)
+    runtime: str | None = None  # what runs the model (``service.runtimes``); None: CONVZOO_RUNTIME
+
+    def model_runtime(self) -> str:
+        """The runtime whose in-process ceiling this server is judged against."""
+        return self.runtime or os.environ.get("CONVZOO_RUNTIME") or "auto"
 
 
 SERVERS = {
-    "bentoml": ServerSpec("bentoml", "BentoML service (service/)", None, 300),
+    "bentoml": ServerSpec("bentoml", "BentoML service (service/), its default runtime", None, 300),
+    "bentoml-tf": ServerSpec("bentoml-tf", "BentoML service with CONVZOO_RUNTIME=tensorflow", None, 300,
+                             env=(("CONVZOO_RUNTIME", "tensorflow"),), runtime="tensorflow"),
     "fastapi": ServerSpec("fastapi", "FastAPI + uvicorn, one model call per request (peer)",
-                          "benchmarks.peers.fastapi_server", 180),
-    "ray": ServerSpec("ray", "Ray Serve with @serve.batch (peer)", "benchmarks.peers.ray_server", 300),
+                          "benchmarks.peers.fastapi_server", 180, runtime="tensorflow"),
+    "ray": ServerSpec("ray", "Ray Serve with @serve.batch (peer)", "benchmarks.peers.ray_server", 300,
+                      runtime="tensorflow"),
 }
 
 
@@ -87,7 +96,7 @@ class RunningServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.argv = pin_prefix(cpus) + command(spec, ref, models_dir, self.port, repo)
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CONVZOO_MODEL": ref.spec,
+        env = {**os.environ, **dict(spec.env), "TF_CPP_MIN_LOG_LEVEL": "2", "CONVZOO_MODEL": ref.spec,
                "CONVZOO_MODELS_DIR": str(models_dir)}
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log_path = log_path

@@ -120,6 +120,7 @@ def choose(requested: str, metadata: dict, folder: str | Path, *, gpus: int = 0)
         )
     entries = metadata.get("runtimes") or {}
     if requested == "tensorflow":
+        _require_tensorflow(f"CONVZOO_RUNTIME=tensorflow cannot serve {folder}")
         return _tensorflow("fp32", {}, "requested (CONVZOO_RUNTIME=tensorflow)")
     if requested == "auto" and gpus:
         return _tensorflow("fp32", {}, f"auto: {gpus} GPU(s), TensorFlow serves on GPU")
@@ -153,7 +154,14 @@ def choose(requested: str, metadata: dict, folder: str | Path, *, gpus: int = 0)
                                  + "; ".join(problems))  # fmt: skip
     reason = "auto: " + ("; ".join(problems) if problems else "no faster form in metadata.json "
                          f"(`python -m training optimize {folder}` makes them)")  # fmt: skip
+    _require_tensorflow(f"cannot serve {folder}: {reason}")
     return _tensorflow("fp32", {}, reason + " -> TensorFlow fp32")
+
+
+def _require_tensorflow(context: str) -> None:
+    """A CPU Bento carries OpenVINO only (bentofile.yaml): TensorFlow may be absent."""
+    if not _installed("tensorflow"):
+        raise RuntimeUnavailable(f"{context}; and TensorFlow is not installed here")
 
 
 def unusable(key: str, entry: dict | None, folder: Path) -> str | None:
@@ -162,8 +170,8 @@ def unusable(key: str, entry: dict | None, folder: Path) -> str | None:
         return "not in metadata.json (`python -m training optimize` creates it)"
     if not (entry.get("gate") or {}).get("passed", False):
         gate = entry.get("gate") or {}
-        return (f"failed the accuracy gate (top-1 {100 * gate.get('top1_drop', float('nan')):+.2f} "
-                f"points below, {100 * gate.get('agreement', float('nan')):.1f} % agreement)")
+        return (f"failed the accuracy gate (top-1 {-100 * gate.get('top1_drop', float('nan')):+.2f} points "
+                f"vs the SavedModel, {100 * gate.get('agreement', float('nan')):.1f} % same answers)")
     if entry["precision"] == "bf16" and not cpu_has_bf16():
         return "this CPU has no native bf16 (AVX512_BF16 or AMX)"
     if not _installed(entry["runtime"]):

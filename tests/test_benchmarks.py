@@ -1,9 +1,11 @@
 """The benchmark kit, for real but tiny: no timing assertions, only that it runs and reports.
 
-A LeNet-5 end-to-end model (random weights, 32x32) is exported into a temporary model repository.
-``benchmarks.raw`` measures it in-process; ``benchmarks.load`` starts the FastAPI peer, runs
-Locust for a few seconds per step, and must write a well-formed CSV, report and plot. The full
-``--compare`` run (BentoML service, FastAPI and Ray Serve peers, ceiling) is marked slow.
+A LeNet-5 end-to-end model (random weights, 32x32) is exported into a temporary model repository
+and optimized (OpenVINO forms, calibrated and measured on generated images).
+``benchmarks.raw`` measures it in-process on each runtime; ``benchmarks.load`` starts the FastAPI
+peer, runs Locust for a few seconds per step, and must write a well-formed CSV, report and plot.
+The full ``--compare`` run (the service on its default runtime and on TensorFlow, FastAPI and Ray
+Serve peers, both ceilings) is marked slow.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ def models_dir(tmp_path_factory) -> Path:
 
     from training.end_to_end import build_end_to_end
     from training.export import export_model
+    from training.optimize import optimize_export
 
     keras.utils.set_random_seed(0)
     model = build_end_to_end("lenet5", num_classes=len(LABELS), image_size=(32, 32))
@@ -41,7 +44,18 @@ def models_dir(tmp_path_factory) -> Path:
     export_model(model, name=MODEL_NAME, labels=LABELS, input_size=[32, 32], architecture="lenet5",
                  dataset="synthetic", metrics={"top1": 0.0, "top5": 0.0}, command="pytest",
                  models_dir=folder)
+    optimize_export(folder / MODEL_NAME / "1", generated_held_out(), speed_seconds=0.1, log=lambda _: None)
     return folder
+
+
+def generated_held_out():
+    import numpy as np
+
+    from service_files import photo
+    from training.optimize import HeldOut
+
+    images = np.stack([np.asarray(photo((32, 32), seed=i)) for i in range(48)])
+    return HeldOut(images[:24], images[24:], np.arange(24) % len(LABELS), {"data": "generated"})
 
 
 def pinning_args() -> list[str]:
@@ -84,9 +98,11 @@ def check_report(out: Path, servers: list[str], users: list[int]) -> str:
 def test_raw_measures_every_mode_and_batch_size(models_dir, tmp_path):
     result_path = tmp_path / "raw.json"
     code = raw.main(["--model", MODEL_NAME, "--models-dir", str(models_dir), "--batch-sizes", "1,4",
-                     "--warmup", "0", "--repeats", "3", "--cpus", "none", "--json", str(result_path)])
+                     "--warmup", "0", "--repeats", "3", "--cpus", "none", "--json", str(result_path),
+                     "--runtime", "tensorflow"])
     assert code == 0
     result = json.loads(result_path.read_text())
+    assert result["runtime"]["key"] == "tensorflow"
     assert result["model"] == f"{MODEL_NAME}:1" and result["input_size"] == [32, 32]
     assert [(p["mode"], p["batch_size"]) for p in result["points"]] == [
         (mode, size) for mode in raw.MODES for size in (1, 4)]
@@ -94,6 +110,20 @@ def test_raw_measures_every_mode_and_batch_size(models_dir, tmp_path):
     assert set(result["ceiling"]) >= {"e2e_images_per_s", "e2e_p50_ms_batch1", "tensor_images_per_s",
                                       "service_images_per_s"}
     assert result["ceiling"]["e2e_mode"] in ("bytes", "pil")  # the service's decoding is not in it
+
+
+def test_raw_on_the_default_runtime_is_openvino_without_a_bytes_mode(models_dir, tmp_path):
+    result_path = tmp_path / "raw.json"
+    code = raw.main(["--model", MODEL_NAME, "--models-dir", str(models_dir), "--batch-sizes", "2",
+                     "--warmup", "0", "--repeats", "3", "--cpus", "none", "--json", str(result_path)])
+    assert code == 0
+    result = json.loads(result_path.read_text())
+    assert result["runtime"]["name"] == "openvino"  # auto: the fastest form that passed the gate
+    assert [p["mode"] for p in result["points"]] == ["tensor", "pil", "service"]
+    assert result["ceiling"]["e2e_mode"] == "pil"
+    assert raw.main(["--model", MODEL_NAME, "--models-dir", str(models_dir), "--runtime",
+                     "openvino-fp32", "--batch-sizes", "1", "--warmup", "0", "--repeats", "3",
+                     "--cpus", "none"]) == 0
 
 
 def test_load_runner_against_fastapi_peer_writes_report(models_dir, tmp_path):
@@ -137,14 +167,15 @@ def _steps(server: str, rows: list[tuple[int, float, float, float]]) -> list[Ste
 def test_targets_compare_saturation_and_same_user_p99():
     by_server = {
         "bentoml": _steps("bentoml", [(1, 40, 11, 20), (8, 95, 60, 90)]),
+        "bentoml-tf": _steps("bentoml-tf", [(1, 30, 15, 20), (8, 50, 60, 90)]),
         "fastapi": _steps("fastapi", [(1, 45, 9, 15), (8, 45, 150, 300)]),
         "ray": _steps("ray", [(1, 30, 20, 40), (8, 100, 50, 80)]),
     }
     ceiling = {"e2e_images_per_s": 100.0, "e2e_mode": "pil", "e2e_batch_size": 16,
                "e2e_p50_ms_batch1": 9.5, "e2e_batch1_mode": "pil"}
     targets = {t.name: t.passed for t in evaluate_targets("bentoml", by_server, ceiling)}
-    assert targets == {"efficiency": True, "overhead at one user": True, "vs fastapi": True,
-                       "vs ray": False}
+    assert targets == {"efficiency": True, "overhead at one user": True, "p50 at one user": False,
+                       "vs bentoml-tf": False, "vs fastapi": True, "vs ray": False}  # 11 ms > 5; 1.9x
 
 
 @pytest.mark.slow
@@ -154,9 +185,11 @@ def test_compare_runs_all_three_servers_and_the_ceiling(models_dir, tmp_path):
                          "--users", "1,2", "--step-seconds", "3", "--warmup-seconds", "1",
                          "--ceiling-batch-sizes", "1,2", "--out", str(out)], tmp_path, tmp_path)
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
-    report = check_report(out, ["bentoml", "fastapi", "ray"], [1, 2])
+    report = check_report(out, ["bentoml", "bentoml-tf", "fastapi", "ray"], [1, 2])
     assert "Service under test: **bentoml**" in report
     assert "| vs fastapi |" in report and "| vs ray |" in report and "Not measured" not in report
+    assert "| vs bentoml-tf |" in report and "| top-1 vs the SavedModel | openvino-" in report
+    assert "## Ceiling, runtime auto: openvino" in report and "## Ceiling, runtime tensorflow:" in report
 
 
 def test_ab_runs_interleaved_rounds_and_summarizes(models_dir, tmp_path):
