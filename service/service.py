@@ -41,6 +41,7 @@ from service.config import count_gpus, load_config
 from service.images import InvalidImage, Resize, prepare_image
 from service.middleware import ApiKeyGuard, UploadGuard
 from service.model_store import resolve_model_or_exit
+from service.ui import mount_ui
 
 logger = logging.getLogger("bentoml.convzoo")  # under "bentoml" so BentoML's log config shows it
 
@@ -267,3 +268,4 @@ if CONFIG.api_key:  # added first, so it runs before anything reads the body
 Classifier.add_asgi_middleware(
     UploadGuard, path="/classify", file_field="images", max_bytes=CONFIG.limits.max_request_bytes
 )
+mount_ui(Classifier)  # the browser page at /ui/ (service/ui.py)
