@@ -292,9 +292,15 @@ def test_page_works_by_keyboard_and_at_phone_width(browser, server, photos):
 
     from selenium.webdriver.common.action_chains import ActionChains
 
-    browser.set_window_size(PHONE_WIDTH, 800)
+    # a phone's viewport and touch screen (a headless window is never narrower than 500 px)
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+        "width": PHONE_WIDTH, "height": 800, "deviceScaleFactor": 2, "mobile": True})
+    browser.execute_cdp_cmd("Emulation.setTouchEmulationEnabled", {"enabled": True})
     try:
         open_page(browser, server)
+        assert browser.execute_script("return innerWidth") == PHONE_WIDTH
+        assert browser.find_element("id", "camera").is_displayed()  # "Take a photo" on a phone
+        assert not browser.find_element("id", "clear").is_displayed()  # nothing to clear yet
         # Tab reaches the drop zone (after the link to the API page); Enter and Space open the
         # file picker (its click() is replaced by a counter: headless Chromium shows no dialog)
         browser.execute_script("""
@@ -306,6 +312,8 @@ def test_page_works_by_keyboard_and_at_phone_width(browser, server, photos):
             focused.append(browser.execute_script(
                 "return document.activeElement.id || document.activeElement.textContent"))
         assert focused == ["API documentation", "drop-zone"]
+        drop_zone = browser.find_element("id", "drop-zone")
+        assert drop_zone.value_of_css_property("outline-style") != "none"  # focus is visible
         for key in (Keys.ENTER, Keys.SPACE):
             ActionChains(browser).send_keys(key).perform()
         assert browser.execute_script("return window.picked") == 2
@@ -313,8 +321,10 @@ def test_page_works_by_keyboard_and_at_phone_width(browser, server, photos):
         upload(browser, photos[:2])
         width = browser.execute_script("return document.documentElement.scrollWidth")
         assert width <= PHONE_WIDTH, f"the page scrolls sideways at {PHONE_WIDTH} px ({width} px)"
+        assert browser.find_element("id", "clear").is_displayed()
     finally:
-        browser.set_window_size(1000, 900)
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+        browser.execute_cdp_cmd("Emulation.setTouchEmulationEnabled", {"enabled": False})
 
 
 def test_page_asks_for_the_key_once_per_tab(browser, keyed_server, photos):
@@ -363,18 +373,21 @@ def test_page_requests_nothing_but_the_server(browser):
 # ---------------------------------------------------------------------- README screenshot
 
 
-def take_screenshot(output: Path, photos_dir: Path, count: int = 4) -> None:
-    """Serve the default model, classify ``count`` real photos in the page, save a PNG."""
+def take_screenshot(output: Path, photos_dir: Path, count: int = 3) -> None:
+    """Serve the default model, send ``count`` real photos and a text file through the page, save
+    the page as a small PNG."""
     from PIL import Image
 
     folders = sorted(p for p in photos_dir.iterdir() if p.is_dir())
     picks = [sorted(folder.glob("*.JPEG"))[3] for folder in folders[::3][:count]]
     with tempfile.TemporaryDirectory() as home, contextlib.ExitStack() as stack:
+        picks.insert(1, Path(home) / "holiday-notes.jpg")
+        picks[1].write_bytes(files.refused_files()["notes.jpg"][0])
         env = {**os.environ, "BENTOML_HOME": home, "BENTOML_DO_NOT_TRACK": "true"}
         server = Server([], env, Path(home) / "serve.log")  # the default model, default settings
         stack.callback(server.stop)
         server.wait_ready()
-        driver = chromium(920, 720)
+        driver = chromium(920, 900)
         stack.callback(driver.quit)
         open_page(driver, server)
         upload(driver, picks)

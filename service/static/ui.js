@@ -123,7 +123,12 @@
     const url = URL.createObjectURL(file);
     thumbnails.push(url);
     const image = card.querySelector(".thumb");
-    image.addEventListener("error", () => { image.alt = "(no preview)"; }, { once: true });
+    image.addEventListener("error", () => { // not an image the browser can show
+      const placeholder = document.createElement("span");
+      placeholder.className = "thumb no-preview";
+      placeholder.textContent = "no preview";
+      image.replaceWith(placeholder);
+    }, { once: true });
     image.src = url;
     card.dataset.file = file.name;
     card.querySelector(".file-name").textContent = file.name;
