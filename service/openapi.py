@@ -49,11 +49,13 @@ This server requires an API key: add `-H "Authorization: Bearer $CONVZOO_API_KEY
 """
 
 
-def convzoo_version() -> str:
+def convzoo_version(bento: Any = None) -> str:
+    """The installed package's version; in a Bento's container (the sources, not the package),
+    the Bento's version."""
     try:
         return importlib.metadata.version("convzoo")
-    except importlib.metadata.PackageNotFoundError:  # a Bento: the sources without the package
-        return "dev"
+    except importlib.metadata.PackageNotFoundError:
+        return f"bento {bento.tag.version}" if bento is not None else "dev"
 
 
 class ConvzooService(bentoml.Service):
@@ -63,7 +65,7 @@ class ConvzooService(bentoml.Service):
     def openapi_spec(self) -> OpenAPISpecification:
         spec = super().openapi_spec
         return attrs.evolve(spec, info=Info(
-            title=TITLE, version=convzoo_version(), description=describe(self),
+            title=TITLE, version=convzoo_version(self.bento), description=describe(self),
         ))
 
 
