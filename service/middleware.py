@@ -14,7 +14,8 @@ watches the body as BentoML reads it (no buffering, no second copy):
   receives: it stops with a disconnect, and its own answer is replaced by ours.
 
 ``ApiKeyGuard`` (on when ``CONVZOO_API_KEY`` is set) answers 401 to every request, on every path
-but the health probes, that lacks ``Authorization: Bearer <key>``. The key is compared in constant
+but the health probes and the static browser page (``GET /ui/...``, which then asks for the key
+itself), that lacks ``Authorization: Bearer <key>``. The key is compared in constant
 time and never echoed: not in the answer, not in a log line.
 """
 
@@ -43,6 +44,9 @@ answers 500; the guard refuses first, with a 400."""
 class ApiKeyGuard:
     OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz"})
     """Health probes stay open, so a load balancer or orchestrator needs no key."""
+    OPEN_PAGE = "/ui"
+    """The browser page (static files, ``service.ui``) loads without a key (GET and HEAD only):
+    a browser cannot send the header before the page has asked for the key."""
 
     def __init__(self, app: ASGIApp, *, key: str) -> None:
         if not key:
@@ -51,7 +55,8 @@ class ApiKeyGuard:
         self.key = key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan" or scope["path"] in self.OPEN_PATHS or self._allowed(scope):
+        if (scope["type"] == "lifespan" or scope["path"] in self.OPEN_PATHS
+                or self._is_page(scope) or self._allowed(scope)):
             await self.app(scope, receive, send)
         elif scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})  # policy violation
@@ -60,6 +65,11 @@ class ApiKeyGuard:
                 "missing or wrong API key: send the header 'Authorization: Bearer <key>' "
                 "(the key the server was started with, CONVZOO_API_KEY)"
             ), headers=[(b"www-authenticate", b"Bearer")])
+
+    def _is_page(self, scope: Scope) -> bool:
+        path = scope["path"]
+        return (scope["type"] == "http" and scope["method"] in ("GET", "HEAD")
+                and (path == self.OPEN_PAGE or path.startswith(self.OPEN_PAGE + "/")))
 
     def _allowed(self, scope: Scope) -> bool:
         header = next((v for k, v in scope["headers"] if k.lower() == b"authorization"), b"")

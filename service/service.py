@@ -46,6 +46,8 @@ from service.config import count_gpus, load_config
 from service.images import InvalidImage, Resize, prepare_image
 from service.middleware import ApiKeyGuard, UploadGuard
 from service.model_store import resolve_model_or_exit
+from service.openapi import ConvzooService
+from service.ui import mount_ui
 
 logger = logging.getLogger("bentoml.convzoo")  # under "bentoml" so BentoML's log config shows it
 
@@ -138,6 +140,7 @@ class Prediction(BaseModel):
     workers=CONFIG.workers,
     resources={"gpu": GPUS} if GPUS else None,
     traffic={"timeout": CONFIG.timeout_s, "max_concurrency": CONFIG.max_concurrency},
+    service_class=ConvzooService,  # convzoo's OpenAPI title, version and description
 )
 class Classifier:
     """Image classification over HTTP (see README, "Service")."""
@@ -290,3 +293,4 @@ if CONFIG.api_key:  # added first, so it runs before anything reads the body
 Classifier.add_asgi_middleware(
     UploadGuard, path="/classify", file_field="images", max_bytes=CONFIG.limits.max_request_bytes
 )
+mount_ui(Classifier)  # the browser page at /ui/ (service/ui.py)
