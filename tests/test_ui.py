@@ -248,7 +248,7 @@ def test_page_names_the_model_served(browser, server):
     open_page(browser, server)
     wait_for(browser, lambda d: model_facts(d)["model"] != "loading…", "no model shown")
     assert model_facts(browser) == {
-        "model": "servicetest v1 (lenet5)", "runtime": "tensorflow", "input": "48×48 px",
+        "model": "servicetest v1 (lenet5)", "runtime": "tensorflow fp32", "input": "48×48 px",
         "accuracy": "top-1 0.0 %, top-5 0.0 %",
     }
     assert browser.find_element("id", "key-form").is_displayed() is False

@@ -69,7 +69,9 @@
     const fact = (name, text) => { $(`[data-fact="${name}"]`).textContent = text; };
     const percent = (value) => (typeof value === "number" ? `${(value * 100).toFixed(1)} %` : "n/a");
     const runtime = metadata.runtime;
-    const metrics = metadata.metrics || {};
+    // The serving runtime's own held-out scores (python -m training optimize), else the model's.
+    const served = runtime && runtime.key && (metadata.runtimes || {})[runtime.key];
+    const metrics = (served && served.test) || metadata.metrics || {};
     const [height, width] = metadata.input_size || [];
     fact("model", `${metadata.name} v${metadata.version}` +
       (metadata.architecture ? ` (${metadata.architecture})` : ""));
