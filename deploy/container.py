@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cuda", default=os.environ.get("CUDA_VERSION") or None)
     parser.add_argument("--image", default=os.environ.get("IMAGE") or "convzoo")
     parser.add_argument("--tag", help="image tag (default: the model version, '-gpu' with --cuda)")
+    parser.add_argument("--no-latest", action="store_true", help="do not also tag it :latest")
     args = parser.parse_args(argv)
     try:
         image = build(args)
@@ -160,13 +161,13 @@ def build(args: argparse.Namespace) -> str:
     # cwd: BentoML 1.4 exports the Bento to a temporary folder and then refuses to read its
     # docker.dockerfile_template from "outside of the current working directory".
     try:
-        run([BENTOML, "containerize", bento, "--backend", "docker",
-             "-t", image, "-t", f"{args.image}:{latest}"], cwd=tempfile.gettempdir())  # fmt: skip
+        tags = ["-t", image] + ([] if args.no_latest else ["-t", f"{args.image}:{latest}"])
+        run([BENTOML, "containerize", bento, "--backend", "docker", *tags], cwd=tempfile.gettempdir())
     except subprocess.CalledProcessError:
         raise BuildError(f"bentoml containerize {bento} failed (its output is above)") from None
     size = subprocess.run([docker(), "image", "inspect", "-f", "{{.Size}}", image], env=docker_env(),
                           capture_output=True, text=True, check=True).stdout.strip()
-    print(f"image {image} (= {args.image}:{latest}): {int(size) / 1e6:,.0f} MB, bento {bento}, "
+    print(f"image {image}: {int(size) / 1e6:,.0f} MB, bento {bento}, "
           f"model {model_tag}, base {base_image or 'BentoML default'}")
     return image
 

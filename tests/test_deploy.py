@@ -93,3 +93,17 @@ def test_autoscaler_and_budget_point_at_the_cpu_deployment():
     service_selector = by_kind["Service"]["spec"]["selector"]
     for deployment in _deployments():
         assert service_selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_swarm_stack_file():
+    """deploy/compose.yaml: what `docker stack deploy` needs for replicas without a routing mesh."""
+    stack = yaml.safe_load((REPO / "deploy" / "compose.yaml").read_text())
+    service = stack["services"]["convzoo"]
+    assert service["deploy"]["endpoint_mode"] == "dnsrr"  # no IPVS needed
+    assert service["deploy"]["update_config"]["order"] == "start-first"
+    assert service["deploy"]["restart_policy"]["condition"] == "any"
+    assert {"cpus", "memory"} <= set(service["deploy"]["resources"]["limits"])
+    assert "/readyz" in " ".join(service["healthcheck"]["test"])
+    assert service["read_only"] is True
+    config = (REPO / "deploy" / "lb" / "haproxy.cfg").read_text()
+    assert "option httpchk GET /readyz" in config and "convzoo:3000" in config
