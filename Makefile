@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: serve test test-slow venv clean
+.PHONY: serve test test-slow test-container container base-image swarm-bench venv clean
 
 venv: $(VENV)/.installed
 
@@ -23,7 +23,26 @@ test: venv
 	$(PY) -m pytest
 
 test-slow: venv
-	$(PY) -m pytest -m slow
+	$(PY) -m pytest -m 'slow or container'
+
+# The container tests alone (need a running Docker; skipped without one).
+test-container: venv
+	$(PY) -m pytest -m container
+
+# The service image convzoo:<model version> + convzoo:latest (README, "Containers"). Settings:
+# BASE_IMAGE (default: BentoML's), HOST_CA=1 (add this host's CA certificates: TLS-intercepting
+# proxies), PACKAGES=requirements file (instead of bentofile.yaml's), CUDA_VERSION (GPU image).
+container: venv
+	$(PY) deploy/container.py
+
+# A Debian 12 base image from Debian's packages, for builds without Docker Hub: then
+# `make container BASE_IMAGE=convzoo-base:bookworm`.
+base-image:
+	deploy/base-image/build.sh
+
+# Replicas under Docker Swarm: kill one and roll out a new model version under load (benchmarks/swarm.py).
+swarm-bench: venv
+	$(PY) -m benchmarks.swarm
 
 clean:
 	rm -rf $(VENV) .pytest_cache

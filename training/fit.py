@@ -13,6 +13,15 @@ epoch (weights, optimizer state and so the learning-rate schedule position, epoc
 log is appended to and the best checkpoint keeps its best-so-far). The early-stopping patience
 counter restarts on resume.
 
+Several machines: with ``TF_CONFIG`` naming more than one worker (TensorFlow's standard cluster
+description), every worker runs the SAME command and training runs under
+``tf.distribute.MultiWorkerMirroredStrategy`` (``--batch-size`` is then the global batch, split over
+the workers; the data is sharded by TensorFlow). The chief (``chief`` task, else worker 0) writes
+the run folder and the export; every other worker writes its checkpoints, log and backup to
+``<run>/workertemp_<index>/`` (TensorFlow's prescription: all workers save, only the chief's copy
+is kept), deleted once the run has finished. Resume works as above: restart every worker with its
+command and the same ``TF_CONFIG``; each restores its own backup.
+
 ``--time-limit MINUTES`` trains on a budget: at the end of an epoch, training stops when the next
 epoch (as long as the last) would end past the limit; the epochs of earlier sessions of a resumed
 run count (``log.csv`` records every epoch's ``epoch_seconds``). The best checkpoint is then
@@ -103,11 +112,14 @@ class RunStateError(RuntimeError):
 
 def fit(args: argparse.Namespace) -> dict:
     """Train, evaluate and export as ``args`` say; returns the final ``run.json`` contents."""
+    strategy, device = choose_strategy()  # first: MultiWorkerMirroredStrategy precedes any TF op
+    chief, task = is_chief(), task_index()
     config = run_config(args)
     run_dir = Path(args.runs_dir) / config["run_name"]
-    resuming = check_run_dir(run_dir, config)
+    # Where this worker writes: the run folder on the chief, a folder of its own on other workers.
+    work_dir = run_dir if chief else run_dir / f"workertemp_{task}"
+    resuming = check_run_dir(run_dir, config) if chief else check_worker_dir(work_dir)
     keras.utils.set_random_seed(args.seed)
-    strategy, device = choose_strategy()
     set_precision(args.mixed_precision)
     precision = keras.mixed_precision.global_policy().name
     print(f"device: {device}; precision: {precision}")
@@ -121,6 +133,8 @@ def fit(args: argparse.Namespace) -> dict:
     print(data.describe())
     augmentation = Augmentation(**config["augmentation"])
     batches = data.batches(args.batch_size, augmentation, seed=args.seed)
+    if is_multi_worker(strategy):
+        batches = {split: shard_by_data(ds) for split, ds in batches.items()}
     steps_per_epoch = math.ceil(data.sizes["train"] / args.batch_size)
 
     with strategy.scope():
@@ -133,11 +147,12 @@ def fit(args: argparse.Namespace) -> dict:
 
     run = new_run(config, data.labels, data.class_ids, data.name, data.sizes, device, precision,
                   command_line("fit", add_arguments, args))  # fmt: skip
-    write_json(run_dir / "run.json", run)
+    if chief:
+        write_json(run_dir / "run.json", run)
 
     stats = EpochStats()
-    callbacks = [stats, *make_callbacks(run_dir, resuming, args.patience)]
-    time_limit = time_limit_callback(run_dir, resuming, args.time_limit)
+    callbacks = [stats, *make_callbacks(work_dir, resuming, args.patience)]
+    time_limit = time_limit_callback(work_dir, resuming, args.time_limit)
     if time_limit:
         callbacks.append(time_limit)
     start = time.perf_counter()
@@ -153,7 +168,7 @@ def fit(args: argparse.Namespace) -> dict:
     epochs_run = len(history.epoch)
 
     with strategy.scope():
-        best = keras.models.load_model(run_dir / "best.keras")
+        best = keras.models.load_model(work_dir / "best.keras")
     scores = best.evaluate(batches["test"], return_dict=True, verbose=0)
     run["metrics"] = {key: float(scores[key]) for key in ("top1", "top5", "loss")}
     run["training"] = {
@@ -162,10 +177,15 @@ def fit(args: argparse.Namespace) -> dict:
         "seconds": round(seconds, 1),
         "images_per_second": round(epochs_run * data.sizes["train"] / seconds, 1) if epochs_run else None,
         "images_per_second_steady": stats.steady_speed(data.sizes["train"]),
-        "best_val_top1": best_logged(run_dir / "log.csv"),
+        "best_val_top1": best_logged(work_dir / "log.csv"),
         "time_limit_minutes": args.time_limit,
         "stopped_by_time_limit": bool(time_limit and time_limit.stopped),
     }
+    if not chief:  # the chief keeps the run; this worker's copy was only for the collectives
+        shutil.rmtree(work_dir, ignore_errors=True)
+        print_summary(run)
+        print(f"worker {task} done (the chief writes the run folder and the export)")
+        return run
     write_json(run_dir / "run.json", run)
     shutil.rmtree(run_dir / "backup", ignore_errors=True)  # finished: nothing left to resume
     print_summary(run)
@@ -173,7 +193,7 @@ def fit(args: argparse.Namespace) -> dict:
         last_epoch = history.epoch[-1] + 1
         print(f"stopped by --time-limit {args.time_limit:g} min after epoch {last_epoch}/{args.epochs}")
 
-    if not args.no_export:
+    if not args.no_export:  # (the chief only: other workers returned above)
         from training.export import export_model, run_extras
 
         path = export_model(
@@ -331,10 +351,116 @@ def check_run_dir(run_dir: Path, config: dict) -> bool:
     return resumable
 
 
-def choose_strategy() -> tuple[Any, str]:  # (tf.distribute.Strategy, description)
-    """MirroredStrategy over several GPUs, else the default strategy; and a description."""
+def check_worker_dir(work_dir: Path) -> bool:
+    """A non-chief worker's ``check_run_dir``: True when its own backup holds an epoch to resume."""
+    resumable = (work_dir / "backup" / "training_metadata.json").exists()
+    if resumable:
+        print(f"resuming this worker's backup in {work_dir}")
+    return resumable
+
+
+def tf_config() -> dict:
+    """``TF_CONFIG`` parsed (``{}`` when unset): ``{"cluster": {"worker": [...], "chief": [...]},
+    "task": {"type": "worker", "index": 0}}``."""
+    text = os.environ.get("TF_CONFIG", "").strip()
+    if not text:
+        return {}
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"TF_CONFIG is not JSON: {error}") from None
+    if not isinstance(config, dict):
+        raise ValueError("TF_CONFIG must be a JSON object with 'cluster' and 'task'")
+    return config
+
+
+def cluster_workers(config: dict | None = None) -> int:
+    """How many training processes TF_CONFIG names (chief and workers; 0 without TF_CONFIG)."""
+    cluster = (tf_config() if config is None else config).get("cluster", {})
+    return len(cluster.get("chief", [])) + len(cluster.get("worker", []))
+
+
+def is_chief() -> bool:
+    """Whether this process writes the run: the ``chief`` task, else worker 0, else a lone process."""
+    config = tf_config()
+    task = config.get("task", {})
+    if cluster_workers(config) <= 1 or task.get("type") == "chief":
+        return True
+    return "chief" not in config.get("cluster", {}) and task.get("type") == "worker" and task.get("index") == 0
+
+
+def task_index() -> int:
+    return int(tf_config().get("task", {}).get("index", 0))
+
+
+def is_multi_worker(strategy: Any) -> bool:
     import tensorflow as tf
 
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def shard_by_data(dataset: Any) -> Any:
+    """Shard a dataset over the workers element by element (``DATA``): the folder pipelines read
+    files from a list of paths, which TensorFlow's default (try ``FILE``, then fall back) would
+    only warn about."""
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
+
+
+def _keras_multi_worker_strategy(tf: Any) -> type:
+    """``tf.distribute.MultiWorkerMirroredStrategy``, made to work with Keras 3's ``fit``.
+
+    Keras 3 (3.15, TensorFlow backend) calls ``strategy.reduce`` in two ways that
+    ``MultiWorkerMirroredStrategy`` refuses (keras-team/keras#20585, open):
+
+    - before the first step (``_maybe_symbolic_build``) on the whole first batch, a tuple of
+      per-replica tensors, to learn the shapes it builds the metrics with: the strategy reduces one
+      tensor, not a structure ("Attempt to convert a value (PerReplica ...)"), and collective ops
+      cannot reduce uint8 images at all;
+    - after every step (``reduce_per_replica``) on each scalar metric with ``axis=0``, an axis a
+      scalar does not have ("Invalid reduction dimension 0").
+
+    This subclass reduces a structure tensor by tensor; a tensor of a type collective ops cannot
+    reduce gives this worker's own value (all Keras uses it for: shapes and dtypes); a scalar is
+    reduced across the workers without the axis (within one replica a scalar is its own mean).
+    Everything else reduces exactly as before.
+    """
+    reducible = {tf.bfloat16, tf.float16, tf.float32, tf.float64, tf.int32, tf.int64}
+
+    class KerasMultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+        def reduce(self, reduce_op, value, axis=None):
+            reduce_one = super().reduce
+
+            def one(v: Any) -> Any:
+                local = self.experimental_local_results(v)[0]
+                if local.dtype not in reducible:
+                    return local
+                if axis is not None and local.shape.rank == 0:
+                    return reduce_one(reduce_op, v, None)
+                return reduce_one(reduce_op, v, axis)
+
+            return tf.nest.map_structure(one, value)
+
+    return KerasMultiWorkerMirroredStrategy
+
+
+def choose_strategy() -> tuple[Any, str]:  # (tf.distribute.Strategy, description)
+    """MultiWorkerMirroredStrategy when TF_CONFIG names several workers; else MirroredStrategy over
+    several GPUs, else the default strategy; and a description."""
+    import tensorflow as tf
+
+    workers = cluster_workers()
+    if workers > 1:
+        task = tf_config().get("task", {})
+        strategy = _keras_multi_worker_strategy(tf)()
+        role = "chief" if is_chief() else "worker"
+        return strategy, (
+            f"MultiWorkerMirroredStrategy over {workers} workers ({strategy.num_replicas_in_sync} "
+            f"replicas); this is {task.get('type')} {task.get('index')} ({role})"
+        )
     gpus = tf.config.list_physical_devices("GPU")
     if len(gpus) > 1:
         return tf.distribute.MirroredStrategy(), f"MirroredStrategy over {len(gpus)} GPUs"
