@@ -31,7 +31,8 @@ test-container: venv
 
 # The service image convzoo:<model version> + convzoo:latest (README, "Containers"). Settings:
 # BASE_IMAGE (default: BentoML's), HOST_CA=1 (add this host's CA certificates: TLS-intercepting
-# proxies), PACKAGES=requirements file (instead of bentofile.yaml's), CUDA_VERSION (GPU image).
+# proxies), BENTOFILE=bentofile.gpu.yaml (the GPU image, TensorFlow; default bentofile.yaml: CPU,
+# OpenVINO, no TensorFlow), PACKAGES=requirements file (instead of the recipe's), CUDA_VERSION.
 container: venv
 	$(PY) deploy/container.py
 

@@ -1,6 +1,6 @@
 """Build the service's container image: ``bentoml build`` + ``bentoml containerize`` (``make container``).
 
-    python deploy/container.py [--base-image IMAGE] [--host-ca] [--packages FILE] [--tag TAG]
+    python deploy/container.py [--bentofile FILE] [--base-image IMAGE] [--host-ca] [--tag TAG]
 
 Tags the image ``convzoo:<model version>`` and ``convzoo:latest`` (``--image NAME`` changes
 ``convzoo``), with the model the service would serve (``CONVZOO_MODEL``, ``CONVZOO_MODELS_DIR``)
@@ -13,10 +13,11 @@ variables, README "Containers"):
 - ``--host-ca``: behind a TLS-intercepting proxy, add this host's CA certificates
   (``/usr/local/share/ca-certificates/*.crt``, or ``--ca-dir``) to the base image first, so that
   pip and uv inside the build trust the proxy.
-- ``--packages FILE``: the image's Python packages (a requirements file) instead of
-  ``bentofile.yaml``'s list, e.g. a CPU runtime without TensorFlow, or ``tensorflow[and-cuda]``.
-- ``--cuda VERSION``: BentoML's CUDA base (``docker.cuda_version``) for a GPU image (with
-  ``--packages deploy/requirements-gpu.txt``; tagged ``...-gpu``).
+- ``--bentofile FILE``: the recipe. ``bentofile.yaml`` (default) is the CPU image: OpenVINO serves,
+  no TensorFlow inside. ``bentofile.gpu.yaml`` is the GPU image: ``tensorflow[and-cuda]`` on
+  BentoML's CUDA base (its ``docker.cuda_version``), tagged ``...-gpu``.
+- ``--packages FILE``: the image's Python packages (a requirements file) instead of the recipe's.
+- ``--cuda VERSION``: BentoML's CUDA base (``docker.cuda_version``), overriding the recipe's.
 
 Docker is called through ``bentoml containerize`` with ``DOCKER_BUILDKIT=0`` (BentoML's BuildKit
 Dockerfile needs a frontend image from Docker Hub) and ``/usr/bin/docker`` first on ``PATH`` when
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-image", default=os.environ.get("BASE_IMAGE") or None)
     parser.add_argument("--host-ca", action="store_true", default=os.environ.get("HOST_CA") == "1")
     parser.add_argument("--ca-dir", type=Path, default=Path("/usr/local/share/ca-certificates"))
+    parser.add_argument("--bentofile", type=Path, default=Path(os.environ.get("BENTOFILE") or "bentofile.yaml"))
     parser.add_argument("--packages", type=Path, default=os.environ.get("PACKAGES") or None)
     parser.add_argument("--cuda", default=os.environ.get("CUDA_VERSION") or None)
     parser.add_argument("--image", default=os.environ.get("IMAGE") or "convzoo")
@@ -116,7 +118,7 @@ def with_host_ca(base: str, ca_dir: Path) -> str:
 
 def bentofile(args: argparse.Namespace, base_image: str | None) -> dict:
     """``bentofile.yaml`` with this build's settings."""
-    recipe = yaml.safe_load((REPO / "bentofile.yaml").read_text())
+    recipe = yaml.safe_load((REPO / args.bentofile).read_text())
     docker_options = recipe.setdefault("docker", {})
     if base_image:
         docker_options["base_image"] = base_image
@@ -140,8 +142,9 @@ def build(args: argparse.Namespace) -> str:
 
     model_tag = str(resolve_model(load_config()))  # imported into the BentoML store if missing
     version = model_tag.partition(":")[2]
-    tag = args.tag or (f"{version}-gpu" if args.cuda else version)
-    latest = "latest-gpu" if args.cuda else "latest"
+    gpu = bool(args.cuda or (yaml.safe_load((REPO / args.bentofile).read_text()).get("docker") or {}).get("cuda_version"))
+    tag = args.tag or (f"{version}-gpu" if gpu else version)
+    latest = "latest-gpu" if gpu else "latest"
     base_image = args.base_image
     if args.host_ca:
         base_image = with_host_ca(base_image or BENTOML_DEFAULT_BASE, args.ca_dir)

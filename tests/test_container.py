@@ -48,7 +48,7 @@ def docker_ready() -> None:
 
 @pytest.fixture(scope="session")
 def image(docker_ready, bentoml_home) -> str:
-    """The image under test: built once (a few minutes: pip installs TensorFlow), tagged
+    """The image under test: built once (a few minutes: pip installs OpenVINO), tagged
     convzoo-test:* so that the user's convzoo:* stay as they are."""
     if os.environ.get("CONVZOO_TEST_IMAGE"):
         return os.environ["CONVZOO_TEST_IMAGE"]
@@ -133,6 +133,15 @@ def test_readyz_livez_and_metadata(container):
     metadata = requests.post(f"{container.url}/metadata", json={}, timeout=10).json()
     assert (metadata["name"], metadata["version"]) == ("imagenette", 2)
     assert metadata["bentoml_tag"] == "imagenette:2"
+    assert (metadata["runtime"]["name"], metadata["runtime"]["precision"]) == ("openvino", "int8")
+
+
+def test_the_cpu_image_carries_no_tensorflow(image, container):
+    """bentofile.yaml packages OpenVINO only: TensorFlow is not in the image at all."""
+    probe = docker("exec", container.name, "sh", "-c",
+                   "python -c 'import importlib.util as u; print(u.find_spec(\"tensorflow\"), "
+                   "u.find_spec(\"openvino\") is not None)'", check=False)
+    assert probe.stdout.split() == ["None", "True"], probe.stdout + probe.stderr
 
 
 def test_classifies_real_photos(container, shared_imagenette):
