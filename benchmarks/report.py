@@ -205,7 +205,7 @@ def write_markdown(path: Path, *, header: list[str], titles: dict[str, str], sub
 def plot(path: Path, by_server: dict[str, list[Step]], ceilings: dict[str, dict], title: str) -> None:
     """images/s (y) against p99 latency (x, log), one line per server, each runtime's ceiling
     (``benchmarks.raw`` summaries by runtime) as a horizontal line."""
-    figure, axes = plt.subplots(figsize=(8, 5.5), dpi=110)
+    figure, axes = plt.subplots(figsize=(8, 6.5), dpi=110)
     for server, steps in by_server.items():
         ordered = sorted(steps, key=lambda s: s.users)
         axes.plot([s.p99_ms for s in ordered], [s.images_per_s for s in ordered], marker="o",
@@ -228,7 +228,8 @@ def plot(path: Path, by_server: dict[str, list[Step]], ceilings: dict[str, dict]
     axes.set_ylim(bottom=0)
     axes.set_title(title, fontsize=10)
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize=8, title="numbers: concurrent users", title_fontsize=7)
+    axes.legend(fontsize=8, title="numbers: concurrent users", title_fontsize=7, loc="upper center",
+                bbox_to_anchor=(0.5, -0.13), ncol=3)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
