@@ -1,4 +1,4 @@
-"""Locust load test of ``POST /classify`` (DESIGN.md, contract 2), for any server that follows it.
+"""Locust load test of ``POST /classify`` (docs/design.md, contract 2), for any server that follows it.
 
     CONVZOO_BENCH_IMAGES=a.jpg:b.jpg locust -f benchmarks/locustfile.py --headless \\
         --users 8 --spawn-rate 8 --run-time 20s --host http://127.0.0.1:3000

@@ -1,16 +1,17 @@
 """Find an exported model in the model repository (``models/<name>/<version>/``) and load it.
 
-The benchmark kit reads the repository directly (DESIGN.md, contract 1), so every server and the
-in-process ceiling measure the very same folder. ``resolve`` and ``read_metadata`` need no
+The benchmark kit reads the repository directly (docs/design.md, contract 1; through
+``service.repository``), so every server and the in-process ceiling measure the very same folder. ``resolve`` and ``read_metadata`` need no
 TensorFlow; ``load_saved_model`` imports it when called.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from service import repository
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODELS_DIR = Path(os.environ.get("CONVZOO_MODELS_DIR") or REPO / "models")
@@ -31,13 +32,7 @@ class ModelRef:
 
 def versions(models_dir: Path, name: str) -> list[int]:
     """Complete exports of ``name`` (a SavedModel and a metadata.json), oldest first."""
-    folder = Path(models_dir) / name
-    if not folder.is_dir():
-        return []
-    return sorted(
-        int(p.name) for p in folder.iterdir()
-        if p.name.isdigit() and (p / "saved_model.pb").is_file() and (p / "metadata.json").is_file()
-    )
+    return repository.complete_versions(models_dir, name)
 
 
 def resolve(spec: str, models_dir: Path = DEFAULT_MODELS_DIR) -> ModelRef:
@@ -60,7 +55,7 @@ def resolve(spec: str, models_dir: Path = DEFAULT_MODELS_DIR) -> ModelRef:
 
 
 def read_metadata(ref: ModelRef) -> dict:
-    return json.loads((ref.path / "metadata.json").read_text())
+    return repository.read_metadata(ref.path, required=repository.SERVING_KEYS)
 
 
 def load_saved_model(ref: ModelRef):

@@ -23,7 +23,8 @@ Safety (the service refuses to start, with one line naming the folder and the re
   ``../x``, ``/etc`` or ``a/b`` are refused before any path is built; a folder that resolves
   outside the repository (a symlink to elsewhere) is refused too.
 - Every version folder (digits only) is checked before it is served or imported
-  (``check_export``): ``metadata.json`` is a JSON object with ``labels`` and ``input_size``,
+  (``check_export``): ``metadata.json`` follows the schema of ``service.repository``
+  (docs/design.md, contract 1), every file it records matches its size and SHA-256,
   ``saved_model.pb`` is a complete protocol buffer, every ``variables/`` shard is there. A folder
   that fails is never skipped silently: an interrupted copy must not hide behind an older version.
   (``training.export`` writes to a hidden ``.tmp-*`` folder and renames it into place, so an
@@ -32,9 +33,7 @@ Safety (the service refuses to start, with one line naming the folder and the re
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import shutil
 import sys
 from pathlib import Path
@@ -43,6 +42,7 @@ import bentoml
 import yaml
 from bentoml.exceptions import BentoMLException, NotFound
 
+from service import repository
 from service.config import DEFAULT_MODEL, ServiceConfig
 
 logger = logging.getLogger(__name__)
@@ -51,8 +51,6 @@ BENTO_YAML = Path(__file__).resolve().parents[2] / "bento.yaml"
 """Where ``bento.yaml`` lies when this file runs from a built Bento (``<bento>/src/service/``)."""
 
 
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-"""Model names (the same rule as ``training.export``): never a path."""
 
 
 class ModelNotFound(LookupError):
@@ -68,7 +66,7 @@ def parse_model_spec(spec: str) -> tuple[str, str | None]:
     name, _, version = spec.strip().partition(":")
     if not name:
         raise ValueError(f"model must be NAME or NAME:VERSION, got {spec!r}")
-    if not NAME_PATTERN.fullmatch(name):
+    if not repository.is_valid_name(name):
         raise ValueError(
             f"model name {name!r} is not allowed: letters, digits, '_', '.' and '-' only, "
             "starting with a letter or digit (a name, never a path)"
@@ -82,7 +80,7 @@ def parse_model_spec(spec: str) -> tuple[str, str | None]:
 
 def model_folder(models_dir: Path, name: str, version: str | int | None = None) -> Path:
     """``models_dir/name[/version]``, refused when it resolves outside ``models_dir``."""
-    if not NAME_PATTERN.fullmatch(name) or (version is not None and not str(version).isdigit()):
+    if not repository.is_valid_name(name) or (version is not None and not str(version).isdigit()):
         raise InvalidModel(f"{name!r} version {version!r} is not a model name and version")
     root = Path(models_dir).resolve()
     folder = root / name if version is None else root / name / str(version)
@@ -94,59 +92,38 @@ def model_folder(models_dir: Path, name: str, version: str | int | None = None) 
     return folder
 
 
-def repository_versions(models_dir: Path, name: str) -> list[int]:
-    """Version folders (digits only) of ``name`` in the repository, complete or not."""
-    if not NAME_PATTERN.fullmatch(name):
-        return []
-    folder = Path(models_dir) / name
-    if not folder.is_dir():
-        return []
-    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir())
-
-
-def repository_names(models_dir: Path) -> list[str]:
-    """Model names with at least one version folder in the repository."""
-    if not Path(models_dir).is_dir():
-        return []
-    return sorted(p.name for p in Path(models_dir).iterdir() if repository_versions(models_dir, p.name))
+repository_versions = repository.version_folders
+"""Version folders (digits only) of ``name`` in the repository, complete or not."""
+repository_names = repository.model_names
+"""Model names with at least one version folder in the repository."""
 
 
 def check_export(folder: Path) -> dict:
     """The metadata of a complete export at ``folder``; raises ``InvalidModel`` saying why not.
 
-    Cheap and TensorFlow-free: ``metadata.json`` parses and names ``labels`` and ``input_size``,
-    ``saved_model.pb`` walks as a protocol buffer to its last byte (a truncated or overwritten
-    file does not), and ``variables/`` has its index and every data shard the index's name
-    promises (``variables.data-0000i-of-0000N``).
+    TensorFlow-free: ``metadata.json`` follows the schema (``service.repository``; at the least
+    ``labels`` and ``input_size``), every file it records under ``files`` has its size and
+    SHA-256 (one flipped byte in a variables shard is refused), ``saved_model.pb`` walks as a
+    protocol buffer to its last byte, and ``variables/`` has its index and every data shard the
+    index's name promises (``variables.data-0000i-of-0000N``): the last two also for exports
+    older than the checksums.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise InvalidModel(f"{folder}: not a folder")
-    metadata = _check_metadata(folder / "metadata.json")
+    try:
+        metadata = repository.read_metadata(folder, required=repository.SERVING_KEYS)
+    except repository.InvalidExport as error:
+        raise InvalidModel(str(error)) from None
+
     graph = folder / "saved_model.pb"
     if not graph.is_file() or graph.stat().st_size == 0:
         raise InvalidModel(f"{folder}: saved_model.pb is missing or empty (an interrupted copy?)")
     if problem := _protobuf_problem(graph.read_bytes()):
         raise InvalidModel(f"{folder}: saved_model.pb is corrupt or truncated ({problem})")
     _check_variables(folder / "variables")
-    return metadata
-
-
-def _check_metadata(path: Path) -> dict:
-    try:
-        metadata = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InvalidModel(f"{path.parent}: metadata.json is missing (an interrupted copy?)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InvalidModel(f"{path.parent}: metadata.json is not valid JSON ({error})") from None
-    if not isinstance(metadata, dict):
-        raise InvalidModel(f"{path.parent}: metadata.json is not a JSON object")
-    labels, size = metadata.get("labels"), metadata.get("input_size")
-    if not (isinstance(labels, list) and labels and all(isinstance(x, str) for x in labels)):
-        raise InvalidModel(f"{path.parent}: metadata.json has no list of class names in 'labels'")
-    if not (isinstance(size, list) and len(size) == 2
-            and all(isinstance(x, int) and x > 0 for x in size)):
-        raise InvalidModel(f"{path.parent}: metadata.json 'input_size' is not [height, width]")
+    if metadata.get("files") and (problem := repository.checksum_problem(folder, metadata["files"])):
+        raise InvalidModel(problem)
     return metadata
 
 

@@ -42,7 +42,6 @@ loads it (tests/test_runtimes.py checks the served process).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -52,6 +51,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from service import repository
 
 logger = logging.getLogger("bentoml.convzoo")
 
@@ -185,29 +186,7 @@ def artifact_problem(path: Path, files: dict) -> str | None:
     """Why the artifact folder does not hold exactly the recorded files (size, SHA-256), or None."""
     if not files:
         return f"{path}: metadata.json records no files for it"
-    for name, expected in files.items():
-        file = path / name
-        if not file.is_file():
-            return f"{file} is missing"
-        if file.stat().st_size != expected["bytes"]:
-            return f"{file} has {file.stat().st_size} bytes, {expected['bytes']} recorded (truncated?)"
-        if sha256(file) != expected["sha256"]:
-            return f"{file} does not match its recorded SHA-256 (corrupt)"
-    return None
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def file_records(path: Path) -> dict:
-    """``{"model.xml": {"bytes", "sha256"}, ...}`` for every file in an artifact folder."""
-    return {f.name: {"bytes": f.stat().st_size, "sha256": sha256(f)}
-            for f in sorted(path.iterdir()) if f.is_file()}  # fmt: skip
+    return repository.checksum_problem(path, files)
 
 
 def _tensorflow(precision: str, config: dict, reason: str) -> Choice:

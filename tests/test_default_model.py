@@ -15,18 +15,16 @@ import pytest
 import requests
 import tensorflow as tf
 
+from service import repository
 from test_service import SERVER_SETTINGS, TOLERANCE, Server, server_env
 from training.data import split_folder
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_DIR = REPO / "models" / "imagenette"
-REQUIRED = {"name", "version", "architecture", "labels", "input_size", "params", "flops",
-            "dataset", "metrics", "command", "created"}
 
 
 def latest() -> Path:
-    versions = sorted((int(p.name), p) for p in MODEL_DIR.iterdir() if p.name.isdigit())
-    return versions[-1][1]
+    return MODEL_DIR / str(repository.latest_version(MODEL_DIR.parent, "imagenette"))
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +44,7 @@ def held_out(shared_imagenette):
 
 
 def test_metadata_follows_the_contract():
-    metadata = json.loads((latest() / "metadata.json").read_text())
-    assert REQUIRED <= metadata.keys()
+    metadata = repository.read_metadata(latest())  # every required key, well typed
     assert metadata["name"] == "imagenette" and metadata["version"] == int(latest().name)
     assert metadata["labels"][0] == "tench" and len(metadata["labels"]) == 10
     assert metadata["params"] <= 5_000_000

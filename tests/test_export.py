@@ -21,13 +21,8 @@ from PIL import Image
 
 from training.__main__ import main as cli
 from training.end_to_end import RESIZE, augmentation_preset, build_end_to_end
-from training.export import (
-    REQUIRED_KEYS,
-    export_model,
-    is_complete,
-    latest_version,
-    load_metadata,
-)
+from service.repository import REQUIRED_KEYS, is_complete, latest_version, read_metadata
+from training.export import export_model
 from training.flops import count_flops
 
 REPO = Path(__file__).resolve().parents[1]
@@ -203,7 +198,7 @@ def test_augmentation_is_inactive_in_the_exported_signatures(model, saved):
 
 
 def test_metadata_has_every_required_key_with_sane_values(model, exported):
-    metadata = load_metadata(exported)
+    metadata = read_metadata(exported)
     assert set(REQUIRED_KEYS) <= set(metadata)
     assert metadata["name"] == "tiny" and metadata["version"] == 1 == int(exported.name)
     assert metadata["labels"] == LABELS
@@ -220,11 +215,11 @@ def test_metadata_has_every_required_key_with_sane_values(model, exported):
 
 
 def test_load_metadata_names_what_is_missing(tmp_path):
-    with pytest.raises(FileNotFoundError, match="metadata.json missing"):
-        load_metadata(tmp_path)
+    with pytest.raises(ValueError, match="metadata.json is missing"):
+        read_metadata(tmp_path)
     (tmp_path / "metadata.json").write_text(json.dumps({"name": "x", "version": 1}))
-    with pytest.raises(ValueError, match="architecture.*labels"):
-        load_metadata(tmp_path)
+    with pytest.raises(ValueError, match="'architecture'.*'labels'"):
+        read_metadata(tmp_path)
 
 
 def test_versions_increment_and_nothing_is_overwritten(plain_model, tmp_path):
@@ -287,7 +282,7 @@ def test_a_process_killed_mid_export_leaves_no_valid_looking_version(plain_model
     assert all(is_complete(folder / str(v)) for v in numbered)
     assert latest_version(tmp_path, "tiny") == numbered[-1]
     for version in numbered:
-        load_metadata(folder / str(version))
+        read_metadata(folder / str(version))
         tf.saved_model.load(str(folder / str(version)))
     assert export(plain_model, tmp_path).name == str(numbered[-1] + 1)
 
@@ -330,7 +325,7 @@ def test_cli_exports_a_finished_fit_run(model, tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"saved_model_cli show --dir {models / 'from_run' / '1'} --all" in out
     assert "not optimized: give --data" in out  # the run names no data: the SavedModel only
-    metadata = load_metadata(models / "from_run" / "1")
+    metadata = read_metadata(models / "from_run" / "1")
     assert metadata["metrics"] == {"top1": 0.625, "top5": 1.0} and metadata["run"] == str(run_dir)
     saved = tf.saved_model.load(str(models / "from_run" / "1"))
     images = np.stack([photo(48, 64, seed=9)])

@@ -18,7 +18,7 @@ from PIL import Image
 
 from training.__main__ import main as cli
 from training.end_to_end import IMAGENET_MEAN, IMAGENET_STD, resize_images
-from training.export import load_metadata
+from service.repository import read_metadata
 from training.hub import HubModel, build_hub_model, imagenet1k_labels
 
 HUB_SIZE = 224  # the published ConvNeXt's fixed input size
@@ -96,7 +96,7 @@ def test_published_classifier_exported_with_a_labels_file(classifier_dir, tmp_pa
     folder = models / "hub_classifier" / "1"
     assert f"saved_model_cli show --dir {folder} --all" in capsys.readouterr().out
 
-    metadata = load_metadata(folder)
+    metadata = read_metadata(folder)
     assert metadata["labels"] == labels
     assert metadata["architecture"] == f"tfhub:{classifier_dir}"
     assert metadata["input_size"] == [HUB_SIZE, HUB_SIZE]
@@ -130,7 +130,7 @@ def test_labels_must_match_the_hub_models_outputs(classifier_dir, tmp_path, caps
 def test_a_1000_class_model_gets_the_imagenet_names_by_default(tmp_path):
     hub_dir = save_module(Classifier(classes=1000), tmp_path / "imagenet_classifier")
     assert cli(["hub", hub_dir, "--name", "in1k", "--models-dir", str(tmp_path / "models")]) == 0
-    assert load_metadata(tmp_path / "models" / "in1k" / "1")["labels"] == imagenet1k_labels()
+    assert read_metadata(tmp_path / "models" / "in1k" / "1")["labels"] == imagenet1k_labels()
 
 
 def test_imagenet1k_labels_are_the_standard_order_and_distinct():
@@ -196,7 +196,7 @@ def test_fine_tune_a_new_head_for_one_epoch_then_export(feature_dir, tmp_path):
     assert cli(argv) == 0
 
     folder = models / "hub_tuned" / "1"
-    metadata = load_metadata(folder)
+    metadata = read_metadata(folder)
     assert metadata["labels"] == ["tench", "parachute"]
     assert metadata["dataset"] == "tiny_imagenette" and metadata["input_size"] == [32, 32]
     assert 0.0 <= metadata["metrics"]["top1"] <= 1.0 and metadata["metrics"]["top5"] == 1.0

@@ -21,7 +21,7 @@ import pytest
 import requests
 
 import service_files as files
-from service import runtimes
+from service import repository, runtimes
 from test_service import (LABELS, Server, classify, expect, export_test_model, server_env)  # fmt: skip
 
 pytest.importorskip("openvino")
@@ -134,7 +134,7 @@ def test_the_gate_refuses_a_form_with_zeroed_weights(optimized, held_out, tmp_pa
                              held_out.test_labels)  # fmt: skip
     predict = runtimes.load_openvino(broken / "model.xml")
     entry = measure(predict, "openvino", "fp32", held_out, reference, 0.1, path="openvino/fp32",
-                    files=runtimes.file_records(broken))  # fmt: skip
+                    files=repository.file_records(broken))  # fmt: skip
     assert not entry["gate"]["passed"]
     assert entry["test"]["agreement"] < 0.98
     metadata = copy.deepcopy(metadata_of(optimized))

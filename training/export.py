@@ -12,13 +12,14 @@ signatures, both calling the model with ``training=False`` so augmentation layer
   -> the same probabilities: each image is decoded to RGB and resized in-graph with
   ``training.end_to_end.resize_images`` (the model's resize op), so both paths agree numerically;
 
-and ``metadata.json`` (``REQUIRED_KEYS``: labels in output order, input size, parameters, FLOPs,
-held-out metrics, the training command, the resize a server must mirror...).
+and ``metadata.json`` (``service.repository.REQUIRED_KEYS``: labels in output order, input size,
+parameters, FLOPs, held-out metrics, the training command, the resize a server must mirror...,
+and ``files``: the bytes and SHA-256 of every file of the SavedModel, which the service verifies).
 
 Writing is atomic: everything goes to a hidden sibling ``.tmp-<version>-<pid>/``, is fsynced, then
 renamed to ``<version>/``. A crash leaves at most a hidden temporary folder, which no reader takes
-for a version (``latest_version`` only counts folders with both ``saved_model.pb`` and
-``metadata.json``); an existing version folder is never overwritten.
+for a version (``service.repository.latest_version`` only counts folders with both
+``saved_model.pb`` and ``metadata.json``); an existing version folder is never overwritten.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import sys
 from datetime import datetime, timezone
@@ -36,14 +36,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from service.repository import (METADATA_FILE, NAME_PATTERN, export_records, fsync_dir, fsync_tree,
+                                next_version, read_metadata)
 from training.end_to_end import RESIZE, image_hw, resize_images
 from training.flops import count_flops, format_count
 
-METADATA_FILE = "metadata.json"
-REQUIRED_KEYS = (
-    "name", "version", "architecture", "labels", "input_size", "params", "flops",
-    "dataset", "metrics", "command", "created", "signatures", "preprocessing",
-)  # fmt: skip
 SIGNATURES = {
     "serving_default": {
         "inputs": {"images": "uint8 [batch, height, width, 3], RGB, any height and width"},
@@ -54,7 +51,6 @@ SIGNATURES = {
         "outputs": {"probabilities": "float32 [batch, classes], in the order of labels"},
     },
 }
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 def export_model(
@@ -84,7 +80,7 @@ def export_model(
 
     folder = Path(models_dir) / name
     folder.mkdir(parents=True, exist_ok=True)
-    version = choose_version(folder, version)
+    version = next_version(models_dir, name, version)
     final = folder / str(version)
     tmp = folder / f".tmp-{version}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)  # left by an earlier crash of a process with our pid
@@ -107,6 +103,7 @@ def export_model(
             "tensorflow": tf.__version__,
             "keras": keras.__version__,
             **(extra or {}),
+            "files": export_records(tmp),  # verified by the service before it serves
         }
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
         fsync_tree(tmp)
@@ -215,68 +212,6 @@ def count_parameters(endpoint: tf.types.experimental.GenericFunction) -> int:
     return int(sum(np.prod(v.shape) for v in {id(v): v for v in variables}.values()))
 
 
-def choose_version(folder: Path, version: int | None) -> int:
-    """``version`` if free, else the next one after every numbered folder (complete or not)."""
-    if version is None:
-        taken = [int(p.name) for p in folder.iterdir() if p.name.isdigit()]
-        return max(taken, default=0) + 1
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise ValueError(f"version must be a positive integer, got {version!r}")
-    if (folder / str(version)).exists():
-        raise FileExistsError(
-            f"{folder / str(version)} already exists and versions are never overwritten; "
-            f"omit --version to export as {choose_version(folder, None)}"
-        )
-    return version
-
-
-def is_complete(version_dir: Path) -> bool:
-    """A finished export: a numbered folder with both the SavedModel and its metadata."""
-    return (
-        version_dir.name.isdigit()
-        and (version_dir / "saved_model.pb").is_file()
-        and (version_dir / METADATA_FILE).is_file()
-    )
-
-
-def latest_version(models_dir: str | Path, name: str) -> int | None:
-    """The highest complete version of ``name`` in the repository, or None."""
-    folder = Path(models_dir) / name
-    if not folder.is_dir():
-        return None
-    versions = [int(p.name) for p in folder.iterdir() if is_complete(p)]
-    return max(versions, default=None)
-
-
-def load_metadata(version_dir: str | Path) -> dict:
-    """``metadata.json`` of an exported version, checked for every required key."""
-    path = Path(version_dir) / METADATA_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"no exported model at {version_dir} ({METADATA_FILE} missing)")
-    metadata = json.loads(path.read_text(encoding="utf-8"))
-    missing = [key for key in REQUIRED_KEYS if key not in metadata]
-    if missing:
-        raise ValueError(f"{path} lacks required keys: {', '.join(missing)}")
-    return metadata
-
-
-def fsync_tree(root: Path) -> None:
-    """Flush every file and folder under ``root`` to disk (before the rename publishes them)."""
-    for folder, _, files in os.walk(root):
-        for file in files:
-            with open(os.path.join(folder, file), "rb") as f:
-                os.fsync(f.fileno())
-        fsync_dir(Path(folder))
-
-
-def fsync_dir(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 # --------------------------------------------------------------------------- command line
 
 
@@ -296,7 +231,7 @@ def main(args: argparse.Namespace) -> int:
     except (FileNotFoundError, FileExistsError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    metadata = load_metadata(path)
+    metadata = read_metadata(path)
     top1 = metadata["metrics"]["top1"]
     print(
         f"exported {metadata['architecture']} to {path}: {len(metadata['labels'])} classes, "

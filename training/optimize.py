@@ -41,8 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from service.runtimes import (GATE, OPENVINO_PRECISION_HINT, cpu_count, cpu_has_bf16,
-                              file_records, load_openvino, load_tensorflow)
+from service.repository import file_records, write_json
+from service.runtimes import GATE, OPENVINO_PRECISION_HINT, cpu_count, cpu_has_bf16, load_openvino, load_tensorflow
 
 OPENVINO_PRECISIONS = ("fp32", "bf16", "int8")
 RESIZE_SCOPE = re.compile(r"(^|/)resize(_\d+)?/")
@@ -262,7 +262,7 @@ def optimize_export(
 
     metadata["runtimes"] = runtimes
     metadata["runtimes_data"] = held_out.source
-    write_metadata(folder, metadata)
+    write_json(folder / "metadata.json", metadata)
     return runtimes
 
 
@@ -297,16 +297,6 @@ def summary_line(key: str, found: dict) -> str:
         f"  gate {'passed' if gate['passed'] else 'FAILED'}  batch 1 {speed['batch1_ms']:.2f} ms"
         f"  batch 32 {speed['batch32_images_per_s']:.0f} images/s ({speed['cpus']} CPUs)"
     )
-
-
-def write_metadata(folder: Path, metadata: dict) -> None:
-    """Replace ``metadata.json`` atomically (write a sibling, fsync, rename)."""
-    tmp = folder / f".metadata.json.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(metadata, indent=2) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, folder / "metadata.json")
 
 
 def cpu_name() -> str:

@@ -1,4 +1,4 @@
-"""What both peer servers share: the PIL decode and the answer's JSON shape (DESIGN.md, contract 2)."""
+"""What both peer servers share: the PIL decode and the answer's JSON shape (docs/design.md, contract 2)."""
 
 from __future__ import annotations
 

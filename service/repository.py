@@ -1,0 +1,231 @@
+"""The model repository (docs/design.md, "Contract 1"): its layout, versions, metadata schema,
+checksums and atomic writes, in one TensorFlow-free module.
+
+Used by everything that reads or writes ``models/``: ``training.export`` and ``training.optimize``
+write it, ``service.model_store`` checks an export before serving it (this module is packaged into
+the Bento with ``service/``), ``benchmarks.modelrepo`` and the tests find exports through it.
+
+    models/<name>/<version>/          version: a positive integer (TensorFlow Serving's layout)
+        saved_model.pb, variables/, fingerprint.pb, assets/   the SavedModel (canonical)
+        metadata.json                 ``REQUIRED_KEYS``; ``files``: bytes and SHA-256 of every
+                                      file above, recorded at export
+        openvino/<precision>/         derived forms (``training.optimize``), each described with
+                                      its own files in ``metadata.json["runtimes"]``
+
+- A **name** is letters, digits, ``_``, ``.`` and ``-``, starting with a letter or digit: never a
+  path. A **version** folder is digits only; it is **complete** when it holds ``saved_model.pb``
+  and ``metadata.json``. Writers publish a version by renaming a hidden ``.tmp-*`` sibling into
+  place, so an interrupted export never looks like a version.
+- ``metadata.json`` is replaced atomically (``write_json``: a sibling, fsynced, renamed).
+- ``checksum_problem`` compares a folder with its recorded files: a missing, truncated or
+  corrupted file (one flipped byte in a ``variables.data-*`` shard) is named in one line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+METADATA_FILE = "metadata.json"
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+REQUIRED_KEYS = (
+    "name", "version", "architecture", "labels", "input_size", "params", "flops",
+    "dataset", "metrics", "command", "created", "signatures", "preprocessing",
+)  # fmt: skip
+"""What every export's ``metadata.json`` holds (``training.export`` writes them all)."""
+SERVING_KEYS = ("labels", "input_size")
+"""What a server needs at the least (an export of an older convzoo may lack the rest)."""
+
+
+class InvalidExport(ValueError):
+    """A version folder or ``metadata.json`` that breaks the contract; the message says why."""
+
+
+# ------------------------------------------------------------------------------- layout
+
+
+def is_valid_name(name: str) -> bool:
+    return bool(NAME_PATTERN.fullmatch(name))
+
+
+def version_folders(models_dir: str | Path, name: str) -> list[int]:
+    """Version folders (digits only) of ``name``, complete or not, in increasing order."""
+    folder = Path(models_dir) / name
+    if not is_valid_name(name) or not folder.is_dir():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def is_complete(version_dir: str | Path) -> bool:
+    """A finished export: a numbered folder with both the SavedModel and its metadata."""
+    version_dir = Path(version_dir)
+    return (
+        version_dir.name.isdigit()
+        and (version_dir / "saved_model.pb").is_file()
+        and (version_dir / METADATA_FILE).is_file()
+    )
+
+
+def complete_versions(models_dir: str | Path, name: str) -> list[int]:
+    """Versions of ``name`` whose folder ``is_complete``, in increasing order."""
+    return [v for v in version_folders(models_dir, name) if is_complete(Path(models_dir) / name / str(v))]
+
+
+def latest_version(models_dir: str | Path, name: str) -> int | None:
+    """The highest complete version of ``name``, or None."""
+    return max(complete_versions(models_dir, name), default=None)
+
+
+def model_names(models_dir: str | Path) -> list[str]:
+    """Names with at least one version folder."""
+    if not Path(models_dir).is_dir():
+        return []
+    return sorted(p.name for p in Path(models_dir).iterdir() if version_folders(models_dir, p.name))
+
+
+def next_version(models_dir: str | Path, name: str, version: int | None = None) -> int:
+    """``version`` if free, else (None) the one after every numbered folder, complete or not."""
+    if version is None:
+        return max(version_folders(models_dir, name), default=0) + 1
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"version must be a positive integer, got {version!r}")
+    folder = Path(models_dir) / name / str(version)
+    if folder.exists():
+        raise FileExistsError(
+            f"{folder} already exists and versions are never overwritten; omit --version to "
+            f"export as {next_version(models_dir, name)}"
+        )
+    return version
+
+
+# ------------------------------------------------------------------------------- metadata
+
+
+def validate_metadata(metadata: object, where: str | Path, required: tuple[str, ...] = REQUIRED_KEYS) -> dict:
+    """``metadata`` if it follows the schema (``required`` keys present, known keys well typed);
+    ``InvalidExport`` naming ``where`` and the first problem otherwise."""
+    if not isinstance(metadata, dict):
+        raise InvalidExport(f"{where}: metadata.json is not a JSON object")
+    missing = [key for key in required if key not in metadata]
+    if missing:
+        raise InvalidExport(f"{where}: metadata.json lacks required keys: {', '.join(map(repr, missing))}")
+    labels = metadata.get("labels")
+    if "labels" in metadata and not (
+        isinstance(labels, list) and labels and all(isinstance(x, str) for x in labels)
+    ):
+        raise InvalidExport(f"{where}: metadata.json has no list of class names in 'labels'")
+    if "labels" in metadata and len(set(labels)) != len(labels):
+        raise InvalidExport(f"{where}: metadata.json 'labels' are not distinct")
+    size = metadata.get("input_size")
+    if "input_size" in metadata and not (
+        isinstance(size, list) and len(size) == 2 and all(isinstance(x, int) and x > 0 for x in size)
+    ):
+        raise InvalidExport(f"{where}: metadata.json 'input_size' is not [height, width]")
+    if "name" in metadata and not (isinstance(metadata["name"], str) and is_valid_name(metadata["name"])):
+        raise InvalidExport(f"{where}: metadata.json 'name' {metadata['name']!r} is not a model name")
+    if "version" in metadata and not (isinstance(metadata["version"], int) and metadata["version"] >= 1):
+        raise InvalidExport(f"{where}: metadata.json 'version' is not a positive integer")
+    for key, value in (metadata.get("metrics") or {}).items():
+        if key in ("top1", "top5") and value is not None and not (
+            isinstance(value, (int, float)) and 0.0 <= value <= 1.0
+        ):
+            raise InvalidExport(f"{where}: metadata.json metrics[{key!r}] = {value!r} is not a fraction")
+    files = metadata.get("files")
+    if files is not None and not (
+        isinstance(files, dict)
+        and all(isinstance(r, dict) and {"bytes", "sha256"} <= r.keys() for r in files.values())
+    ):
+        raise InvalidExport(f"{where}: metadata.json 'files' is not {{path: {{bytes, sha256}}}}")
+    return metadata
+
+
+def read_metadata(version_dir: str | Path, required: tuple[str, ...] = REQUIRED_KEYS) -> dict:
+    """``metadata.json`` of an export, parsed and validated (``validate_metadata``)."""
+    path = Path(version_dir) / METADATA_FILE
+    try:
+        metadata = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InvalidExport(f"{version_dir}: metadata.json is missing (an interrupted copy?)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InvalidExport(f"{version_dir}: metadata.json is not valid JSON ({error})") from None
+    return validate_metadata(metadata, version_dir, required)
+
+
+# ------------------------------------------------------------------------------- checksums
+
+
+def sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_records(folder: str | Path, exclude: tuple[str, ...] = ()) -> dict:
+    """``{relative path: {"bytes", "sha256"}}`` of every file under ``folder`` (sorted), except
+    the top-level entries named in ``exclude`` (files, or folders with all they hold)."""
+    folder = Path(folder)
+    records = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        relative = path.relative_to(folder)
+        if relative.parts[0] in exclude or relative.parts[0].startswith("."):
+            continue
+        records[relative.as_posix()] = {"bytes": path.stat().st_size, "sha256": sha256(path)}
+    return records
+
+
+def export_records(version_dir: str | Path) -> dict:
+    """The files of the SavedModel export itself (not ``metadata.json``, not derived forms)."""
+    return file_records(version_dir, exclude=(METADATA_FILE, "openvino"))
+
+
+def checksum_problem(folder: str | Path, records: dict) -> str | None:
+    """Why ``folder`` does not hold exactly the recorded files (one line), or None."""
+    folder = Path(folder)
+    if not records:
+        return f"{folder}: no files recorded"
+    for name, expected in records.items():
+        file = folder / name
+        if not file.is_file():
+            return f"{file} is missing"
+        if file.stat().st_size != expected["bytes"]:
+            return f"{file} has {file.stat().st_size} bytes, {expected['bytes']} recorded (truncated?)"
+        if sha256(file) != expected["sha256"]:
+            return f"{file} does not match its recorded SHA-256 (corrupt)"
+    return None
+
+
+# ------------------------------------------------------------------------------- atomic writes
+
+
+def write_json(path: str | Path, data: dict) -> None:
+    """Replace the JSON file ``path`` atomically (a sibling, fsynced, then renamed over it)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(data, indent=2) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_tree(root: str | Path) -> None:
+    """Flush every file and folder under ``root`` to disk (before a rename publishes them)."""
+    for folder, _, files in os.walk(root):
+        for file in files:
+            with open(os.path.join(folder, file), "rb") as f:
+                os.fsync(f.fileno())
+        fsync_dir(Path(folder))
+
+
+def fsync_dir(folder: str | Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
