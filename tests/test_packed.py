@@ -103,7 +103,7 @@ def test_fit_packed_then_evaluate_then_export(packed, folder, tmp_path):
     assert cli.main(["evaluate", str(run_dir), "--data", str(folder)]) == 0
     run = json.loads((run_dir / "run.json").read_text())
     assert run["splits"] == {"train": 36, "validation": 6, "test": 6}
-    assert 0 <= run["metrics"]["top1"] <= 1 and run["metrics"]["top5"] == 1.0  # 3 classes
+    assert 0 <= run["metrics"]["top1"] <= 1  # recomputed independently below (optimize, after export)
     assert set(run["validation_metrics"]) == {"top1", "top5", "loss"}
 
     assert cli.main(["export", str(run_dir), "--models-dir", str(models)]) == 0
