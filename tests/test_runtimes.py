@@ -277,3 +277,20 @@ def test_service_with_a_truncated_artifact(optimized, tmp_path):
     assert metadata["runtime"]["name"] == "tensorflow"
     assert "truncated" in metadata["runtime"]["reason"]
     assert len(answers) == len(PHOTOS) and all(a["label"] in LABELS for a in answers)
+
+
+@pytest.mark.slow  # about a minute: the default model's forms, calibrated and measured again
+def test_optimize_command_on_a_copy_of_the_default_model(tmp_path, data_dir):
+    """``python -m training optimize`` finds the data and split the default model records (its
+    pack) and rewrites the forms, whose gate passes, leaving the SavedModel as it was."""
+    if data_dir is None:
+        pytest.skip("the real data is not here")
+    from training.__main__ import main as cli
+
+    copy = tmp_path / "imagenette" / "2"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "models" / "imagenette" / "2", copy)
+    assert cli(["optimize", str(copy), "--calibration", "64", "--limit", "300"]) == 0
+    entries = metadata_of(copy)["runtimes"]
+    assert entries["openvino-int8"]["test"]["images"] == 300 and entries["openvino-int8"]["gate"]["passed"]
+    assert runtimes.choose("auto", metadata_of(copy), copy).key in ("openvino-int8", "openvino-bf16")
+    assert repository.checksum_problem(copy, metadata_of(copy)["files"]) is None  # the SavedModel untouched
