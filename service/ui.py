@@ -55,5 +55,29 @@ def ui_app() -> ASGIApp:
 
 
 def mount_ui(service: Any) -> None:
-    """Serve the page at ``/ui/`` from ``service`` (a ``bentoml.Service``)."""
+    """Serve the page at ``/ui/`` from ``service`` (a ``bentoml.Service``), and convzoo's landing
+    page at ``/``."""
     service.mount_asgi_app(ui_app(), path=MOUNT_PATH, name="ui")
+    service.add_asgi_middleware(LandingPage)
+
+
+LANDING_PAGE = STATIC_DIR / "api.html"
+
+
+class LandingPage:
+    """``GET /``: convzoo's API page (``static/api.html``: BentoML's own Swagger UI assets, the
+    OpenAPI description of ``service.openapi``, a link to the page) instead of BentoML's, which
+    is titled "BentoML Prediction Service" and loads Google's tag manager from the internet."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.body = LANDING_PAGE.read_bytes()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/" or scope["method"] not in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        headers = [(b"content-type", b"text/html; charset=utf-8"),
+                   (b"content-length", str(len(self.body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else self.body})

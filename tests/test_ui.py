@@ -210,6 +210,19 @@ def test_openapi_info_describes_convzoo(server):
     assert "API key" not in description
 
 
+def test_the_landing_page_is_convzoos_and_offline(server, browser):
+    """``/``: convzoo's API page (BentoML's local Swagger UI assets, no tag manager from the
+    internet), titled and linking to the page; Swagger renders the OpenAPI title from it."""
+    answer = requests.get(f"{server.url}/", timeout=30)
+    assert answer.status_code == 200 and "text/html" in answer.headers["content-type"]
+    assert "<title>convzoo image classifier — HTTP API</title>" in answer.text
+    assert "googletagmanager" not in answer.text and "https://" not in answer.text
+    assert 'href="./ui/"' in answer.text
+    browser.get(f"{server.url}/")
+    wait_for(browser, lambda d: "convzoo image classifier" in d.find_element("id", "swagger-ui").text,
+             "Swagger UI did not render the OpenAPI title")
+
+
 def test_page_and_its_files_are_served_with_a_strict_policy(server):
     page = requests.get(f"{server.url}/ui", timeout=30)  # redirected to /ui/
     assert page.status_code == 200 and page.url.endswith("/ui/")
