@@ -13,7 +13,7 @@ from test_data import make_folder
 from training import __main__ as cli
 from training.data import SplitFractions, split_folder
 from training.end_to_end import Augmentation
-from training.fit_packed import Batches, mix_batch
+from training.fit_packed import Batches
 from training.pack import Pack
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,19 +58,41 @@ def test_pack_refuses_unknown_splits(folder, tmp_path, capsys):
     assert "--splits" in capsys.readouterr().err and not (tmp_path / "x.npz").exists()
 
 
-def test_mix_batch_mixes_labels_in_proportion_to_pixels():
-    rng = np.random.default_rng(0)
-    images = np.stack([np.full((8, 8, 3), value, np.float32) for value in (0.0, 100.0, 200.0, 50.0)])
-    labels = np.eye(4, dtype=np.float32)
-    for kind in ("mixup", "cutmix"):
-        aug = Augmentation(**{kind: 1.0})
-        for _ in range(20):
-            mixed, mixed_labels = mix_batch(images, labels, aug, rng)
-            np.testing.assert_allclose(mixed_labels.sum(axis=1), 1.0, rtol=1e-6)
-            # Each image's mean pixel is the label-weighted mean of the source images' values.
-            expected = mixed_labels @ images.reshape(4, -1).mean(axis=1)
-            np.testing.assert_allclose(mixed.reshape(4, -1).mean(axis=1), expected, rtol=1e-5, atol=1e-3)
-    assert images[1, 0, 0, 0] == 100.0  # the input batch is left untouched
+def check_mixed(images: np.ndarray, mixed: np.ndarray, mixed_labels: np.ndarray) -> None:
+    """Labels sum to 1, and each image's mean pixel is the label-weighted mean of the sources'
+    (CutMix weighs labels by the box's exact area, the pixels by whole rows and columns: up to
+    one row and one column of a 64x64 image apart, 2/64 of the 250 gray levels between sources)."""
+    np.testing.assert_allclose(mixed_labels.sum(axis=1), 1.0, rtol=1e-5)
+    expected = mixed_labels @ images.reshape(len(images), -1).mean(axis=1)
+    np.testing.assert_allclose(mixed.reshape(len(images), -1).mean(axis=1), expected, atol=250 * 2 / 64)
+
+
+@pytest.mark.parametrize("kind", ["mixup", "cutmix"])
+def test_both_trainers_mix_with_the_same_keras_layers(kind):
+    """fit-packed's NumPy batches (``Batches``) and fit's tf.data batches (``data.batch_mixer``)
+    are mixed by ``training.mixing``: labels in proportion to what each image contributes."""
+    import tensorflow as tf
+
+    from training.data import batch_mixer
+
+    values = np.array([0.0, 100.0, 200.0, 50.0, 150.0, 250.0, 25.0, 75.0], np.float32)
+    images = np.stack([np.full((64, 64, 3), v, np.float32) for v in values])
+    labels = np.arange(8) % 8
+    aug = Augmentation(**{kind: 1.0})
+    batches = Batches(images.astype(np.uint8), labels, 8, 8, aug, seed=0, workers=1)
+    mixed_some = False
+    for index in range(len(batches)):
+        for epoch in range(6):
+            batches.epoch = epoch
+            rows = np.sort(batches.order[:8])
+            mixed, mixed_labels = batches[index]
+            check_mixed(images[rows], mixed, mixed_labels)
+            mixed_some |= bool(np.any(mixed_labels.max(axis=1) < 0.999))
+    assert mixed_some
+    one_hot = tf.one_hot(labels, 8)
+    for seed in range(6):
+        mixed, mixed_labels = batch_mixer(aug, seed)(tf.constant(images), one_hot)
+        check_mixed(images, mixed.numpy(), mixed_labels.numpy())
 
 
 def test_batches_are_full_shuffled_each_epoch_and_cover_the_split():

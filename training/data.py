@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from training.end_to_end import Augmentation, image_hw, resize_images
 from training.labels import human_labels, load_label_map
+from training.mixing import batch_mixers, mix
 
 AUTOTUNE = tf.data.AUTOTUNE
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp"})
@@ -261,28 +262,18 @@ def pipeline(
 
 
 def batch_mixer(augmentation: Augmentation, seed: int = 0):
-    """A tf.data map function applying MixUp or CutMix (one at random when both are enabled)."""
-    mixers = []
-    if augmentation.mixup:
-        mixers.append(keras.layers.MixUp(alpha=augmentation.mixup, seed=seed))
-    if augmentation.cutmix:
-        mixers.append(keras.layers.CutMix(factor=augmentation.cutmix, seed=seed + 1))
-    if not mixers:
-        raise ValueError("batch_mixer needs mixup or cutmix > 0")
+    """A tf.data map function applying MixUp or CutMix (``training.mixing``; one at random for
+    each batch when both are enabled)."""
+    mixers = batch_mixers(augmentation.mixup, augmentation.cutmix, seed)
     chooser = keras.random.SeedGenerator(seed + 2)
 
-    def mix(images, labels):
-        data = {"images": tf.cast(images, tf.float32), "labels": labels}
+    def mix_batch(images, labels):
         if len(mixers) == 1:
-            mixed = mixers[0](data, training=True)
-        else:
-            use_first = keras.random.uniform((), seed=chooser) < 0.5
-            mixed = tf.cond(
-                use_first, lambda: mixers[0](data, training=True), lambda: mixers[1](data, training=True)
-            )
-        return mixed["images"], mixed["labels"]
+            return mix(mixers[0], images, labels)
+        use_first = keras.random.uniform((), seed=chooser) < 0.5
+        return tf.cond(use_first, lambda: mix(mixers[0], images, labels), lambda: mix(mixers[1], images, labels))
 
-    return mix
+    return mix_batch
 
 
 def _split_size(info, split: str, ds: tf.data.Dataset) -> int:

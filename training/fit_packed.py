@@ -13,7 +13,7 @@ augmentation layers inside it), optimizer, learning-rate schedule, label smoothi
 (``fit.compile_model``), CSV log, time limit and crash safety (BackupAndRestore: run the same
 command again to resume). What differs is the input: the pack's images, decoded once into memory
 (already at the training size, so the model's resize is the identity), shuffled every epoch, with
-MixUp / CutMix drawn here in NumPy (``mix_batch``) instead of by Keras' layers in tf.data.
+MixUp / CutMix by the same Keras layers as ``fit`` (``training.mixing``), applied to NumPy batches.
 
 The pack normally holds the training split only, so there is no validation pass and no best
 checkpoint: ``best.keras`` holds the final epoch's weights (the learning rate has decayed to zero
@@ -23,7 +23,6 @@ by then), in float32 and without optimizer state. ``--mixed-precision`` trains i
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import shutil
 import signal
@@ -37,6 +36,7 @@ import numpy as np
 from training import fit
 from training.cli import command_line
 from training.end_to_end import Augmentation
+from training.mixing import batch_mixers, mix
 from training.pack import Pack
 
 
@@ -89,34 +89,12 @@ class Batches(keras.utils.PyDataset):
         rows = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
         images = self.images[rows].astype(np.float32)
         labels = np.eye(self.num_classes, dtype=np.float32)[self.labels[rows]]
-        if self.augmentation.mixes_batches:
-            rng = np.random.default_rng((self.seed, self.epoch, index))
-            images, labels = mix_batch(images, labels, self.augmentation, rng)
+        if self.augmentation.mixes_batches:  # the layers fit uses (training.mixing), seeded per batch
+            seed = int(np.random.default_rng((self.seed, self.epoch, index)).integers(2**31 - 2))
+            mixers = batch_mixers(self.augmentation.mixup, self.augmentation.cutmix, seed)
+            mixed = mix(mixers[seed % len(mixers)], images, labels)
+            images, labels = (keras.ops.convert_to_numpy(x) for x in mixed)
         return images, labels
-
-
-def mix_batch(images: np.ndarray, labels: np.ndarray, augmentation: Augmentation, rng: np.random.Generator):
-    """MixUp (Zhang et al. 2018) or CutMix (Yun et al. 2019) of a batch with its own permutation.
-
-    One of the two at random when both are enabled, like ``training.data.batch_mixer``. Labels are
-    mixed in proportion to the pixels each image contributes.
-    """
-    choices = [name for name in ("mixup", "cutmix") if getattr(augmentation, name)]
-    kind = choices[rng.integers(len(choices))]
-    alpha = getattr(augmentation, kind)
-    lam = float(rng.beta(alpha, alpha))
-    perm = rng.permutation(len(images))
-    if kind == "mixup":
-        return lam * images + (1 - lam) * images[perm], lam * labels + (1 - lam) * labels[perm]
-    height, width = images.shape[1:3]
-    cut_h, cut_w = int(height * math.sqrt(1 - lam)), int(width * math.sqrt(1 - lam))
-    cy, cx = rng.integers(height), rng.integers(width)
-    y0, y1 = np.clip([cy - cut_h // 2, cy + cut_h // 2], 0, height)
-    x0, x1 = np.clip([cx - cut_w // 2, cx + cut_w // 2], 0, width)
-    images = images.copy()
-    images[:, y0:y1, x0:x1] = images[perm, y0:y1, x0:x1]
-    kept = 1 - (y1 - y0) * (x1 - x0) / (height * width)
-    return images, kept * labels + (1 - kept) * labels[perm]
 
 
 def fit_packed(args: argparse.Namespace) -> dict:
