@@ -4,7 +4,8 @@
     model = create_model("resnet50", num_classes=10, input_shape=(128, 128, 3))
 
 Importing this package imports every family module, so their ``@register_model`` entries and
-their custom layers (needed to load ``.keras`` checkpoints) are registered.
+their custom layers (needed to load ``.keras`` checkpoints) are registered, as are the custom
+objects of pretrained checkpoints (``training.pretrained``).
 """
 
 from training.architectures._registry import (
@@ -16,5 +17,8 @@ from training.architectures._registry import (
 )
 
 _import_families()
+
+# Custom objects of pretrained checkpoints (caffe's channel flip).
+import training.pretrained  # noqa: E402,F401
 
 __all__ = ["ModelInfo", "create_model", "list_models", "model_info"]
