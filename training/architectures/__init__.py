@@ -5,7 +5,7 @@
 
 Importing this package imports every family module, so their ``@register_model`` entries and
 their custom layers (needed to load ``.keras`` checkpoints) are registered, as are the custom
-objects of pretrained checkpoints (``training.pretrained``).
+objects of fine-tuned checkpoints (``training.pretrained``, ``training.finetune``).
 """
 
 from training.architectures._registry import (
@@ -18,7 +18,8 @@ from training.architectures._registry import (
 
 _import_families()
 
-# Custom objects of pretrained checkpoints (caffe's channel flip).
+# Custom objects of pretrained / fine-tuned checkpoints (caffe's channel flip, the two-rate optimizers).
+import training.finetune  # noqa: E402,F401
 import training.pretrained  # noqa: E402,F401
 
 __all__ = ["ModelInfo", "create_model", "list_models", "model_info"]
