@@ -245,3 +245,28 @@ def test_a_different_layout_is_refused_by_the_mapping():
     with pytest.raises(WeightsError, match="strides differs"):
         weight_mapping(build_model("resnet50_v2"), twin)
     keras.backend.clear_session()
+
+
+def test_an_efficientnet_file_with_keras_imagenet_statistics_gets_keras_extra_rescale(tmp_path):
+    """keras' EfficientNet(weights="imagenet") scales by 1/sqrt(std) after its Normalization; a
+    file saved from it (statistics = ImageNet's) loads into a weights=None twin without that layer,
+    so ours must add it: checked against the twin fed the equivalently pre-scaled pixels."""
+    name = "efficientnet_b0"
+    images = photos(224, 2)
+    twin = sensitive_twin(name, images)
+    norm = next(layer for layer in twin.layers if isinstance(layer, keras.layers.Normalization))
+    norm.adapt_mean.assign(np.array([0.485, 0.456, 0.406]))
+    norm.adapt_variance.assign(np.array([0.229, 0.224, 0.225]) ** 2)
+    norm.finalize_state()
+    path = tmp_path / "efficientnet_b0_imagenet_stats.weights.h5"
+    twin.save_weights(path)
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    # keras' imagenet graph: ((x/255 - mean)/std)/sqrt(std) == the twin's graph on these pixels:
+    equivalent = 255 * (mean + (images / 255 - mean) / np.sqrt(std))
+    expected = probabilities_of(twin, equivalent.astype("float32"))
+    ours = build_end_to_end(name, num_classes=1000, image_size=224, weights=str(path))
+    assert [layer.name for layer in ours.layers if layer.name.startswith("twin_")] == [
+        "twin_rescale_0", "twin_normalize_1", "twin_rescale_2"
+    ]
+    np.testing.assert_allclose(probabilities_of(ours, images), expected, rtol=RTOL, atol=1e-6)
+    keras.backend.clear_session()

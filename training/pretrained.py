@@ -34,7 +34,9 @@ which the weights were trained with:
 - ``in_model`` (EfficientNet, ConvNeXt, MobileNetV3): ``preprocess_input`` is the identity and the
   twin scales inside the model (``include_preprocessing``): its leading ``Rescaling`` /
   ``Normalization`` layers are reproduced in ours with their values (EfficientNet's normalisation
-  statistics come with the weights, and keras adds a ``1/sqrt(std)`` rescale for "imagenet").
+  statistics come with the weights, and keras adds a ``1/sqrt(std)`` rescale for "imagenet": a
+  weights file whose statistics are keras' ImageNet ones gets that rescale too, as it came from
+  keras' ImageNet model).
 """
 
 from __future__ import annotations
@@ -73,6 +75,11 @@ TWIN_OPTIONS = {"ResNet50V2": {"stride_at": "last"}, "ResNet101V2": {"stride_at"
 
 # keras' caffe mode subtracts these from BGR pixels (imagenet_utils._preprocess_numpy_input).
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+# keras' EfficientNet: with weights="imagenet" it adds Rescaling(1 / sqrt(std)) after its
+# Normalization (whose stored statistics are these), keras-team/keras efficientnet.py.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Layer attributes that must agree between a pair (shapes alone would not see a stride).
 CHECKED_ATTRIBUTES = ("kernel_size", "strides", "dilation_rate", "epsilon", "center", "scale", "use_bias")
@@ -288,7 +295,27 @@ def preprocessing_layers(name: str, twin: keras.Model | None = None) -> list[ker
             )
         else:
             break
+    if KERAS_MODULE[twin_name(name)] == "efficientnet" and _needs_imagenet_rescale(copied):
+        # A file saved from keras' ImageNet EfficientNet, loaded into a twin built without
+        # weights="imagenet": keras would scale once more (see IMAGENET_STD); so do we.
+        copied.append(
+            layers.Rescaling([1.0 / float(np.sqrt(s)) for s in IMAGENET_STD], name=f"twin_rescale_{len(copied)}")
+        )
     return copied
+
+
+def _needs_imagenet_rescale(copied: list[keras.layers.Layer]) -> bool:
+    """Whether the copied EfficientNet scaling has keras' ImageNet statistics but not the extra
+    rescale keras adds to them (it has it when the twin was built with weights="imagenet")."""
+    kinds = [type(layer).__name__ for layer in copied]
+    if kinds != ["Rescaling", "Normalization"]:
+        return False
+    config = copied[1].get_config()
+    mean, variance = np.asarray(config["mean"]).reshape(-1), np.asarray(config["variance"]).reshape(-1)
+    return bool(
+        np.allclose(mean, IMAGENET_MEAN, atol=1e-4)
+        and np.allclose(variance, np.square(IMAGENET_STD), atol=1e-4)
+    )
 
 
 def load_pretrained(
