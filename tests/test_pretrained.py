@@ -270,3 +270,20 @@ def test_an_efficientnet_file_with_keras_imagenet_statistics_gets_keras_extra_re
     ]
     np.testing.assert_allclose(probabilities_of(ours, images), expected, rtol=RTOL, atol=1e-6)
     keras.backend.clear_session()
+
+
+def test_imagenet_weights_are_keras_own_download_or_a_clear_error():
+    """weights="imagenet" is keras' own download (the twin's constructor). Offline (as in CI here)
+    it must fail with a message that says how to use a weights file; online, ours must then give
+    keras' own ImageNet model's probabilities."""
+    name = "mobilenet_v3_small"
+    images = photos(224, 2)
+    try:
+        ours = build_end_to_end(name, num_classes=1000, image_size=224, weights="imagenet")
+    except WeightsError as error:
+        assert "could not get keras' ImageNet weights for MobileNetV3Small" in str(error)
+        assert "save_weights('x.weights.h5')" in str(error)
+        return
+    twin = keras.applications.MobileNetV3Small(weights="imagenet")
+    expected = probabilities_of(twin, keras_preprocess(name, images))
+    np.testing.assert_allclose(probabilities_of(ours, images), expected, rtol=RTOL, atol=1e-6)
