@@ -340,9 +340,6 @@ def load_pretrained(
                 f"{name} with pretrained weights needs {key}={value!r} (the twin's layout), got {options[key]!r}"
             )
     twin = build_twin(name, weights)
-    try:
-        model = build_model(name, num_classes, input_shape, **{**options, **layout})
-        transfer(model, twin, new_head=num_classes != 1000)
-        return model, preprocessing_layers(name, twin)
-    finally:
-        del twin
+    model = build_model(name, num_classes, input_shape, **{**options, **layout})
+    transfer(model, twin, new_head=num_classes != 1000)
+    return model, preprocessing_layers(name, twin)
