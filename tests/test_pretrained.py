@@ -126,7 +126,7 @@ def probabilities_of(model, x) -> np.ndarray:
 def test_same_probabilities_as_the_twin_from_a_weights_file(name, tmp_path):
     """Raw uint8 pixels into ours == twin(preprocess_input(x)), rtol 1e-3, same top-1."""
     size = model_info(name).input_shape[0]
-    images = photos(size)
+    images = photos(size, 4 if size < 456 else 2)  # EfficientNet-B5+: 2 (memory at 456-600 px)
     twin = sensitive_twin(name, images)
     path = tmp_path / f"{name}.weights.h5"
     twin.save_weights(path)
@@ -287,3 +287,10 @@ def test_imagenet_weights_are_keras_own_download_or_a_clear_error():
     twin = keras.applications.MobileNetV3Small(weights="imagenet")
     expected = probabilities_of(twin, keras_preprocess(name, images))
     np.testing.assert_allclose(probabilities_of(ours, images), expected, rtol=RTOL, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnet50_v2"])
+def test_models_keep_their_names(name):
+    """The backbone is named after the variant (the end-to-end model and checkpoints find it so)."""
+    assert create_model(name, input_shape=(32, 32, 3)).name == name
+    assert build_model(name, input_shape=(32, 32, 3), stride_at="last" if name.endswith("_v2") else "first").name == name

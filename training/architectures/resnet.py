@@ -192,13 +192,13 @@ def resnet(
     last_stage = len(depths) - 1
     for stage, (filters, blocks) in enumerate(zip(STAGE_FILTERS, depths)):
         for index in range(blocks):
-            name = f"conv{stage + 2}_block{index + 1}"
+            block_name = f"conv{stage + 2}_block{index + 1}"
             if stride_at == "last":
                 stride = 2 if stage < last_stage and index == blocks - 1 else 1
-                x = block_fn(x, int(filters * width), stride, name=name, slim=True)
+                x = block_fn(x, int(filters * width), stride, name=block_name, slim=True)
                 continue
             stride = 2 if stage > 0 and index == 0 else 1
-            x = block_fn(x, int(filters * width), stride, name=name)
+            x = block_fn(x, int(filters * width), stride, name=block_name)
     if preact:
         x = layers.Activation("relu", name="post_relu")(bn(x, name="post_bn"))
     outputs = classifier_head(x, num_classes, name=name, activation=classifier_activation)
