@@ -295,3 +295,22 @@ def test_models_keep_their_names(name):
     """The backbone is named after the variant (the end-to-end model and checkpoints find it so)."""
     assert create_model(name, input_shape=(32, 32, 3)).name == name
     assert build_model(name, input_shape=(32, 32, 3), stride_at="last" if name.endswith("_v2") else "first").name == name
+
+
+def test_legacy_h5_files_like_keras_downloads_load_too(mobilenet_file, tmp_path):
+    """keras' downloaded weights (``~/.keras/models/*.h5``) are legacy HDF5 weights files: one made
+    in that layout (a legacy whole-model file's ``model_weights`` group) gives the same outputs."""
+    import h5py
+
+    twin, _, images = mobilenet_file
+    twin.save(tmp_path / "full.h5")  # legacy HDF5, a whole model
+    with h5py.File(tmp_path / "full.h5") as full, h5py.File(tmp_path / "weights.h5", "w") as weights:
+        group = full["model_weights"]
+        for key, value in group.attrs.items():
+            weights.attrs[key] = value
+        for key in group:
+            group.copy(key, weights)
+    expected = probabilities_of(twin, keras_preprocess("mobilenet_v3_small", images))
+    for file in ("full.h5", "weights.h5"):
+        ours = build_end_to_end("mobilenet_v3_small", num_classes=1000, image_size=224, weights=str(tmp_path / file))
+        np.testing.assert_allclose(probabilities_of(ours, images), expected, rtol=RTOL, atol=1e-6)
