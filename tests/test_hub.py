@@ -222,3 +222,63 @@ def test_a_handle_that_cannot_be_loaded_is_a_clear_error(tmp_path, capsys):
     assert cli(["hub", str(tmp_path / "absent"), "--models-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "could not load" in err and "absent" in err and "TFHUB_CACHE_DIR" in err
+
+
+def keras_made_feature_vector(path: Path) -> str:
+    """Stands for the published ConvNeXt feature vector: a tf-keras SavedModel (conv, BatchNorm)."""
+    import tf_keras
+
+    inputs = tf_keras.Input((None, None, 3))
+    x = tf_keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    x = tf_keras.layers.BatchNormalization(name="bn")(x)
+    x = tf_keras.layers.GlobalAveragePooling2D()(tf_keras.layers.ReLU()(x))
+    published = tf_keras.Model(inputs, tf_keras.layers.Dense(FEATURES, activation="tanh", name="fc")(x))
+    published.save(path, save_format="tf")
+    return str(path)
+
+
+def test_fine_tune_trains_the_hub_model_only_after_the_heads_warm_up(tmp_path):
+    from training.hub import hub_layer
+
+    handle = keras_made_feature_vector(tmp_path / "fe")
+    model = build_hub_model(handle, image_size=32, preprocessing="unit", num_classes=2, fine_tunable=True)
+    hub = hub_layer(model)
+    module_vars = {v.name: v for v in hub.module.variables}
+    before = {name: v.numpy().copy() for name, v in module_vars.items()}
+    assert not hub.trainable and len(model.trainable_weights) == 2  # the head only
+    images = np.stack([photo(32, 32, seed=s, tint=(1.0, 0.3, 0.3) if s % 2 else (0.3, 0.3, 1.0)) for s in range(8)])
+    labels = np.eye(2)[[s % 2 for s in range(8)]]
+
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="categorical_crossentropy")
+    model.fit(images, labels, epochs=1, batch_size=4, verbose=0)
+    assert all(np.array_equal(before[n], v.numpy()) for n, v in module_vars.items())  # frozen
+
+    hub.trainable = True
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="categorical_crossentropy")
+    assert len(model.trainable_weights) == 2 + len(hub.module.trainable_variables)
+    model.fit(images, labels, epochs=1, batch_size=4, verbose=0)
+    moved = {n for n, v in module_vars.items() if not np.array_equal(before[n], v.numpy())}
+    assert {n for n in moved if "kernel" in n} >= {n for n in module_vars if "kernel" in n}
+    assert not any("moving" in n for n in moved)  # BatchNorm statistics: inference mode
+    # The model computes with the updated variables (the module reads them itself).
+    assert any("conv" in n for n in moved)
+
+
+def test_hub_fine_tune_from_the_command_line(tmp_path):
+    handle = keras_made_feature_vector(tmp_path / "fe")
+    data = make_folder_dataset(tmp_path / "tiny_imagenette")
+    models = tmp_path / "models"
+    argv = [
+        "hub", handle, "--name", "hub_ft", "--data", str(data), "--epochs", "1", "--fine-tune",
+        "--fine-tune-epochs", "1", "--batch-size", "4", "--image-size", "32", "--preprocessing", "unit",
+        "--models-dir", str(models),
+    ]  # fmt: skip
+    assert cli(argv) == 0
+    metadata = load_metadata(models / "hub_ft" / "1")
+    backbone = metadata["fine_tuning"]["backbone"]
+    assert backbone["unfrozen_epochs"] == 1 and backbone["learning_rate"] == pytest.approx(1e-4)
+    assert backbone["trainable_parameters"] > FEATURES * 2 + 2  # more than the head
+    assert "--fine-tune" in metadata["command"]
+    saved = tf.saved_model.load(str(models / "hub_ft" / "1"))
+    out = saved.signatures["serving_default"](images=tf.zeros((1, 40, 50, 3), tf.uint8))
+    assert out["probabilities"].shape == (1, 2)

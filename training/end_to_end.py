@@ -168,6 +168,7 @@ def build_end_to_end(
     name: str | None = None,
     preprocessing: str | None = "registry",
     seed: int | None = None,
+    weights: str | None = None,
 ) -> keras.Model:
     """Wrap a backbone with resize, augmentation, scaling and a float32 softmax.
 
@@ -175,9 +176,31 @@ def build_end_to_end(
     scaling taken from ``model_info(arch).preprocessing``) or an already-built backbone
     ``keras.Model`` returning logits for ``[batch, h, w, 3]`` at ``image_size``; then pass
     ``preprocessing="imagenet"|"tf"|"unit"|None`` explicitly. ``seed`` seeds the augmentation layers.
+
+    ``weights`` (``"imagenet"`` or a weights file of the keras.applications twin, see
+    ``training.pretrained``): the backbone starts from them (a new classifier unless
+    ``num_classes == 1000``) and the scaling is the one those weights expect (keras'
+    ``preprocess_input`` of the family: caffe, tf, torch, or the twin's own in-model layers).
     """
     height, width = image_hw(image_size)
-    if isinstance(arch, str):
+    scaling = None
+    if weights is not None:
+        if not isinstance(arch, str):
+            raise ValueError("weights apply to a registry name, not to a prebuilt backbone")
+        if preprocessing != "registry":
+            raise ValueError("with pretrained weights the preprocessing is the weights' own: leave it out")
+        from training.pretrained import load_pretrained
+
+        backbone, scaling = load_pretrained(
+            arch,
+            weights,
+            num_classes=num_classes,
+            input_shape=(height, width, 3),
+            classifier_activation=None,
+            **(arch_options or {}),
+        )
+        name = name or f"{arch}_end_to_end"
+    elif isinstance(arch, str):
         if preprocessing == "registry":
             preprocessing = model_info(arch).preprocessing
         backbone = create_model(
@@ -200,7 +223,7 @@ def build_end_to_end(
     x = resize_layer((height, width))(inputs)
     for layer in augmentation_layers(augmentation or Augmentation(), seed):
         x = layer(x)
-    for layer in scaling_layers(preprocessing):
+    for layer in scaling if scaling is not None else scaling_layers(preprocessing):
         x = layer(x)
     logits = backbone(x)
     outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(logits)

@@ -45,6 +45,7 @@ from typing import Any
 
 import keras
 
+from training import finetune
 from training.cli import command_line
 from training.end_to_end import (
     AUGMENTATION_PRESETS,
@@ -95,6 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="export the SavedModel only, without its OpenVINO forms (`python -m training optimize`)")
     p("--time-limit", type=float, metavar="MINUTES", help="stop early once the next epoch would end "
       "past this many minutes of training (resumed sessions included), then evaluate and export")
+    finetune.add_arguments(parser)  # --weights, --freeze-epochs, --backbone-lr-scale
 
 
 def main(args: argparse.Namespace) -> int:
@@ -151,7 +153,7 @@ def fit(args: argparse.Namespace) -> dict:
         write_json(run_dir / "run.json", run)
 
     stats = EpochStats()
-    callbacks = [stats, *make_callbacks(work_dir, resuming, args.patience)]
+    callbacks = [stats, *finetune.callbacks(config), *make_callbacks(work_dir, resuming, args.patience)]
     time_limit = time_limit_callback(work_dir, resuming, args.time_limit)
     if time_limit:
         callbacks.append(time_limit)
@@ -246,6 +248,7 @@ def build_model(config: dict, num_classes: int) -> keras.Model:
         augmentation=Augmentation(**config["augmentation"]),
         arch_options=config["arch_options"],
         seed=config["seed"],
+        weights=config.get("weights"),
     )
 
 
@@ -310,6 +313,7 @@ def run_config(args: argparse.Namespace) -> dict:
         "test_fraction": args.test_fraction,
         "limit": args.limit,
         "seed": args.seed,
+        **finetune.config_entries(args),  # --weights ... (absent when training from scratch)
     }
     return config
 
@@ -494,13 +498,13 @@ def make_optimizer(config: dict, steps_per_epoch: int) -> keras.optimizers.Optim
     """Adam, AdamW, SGD (momentum 0.9, Nesterov) or RMSprop (rho 0.9, momentum 0.9, eps 1e-3)."""
     lr = learning_rate_schedule(config, steps_per_epoch)
     decay = config["weight_decay"] or None
+    # The Keras class, or with --weights its two-rate subclass (training.finetune).
+    cls, extra = finetune.optimizer_class(config, config["optimizer"])
     optimizer = {
-        "adam": lambda: keras.optimizers.Adam(lr, weight_decay=decay),
-        "adamw": lambda: keras.optimizers.AdamW(lr, weight_decay=decay or 0.0),
-        "sgd": lambda: keras.optimizers.SGD(lr, momentum=0.9, nesterov=True, weight_decay=decay),
-        "rmsprop": lambda: keras.optimizers.RMSprop(
-            lr, rho=0.9, momentum=0.9, epsilon=1e-3, weight_decay=decay
-        ),
+        "adam": lambda: cls(lr, weight_decay=decay, **extra),
+        "adamw": lambda: cls(lr, weight_decay=decay or 0.0, **extra),
+        "sgd": lambda: cls(lr, momentum=0.9, nesterov=True, weight_decay=decay, **extra),
+        "rmsprop": lambda: cls(lr, rho=0.9, momentum=0.9, epsilon=1e-3, weight_decay=decay, **extra),
     }[config["optimizer"]]()
     if decay:
         # No decay on biases and normalization scales/offsets (the usual practice since Goyal et al.).
@@ -514,6 +518,7 @@ def compile_model(model: keras.Model, config: dict, steps_per_epoch: int) -> Non
         **loss_and_metrics(config),
         jit_compile={"auto": "auto", "on": True, "off": False}[config["jit_compile"]],
     )
+    finetune.prepare(model, config)  # with --weights: the head, the optimizer, epoch 0's phase
 
 
 def loss_and_metrics(config: dict) -> dict:

@@ -33,7 +33,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from training import fit
+from training import finetune, fit
 from training.cli import command_line
 from training.end_to_end import Augmentation
 from training.mixing import batch_mixers, mix
@@ -148,7 +148,11 @@ def fit_packed(args: argparse.Namespace) -> dict:
     fit.write_json(run_dir / "run.json", run)
 
     stats = fit.EpochStats()
-    callbacks = [stats, *fit.make_callbacks(run_dir, resuming, 0, validated=False, tensorboard=False)]
+    callbacks = [
+        stats,
+        *finetune.callbacks(config),  # with --weights: the frozen warm-up, then everything
+        *fit.make_callbacks(run_dir, resuming, 0, validated=False, tensorboard=False),
+    ]
     time_limit = fit.time_limit_callback(run_dir, resuming, args.time_limit)
     if time_limit:
         callbacks.append(time_limit)

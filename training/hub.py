@@ -11,6 +11,10 @@ Fine-tuned: with ``--data`` the hub model (a feature vector by default,
     python -m training hub --name convnext_tiny_imagenette \\
         --data /work/shared/data/imagenette2-train --epochs 3 --batch-size 32
 
+``--fine-tune`` then unfreezes the hub model and trains end to end (``--fine-tune-epochs``, at
+``--fine-tune-lr``, default a tenth of ``--lr``): the warm-up-then-unfreeze recipe of Keras'
+transfer-learning guide.
+
 Either way the model goes through ``training.export.export_model`` (both signatures, metadata).
 
 Where models come from: ``tensorflow_hub`` downloads a handle (a tfhub.dev / Kaggle URL) once into
@@ -54,18 +58,26 @@ SCALINGS = ("imagenet", "tf", "unit", "none")  # training.end_to_end.scaling_lay
 
 @keras.saving.register_keras_serializable(package="convzoo")
 class HubModel(keras.layers.Layer):
-    """A TF2 SavedModel from TF Hub (handle or local folder) as a frozen Keras 3 layer.
+    """A TF2 SavedModel from TF Hub (handle or local folder) as a Keras 3 layer, frozen by default.
 
     Its variables stay TensorFlow variables of the loaded module (not Keras weights): nothing
     trains them, and an export through ``keras.export.ExportArchive`` saves them with the model
     because the serving functions read them.
+
+    ``fine_tunable=True`` (``hub --fine-tune``): the module's ``trainable_variables`` (the Reusable
+    SavedModel API that hub.KerasLayer also reads; Keras-made SavedModels such as the published
+    ConvNeXt have it) become this layer's trainable weights: Keras variables backed by the very
+    ``tf.Variable`` objects the module reads, so gradients reach them and the optimizer's updates
+    are what the module computes with. They train only once the layer is made ``trainable``.
+    BatchNormalization inside a Keras-made module stays in inference mode (``training=False``).
     """
 
-    def __init__(self, handle: str, **kwargs):
-        kwargs["trainable"] = False
+    def __init__(self, handle: str, fine_tunable: bool = False, **kwargs):
+        kwargs["trainable"] = bool(kwargs.get("trainable", False) and fine_tunable)
         kwargs.setdefault("dtype", "float32")  # the module computes in float32
         super().__init__(**kwargs)
         self.handle = str(handle)
+        self.fine_tunable = bool(fine_tunable)
         try:
             self.module = hub.load(self.handle)
         except OSError as error:  # no network, unknown handle, missing folder
@@ -76,6 +88,20 @@ class HubModel(keras.layers.Layer):
         if not callable(self.module):
             raise ValueError(f"{self.handle} has no __call__ function: not a TF2 image model")
         self.takes_training = "training" in inspect.signature(self.module.__call__).parameters
+        if self.fine_tunable:
+            # Tracked as trainable variables, then frozen with the layer (Keras' setter flips them).
+            self.hub_variables = [_adopt(v) for v in self._module_variables()]
+            for variable in self.hub_variables:
+                variable.trainable = self.trainable
+
+    def _module_variables(self) -> list:
+        variables = list(getattr(self.module, "trainable_variables", None) or [])
+        if not variables:
+            raise ValueError(
+                f"{self.handle} exposes no trainable_variables (TF Hub's Reusable SavedModel API), "
+                "so it cannot be fine-tuned; train a new head on it without --fine-tune"
+            )
+        return variables
 
     def call(self, images):
         if self.takes_training:  # Keras-made SavedModels: run BatchNorm / dropout in inference mode
@@ -87,7 +113,20 @@ class HubModel(keras.layers.Layer):
         return outputs
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "handle": self.handle}
+        return {**super().get_config(), "handle": self.handle, "fine_tunable": self.fine_tunable}
+
+
+def _adopt(variable: tf.Variable) -> keras.Variable:
+    """A trainable Keras variable whose storage is ``variable`` itself (not a copy)."""
+    wrapper = keras.Variable(
+        initializer="zeros",
+        shape=variable.shape,
+        dtype=variable.dtype.name,
+        trainable=True,
+        name=variable.name.split(":")[0].replace("/", "_"),
+    )
+    wrapper._value = variable  # the TensorFlow backend's Variable reads and assigns its _value
+    return wrapper
 
 
 def build_hub_model(
@@ -99,6 +138,7 @@ def build_hub_model(
     augmentation=None,
     name: str = "hub",
     seed: int | None = None,
+    fine_tunable: bool = False,
 ) -> keras.Model:
     """End-to-end model around a hub model: raw pixels in, float32 probabilities out.
 
@@ -106,7 +146,7 @@ def build_hub_model(
     with it a new Dense head of that many classes is put on the hub model's outputs (features).
     """
     pixels = keras.Input((image_size, image_size, 3), name="pixels")
-    outputs = HubModel(handle, name="hub")(pixels)
+    outputs = HubModel(handle, fine_tunable=fine_tunable, name="hub")(pixels)
     if len(outputs.shape) != 2:
         raise ValueError(f"{handle} returns shape {outputs.shape}; expected [batch, n]")
     if num_classes is not None:
@@ -175,6 +215,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     f("--test-fraction", type=float, default=0.15)
     f("--limit", type=int, help="cap the images of every split (quick runs)")
     f("--seed", type=int, default=0)
+    f("--fine-tune", action="store_true", help="after the head's --epochs, unfreeze the hub model "
+      "and train everything (--fine-tune-epochs at --fine-tune-lr)")  # fmt: skip
+    f("--fine-tune-epochs", type=int, help="epochs of the unfrozen phase (default: --epochs)")
+    f("--fine-tune-lr", type=float, help="learning rate of the unfrozen phase (default: --lr / 10)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -247,6 +291,7 @@ def fine_tune(args: argparse.Namespace, handle: str, preprocessing: str | None) 
         augmentation=augmentation,
         name=args.name,
         seed=args.seed,
+        fine_tunable=bool(getattr(args, "fine_tune", False)),
     )
     config = {
         "optimizer": args.optimizer,
@@ -261,6 +306,9 @@ def fine_tune(args: argparse.Namespace, handle: str, preprocessing: str | None) 
     trainable = sum(int(tf.size(w)) for w in model.trainable_weights)
     print(f"training a new head ({trainable:,} parameters) over the frozen hub model")
     model.fit(batches["train"], validation_data=batches["validation"], epochs=args.epochs, verbose=2)
+    extra = {}
+    if getattr(args, "fine_tune", False):
+        extra["backbone"] = unfreeze_and_train(model, config, batches, data.sizes["train"], args)
     scores = model.evaluate(batches["test"], return_dict=True, verbose=0)
     metrics = {"top1": float(scores["top1"]), "top5": float(scores["top5"])}
     print(f"held-out test: top-1 {metrics['top1']:.4f}, top-5 {metrics['top5']:.4f} on {data.sizes['test']} images")
@@ -268,6 +316,26 @@ def fine_tune(args: argparse.Namespace, handle: str, preprocessing: str | None) 
         "labels": list(data.labels),
         "dataset": data.name,
         "metrics": metrics,
-        "extra": {"fine_tuning": {**config, "splits": data.sizes, "augment": args.augment}},
+        "extra": {"fine_tuning": {**config, "splits": data.sizes, "augment": args.augment, **extra}},
     }
+
+
+def hub_layer(model: keras.Model) -> HubModel:
+    """The ``HubModel`` inside a ``build_hub_model`` model."""
+    return next(layer for layer in model.get_layer(f"{model.name}_backbone").layers if isinstance(layer, HubModel))
+
+
+def unfreeze_and_train(model: keras.Model, config: dict, batches: dict, train_size: int, args) -> dict:
+    """The fine-tuning phase after the head's warm-up (Keras' transfer-learning guide): the hub
+    model unfrozen, recompiled at a lower learning rate, everything trained; returns its settings."""
+    epochs = args.fine_tune_epochs if args.fine_tune_epochs is not None else args.epochs
+    lr = args.fine_tune_lr if args.fine_tune_lr is not None else args.lr / 10
+    hub_layer(model).trainable = True
+    phase = {**config, "learning_rate": lr, "epochs": epochs}
+    compile_model(model, phase, steps_per_epoch=math.ceil(train_size / args.batch_size))  # recompile: new trainables
+    trainable = sum(int(tf.size(w)) for w in model.trainable_weights)
+    print(f"fine-tuning everything ({trainable:,} parameters, hub model unfrozen) at lr {lr:g} for {epochs} epochs")
+    if epochs:
+        model.fit(batches["train"], validation_data=batches["validation"], epochs=epochs, verbose=2)
+    return {"unfrozen_epochs": epochs, "learning_rate": lr, "trainable_parameters": trainable}
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import keras
+from keras import layers
 
 
 @dataclass(frozen=True)
@@ -102,13 +103,44 @@ def create_model(
     name: str,
     num_classes: int = 1000,
     input_shape: tuple[int, int, int] | None = None,
+    *,
+    weights: str | None = None,
+    include_top: bool = True,
+    pooling: str | None = None,
     **options,
 ) -> keras.Model:
     """Build the uncompiled model ``name`` (backbone + classification head, no preprocessing).
 
     ``input_shape`` defaults to the architecture's reference shape. Options override the
     variant's defaults (e.g. ``width=0.5``, ``dropout=0.2``, ``classifier_activation=None``).
+
+    ``weights``: None (random), ``"imagenet"`` (keras' download of the keras.applications twin's
+    weights) or the path of a weights file saved from the twin; see ``training.pretrained``. With
+    ``num_classes != 1000`` everything but the classifier is loaded.
+
+    ``include_top=False``: the headless backbone (like keras.applications), returning the last
+    feature map, or with ``pooling="avg"|"max"`` its global average / max (ConvNeXt: followed by
+    its head LayerNorm, as keras does).
     """
+    if pooling not in (None, "avg", "max"):
+        raise ValueError(f"pooling must be None, 'avg' or 'max', got {pooling!r}")
+    if include_top and pooling is not None:
+        raise ValueError("pooling applies to the headless backbone only (include_top=False)")
+    if weights is None:
+        model = build_model(name, num_classes, input_shape, **options)
+    else:
+        from training.pretrained import load_pretrained
+
+        model, _ = load_pretrained(
+            name, weights, num_classes=num_classes, input_shape=input_shape, **options
+        )
+    return model if include_top else headless(model, pooling)
+
+
+def build_model(
+    name: str, num_classes: int = 1000, input_shape: tuple[int, int, int] | None = None, **options
+) -> keras.Model:
+    """``create_model`` with random weights and its head: the registered builder, checked."""
     info = model_info(name)
     shape = tuple(input_shape) if input_shape is not None else info.input_shape
     if len(shape) != 3:
@@ -120,6 +152,26 @@ def create_model(
         )
     kwargs = {**info.defaults, **options}
     return info.builder(num_classes=num_classes, input_shape=shape, name=name, **kwargs)
+
+
+def headless(model: keras.Model, pooling: str | None = None) -> keras.Model:
+    """The backbone of a zoo model without its head: the feature map its head pools or flattens.
+
+    Every builder starts its head with a layer named ``{name}_avg_pool`` or ``flatten``.
+    """
+    names = {layer.name for layer in model.layers}
+    start = next((n for n in (f"{model.name}_avg_pool", "flatten") if n in names), None)
+    if start is None:
+        raise ValueError(f"{model.name}: no head found (a {model.name}_avg_pool or flatten layer)")
+    features = model.get_layer(start).input
+    x = features
+    if pooling == "avg":
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    elif pooling == "max":
+        x = layers.GlobalMaxPooling2D(name="max_pool")(x)
+    if pooling and f"{model.name}_head_layernorm" in names:
+        x = model.get_layer(f"{model.name}_head_layernorm")(x)
+    return keras.Model(model.input, x, name=f"{model.name}_features")
 
 
 def _import_families() -> None:

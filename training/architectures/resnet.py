@@ -114,16 +114,30 @@ def preact_basic_block(x, filters: int, stride: int, *, name: str):
     return layers.Add(name=f"{name}_out")([shortcut, x])
 
 
-def preact_bottleneck_block(x, filters: int, stride: int, *, name: str):
-    """v2 bottleneck: BN-ReLU-1x1, BN-ReLU-3x3, BN-ReLU-1x1 x4, add the shortcut."""
+def preact_bottleneck_block(x, filters: int, stride: int, *, name: str, slim: bool = False):
+    """v2 bottleneck: BN-ReLU-1x1, BN-ReLU-3x3, BN-ReLU-1x1 x4, add the shortcut.
+
+    ``slim``: TF-slim's (keras.applications') form: a projection only where the width changes,
+    a 1x1 max pool (stride ``stride``) as the shortcut of a strided block, and the 3x3 padded
+    symmetrically (1 on every side) rather than "same" (which pads 0 before, 1 after at stride 2).
+    """
     out_filters = 4 * filters
     preact = layers.Activation("relu", name=f"{name}_preact_relu")(bn(x, name=f"{name}_preact_bn"))
     shortcut = x
-    if needs_projection(x, out_filters, stride):
+    if slim:
+        if x.shape[-1] != out_filters:
+            shortcut = projection(preact, out_filters, stride, name=name, use_bn=False)
+        elif stride > 1:
+            shortcut = layers.MaxPooling2D(1, strides=stride, name=f"{name}_shortcut_pool")(x)
+    elif needs_projection(x, out_filters, stride):
         shortcut = projection(preact, out_filters, stride, name=name, use_bn=False)
     x = conv(preact, filters, 1, use_bias=False, name=f"{name}_1_conv")
     x = layers.Activation("relu", name=f"{name}_1_relu")(bn(x, name=f"{name}_1_bn"))
-    x = conv(x, filters, 3, strides=stride, use_bias=False, name=f"{name}_2_conv")
+    if slim:
+        x = layers.ZeroPadding2D(1, name=f"{name}_2_pad")(x)
+        x = layers.Conv2D(filters, 3, strides=stride, use_bias=False, name=f"{name}_2_conv")(x)
+    else:
+        x = conv(x, filters, 3, strides=stride, use_bias=False, name=f"{name}_2_conv")
     x = layers.Activation("relu", name=f"{name}_2_relu")(bn(x, name=f"{name}_2_bn"))
     x = conv(x, out_filters, 1, name=f"{name}_3_conv")
     return layers.Add(name=f"{name}_out")([shortcut, x])
@@ -156,18 +170,35 @@ def resnet(
     depths: tuple[int, ...],
     preact: bool = False,
     width: float = 1.0,
+    stride_at: str = "first",
     classifier_activation="softmax",
 ):
-    """ResNet with ``depths[i]`` blocks of type ``block`` in stage ``conv{i + 2}``."""
+    """ResNet with ``depths[i]`` blocks of type ``block`` in stage ``conv{i + 2}``.
+
+    ``stride_at="last"`` (v2 bottlenecks only): TF-slim's layout, which keras.applications'
+    ResNet*V2 and their ImageNet weights use: stages conv2-conv4 end with a strided block
+    (``preact_bottleneck_block(slim=True)``) instead of conv3-conv5 starting with one. Same
+    parameters, same output size, a different network: ``training.pretrained`` builds it so.
+    """
     if width <= 0:
         raise ValueError(f"width must be positive, got {width}")
+    if stride_at not in ("first", "last"):
+        raise ValueError(f"stride_at must be 'first' or 'last', got {stride_at!r}")
+    if stride_at == "last" and (block, preact) != ("bottleneck", True):
+        raise ValueError("stride_at='last' (TF-slim's layout) exists for ResNet v2 bottlenecks only")
     block_fn = BLOCKS[block, preact]
     inputs = model_input(input_shape)
     x = stem(inputs, int(64 * width), preact=preact)
+    last_stage = len(depths) - 1
     for stage, (filters, blocks) in enumerate(zip(STAGE_FILTERS, depths)):
         for index in range(blocks):
+            block_name = f"conv{stage + 2}_block{index + 1}"
+            if stride_at == "last":
+                stride = 2 if stage < last_stage and index == blocks - 1 else 1
+                x = block_fn(x, int(filters * width), stride, name=block_name, slim=True)
+                continue
             stride = 2 if stage > 0 and index == 0 else 1
-            x = block_fn(x, int(filters * width), stride, name=f"conv{stage + 2}_block{index + 1}")
+            x = block_fn(x, int(filters * width), stride, name=block_name)
     if preact:
         x = layers.Activation("relu", name="post_relu")(bn(x, name="post_bn"))
     outputs = classifier_head(x, num_classes, name=name, activation=classifier_activation)
