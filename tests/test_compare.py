@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,6 @@ from PIL import Image
 from test_data import make_folder
 from training import __main__ as cli
 from training import compare
-from training.fit import CRASH_ENV
 
 ARCHS = ("lenet5", "mobilenet_v1")
 
@@ -94,13 +94,14 @@ def test_a_crashed_architecture_is_reported_then_resumed_within_the_time_budget(
 ):
     out = tmp_path / "cmp"
     argv = compare_argv(folder, out, "--epochs", "3", archs=("lenet5",))
-    monkeypatch.setenv(CRASH_ENV, "2:1")  # fit dies during epoch 2
+    crashing = Path(__file__).with_name("crashing_training.py")
+    monkeypatch.setattr(compare, "TRAINING_COMMAND", (sys.executable, str(crashing), "2:1"))  # dies in epoch 2
     assert cli.main(argv) == 1
     assert "[1/1] lenet5: FAILED (fit exit code 75)" in capsys.readouterr().out
     assert "Not finished (see their fit.log): lenet5." in (out / "results.md").read_text()
     assert read_csv(out / "results.csv") == []
 
-    monkeypatch.delenv(CRASH_ENV)
+    monkeypatch.undo()
     assert cli.main([*argv, "--time-budget", "0.001"]) == 0  # resumes epoch 2, then out of time
     assert "resuming the unfinished run" in (out / "lenet5" / "fit.log").read_text()
     [row] = read_csv(out / "results.csv")

@@ -36,10 +36,15 @@ def read_log(run_dir: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def run_cli(argv: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
-    """``python -m training ...`` in a fresh process (so it can be killed for real)."""
+CRASHING = Path(__file__).with_name("crashing_training.py")
+
+
+def run_cli(argv: list[str], env: dict | None = None, crash_at: str | None = None) -> subprocess.CompletedProcess:
+    """``python -m training ...`` in a fresh process (so it can be killed for real); ``crash_at``
+    ("EPOCH:BATCH"): through ``tests/crashing_training.py``, which dies there."""
+    command = [sys.executable, str(CRASHING), crash_at] if crash_at else [sys.executable, "-m", "training"]
     return subprocess.run(
-        [sys.executable, "-m", "training", *argv],
+        [*command, *argv],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
         capture_output=True,
@@ -94,7 +99,7 @@ def test_killed_mid_epoch_then_the_same_command_resumes(folder, tmp_path):
             str(tmp_path / "models")]  # fmt: skip
     run_dir = tmp_path / "runs" / "resume"
 
-    killed = run_cli(argv, env={fit.CRASH_ENV: "2:3"})  # dies after batch 3 of epoch 2
+    killed = run_cli(argv, crash_at="2:3")  # dies after batch 3 of epoch 2
     assert killed.returncode == 75, killed.stderr[-2000:]
     assert "Epoch 2/3" in killed.stdout
     assert [row["epoch"] for row in read_log(run_dir)] == ["0"]

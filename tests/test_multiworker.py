@@ -30,17 +30,22 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-def run_workers(argv: list[str], ports: list[int], cwd: Path, env: dict | None = None) -> list[tuple[int, str]]:
-    """Start one ``python -m training`` per port (worker i listens on ports[i]); (exit code, output)."""
+CRASHING = Path(__file__).with_name("crashing_training.py")
+
+
+def run_workers(argv: list[str], ports: list[int], cwd: Path, crash_at: str | None = None) -> list[tuple[int, str]]:
+    """Start one ``python -m training`` per port (worker i listens on ports[i]); (exit code, output).
+    ``crash_at`` ("EPOCH:BATCH"): through ``tests/crashing_training.py``, which dies there."""
+    command = [sys.executable, str(CRASHING), crash_at] if crash_at else [sys.executable, "-m", "training"]
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     processes = []
     for index in range(len(ports)):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         processes.append(subprocess.Popen(
-            [sys.executable, "-m", "training", *argv], cwd=cwd, text=True,
+            [*command, *argv], cwd=cwd, text=True,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONPATH": str(REPO), "TF_CONFIG": tf_config,
-                 "CUDA_VISIBLE_DEVICES": "", **(env or {})},
+                 "CUDA_VISIBLE_DEVICES": ""},
         ))  # fmt: skip
     results = []
     try:
@@ -88,7 +93,7 @@ def test_two_workers_train_agree_resume_and_export(folder, tmp_path):
     run_dir = tmp_path / "runs" / f"lenet5_{folder.name}_32px"
 
     # Both die at the same step of epoch 2 (a worker alone would leave the other waiting).
-    crashed = run_workers(argv, free_ports(2), tmp_path, env={fit.CRASH_ENV: "2:2"})
+    crashed = run_workers(argv, free_ports(2), tmp_path, crash_at="2:2")
     assert [code for code, _ in crashed] == [75, 75], crashed[0][1][-3000:] + crashed[1][1][-3000:]
     assert "MultiWorkerMirroredStrategy over 2 workers" in crashed[0][1]
     assert (run_dir / "backup" / "training_metadata.json").exists()  # the chief's

@@ -187,12 +187,10 @@ def test_fit_packed_imports_no_tensorflow():
 def test_fit_packed_killed_mid_epoch_then_the_same_command_resumes(packed, tmp_path):
     from test_fit import read_log, run_cli
 
-    from training import fit
-
     argv = ["fit-packed", "--data", str(packed), "--arch", "lenet5", "--image-size", "32", "--epochs", "3",
             "--batch-size", "8", "--train-splits", "train,validation", "--runs-dir", str(tmp_path),
             "--run-name", "resume", "--workers", "1"]  # fmt: skip
-    killed = run_cli(argv, env={fit.CRASH_ENV: "2:2"})  # dies after batch 2 of epoch 2
+    killed = run_cli(argv, crash_at="2:2")  # dies after batch 2 of epoch 2
     assert killed.returncode == 75, killed.stderr[-2000:]
     assert [row["epoch"] for row in read_log(tmp_path / "resume")] == ["0"]
 

@@ -228,6 +228,10 @@ def finished_run(run_dir: Path) -> dict | None:
     return run if run and run.get("metrics") else None
 
 
+TRAINING_COMMAND = (sys.executable, "-m", "training")
+"""How ``train`` starts a fit: a child process per architecture."""
+
+
 def train(argv: list[str], log_path: Path) -> int:
     """Run ``python -m training fit`` in a child process, output appended to ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -236,7 +240,7 @@ def train(argv: list[str], log_path: Path) -> int:
         log.write(f"\n$ python -m training {shlex.join(argv)}\n")
         log.flush()
         child = subprocess.run(
-            [sys.executable, "-m", "training", *argv],
+            [*TRAINING_COMMAND, *argv],
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONPATH": path},

@@ -57,8 +57,6 @@ from training.end_to_end import (
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 MONITOR = "val_top1"
-# Test-only: "EPOCH:BATCH" makes the process die (os._exit) after that batch of that 1-based epoch.
-CRASH_ENV = "CONVZOO_TEST_CRASH_AT"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -556,8 +554,6 @@ def make_callbacks(
     if validated and patience > 0:
         callbacks.append(keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=patience))
     callbacks.append(keras.callbacks.BackupAndRestore(run_dir / "backup", delete_checkpoint=False))
-    if os.environ.get(CRASH_ENV):
-        callbacks.append(CrashForTests(os.environ[CRASH_ENV]))
     return callbacks
 
 
@@ -609,23 +605,6 @@ class TimeLimit(keras.callbacks.Callback):
         if epoch + 1 < self.params["epochs"] and self.spent + last > self.seconds:
             self.model.stop_training = True
             self.stopped = True
-
-
-class CrashForTests(keras.callbacks.Callback):
-    """Test-only (env ``CONVZOO_TEST_CRASH_AT=EPOCH:BATCH``): die like a killed process, no cleanup."""
-
-    def __init__(self, spec: str):
-        super().__init__()
-        self.epoch, self.batch = (int(n) for n in spec.split(":"))
-        self.current = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.current = epoch + 1
-
-    def on_train_batch_end(self, batch, logs=None):
-        if (self.current, batch + 1) == (self.epoch, self.batch):
-            print(f"\n{CRASH_ENV}: killing the process at epoch {self.epoch}, batch {self.batch}", flush=True)
-            os._exit(75)
 
 
 def best_logged(log_csv: Path) -> float | None:

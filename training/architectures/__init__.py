@@ -5,18 +5,26 @@
 
 Importing this package imports every family module, so their ``@register_model`` entries and
 their custom layers (needed to load ``.keras`` checkpoints) are registered, as are the custom
-objects of fine-tuned checkpoints (``training.pretrained``, ``training.finetune``).
+objects of fine-tuned checkpoints (``training.pretrained``, ``training.finetune``). The registry
+(``_registry``) imports no family: families register themselves, this package imports them
+(timm's pattern), so there is no import cycle.
 """
 
-from training.architectures._registry import (
-    ModelInfo,
-    _import_families,
-    create_model,
-    list_models,
-    model_info,
-)
+from training.architectures._registry import ModelInfo, create_model, list_models, model_info
 
-_import_families()
+# Importing the family modules runs their @register_model decorators.
+from training.architectures import (  # noqa: E402,F401  isort: skip
+    alexnet,
+    convnext,
+    densenet,
+    efficientnet,
+    inception,
+    lenet,
+    mobilenet,
+    resnet,
+    vgg,
+    xception,
+)
 
 # Custom objects of pretrained / fine-tuned checkpoints (caffe's channel flip, the two-rate optimizers).
 import training.finetune  # noqa: E402,F401

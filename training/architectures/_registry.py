@@ -82,13 +82,11 @@ def register_model(
 
 def list_models(pattern: str = "*") -> list[str]:
     """Registered model names matching a shell-style ``pattern`` (e.g. ``"resnet*"``), sorted."""
-    _import_families()
     return sorted(n for n in _MODELS if fnmatch.fnmatchcase(n, pattern))
 
 
 def model_info(name: str) -> ModelInfo:
     """The registry entry for ``name``; ``KeyError`` with close matches if unknown."""
-    _import_families()
     try:
         return _MODELS[name]
     except KeyError:
@@ -172,19 +170,3 @@ def headless(model: keras.Model, pooling: str | None = None) -> keras.Model:
     if pooling and f"{model.name}_head_layernorm" in names:
         x = model.get_layer(f"{model.name}_head_layernorm")(x)
     return keras.Model(model.input, x, name=f"{model.name}_features")
-
-
-def _import_families() -> None:
-    # Importing the family modules runs their @register_model decorators.
-    from training.architectures import (  # noqa: F401
-        alexnet,
-        convnext,
-        densenet,
-        efficientnet,
-        inception,
-        lenet,
-        mobilenet,
-        resnet,
-        vgg,
-        xception,
-    )
