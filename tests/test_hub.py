@@ -274,7 +274,7 @@ def test_hub_fine_tune_from_the_command_line(tmp_path):
         "--models-dir", str(models),
     ]  # fmt: skip
     assert cli(argv) == 0
-    metadata = load_metadata(models / "hub_ft" / "1")
+    metadata = read_metadata(models / "hub_ft" / "1")
     backbone = metadata["fine_tuning"]["backbone"]
     assert backbone["unfrozen_epochs"] == 1 and backbone["learning_rate"] == pytest.approx(1e-4)
     assert backbone["trainable_parameters"] > FEATURES * 2 + 2  # more than the head
