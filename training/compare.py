@@ -64,6 +64,7 @@ from training.cli import command_line
 from training.architectures import model_info
 from training.end_to_end import AUGMENTATION_PRESETS
 from training.flops import format_count
+from training.runs import best_logged, logged_seconds, read_json, read_log, write_json  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ARCHS = (
@@ -277,10 +278,10 @@ def result_row(arch: str, run_dir: Path, run: dict, args: argparse.Namespace) ->
         "epochs_planned": planned,
         "stopped": stop_reason(training, epochs_done, planned),
         "train_images_per_s": training["images_per_second_steady"] or training["images_per_second"],
-        "train_minutes": round(sum(row["epoch_seconds"] for row in log) / 60, 2),
+        "train_minutes": round(logged_seconds(run_dir / "log.csv") / 60, 2),
         "target_val_top1": args.target_accuracy,
         "epochs_to_target": epochs_to_reach(log, args.target_accuracy),
-        "best_val_top1": max((row["val_top1"] for row in log), default=None),
+        "best_val_top1": best_logged(run_dir / "log.csv"),
         "test_top1": run["metrics"]["top1"],
         "test_top5": run["metrics"]["top5"],
         "latency_ms_batch1": measured["latency_ms_batch1"],
@@ -296,7 +297,7 @@ def ensure_export(run_dir: Path, run: dict) -> Path:
     from training.export import export_run
 
     path = export_run(run_dir, models_dir=run_dir.parent / "models")
-    fit.write_json(run_dir / "run.json", {**run, "export": str(path)})
+    write_json(run_dir / "run.json", {**run, "export": str(path)})
     return path
 
 
@@ -341,19 +342,10 @@ def measure_export(export: Path, size: tuple, repeats: int) -> dict:
     }
 
 
-def read_log(log_csv: Path) -> list[dict]:
-    """log.csv as one dict of floats per epoch, in order (a row repeated by a resume counts once)."""
-    with open(log_csv, newline="") as f:
-        by_epoch = {int(row["epoch"]): row for row in csv.DictReader(f)}
-    return [
-        {"val_top1": float(row["val_top1"]), "epoch_seconds": float(row.get("epoch_seconds") or 0)}
-        for _, row in sorted(by_epoch.items())
-    ]
-
-
 def epochs_to_reach(log: list[dict], target: float) -> int | None:
     """The first epoch (1-based) whose validation top-1 reached ``target``; None if none did."""
-    return next((epoch for epoch, row in enumerate(log, 1) if row["val_top1"] >= target), None)
+    reached = (epoch for epoch, row in enumerate(log, 1) if (row.get("val_top1") or 0.0) >= target)
+    return next(reached, None)
 
 
 def stop_reason(training: dict, epochs_done: int, planned: int) -> str:
@@ -498,7 +490,3 @@ def machine() -> str:
                  if line.startswith("model name")]  # fmt: skip
         model = names[0] if names else model
     return f"{model}, {os.cpu_count()} CPU cores, {platform.system()}"
-
-
-def read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import csv
 import dataclasses
 import json
 import math
@@ -47,16 +46,21 @@ import keras
 
 from training import finetune
 from training.cli import command_line
-from training.end_to_end import (
-    AUGMENTATION_PRESETS,
-    Augmentation,
-    augmentation_preset,
-    build_end_to_end,
-    image_hw,
+from training.end_to_end import AUGMENTATION_PRESETS, Augmentation, augmentation_preset, image_hw
+from training.runs import (  # noqa: F401  (build_model, float32_model, RunStateError: fit's API too)
+    MONITOR,
+    RunStateError,
+    best_logged,
+    build_model,
+    check_run_dir,
+    check_worker_dir,
+    float32_model,
+    logged_seconds,
+    new_run,
+    write_json,
 )
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
-MONITOR = "val_top1"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -104,10 +108,6 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0 if run["metrics"] else 1
-
-
-class RunStateError(RuntimeError):
-    """The run folder holds a finished run, or an unfinished one with another configuration."""
 
 
 def fit(args: argparse.Namespace) -> dict:
@@ -194,20 +194,9 @@ def fit(args: argparse.Namespace) -> dict:
         print(f"stopped by --time-limit {args.time_limit:g} min after epoch {last_epoch}/{args.epochs}")
 
     if not args.no_export:  # (the chief only: other workers returned above)
-        from training.export import export_model, run_extras
+        from training.export import export_trained
 
-        path = export_model(
-            float32_model(best, config, data.num_classes),
-            name=run["name"],
-            labels=run["labels"],
-            input_size=run["image_size"],
-            architecture=args.arch,
-            dataset=run["dataset"],
-            metrics={"top1": run["metrics"]["top1"], "top5": run["metrics"]["top5"]},
-            command=run["command"],
-            models_dir=args.models_dir,
-            extra=run_extras(run, run_dir),
-        )
+        path = export_trained(best, run, run_dir, models_dir=args.models_dir)
         run["export"] = str(path)
         write_json(run_dir / "run.json", run)
         print(f"exported to {path}")
@@ -216,56 +205,6 @@ def fit(args: argparse.Namespace) -> dict:
 
             optimize_after_export(path, lambda: held_out_from_data(data, seed=args.seed))
     return run
-
-
-def new_run(config, labels, class_ids, dataset, splits, device, precision, command, **more) -> dict:
-    """The run record written to ``run.json`` before training (``metrics`` None until evaluated)."""
-    return {
-        "arch": config["arch"],
-        "name": config["export_name"],
-        "labels": list(labels),
-        "class_ids": list(class_ids),
-        "image_size": list(config["image_size"]),
-        "dataset": dataset,
-        "splits": dict(splits),
-        "device": device,
-        "precision": precision,
-        **more,
-        "command": command,
-        "config": config,
-        "metrics": None,
-    }
-
-
-def build_model(config: dict, num_classes: int) -> keras.Model:
-    """The end-to-end model ``config`` describes (under the current dtype policy)."""
-    return build_end_to_end(
-        config["arch"],
-        num_classes=num_classes,
-        image_size=config["image_size"],
-        augmentation=Augmentation(**config["augmentation"]),
-        arch_options=config["arch_options"],
-        seed=config["seed"],
-        weights=config.get("weights"),
-    )
-
-
-def float32_model(model: keras.Model, config: dict, num_classes: int) -> keras.Model:
-    """``model`` itself when it computes in float32, else a float32 rebuild with its weights.
-
-    A mixed-precision model keeps float32 weights but computes in float16, which CPU servers run
-    slowly; the exported model should not depend on the GPU it was trained on.
-    """
-    if model.dtype_policy.name == "float32":
-        return model
-    policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("float32")
-    try:
-        twin = build_model(config, num_classes)
-    finally:
-        keras.mixed_precision.set_global_policy(policy)
-    twin.set_weights(model.get_weights())
-    return twin
 
 
 def run_config(args: argparse.Namespace) -> dict:
@@ -328,37 +267,6 @@ def parse_options(pairs: list[str]) -> dict:
         except (ValueError, SyntaxError):
             options[key] = text
     return options
-
-
-def check_run_dir(run_dir: Path, config: dict) -> bool:
-    """True when ``run_dir`` holds an unfinished run of this configuration to resume."""
-    previous_file = run_dir / "run.json"
-    if not previous_file.exists():
-        return False
-    previous = json.loads(previous_file.read_text())
-    if previous.get("metrics"):
-        raise RunStateError(
-            f"{run_dir} holds a finished run; choose another --run-name or delete it "
-            f"(to export it again: python -m training export {run_dir})"
-        )
-    resumable = (run_dir / "backup" / "training_metadata.json").exists()
-    if resumable and previous["config"] != config:
-        changed = sorted(k for k in config if previous["config"].get(k) != config[k])
-        raise RunStateError(
-            f"{run_dir} holds an unfinished run with another configuration (differs in: "
-            f"{', '.join(changed)}); re-run its command ({previous['command']}) or pick another --run-name"
-        )
-    if resumable:
-        print(f"resuming the unfinished run in {run_dir}")
-    return resumable
-
-
-def check_worker_dir(work_dir: Path) -> bool:
-    """A non-chief worker's ``check_run_dir``: True when its own backup holds an epoch to resume."""
-    resumable = (work_dir / "backup" / "training_metadata.json").exists()
-    if resumable:
-        print(f"resuming this worker's backup in {work_dir}")
-    return resumable
 
 
 def tf_config() -> dict:
@@ -605,31 +513,6 @@ class TimeLimit(keras.callbacks.Callback):
         if epoch + 1 < self.params["epochs"] and self.spent + last > self.seconds:
             self.model.stop_training = True
             self.stopped = True
-
-
-def best_logged(log_csv: Path) -> float | None:
-    """The best validation top-1 recorded in the CSV log so far (None without one)."""
-    if not log_csv.exists():
-        return None
-    with open(log_csv, newline="") as f:
-        values = [float(row[MONITOR]) for row in csv.DictReader(f) if row.get(MONITOR)]
-    return max(values) if values else None
-
-
-def logged_seconds(log_csv: Path) -> float:
-    """Training time of the epochs recorded in the CSV log (0 without one)."""
-    if not log_csv.exists():
-        return 0.0
-    with open(log_csv, newline="") as f:
-        return sum(float(row["epoch_seconds"]) for row in csv.DictReader(f) if row.get("epoch_seconds"))
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write atomically (temporary file + rename), so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
 
 
 def print_summary(run: dict) -> None:

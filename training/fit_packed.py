@@ -8,7 +8,7 @@
     python -m training export runs/RUN --name imagenette
 
 For a GPU machine that has JAX or PyTorch but no TensorFlow. It takes ``python -m training fit``'s
-flags and builds the same run from them: the same end-to-end model (``fit.build_model``, Keras'
+flags and builds the same run from them: the same end-to-end model (``runs.build_model``, Keras'
 augmentation layers inside it), optimizer, learning-rate schedule, label smoothing and metrics
 (``fit.compile_model``), CSV log, time limit and crash safety (BackupAndRestore: run the same
 command again to resume). What differs is the input: the pack's images, decoded once into memory
@@ -38,6 +38,7 @@ from training.cli import command_line
 from training.end_to_end import Augmentation
 from training.mixing import batch_mixers, mix
 from training.pack import Pack
+from training.runs import RunStateError, build_model, check_run_dir, float32_model, new_run, write_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +55,7 @@ def main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # a kill saves the weights too (see fit_packed)
     try:
         run = fit_packed(args)
-    except (fit.RunStateError, ValueError, KeyError) as error:
+    except (RunStateError, ValueError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0 if run.get("training") else 1
@@ -116,7 +117,7 @@ def fit_packed(args: argparse.Namespace) -> dict:
         raise ValueError("--train-splits must not include the held-out test split")
     config["train_splits"] = train_splits  # before the check: a resumed run must match it too
     run_dir = Path(args.runs_dir) / config["run_name"]
-    resuming = fit.check_run_dir(run_dir, config)
+    resuming = check_run_dir(run_dir, config)
     keras.utils.set_random_seed(args.seed)
     if args.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
@@ -133,19 +134,19 @@ def fit_packed(args: argparse.Namespace) -> dict:
     batches = Batches(
         images, labels, len(pack.labels), args.batch_size, augmentation, args.seed, args.workers
     )
-    model = fit.build_model(config, len(pack.labels))
+    model = build_model(config, len(pack.labels))
     enable_jit(model)
     fit.compile_model(model, config, len(batches))
     print(f"model {model.name}: {model.count_params():,} parameters; {len(batches)} steps per epoch")
 
-    run = fit.new_run(
+    run = new_run(
         config, pack.labels, pack.class_ids, pack.meta["dataset"], {"train": len(images)}, device, precision,
         command_line("fit-packed", add_arguments, args),
         trained_on=train_splits,
         backend=keras.backend.backend(),
         checkpoint="final epoch (fit-packed trains without a validation pass)",
     )
-    fit.write_json(run_dir / "run.json", run)
+    write_json(run_dir / "run.json", run)
 
     stats = fit.EpochStats()
     callbacks = [
@@ -167,9 +168,9 @@ def fit_packed(args: argparse.Namespace) -> dict:
     seconds = time.perf_counter() - start
     epochs_run = len(history.epoch)
 
-    final = fit.float32_model(model, config, len(pack.labels))
+    final = float32_model(model, config, len(pack.labels))
     if final is model:  # drop the optimizer state: a rebuilt, uncompiled twin saves weights only
-        final = fit.build_model(config, len(pack.labels))
+        final = build_model(config, len(pack.labels))
         final.set_weights(model.get_weights())
     final.save(run_dir / "best.keras")
     run["training"] = {
@@ -183,7 +184,7 @@ def fit_packed(args: argparse.Namespace) -> dict:
         "stopped_by_time_limit": bool(time_limit and time_limit.stopped),
         "interrupted": interrupted,
     }
-    fit.write_json(run_dir / "run.json", run)
+    write_json(run_dir / "run.json", run)
     if not interrupted:
         shutil.rmtree(run_dir / "backup", ignore_errors=True)
     print(
