@@ -20,6 +20,7 @@ from test_data import make_folder
 from training import __main__ as cli
 from training import fit
 from training.cli import command_line
+from training.recipe import Recipe
 from training.data import decode_and_resize, split_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -177,7 +178,7 @@ def test_optimizers_and_schedule():
 
 def test_command_rebuilt_when_not_run_from_the_cli():
     args = parse("--arch", "resnet18", "--data", "imagenette", "--mixed-precision", "--arch-option", "a=1")
-    assert command_line("fit", fit.add_arguments, args) == (
+    assert command_line("fit", Recipe.from_args(args).to_argv()) == (
         "python -m training fit --arch resnet18 --data imagenette --arch-option a=1 --mixed-precision"
     )
 

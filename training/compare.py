@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import platform
@@ -59,18 +60,18 @@ from pathlib import Path
 
 import numpy as np
 
-from training import fit
-from training.cli import command_line
+from training.cli import command_line, options_argv
 from training.architectures import model_info
-from training.end_to_end import AUGMENTATION_PRESETS
 from training.flops import format_count
+from training.recipe import Recipe
+from training.runs import best_logged, logged_seconds, read_json, read_log, write_json  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ARCHS = (
     "lenet5", "alexnet", "vgg16", "inception_v3", "resnet50", "xception", "densenet121",
     "mobilenet_v2", "efficientnet_b0", "convnext_tiny",
 )  # fmt: skip
-# Compare options handed to every `fit` unchanged (None / False: left to fit's default).
+# The Recipe fields compare takes as flags, shared by every `fit` it runs.
 RECIPE = (
     "data", "labels_map", "image_size", "epochs", "batch_size", "optimizer", "lr", "weight_decay",
     "warmup_epochs", "label_smoothing", "augment", "patience", "validation_fraction",
@@ -89,30 +90,31 @@ class CompareError(RuntimeError):
     """Bad options, or an output folder holding runs of another recipe."""
 
 
+# compare's defaults and help where they differ from fit's (the flags are the Recipe's fields).
+RECIPE_DEFAULTS = {
+    "image_size": 96, "epochs": 10, "batch_size": 32, "warmup_epochs": 1.0, "label_smoothing": 0.1,
+    "patience": 0,
+}  # fmt: skip
+RECIPE_HELP = {
+    "image_size": "square training size for every architecture",
+    "lr": "peak learning rate",
+    "batch_size": None, "validation_fraction": None, "test_fraction": None,
+    "weight_decay": "(default: fit's, 0.05 for adamw)",
+    "patience": "early-stopping patience (0: all run every epoch)",
+    "jit_compile": "XLA (fit's --jit-compile)",
+    "mixed_precision": "mixed_float16 training (GPU only)",
+}
+DEFAULTS = {"archs": ",".join(DEFAULT_ARCHS), "target_accuracy": 0.5, "repeats": 20}  # compare's own
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = parser.add_argument
-    p("--archs", default=",".join(DEFAULT_ARCHS), help="comma-separated names (default: %(default)s)")
-    p("--data", required=True, help="folder of class sub-folders, or 'imagenette' (TensorFlow Datasets)")
-    p("--labels-map", help="JSON or 'id name' lines mapping class ids to human-readable names")
-    p("--image-size", type=int, default=96, help="square training size for every architecture")
-    p("--epochs", type=int, default=10)
-    p("--batch-size", type=int, default=32)
-    p("--optimizer", choices=fit.OPTIMIZERS, default="adamw")
-    p("--lr", type=float, default=1e-3, help="peak learning rate")
-    p("--weight-decay", type=float, help="(default: fit's, 0.05 for adamw)")
-    p("--warmup-epochs", type=float, default=1.0, help="linear warm-up before the cosine decay")
-    p("--label-smoothing", type=float, default=0.1)
-    p("--augment", choices=sorted(AUGMENTATION_PRESETS), default="light", help="augmentation preset")
-    p("--patience", type=int, default=0, help="early-stopping patience (0: all run every epoch)")
-    p("--validation-fraction", type=float, default=0.15)
-    p("--test-fraction", type=float, default=0.15)
-    p("--limit", type=int, help="cap the images of every split (quick runs)")
-    p("--seed", type=int, default=0, help="data split, shuffling, augmentation and initial weights")
-    p("--jit-compile", choices=("auto", "on", "off"), default="auto", help="XLA (fit's --jit-compile)")
-    p("--mixed-precision", action="store_true", help="mixed_float16 training (GPU only)")
+    p("--archs", default=DEFAULTS["archs"], help="comma-separated names (default: %(default)s)")
+    Recipe.add_arguments(parser, only=RECIPE, defaults=RECIPE_DEFAULTS, help=RECIPE_HELP)
     p("--time-budget", type=float, metavar="MINUTES", help="training time per architecture")
-    p("--target-accuracy", type=float, default=0.5, help="validation top-1 for 'epochs to reach'")
-    p("--repeats", type=int, default=20, help="timed calls per latency / throughput median")
+    p("--target-accuracy", type=float, default=DEFAULTS["target_accuracy"],
+      help="validation top-1 for 'epochs to reach'")  # fmt: skip
+    p("--repeats", type=int, default=DEFAULTS["repeats"], help="timed calls per latency / throughput median")
     p("--remeasure", action="store_true", help="measure latency and throughput again")
     p("--out", type=Path, help="output folder (default: runs/compare-<data>_<size>px_<epochs>ep)")
 
@@ -137,9 +139,11 @@ def compare(args: argparse.Namespace) -> dict:
     if args.data != "imagenette":  # an absolute path: the same recipe from any working directory
         args = argparse.Namespace(**{**vars(args), "data": str(Path(args.data).resolve())})
     out = args.out or default_out(args)
-    plans = {arch: fit_argv(arch, args, out) for arch in archs}
-    for arch, argv in plans.items():
-        check_recipe(out / arch, expected_config(argv))  # before anything trains
+    shared = shared_recipe(args, out)
+    recipes = {arch: dataclasses.replace(shared, arch=arch, run_name=arch) for arch in archs}
+    plans = {arch: ["fit", *recipe.to_argv()] for arch, recipe in recipes.items()}
+    for arch, recipe in recipes.items():
+        check_recipe(out / arch, recipe.config())  # before anything trains
 
     rows, failed = [], []
     for i, arch in enumerate(archs, 1):
@@ -186,27 +190,19 @@ def default_out(args: argparse.Namespace) -> Path:
     return Path("runs") / f"compare-{data_name}_{args.image_size}px_{args.epochs}ep"
 
 
-def fit_argv(arch: str, args: argparse.Namespace, out: Path) -> list[str]:
-    """The ``python -m training`` arguments that train ``arch`` with the shared recipe."""
-    argv = ["fit", "--arch", arch]
-    for dest in RECIPE:
-        value = getattr(args, dest)
-        flag = "--" + dest.replace("_", "-")
-        if value is True:
-            argv.append(flag)
-        elif value is not None and value is not False:
-            argv.extend((flag, str(value)))
-    if args.time_budget is not None:
-        argv.extend(("--time-limit", str(args.time_budget)))
-    argv.extend(("--runs-dir", str(out), "--run-name", arch, "--models-dir", str(out / "models")))
-    return argv
+def shared_recipe(args: argparse.Namespace, out: Path) -> Recipe:
+    """The Recipe every architecture trains with (its ``arch`` and ``run_name`` set per run)."""
+    return Recipe.from_args(
+        args, arch="", time_limit=args.time_budget, runs_dir=str(out), models_dir=str(out / "models")
+    )
 
 
-def expected_config(argv: list[str]) -> dict:
-    """The run configuration fit derives from ``argv`` (what its run.json will record)."""
-    parser = argparse.ArgumentParser()
-    fit.add_arguments(parser)
-    return fit.run_config(parser.parse_args(argv[1:]))
+def command_argv(args: argparse.Namespace) -> list[str]:
+    """``compare``'s own arguments, rebuilt from ``args`` (for the report)."""
+    own = {key: getattr(args, key) for key in ("archs",)}
+    shared = Recipe.from_args(args, arch="").to_argv(only=RECIPE, defaults=RECIPE_DEFAULTS)
+    rest = {key: getattr(args, key) for key in ("time_budget", "target_accuracy", "repeats", "remeasure", "out")}
+    return [*options_argv(own, DEFAULTS), *shared, *options_argv(rest, DEFAULTS)]
 
 
 def check_recipe(run_dir: Path, config: dict) -> None:
@@ -277,10 +273,10 @@ def result_row(arch: str, run_dir: Path, run: dict, args: argparse.Namespace) ->
         "epochs_planned": planned,
         "stopped": stop_reason(training, epochs_done, planned),
         "train_images_per_s": training["images_per_second_steady"] or training["images_per_second"],
-        "train_minutes": round(sum(row["epoch_seconds"] for row in log) / 60, 2),
+        "train_minutes": round(logged_seconds(run_dir / "log.csv") / 60, 2),
         "target_val_top1": args.target_accuracy,
         "epochs_to_target": epochs_to_reach(log, args.target_accuracy),
-        "best_val_top1": max((row["val_top1"] for row in log), default=None),
+        "best_val_top1": best_logged(run_dir / "log.csv"),
         "test_top1": run["metrics"]["top1"],
         "test_top5": run["metrics"]["top5"],
         "latency_ms_batch1": measured["latency_ms_batch1"],
@@ -296,7 +292,7 @@ def ensure_export(run_dir: Path, run: dict) -> Path:
     from training.export import export_run
 
     path = export_run(run_dir, models_dir=run_dir.parent / "models")
-    fit.write_json(run_dir / "run.json", {**run, "export": str(path)})
+    write_json(run_dir / "run.json", {**run, "export": str(path)})
     return path
 
 
@@ -341,19 +337,10 @@ def measure_export(export: Path, size: tuple, repeats: int) -> dict:
     }
 
 
-def read_log(log_csv: Path) -> list[dict]:
-    """log.csv as one dict of floats per epoch, in order (a row repeated by a resume counts once)."""
-    with open(log_csv, newline="") as f:
-        by_epoch = {int(row["epoch"]): row for row in csv.DictReader(f)}
-    return [
-        {"val_top1": float(row["val_top1"]), "epoch_seconds": float(row.get("epoch_seconds") or 0)}
-        for _, row in sorted(by_epoch.items())
-    ]
-
-
 def epochs_to_reach(log: list[dict], target: float) -> int | None:
     """The first epoch (1-based) whose validation top-1 reached ``target``; None if none did."""
-    return next((epoch for epoch, row in enumerate(log, 1) if row["val_top1"] >= target), None)
+    reached = (epoch for epoch, row in enumerate(log, 1) if (row.get("val_top1") or 0.0) >= target)
+    return next(reached, None)
 
 
 def stop_reason(training: dict, epochs_done: int, planned: int) -> str:
@@ -422,7 +409,7 @@ def header(run: dict | None, args: argparse.Namespace) -> list[str]:
     """Bullet lines: command, machine, data and split, recipe, how speed and latency were measured."""
     budget = f"; time budget {args.time_budget:g} min per architecture" if args.time_budget else ""
     lines = [
-        f"- command: `{command_line('compare', add_arguments, args)}`",
+        f"- command: `{command_line('compare', command_argv(args))}`",
         f"- machine: {machine()}" + (f"; training device: {run['device']}" if run else ""),
     ]
     if run:
@@ -498,7 +485,3 @@ def machine() -> str:
                  if line.startswith("model name")]  # fmt: skip
         model = names[0] if names else model
     return f"{model}, {os.cpu_count()} CPU cores, {platform.system()}"
-
-
-def read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None

@@ -24,16 +24,11 @@ import keras
 from keras import layers
 
 from training.architectures import create_model, model_info
+from training.scaling import IMAGENET_MEAN, IMAGENET_STD, PREPROCESSING, scaling_layers  # noqa: F401
 
-# ImageNet statistics on 0..1 pixels (what "imagenet" preprocessing normalises with).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # The resize every path uses (the model's first layer, the data pipeline, the export's bytes input).
 RESIZE = {"interpolation": "bilinear", "crop_to_aspect_ratio": True, "antialias": True}
-
-PREPROCESSING = ("imagenet", "tf", "unit", None)
-
 
 @dataclass(frozen=True)
 class Augmentation:
@@ -138,24 +133,6 @@ def augmentation_layers(aug: Augmentation, seed: int | None = None) -> list[laye
             )
         )
     return stack
-
-
-def scaling_layers(preprocessing: str | None) -> list[layers.Layer]:
-    """Pixels 0..255 -> what the backbone expects: "imagenet", "tf" (-1..1), "unit" (0..1) or None."""
-    if preprocessing == "imagenet":
-        return [
-            layers.Rescaling(1 / 255, name="rescale"),
-            layers.Normalization(
-                mean=IMAGENET_MEAN, variance=[s * s for s in IMAGENET_STD], name="normalize"
-            ),
-        ]
-    if preprocessing == "tf":
-        return [layers.Rescaling(1 / 127.5, offset=-1.0, name="rescale")]
-    if preprocessing == "unit":
-        return [layers.Rescaling(1 / 255, name="rescale")]
-    if preprocessing is None:
-        return []
-    raise ValueError(f"unknown preprocessing {preprocessing!r}; expected one of {PREPROCESSING}")
 
 
 def build_end_to_end(

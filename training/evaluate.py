@@ -13,6 +13,7 @@ is what ``python -m training export`` needs. Refuses data whose classes differ f
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -45,21 +46,22 @@ def main(args: argparse.Namespace) -> int:
 def evaluate_run(run_dir: str | Path, *, data: str | None = None, batch_size: int = 64) -> dict:
     import training.architectures  # noqa: F401  (registers the zoo's custom layers for loading)
     from training.data import SplitFractions, load_data
-    from training.export import read_run
-    from training.fit import loss_and_metrics, write_json
+    from training.fit import loss_and_metrics
+    from training.recipe import Recipe
+    from training.runs import read_run, write_json
 
     run_dir = Path(run_dir)
     run, checkpoint = read_run(run_dir)
-    config = run["config"]
-    fractions = SplitFractions(config["validation_fraction"], config["test_fraction"], config["seed"])
+    recipe = Recipe.from_config(run["config"])  # the split and the loss as trained
+    fractions = SplitFractions(recipe.validation_fraction, recipe.test_fraction, recipe.seed)
     dataset = load_data(
-        data or config["data"], config["image_size"], fractions=fractions, labels_map=config.get("labels_map")
+        data or recipe.data, run["config"]["image_size"], fractions=fractions, labels_map=recipe.labels_map
     )
     if list(dataset.class_ids) != list(run["class_ids"]):
         raise ValueError(f"the data's classes {dataset.class_ids} are not the run's {run['class_ids']}")
     model = keras.models.load_model(checkpoint, compile=False)
-    model.compile(**loss_and_metrics(config))  # the loss as trained, top-1 and top-5
-    batches = dataset.batches(batch_size, None, seed=config["seed"])
+    model.compile(**loss_and_metrics(dataclasses.asdict(recipe)))  # the loss as trained, top-1 and top-5
+    batches = dataset.batches(batch_size, None, seed=recipe.seed)
     scores = {}
     for split in ("validation", "test"):
         result = model.evaluate(batches[split], return_dict=True, verbose=0)

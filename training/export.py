@@ -40,6 +40,7 @@ from service.repository import (METADATA_FILE, NAME_PATTERN, export_records, fsy
                                 next_version, read_metadata)
 from training.end_to_end import RESIZE, image_hw, resize_images
 from training.flops import count_flops, format_count
+from training.runs import float32_model, read_run, run_extras
 
 SIGNATURES = {
     "serving_default": {
@@ -260,10 +261,24 @@ def export_run(
     if not run.get("metrics"):
         raise ValueError(f"{run_dir} is not finished (run.json has no held-out metrics yet)")
     import training.architectures  # noqa: F401  (registers the zoo's custom layers for loading)
-    from training.fit import float32_model
 
-    # A mixed-precision checkpoint is rebuilt to compute in float32, as `fit` exports it.
-    model = float32_model(keras.models.load_model(checkpoint), run["config"], len(run["labels"]))
+    model = keras.models.load_model(checkpoint)
+    return export_trained(model, run, run_dir, name=name, models_dir=models_dir, version=version)
+
+
+def export_trained(
+    model: keras.Model,
+    run: dict,
+    run_dir: str | Path,
+    *,
+    name: str | None = None,
+    models_dir: str | Path = "models",
+    version: int | None = None,
+) -> Path:
+    """Export the evaluated ``model`` of the run ``run`` (its ``run.json`` record) in ``run_dir``:
+    the hand-over from a run folder to the repository (``fit`` ends with it; ``export_run`` too)."""
+    # A mixed-precision checkpoint is rebuilt to compute in float32 (CPU servers run float16 slowly).
+    model = float32_model(model, run["config"], len(run["labels"]))
     return export_model(
         model,
         name=name or run["name"],
@@ -277,28 +292,3 @@ def export_run(
         version=version,
         extra=run_extras(run, run_dir),
     )
-
-
-def read_run(run_dir: Path) -> tuple[dict, Path]:
-    """A run folder's ``run.json`` contents and the path of its ``best.keras``, both required."""
-    run_file, checkpoint = run_dir / "run.json", run_dir / "best.keras"
-    for needed in (run_file, checkpoint):
-        if not needed.is_file():
-            raise FileNotFoundError(f"{needed} not found: is {run_dir} a `python -m training fit` run?")
-    return json.loads(run_file.read_text(encoding="utf-8")), checkpoint
-
-
-def run_extras(run: dict, run_dir: str | Path) -> dict:
-    """Metadata about how the model was trained, from a run's ``run.json``: time, epochs, device."""
-    training = run.get("training") or {}
-    summary = {
-        key: training[key]
-        for key in ("seconds", "epochs_run", "images_per_second", "images_per_second_steady")
-        if training.get(key) is not None
-    }
-    for key in ("device", "precision", "backend", "trained_on", "splits", "validation_metrics"):
-        if run.get(key) is not None:
-            summary[key] = run[key]
-    if (run.get("config") or {}).get("pack"):
-        summary["pack"] = run["config"]["pack"]
-    return {"run": str(run_dir), "training": summary}

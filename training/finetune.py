@@ -147,17 +147,6 @@ def callbacks(config: dict) -> list[keras.callbacks.Callback]:
     return [FineTuneSchedule(config.get("freeze_epochs", 0))] if fine_tuning(config) else []
 
 
-def add_arguments(parser) -> None:
-    """``--weights``, ``--freeze-epochs``, ``--backbone-lr-scale`` (shared by fit and fit-packed)."""
-    p = parser.add_argument
-    p("--weights", help="start from pretrained weights: 'imagenet' (keras' download of the "
-      "architecture's keras.applications twin) or a weights file saved from that twin")
-    p("--freeze-epochs", type=int, default=0,
-      help="with --weights: epochs that train the new head only (backbone frozen)")
-    p("--backbone-lr-scale", type=float, default=BACKBONE_LR_SCALE,
-      help="with --weights: the backbone's learning rate as a fraction of the head's")
-
-
 def config_entries(args) -> dict:
     """The run-configuration entries of these flags (none without --weights: old runs unchanged)."""
     weights = getattr(args, "weights", None)

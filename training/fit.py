@@ -31,9 +31,6 @@ evaluated and exported as usual, and ``run.json`` says the time limit stopped it
 from __future__ import annotations
 
 import argparse
-import ast
-import csv
-import dataclasses
 import json
 import math
 import os
@@ -47,95 +44,62 @@ import keras
 
 from training import finetune
 from training.cli import command_line
-from training.end_to_end import (
-    AUGMENTATION_PRESETS,
-    Augmentation,
-    augmentation_preset,
-    build_end_to_end,
-    image_hw,
+from training.end_to_end import Augmentation
+from training.recipe import OPTIMIZERS, Recipe, parse_options  # noqa: F401  (fit's API too)
+from training.runs import (  # noqa: F401  (build_model, float32_model, RunStateError: fit's API too)
+    MONITOR,
+    RunStateError,
+    best_logged,
+    build_model,
+    check_run_dir,
+    check_worker_dir,
+    float32_model,
+    logged_seconds,
+    new_run,
+    write_json,
 )
 
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
-MONITOR = "val_top1"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    p = parser.add_argument
-    p("--arch", required=True, help="architecture name (`python -m training zoo` lists them)")
-    p("--data", required=True, help="folder of class sub-folders, or 'imagenette' (TensorFlow Datasets)")
-    p("--labels-map", help="JSON or 'id name' lines mapping class ids to human-readable names")
-    p("--image-size", type=int, help="square training size (default: the architecture's reference size)")
-    p("--epochs", type=int, default=30)
-    p("--batch-size", type=int, default=64, help="global batch size (split across GPUs)")
-    p("--optimizer", choices=OPTIMIZERS, default="adamw")
-    p("--lr", type=float, default=1e-3, help="peak learning rate (before --scale-lr)")
-    p("--weight-decay", type=float, help="decoupled weight decay (default: 0.05 for adamw, none otherwise)")
-    p("--scale-lr", action="store_true", help="linear scaling rule: lr = lr * batch_size / 256")
-    p("--warmup-epochs", type=float, default=0.0, help="linear warm-up before the cosine decay")
-    p("--label-smoothing", type=float, default=0.0)
-    p("--augment", choices=sorted(AUGMENTATION_PRESETS), default="light", help="augmentation preset")
-    p("--mixup", type=float, help="MixUp alpha (overrides the preset; 0 disables)")
-    p("--cutmix", type=float, help="CutMix alpha (overrides the preset; 0 disables)")
-    p("--width", type=float, help="width multiplier, for architectures that take one")
-    p("--arch-option", action="append", default=[], metavar="KEY=VALUE", help="builder option, repeatable")
-    p("--mixed-precision", action="store_true", help="mixed_float16 compute (GPU only)")
-    p("--jit-compile", choices=("auto", "on", "off"), default="auto", help="XLA (auto: Keras decides)")
-    p("--patience", type=int, default=10, help="early-stopping patience in epochs (0: never stop early)")
-    p("--validation-fraction", type=float, default=0.15, help="per class, for folder datasets")
-    p("--test-fraction", type=float, default=0.15, help="held-out share of each class (or of TFDS train)")
-    p("--limit", type=int, help="cap the images of every split (quick runs)")
-    p("--seed", type=int, default=0, help="data split, shuffling, augmentation and initial weights")
-    p("--run-name", help="folder under --runs-dir (default: ARCH_DATA_SIZEpx)")
-    p("--runs-dir", default="runs")
-    p("--name", help="exported model name (default: the architecture)")
-    p("--models-dir", default="models")
-    p("--no-export", action="store_true", help="do not export to --models-dir at the end")
-    p("--no-optimize", action="store_true",
-      help="export the SavedModel only, without its OpenVINO forms (`python -m training optimize`)")
-    p("--time-limit", type=float, metavar="MINUTES", help="stop early once the next epoch would end "
-      "past this many minutes of training (resumed sessions included), then evaluate and export")
-    finetune.add_arguments(parser)  # --weights, --freeze-epochs, --backbone-lr-scale
+    Recipe.add_arguments(parser)  # every field of the Recipe is a flag
 
 
 def main(args: argparse.Namespace) -> int:
     try:
-        run = fit(args)
+        run = fit(Recipe.from_args(args))
     except RunStateError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0 if run["metrics"] else 1
 
 
-class RunStateError(RuntimeError):
-    """The run folder holds a finished run, or an unfinished one with another configuration."""
-
-
-def fit(args: argparse.Namespace) -> dict:
-    """Train, evaluate and export as ``args`` say; returns the final ``run.json`` contents."""
+def fit(recipe: Recipe) -> dict:
+    """Train, evaluate and export as ``recipe`` says; returns the final ``run.json`` contents."""
     strategy, device = choose_strategy()  # first: MultiWorkerMirroredStrategy precedes any TF op
     chief, task = is_chief(), task_index()
-    config = run_config(args)
-    run_dir = Path(args.runs_dir) / config["run_name"]
+    config = recipe.config()
+    run_dir = Path(recipe.runs_dir) / config["run_name"]
     # Where this worker writes: the run folder on the chief, a folder of its own on other workers.
     work_dir = run_dir if chief else run_dir / f"workertemp_{task}"
     resuming = check_run_dir(run_dir, config) if chief else check_worker_dir(work_dir)
-    keras.utils.set_random_seed(args.seed)
-    set_precision(args.mixed_precision)
+    keras.utils.set_random_seed(recipe.seed)
+    set_precision(recipe.mixed_precision)
     precision = keras.mixed_precision.global_policy().name
     print(f"device: {device}; precision: {precision}")
 
     from training.data import SplitFractions, load_data  # TensorFlow (tf.data) from here on
 
-    fractions = SplitFractions(args.validation_fraction, args.test_fraction, args.seed)
+    fractions = SplitFractions(recipe.validation_fraction, recipe.test_fraction, recipe.seed)
     data = load_data(
-        args.data, config["image_size"], fractions=fractions, labels_map=args.labels_map, limit=args.limit
+        recipe.data, config["image_size"], fractions=fractions, labels_map=recipe.labels_map, limit=recipe.limit
     )
     print(data.describe())
     augmentation = Augmentation(**config["augmentation"])
-    batches = data.batches(args.batch_size, augmentation, seed=args.seed)
+    batches = data.batches(recipe.batch_size, augmentation, seed=recipe.seed)
     if is_multi_worker(strategy):
         batches = {split: shard_by_data(ds) for split, ds in batches.items()}
-    steps_per_epoch = math.ceil(data.sizes["train"] / args.batch_size)
+    steps_per_epoch = math.ceil(data.sizes["train"] / recipe.batch_size)
 
     with strategy.scope():
         model = build_model(config, data.num_classes)
@@ -146,20 +110,20 @@ def fit(args: argparse.Namespace) -> dict:
     )
 
     run = new_run(config, data.labels, data.class_ids, data.name, data.sizes, device, precision,
-                  command_line("fit", add_arguments, args))  # fmt: skip
+                  command_line("fit", recipe.to_argv()))  # fmt: skip
     if chief:
         write_json(run_dir / "run.json", run)
 
     stats = EpochStats()
-    callbacks = [stats, *finetune.callbacks(config), *make_callbacks(work_dir, resuming, args.patience)]
-    time_limit = time_limit_callback(work_dir, resuming, args.time_limit)
+    callbacks = [stats, *finetune.callbacks(config), *make_callbacks(work_dir, resuming, recipe.patience)]
+    time_limit = time_limit_callback(work_dir, resuming, recipe.time_limit)
     if time_limit:
         callbacks.append(time_limit)
     start = time.perf_counter()
     history = model.fit(
         batches["train"],
         validation_data=batches["validation"],
-        epochs=args.epochs,
+        epochs=recipe.epochs,
         callbacks=callbacks,
         shuffle=False,  # the tf.data pipeline shuffles (Keras cannot shuffle a dataset itself)
         verbose=1,
@@ -178,7 +142,7 @@ def fit(args: argparse.Namespace) -> dict:
         "images_per_second": round(epochs_run * data.sizes["train"] / seconds, 1) if epochs_run else None,
         "images_per_second_steady": stats.steady_speed(data.sizes["train"]),
         "best_val_top1": best_logged(work_dir / "log.csv"),
-        "time_limit_minutes": args.time_limit,
+        "time_limit_minutes": recipe.time_limit,
         "stopped_by_time_limit": bool(time_limit and time_limit.stopped),
     }
     if not chief:  # the chief keeps the run; this worker's copy was only for the collectives
@@ -191,174 +155,25 @@ def fit(args: argparse.Namespace) -> dict:
     print_summary(run)
     if run["training"]["stopped_by_time_limit"]:
         last_epoch = history.epoch[-1] + 1
-        print(f"stopped by --time-limit {args.time_limit:g} min after epoch {last_epoch}/{args.epochs}")
+        print(f"stopped by --time-limit {recipe.time_limit:g} min after epoch {last_epoch}/{recipe.epochs}")
 
-    if not args.no_export:  # (the chief only: other workers returned above)
-        from training.export import export_model, run_extras
+    if not recipe.no_export:  # (the chief only: other workers returned above)
+        from training.export import export_trained
 
-        path = export_model(
-            float32_model(best, config, data.num_classes),
-            name=run["name"],
-            labels=run["labels"],
-            input_size=run["image_size"],
-            architecture=args.arch,
-            dataset=run["dataset"],
-            metrics={"top1": run["metrics"]["top1"], "top5": run["metrics"]["top5"]},
-            command=run["command"],
-            models_dir=args.models_dir,
-            extra=run_extras(run, run_dir),
-        )
+        path = export_trained(best, run, run_dir, models_dir=recipe.models_dir)
         run["export"] = str(path)
         write_json(run_dir / "run.json", run)
         print(f"exported to {path}")
-        if not args.no_optimize:
+        if not recipe.no_optimize:
             from training.optimize import held_out_from_data, optimize_after_export
 
-            optimize_after_export(path, lambda: held_out_from_data(data, seed=args.seed))
+            optimize_after_export(path, lambda: held_out_from_data(data, seed=recipe.seed))
     return run
 
 
-def new_run(config, labels, class_ids, dataset, splits, device, precision, command, **more) -> dict:
-    """The run record written to ``run.json`` before training (``metrics`` None until evaluated)."""
-    return {
-        "arch": config["arch"],
-        "name": config["export_name"],
-        "labels": list(labels),
-        "class_ids": list(class_ids),
-        "image_size": list(config["image_size"]),
-        "dataset": dataset,
-        "splits": dict(splits),
-        "device": device,
-        "precision": precision,
-        **more,
-        "command": command,
-        "config": config,
-        "metrics": None,
-    }
-
-
-def build_model(config: dict, num_classes: int) -> keras.Model:
-    """The end-to-end model ``config`` describes (under the current dtype policy)."""
-    return build_end_to_end(
-        config["arch"],
-        num_classes=num_classes,
-        image_size=config["image_size"],
-        augmentation=Augmentation(**config["augmentation"]),
-        arch_options=config["arch_options"],
-        seed=config["seed"],
-        weights=config.get("weights"),
-    )
-
-
-def float32_model(model: keras.Model, config: dict, num_classes: int) -> keras.Model:
-    """``model`` itself when it computes in float32, else a float32 rebuild with its weights.
-
-    A mixed-precision model keeps float32 weights but computes in float16, which CPU servers run
-    slowly; the exported model should not depend on the GPU it was trained on.
-    """
-    if model.dtype_policy.name == "float32":
-        return model
-    policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("float32")
-    try:
-        twin = build_model(config, num_classes)
-    finally:
-        keras.mixed_precision.set_global_policy(policy)
-    twin.set_weights(model.get_weights())
-    return twin
-
-
 def run_config(args: argparse.Namespace) -> dict:
-    """Everything that defines the run, as plain JSON data (compared on resume)."""
-    info_size = image_hw(args.image_size) if args.image_size else None
-    if info_size is None:
-        from training.architectures import model_info
-
-        info_size = model_info(args.arch).input_shape[:2]
-    arch_options = parse_options(args.arch_option)
-    if args.width is not None:
-        arch_options["width"] = args.width
-    overrides = {k: v for k, v in (("mixup", args.mixup), ("cutmix", args.cutmix)) if v is not None}
-    learning_rate = args.lr * args.batch_size / 256 if args.scale_lr else args.lr
-    weight_decay = args.weight_decay
-    if weight_decay is None and args.optimizer == "adamw":
-        weight_decay = 0.05
-    data_name = args.data if args.data == "imagenette" else Path(args.data).resolve().name
-    config = {
-        "run_name": args.run_name or f"{args.arch}_{data_name}_{info_size[0]}px",
-        "export_name": args.name or args.arch,
-        "arch": args.arch,
-        "arch_options": arch_options,
-        "data": args.data,
-        "labels_map": args.labels_map,
-        "image_size": list(info_size),
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "optimizer": args.optimizer,
-        "base_lr": args.lr,
-        "scale_lr": args.scale_lr,
-        "learning_rate": learning_rate,
-        "weight_decay": weight_decay,
-        "warmup_epochs": args.warmup_epochs,
-        "label_smoothing": args.label_smoothing,
-        "augment": args.augment,
-        "augmentation_overrides": overrides,
-        "augmentation": dataclasses.asdict(augmentation_preset(args.augment).replace(**overrides)),
-        "mixed_precision": args.mixed_precision,
-        "jit_compile": args.jit_compile,
-        "patience": args.patience,
-        "validation_fraction": args.validation_fraction,
-        "test_fraction": args.test_fraction,
-        "limit": args.limit,
-        "seed": args.seed,
-        **finetune.config_entries(args),  # --weights ... (absent when training from scratch)
-    }
-    return config
-
-
-def parse_options(pairs: list[str]) -> dict:
-    """``["width=0.5", "dropout=0.2", "variant=a"]`` -> ``{"width": 0.5, "dropout": 0.2, "variant": "a"}``."""
-    options = {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--arch-option expects KEY=VALUE, got {pair!r}")
-        try:
-            options[key] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            options[key] = text
-    return options
-
-
-def check_run_dir(run_dir: Path, config: dict) -> bool:
-    """True when ``run_dir`` holds an unfinished run of this configuration to resume."""
-    previous_file = run_dir / "run.json"
-    if not previous_file.exists():
-        return False
-    previous = json.loads(previous_file.read_text())
-    if previous.get("metrics"):
-        raise RunStateError(
-            f"{run_dir} holds a finished run; choose another --run-name or delete it "
-            f"(to export it again: python -m training export {run_dir})"
-        )
-    resumable = (run_dir / "backup" / "training_metadata.json").exists()
-    if resumable and previous["config"] != config:
-        changed = sorted(k for k in config if previous["config"].get(k) != config[k])
-        raise RunStateError(
-            f"{run_dir} holds an unfinished run with another configuration (differs in: "
-            f"{', '.join(changed)}); re-run its command ({previous['command']}) or pick another --run-name"
-        )
-    if resumable:
-        print(f"resuming the unfinished run in {run_dir}")
-    return resumable
-
-
-def check_worker_dir(work_dir: Path) -> bool:
-    """A non-chief worker's ``check_run_dir``: True when its own backup holds an epoch to resume."""
-    resumable = (work_dir / "backup" / "training_metadata.json").exists()
-    if resumable:
-        print(f"resuming this worker's backup in {work_dir}")
-    return resumable
+    """Everything that defines the run, as plain JSON data (compared on resume): ``Recipe.config``."""
+    return Recipe.from_args(args).config()
 
 
 def tf_config() -> dict:
@@ -605,31 +420,6 @@ class TimeLimit(keras.callbacks.Callback):
         if epoch + 1 < self.params["epochs"] and self.spent + last > self.seconds:
             self.model.stop_training = True
             self.stopped = True
-
-
-def best_logged(log_csv: Path) -> float | None:
-    """The best validation top-1 recorded in the CSV log so far (None without one)."""
-    if not log_csv.exists():
-        return None
-    with open(log_csv, newline="") as f:
-        values = [float(row[MONITOR]) for row in csv.DictReader(f) if row.get(MONITOR)]
-    return max(values) if values else None
-
-
-def logged_seconds(log_csv: Path) -> float:
-    """Training time of the epochs recorded in the CSV log (0 without one)."""
-    if not log_csv.exists():
-        return 0.0
-    with open(log_csv, newline="") as f:
-        return sum(float(row["epoch_seconds"]) for row in csv.DictReader(f) if row.get("epoch_seconds"))
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write atomically (temporary file + rename), so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
 
 
 def print_summary(run: dict) -> None:

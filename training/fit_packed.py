@@ -8,7 +8,7 @@
     python -m training export runs/RUN --name imagenette
 
 For a GPU machine that has JAX or PyTorch but no TensorFlow. It takes ``python -m training fit``'s
-flags and builds the same run from them: the same end-to-end model (``fit.build_model``, Keras'
+flags and builds the same run from them: the same end-to-end model (``runs.build_model``, Keras'
 augmentation layers inside it), optimizer, learning-rate schedule, label smoothing and metrics
 (``fit.compile_model``), CSV log, time limit and crash safety (BackupAndRestore: run the same
 command again to resume). What differs is the input: the pack's images, decoded once into memory
@@ -34,18 +34,23 @@ import keras
 import numpy as np
 
 from training import finetune, fit
-from training.cli import command_line
+from training.cli import command_line, options_argv
 from training.end_to_end import Augmentation
 from training.mixing import batch_mixers, mix
 from training.pack import Pack
+from training.recipe import Recipe
+from training.runs import RunStateError, build_model, check_run_dir, float32_model, new_run, write_json
+
+
+DEFAULTS = {"workers": min(8, os.cpu_count() or 1), "train_splits": "train"}  # fit-packed's own flags
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    fit.add_arguments(parser)
-    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="batch threads")
+    fit.add_arguments(parser)  # the Recipe's flags
+    parser.add_argument("--workers", type=int, default=DEFAULTS["workers"], help="batch threads")
     parser.add_argument(
         "--train-splits",
-        default="train",
+        default=DEFAULTS["train_splits"],
         help="packed splits to train on, comma-separated (train,validation: once a recipe is chosen)",
     )
 
@@ -53,8 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # a kill saves the weights too (see fit_packed)
     try:
-        run = fit_packed(args)
-    except (fit.RunStateError, ValueError, KeyError) as error:
+        run = fit_packed(Recipe.from_args(args), workers=args.workers, train_splits=args.train_splits)
+    except (RunStateError, ValueError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0 if run.get("training") else 1
@@ -97,11 +102,13 @@ class Batches(keras.utils.PyDataset):
         return images, labels
 
 
-def fit_packed(args: argparse.Namespace) -> dict:
-    pack = Pack(args.data)
-    config = fit.run_config(args)
+def fit_packed(recipe: Recipe, *, workers: int = DEFAULTS["workers"], train_splits: str = "train") -> dict:
+    """Train as ``recipe`` says from its pack (``recipe.data``); returns the ``run.json`` contents."""
+    own = {"workers": workers, "train_splits": train_splits}
+    pack = Pack(recipe.data)
+    config = recipe.config()
     config["data"] = pack.meta["source"]  # the folder it was packed from (what `evaluate` reads)
-    config["pack"] = {"file": Path(args.data).name, **pack.meta}
+    config["pack"] = {"file": Path(recipe.data).name, **pack.meta}
     mismatched = [
         f"--{key.replace('_', '-')} {config[key]} (pack: {pack.meta[key]})"
         for key in ("validation_fraction", "test_fraction", "seed")
@@ -111,41 +118,41 @@ def fit_packed(args: argparse.Namespace) -> dict:
         mismatched.append(f"--image-size {config['image_size'][0]} (pack: {pack.meta['image_size'][0]})")
     if mismatched:
         raise ValueError("the pack was split or resized differently: " + "; ".join(mismatched))
-    train_splits = [name.strip() for name in args.train_splits.split(",") if name.strip()]
+    train_splits = [name.strip() for name in train_splits.split(",") if name.strip()]
     if "test" in train_splits:
         raise ValueError("--train-splits must not include the held-out test split")
     config["train_splits"] = train_splits  # before the check: a resumed run must match it too
-    run_dir = Path(args.runs_dir) / config["run_name"]
-    resuming = fit.check_run_dir(run_dir, config)
-    keras.utils.set_random_seed(args.seed)
-    if args.mixed_precision:
+    run_dir = Path(recipe.runs_dir) / config["run_name"]
+    resuming = check_run_dir(run_dir, config)
+    keras.utils.set_random_seed(recipe.seed)
+    if recipe.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     precision = keras.mixed_precision.global_policy().name
     device = describe_device()
     print(f"backend: {keras.backend.backend()}; device: {device}; precision: {precision}")
 
     start = time.perf_counter()
-    images = np.concatenate([pack.images(name, limit=args.limit) for name in train_splits])
-    labels = np.concatenate([pack.labels_of(name)[: args.limit] for name in train_splits])
+    images = np.concatenate([pack.images(name, limit=recipe.limit) for name in train_splits])
+    labels = np.concatenate([pack.labels_of(name)[: recipe.limit] for name in train_splits])
     seconds = time.perf_counter() - start
     print(f"decoded {len(images):,} training images ({' + '.join(train_splits)}) in {seconds:.1f} s")
     augmentation = Augmentation(**config["augmentation"])
     batches = Batches(
-        images, labels, len(pack.labels), args.batch_size, augmentation, args.seed, args.workers
+        images, labels, len(pack.labels), recipe.batch_size, augmentation, recipe.seed, workers
     )
-    model = fit.build_model(config, len(pack.labels))
+    model = build_model(config, len(pack.labels))
     enable_jit(model)
     fit.compile_model(model, config, len(batches))
     print(f"model {model.name}: {model.count_params():,} parameters; {len(batches)} steps per epoch")
 
-    run = fit.new_run(
+    run = new_run(
         config, pack.labels, pack.class_ids, pack.meta["dataset"], {"train": len(images)}, device, precision,
-        command_line("fit-packed", add_arguments, args),
+        command_line("fit-packed", [*recipe.to_argv(), *options_argv(own, DEFAULTS)]),
         trained_on=train_splits,
         backend=keras.backend.backend(),
         checkpoint="final epoch (fit-packed trains without a validation pass)",
     )
-    fit.write_json(run_dir / "run.json", run)
+    write_json(run_dir / "run.json", run)
 
     stats = fit.EpochStats()
     callbacks = [
@@ -153,23 +160,23 @@ def fit_packed(args: argparse.Namespace) -> dict:
         *finetune.callbacks(config),  # with --weights: the frozen warm-up, then everything
         *fit.make_callbacks(run_dir, resuming, 0, validated=False, tensorboard=False),
     ]
-    time_limit = fit.time_limit_callback(run_dir, resuming, args.time_limit)
+    time_limit = fit.time_limit_callback(run_dir, resuming, recipe.time_limit)
     if time_limit:
         callbacks.append(time_limit)
     start = time.perf_counter()
     history = keras.callbacks.History()
     interrupted = False
     try:
-        model.fit(batches, epochs=args.epochs, callbacks=[*callbacks, history], verbose=2)
+        model.fit(batches, epochs=recipe.epochs, callbacks=[*callbacks, history], verbose=2)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep what was learnt (the backup can resume it)
         interrupted = True
         print("\ninterrupted: saving the weights reached so far", file=sys.stderr)
     seconds = time.perf_counter() - start
     epochs_run = len(history.epoch)
 
-    final = fit.float32_model(model, config, len(pack.labels))
+    final = float32_model(model, config, len(pack.labels))
     if final is model:  # drop the optimizer state: a rebuilt, uncompiled twin saves weights only
-        final = fit.build_model(config, len(pack.labels))
+        final = build_model(config, len(pack.labels))
         final.set_weights(model.get_weights())
     final.save(run_dir / "best.keras")
     run["training"] = {
@@ -179,11 +186,11 @@ def fit_packed(args: argparse.Namespace) -> dict:
         "images_per_second": round(epochs_run * len(images) / seconds, 1) if epochs_run else None,
         "images_per_second_steady": stats.steady_speed(len(images)),
         "final_train_top1": float(history.history["top1"][-1]) if history.history.get("top1") else None,
-        "time_limit_minutes": args.time_limit,
+        "time_limit_minutes": recipe.time_limit,
         "stopped_by_time_limit": bool(time_limit and time_limit.stopped),
         "interrupted": interrupted,
     }
-    fit.write_json(run_dir / "run.json", run)
+    write_json(run_dir / "run.json", run)
     if not interrupted:
         shutil.rmtree(run_dir / "backup", ignore_errors=True)
     print(

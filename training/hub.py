@@ -45,11 +45,12 @@ import keras
 import tensorflow as tf
 import tensorflow_hub as hub
 
-from training.cli import command_line
+from training.cli import args_argv, command_line
 from training.data import SplitFractions, load_data
-from training.end_to_end import AUGMENTATION_PRESETS, augmentation_preset, build_end_to_end
+from training.end_to_end import augmentation_preset, build_end_to_end
 from training.export import export_model
-from training.fit import OPTIMIZERS, compile_model
+from training.fit import compile_model
+from training.recipe import Recipe
 
 CLASSIFIER_HANDLE = "https://tfhub.dev/sayakpaul/convnext_tiny_1k_224/1"
 FEATURE_VECTOR_HANDLE = "https://tfhub.dev/sayakpaul/convnext_tiny_1k_224_fe/1"
@@ -186,6 +187,16 @@ def read_labels(path: str | Path) -> list[str]:
 
 # --------------------------------------------------------------------------- command line
 
+# The Recipe fields `hub --data` takes as flags, with hub's defaults and help where they differ.
+HUB_RECIPE = (
+    "data", "labels_map", "epochs", "batch_size", "optimizer", "lr", "label_smoothing", "augment",
+    "jit_compile", "validation_fraction", "test_fraction", "limit", "seed",
+)  # fmt: skip
+HUB_DEFAULTS = {"data": None, "epochs": 3, "batch_size": 32, "optimizer": "adam", "jit_compile": "off"}
+HUB_HELP = {"data": "folder of class sub-folders, or 'imagenette' (TensorFlow Datasets)",
+            "lr": None, "seed": None, "batch_size": None, "validation_fraction": None, "test_fraction": None,
+            "jit_compile": "XLA for the training step"}  # fmt: skip
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = parser.add_argument
@@ -194,27 +205,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p("--name", default="convnext_tiny_hub", help="model name in the repository")
     p("--labels", help="class names, one per line in output order (default: ImageNet-1k names "
       "for a 1000-class model); only without --data")  # fmt: skip
-    p("--image-size", type=int, default=224, help="square input size the hub model takes")
+    Recipe.add_arguments(parser, only=("image_size",), defaults={"image_size": 224},
+                         help={"image_size": "square input size the hub model takes"})  # fmt: skip
     p("--preprocessing", choices=SCALINGS, default="imagenet",
       help="pixel scaling the hub model expects (ConvNeXt: imagenet; most Google models: unit)")  # fmt: skip
     p("--dataset", default="imagenet-1k", help="what the published model was trained on (metadata)")
     p("--models-dir", default="models")
     p("--version", type=int, help="version number (default: the next one); never overwrites")
     fine_tune = parser.add_argument_group("fine-tuning a new head (with --data)")
+    Recipe.add_arguments(fine_tune, only=HUB_RECIPE, defaults=HUB_DEFAULTS, help=HUB_HELP)
     f = fine_tune.add_argument
-    f("--data", help="folder of class sub-folders, or 'imagenette' (TensorFlow Datasets)")
-    f("--labels-map", help="JSON or 'id name' lines mapping class ids to human-readable names")
-    f("--epochs", type=int, default=3)
-    f("--batch-size", type=int, default=32)
-    f("--optimizer", choices=OPTIMIZERS, default="adam")
-    f("--lr", type=float, default=1e-3)
-    f("--label-smoothing", type=float, default=0.0)
-    f("--augment", choices=sorted(AUGMENTATION_PRESETS), default="light", help="augmentation preset")
-    f("--jit-compile", choices=("auto", "on", "off"), default="off", help="XLA for the training step")
-    f("--validation-fraction", type=float, default=0.15)
-    f("--test-fraction", type=float, default=0.15)
-    f("--limit", type=int, help="cap the images of every split (quick runs)")
-    f("--seed", type=int, default=0)
     f("--fine-tune", action="store_true", help="after the head's --epochs, unfreeze the hub model "
       "and train everything (--fine-tune-epochs at --fine-tune-lr)")  # fmt: skip
     f("--fine-tune-epochs", type=int, help="epochs of the unfrozen phase (default: --epochs)")
@@ -240,7 +240,7 @@ def wrap_and_export(args: argparse.Namespace) -> tuple[Path, str]:
             raise ValueError("--labels names a published classifier's outputs; with --data the "
                              "labels come from the dataset (see --labels-map)")  # fmt: skip
         handle = args.handle or FEATURE_VECTOR_HANDLE
-        model, details = fine_tune(args, handle, preprocessing)
+        model, details = fine_tune(Recipe.from_args(args, arch=f"tfhub:{handle}"), args, handle, preprocessing)
     else:
         handle = args.handle or CLASSIFIER_HANDLE
         model = build_hub_model(handle, image_size=args.image_size, preprocessing=preprocessing, name=args.name)
@@ -250,7 +250,7 @@ def wrap_and_export(args: argparse.Namespace) -> tuple[Path, str]:
         name=args.name,
         input_size=args.image_size,
         architecture=f"tfhub:{handle}",
-        command=command_line("hub", add_arguments, args),
+        command=command_line("hub", args_argv(add_arguments, args, positionals=("handle",))),
         models_dir=args.models_dir,
         version=args.version,
         **details,
@@ -275,37 +275,40 @@ def as_published(args: argparse.Namespace, model: keras.Model) -> dict:
     }
 
 
-def fine_tune(args: argparse.Namespace, handle: str, preprocessing: str | None) -> tuple[keras.Model, dict]:
-    """Train a Dense head over the frozen hub model; returns the model and its export details."""
-    keras.utils.set_random_seed(args.seed)
-    fractions = SplitFractions(args.validation_fraction, args.test_fraction, args.seed)
-    data = load_data(args.data, args.image_size, fractions=fractions, labels_map=args.labels_map, limit=args.limit)
+def fine_tune(
+    recipe: Recipe, args: argparse.Namespace, handle: str, preprocessing: str | None
+) -> tuple[keras.Model, dict]:
+    """Train a Dense head over the frozen hub model as ``recipe`` says (``args``: hub's own flags,
+    --fine-tune...); returns the model and its export details."""
+    keras.utils.set_random_seed(recipe.seed)
+    fractions = SplitFractions(recipe.validation_fraction, recipe.test_fraction, recipe.seed)
+    data = load_data(recipe.data, recipe.image_size, fractions=fractions, labels_map=recipe.labels_map, limit=recipe.limit)
     print(data.describe())
-    augmentation = augmentation_preset(args.augment)
-    batches = data.batches(args.batch_size, augmentation, seed=args.seed)
+    augmentation = augmentation_preset(recipe.augment)
+    batches = data.batches(recipe.batch_size, augmentation, seed=recipe.seed)
     model = build_hub_model(
         handle,
-        image_size=args.image_size,
+        image_size=recipe.image_size,
         preprocessing=preprocessing,
         num_classes=data.num_classes,
         augmentation=augmentation,
-        name=args.name,
-        seed=args.seed,
+        name=recipe.name,
+        seed=recipe.seed,
         fine_tunable=bool(getattr(args, "fine_tune", False)),
     )
     config = {
-        "optimizer": args.optimizer,
-        "learning_rate": args.lr,
+        "optimizer": recipe.optimizer,
+        "learning_rate": recipe.lr,
         "weight_decay": None,
-        "epochs": args.epochs,
+        "epochs": recipe.epochs,
         "warmup_epochs": 0.0,
-        "label_smoothing": args.label_smoothing,
-        "jit_compile": args.jit_compile,
+        "label_smoothing": recipe.label_smoothing,
+        "jit_compile": recipe.jit_compile,
     }
-    compile_model(model, config, steps_per_epoch=math.ceil(data.sizes["train"] / args.batch_size))
+    compile_model(model, config, steps_per_epoch=math.ceil(data.sizes["train"] / recipe.batch_size))
     trainable = sum(int(tf.size(w)) for w in model.trainable_weights)
     print(f"training a new head ({trainable:,} parameters) over the frozen hub model")
-    model.fit(batches["train"], validation_data=batches["validation"], epochs=args.epochs, verbose=2)
+    model.fit(batches["train"], validation_data=batches["validation"], epochs=recipe.epochs, verbose=2)
     extra = {}
     if getattr(args, "fine_tune", False):
         extra["backbone"] = unfreeze_and_train(model, config, batches, data.sizes["train"], args)
@@ -316,7 +319,7 @@ def fine_tune(args: argparse.Namespace, handle: str, preprocessing: str | None) 
         "labels": list(data.labels),
         "dataset": data.name,
         "metrics": metrics,
-        "extra": {"fine_tuning": {**config, "splits": data.sizes, "augment": args.augment, **extra}},
+        "extra": {"fine_tuning": {**config, "splits": data.sizes, "augment": recipe.augment, **extra}},
     }
 
 

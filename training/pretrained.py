@@ -48,6 +48,8 @@ import keras
 import numpy as np
 from keras import layers
 
+from training.scaling import IMAGENET_MEAN, IMAGENET_STD, scaling_layers
+
 # keras.applications module of each twin constructor (its preprocess_input).
 KERAS_MODULE = {
     "VGG16": "vgg16", "VGG19": "vgg19",
@@ -77,9 +79,8 @@ TWIN_OPTIONS = {"ResNet50V2": {"stride_at": "last"}, "ResNet101V2": {"stride_at"
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
 # keras' EfficientNet: with weights="imagenet" it adds Rescaling(1 / sqrt(std)) after its
-# Normalization (whose stored statistics are these), keras-team/keras efficientnet.py.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# Normalization (whose stored statistics are IMAGENET_MEAN / IMAGENET_STD, from training.scaling),
+# keras-team/keras efficientnet.py.
 
 # Layer attributes that must agree between a pair (shapes alone would not see a stride).
 CHECKED_ATTRIBUTES = ("kernel_size", "strides", "dilation_rate", "epsilon", "center", "scale", "use_bias")
@@ -108,7 +109,7 @@ class Pair:
 
 def twin_name(name: str) -> str:
     """The keras.applications constructor of zoo variant ``name``; ``WeightsError`` if none."""
-    from training.architectures import list_models, model_info
+    from training.architectures._registry import list_models, model_info
 
     twin = model_info(name).keras_application
     if twin is None:
@@ -135,7 +136,7 @@ def build_twin(name: str, weights: str | Path | None = None) -> keras.Model:
 
     ``"imagenet"``: keras' download; a path: a weights file of that twin; ``None``: random.
     """
-    from training.architectures import model_info
+    from training.architectures._registry import model_info
 
     info = model_info(name)
     constructor = getattr(keras.applications, twin_name(name))
@@ -264,8 +265,6 @@ def preprocessing_layers(name: str, twin: keras.Model | None = None) -> list[ker
 
     ``in_model`` needs the loaded ``twin``: its leading Rescaling / Normalization layers are copied.
     """
-    from training.end_to_end import scaling_layers
-
     mode = twin_preprocessing(name)
     if mode == "caffe":
         return [

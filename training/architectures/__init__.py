@@ -29,5 +29,8 @@ from training.architectures import (  # noqa: E402,F401  isort: skip
 # Custom objects of pretrained / fine-tuned checkpoints (caffe's channel flip, the two-rate optimizers).
 import training.finetune  # noqa: E402,F401
 import training.pretrained  # noqa: E402,F401
+from training.architectures._registry import set_weights_loader  # noqa: E402  isort: skip
+
+set_weights_loader(training.pretrained.load_pretrained)  # create_model(weights=...)
 
 __all__ = ["ModelInfo", "create_model", "list_models", "model_info"]

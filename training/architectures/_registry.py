@@ -127,12 +127,25 @@ def create_model(
     if weights is None:
         model = build_model(name, num_classes, input_shape, **options)
     else:
-        from training.pretrained import load_pretrained
-
-        model, _ = load_pretrained(
+        model, _ = _weights_loader()(
             name, weights, num_classes=num_classes, input_shape=input_shape, **options
         )
     return model if include_top else headless(model, pooling)
+
+
+_WEIGHTS_LOADER: list[Callable] = []
+
+
+def set_weights_loader(loader: Callable) -> None:
+    """Install ``create_model``'s loader of pretrained weights (``training.pretrained.load_pretrained``,
+    installed by the package): the registry imports no module that imports it back."""
+    _WEIGHTS_LOADER[:] = [loader]
+
+
+def _weights_loader() -> Callable:
+    if not _WEIGHTS_LOADER:
+        raise RuntimeError("no weights loader: import training.architectures, which installs it")
+    return _WEIGHTS_LOADER[0]
 
 
 def build_model(

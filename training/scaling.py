@@ -1,0 +1,34 @@
+"""Pixel scaling layers: 0..255 RGB pixels to what a backbone expects.
+
+A leaf module (Keras only), shared by ``training.end_to_end`` (the end-to-end model's scaling) and
+``training.pretrained`` (what a keras.applications twin's weights expect), which the architecture
+package imports: it must not import ``training.end_to_end`` back.
+"""
+
+from __future__ import annotations
+
+from keras import layers
+
+# ImageNet statistics on 0..1 pixels (what "imagenet" preprocessing normalises with).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+PREPROCESSING = ("imagenet", "tf", "unit", None)
+
+
+def scaling_layers(preprocessing: str | None) -> list[layers.Layer]:
+    """Pixels 0..255 -> what the backbone expects: "imagenet", "tf" (-1..1), "unit" (0..1) or None."""
+    if preprocessing == "imagenet":
+        return [
+            layers.Rescaling(1 / 255, name="rescale"),
+            layers.Normalization(
+                mean=IMAGENET_MEAN, variance=[s * s for s in IMAGENET_STD], name="normalize"
+            ),
+        ]
+    if preprocessing == "tf":
+        return [layers.Rescaling(1 / 127.5, offset=-1.0, name="rescale")]
+    if preprocessing == "unit":
+        return [layers.Rescaling(1 / 255, name="rescale")]
+    if preprocessing is None:
+        return []
+    raise ValueError(f"unknown preprocessing {preprocessing!r}; expected one of {PREPROCESSING}")
