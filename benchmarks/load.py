@@ -39,6 +39,7 @@ from benchmarks.modelrepo import DEFAULT_MODEL, DEFAULT_MODELS_DIR, REPO, ModelR
 from benchmarks.report import (accuracy_targets, evaluate_targets, plot, write_ceiling_csv,
                                write_markdown, write_steps_csv)
 from benchmarks.servers import SERVERS, RunningServer, ServerError, check_metadata, pin_prefix, warm_up
+from service import runtimes
 
 RESULTS_DIR = REPO / "benchmarks" / "results"
 DEFAULT_USERS = "1,2,4,8,16,32,64"
@@ -215,7 +216,7 @@ def _header(ref: ModelRef | None, args, images: str, server_cpus, locust_cpus, u
                else "Pinning: none (--no-pin): servers, ceiling and Locust share all CPUs")
     return [
         f"Date: {datetime.now().isoformat(timespec='seconds')}",
-        f"Machine: {os.cpu_count()} CPUs ({_cpu_name()}), {platform.system()} {platform.release()}; "
+        f"Machine: {os.cpu_count()} CPUs ({runtimes.cpu_name()}), {platform.system()} {platform.release()}; "
         f"load average at the start: {_load_average()}",
         model,
         f"Images: {images}; {args.images_per_request} image(s) per request",
@@ -225,16 +226,6 @@ def _header(ref: ModelRef | None, args, images: str, server_cpus, locust_cpus, u
         "requests); Locust FastHttpUser, --reset-stats (ramp-up excluded)",
         f"Command: `{command}`",
     ]
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _load_average() -> str:

@@ -1,8 +1,8 @@
-"""Find an exported model in the model repository (``models/<name>/<version>/``) and load it.
+"""Find an exported model in the model repository (``models/<name>/<version>/``).
 
 The benchmark kit reads the repository directly (docs/design.md, contract 1; through
-``service.repository``), so every server and the in-process ceiling measure the very same folder. ``resolve`` and ``read_metadata`` need no
-TensorFlow; ``load_saved_model`` imports it when called.
+``service.repository``), so every server and the in-process ceiling measure the very same folder.
+Nothing here needs TensorFlow; the ceiling loads the model with ``service.runtimes``.
 """
 
 from __future__ import annotations
@@ -56,10 +56,3 @@ def resolve(spec: str, models_dir: Path = DEFAULT_MODELS_DIR) -> ModelRef:
 
 def read_metadata(ref: ModelRef) -> dict:
     return repository.read_metadata(ref.path, required=repository.SERVING_KEYS)
-
-
-def load_saved_model(ref: ModelRef):
-    """The loaded SavedModel; ``.signatures`` has ``serving_default`` and ``serve_bytes``."""
-    import tensorflow as tf
-
-    return tf.saved_model.load(str(ref.path))

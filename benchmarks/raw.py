@@ -48,8 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.images import ImageMix, build_image_set
-from benchmarks.modelrepo import (DEFAULT_MODEL, DEFAULT_MODELS_DIR, load_saved_model,
-                                  read_metadata, resolve)
+from benchmarks.modelrepo import DEFAULT_MODEL, DEFAULT_MODELS_DIR, read_metadata, resolve
 from benchmarks.peers.common import decode
 from service import runtimes
 
@@ -235,8 +234,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
         raise SystemExit(f"unknown modes {sorted(unknown)}; choose from {MODES}")
 
     choice = runtimes.choose(args.runtime, metadata, ref.path)  # as the service on this CPU
-    predict = runtimes.load(choice, ref.path, size)  # after pinning: thread pools sized from it
-    serve_bytes = load_saved_model(ref).signatures["serve_bytes"] if choice.runtime == "tensorflow" else None
+    predict = runtimes.load(choice, ref.path)  # after pinning: thread pools sized from it
+    # TensorFlow: the same loaded SavedModel also has the bytes signature (no second load)
+    serve_bytes = predict.saved_model.signatures["serve_bytes"] if choice.runtime == "tensorflow" else None
     runtimes.warm_up(predict, size, max(int(b) for b in args.batch_sizes.split(",")))
     calls = make_calls(predict, serve_bytes, images, size, metadata)
     print(f"model {ref.spec} ({metadata.get('architecture')}, input {size[0]}x{size[1]}) on "

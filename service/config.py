@@ -80,8 +80,14 @@ def default_decode_threads() -> int:
     costs more than it gains (benchmarks/README.md, "What we tried", row 20); with more CPUs,
     threads decode in parallel with the event loop and the model.
     """
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return 0 if cpus == 1 else ServiceConfig.decode_threads
+    return 0 if cpu_count() == 1 else ServiceConfig.decode_threads
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (its affinity, e.g. under ``taskset`` or a container)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1  # not Linux
 
 
 def count_gpus() -> int:

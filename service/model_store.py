@@ -51,8 +51,6 @@ BENTO_YAML = Path(__file__).resolve().parents[2] / "bento.yaml"
 """Where ``bento.yaml`` lies when this file runs from a built Bento (``<bento>/src/service/``)."""
 
 
-
-
 class ModelNotFound(LookupError):
     """The configured model is neither in the model repository nor in the BentoML store."""
 
@@ -115,7 +113,6 @@ def check_export(folder: Path) -> dict:
         metadata = repository.read_metadata(folder, required=repository.SERVING_KEYS)
     except repository.InvalidExport as error:
         raise InvalidModel(str(error)) from None
-
     graph = folder / "saved_model.pb"
     if not graph.is_file() or graph.stat().st_size == 0:
         raise InvalidModel(f"{folder}: saved_model.pb is missing or empty (an interrupted copy?)")

@@ -43,7 +43,6 @@ loads it (tests/test_runtimes.py checks the served process).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from service import repository
+from service.config import cpu_count
 
 logger = logging.getLogger("bentoml.convzoo")
 
@@ -106,6 +106,7 @@ class Choice:
     path: Path | None  # the artifact's folder; None: the SavedModel
     config: dict
     reason: str
+    skipped: tuple[str, ...] = ()  # faster forms passed over, each "key: why"
 
 
 # ------------------------------------------------------------------------------- choosing
@@ -122,9 +123,9 @@ def choose(requested: str, metadata: dict, folder: str | Path, *, gpus: int = 0)
     entries = metadata.get("runtimes") or {}
     if requested == "tensorflow":
         _require_tensorflow(f"CONVZOO_RUNTIME=tensorflow cannot serve {folder}")
-        return _tensorflow("fp32", {}, "requested (CONVZOO_RUNTIME=tensorflow)")
+        return _tensorflow("requested (CONVZOO_RUNTIME=tensorflow)")
     if requested == "auto" and gpus:
-        return _tensorflow("fp32", {}, f"auto: {gpus} GPU(s), TensorFlow serves on GPU")
+        return _tensorflow(f"auto: {gpus} GPU(s), TensorFlow serves on GPU")
     if requested == "auto":
         candidates = [key for key in KEYS if key in entries and key != "tensorflow"]
     elif requested == "openvino":
@@ -148,7 +149,7 @@ def choose(requested: str, metadata: dict, folder: str | Path, *, gpus: int = 0)
                 how += " (skipped: " + "; ".join(problems) + ")"
             return Choice(key, entry["runtime"], entry["precision"],
                           folder / entry["path"] if entry.get("path") else None,
-                          dict(entry.get("config") or {}), how)  # fmt: skip
+                          dict(entry.get("config") or {}), how, tuple(problems))  # fmt: skip
         problems.append(f"{key}: {problem}")
     if requested != "auto":
         raise RuntimeUnavailable(f"CONVZOO_RUNTIME={requested} cannot serve {folder}: "
@@ -156,7 +157,7 @@ def choose(requested: str, metadata: dict, folder: str | Path, *, gpus: int = 0)
     reason = "auto: " + ("; ".join(problems) if problems else "no faster form in metadata.json "
                          f"(`python -m training optimize {folder}` makes them)")  # fmt: skip
     _require_tensorflow(f"cannot serve {folder}: {reason}")
-    return _tensorflow("fp32", {}, reason + " -> TensorFlow fp32")
+    return _tensorflow(reason + " -> TensorFlow fp32", tuple(problems))
 
 
 def _require_tensorflow(context: str) -> None:
@@ -178,20 +179,13 @@ def unusable(key: str, entry: dict | None, folder: Path) -> str | None:
     if not _installed(entry["runtime"]):
         return f"the {entry['runtime']} package is not installed"
     if entry.get("path"):
-        return artifact_problem(folder / entry["path"], entry.get("files") or {})
+        return repository.checksum_problem(folder / entry["path"], entry.get("files") or {})
     return None
 
 
-def artifact_problem(path: Path, files: dict) -> str | None:
-    """Why the artifact folder does not hold exactly the recorded files (size, SHA-256), or None."""
-    if not files:
-        return f"{path}: metadata.json records no files for it"
-    return repository.checksum_problem(path, files)
-
-
-def _tensorflow(precision: str, config: dict, reason: str) -> Choice:
-    return Choice("tensorflow" if precision == "fp32" else "tensorflow-bf16", "tensorflow",
-                  precision, None, config, reason)  # fmt: skip
+def _tensorflow(reason: str, skipped: tuple[str, ...] = ()) -> Choice:
+    """The SavedModel on TensorFlow, fp32 (``tensorflow-bf16`` is chosen through its entry)."""
+    return Choice("tensorflow", "tensorflow", "fp32", None, {}, reason, skipped)
 
 
 def _speed(entry: dict) -> float:
@@ -213,19 +207,24 @@ def cpu_has_bf16() -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
-def cpu_count() -> int:
-    """CPUs this process may run on (its affinity, e.g. under ``taskset`` or a container)."""
+def cpu_name() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``), for the records of measurements."""
+    import platform
+
     try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 # ------------------------------------------------------------------------------- loading
 
 
-def load(choice: Choice, folder: str | Path, input_size: tuple[int, int]) -> Predict:
-    """A numpy function for the chosen runtime (not thread-safe: one call at a time)."""
+def load(choice: Choice, folder: str | Path) -> Predict:
+    """A numpy function for the chosen runtime (the export in ``folder``)."""
     if choice.runtime == "tensorflow":
         return load_tensorflow(Path(folder), bf16=choice.precision == "bf16")
     return load_openvino(choice.path / "model.xml", choice.config)

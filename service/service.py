@@ -64,7 +64,7 @@ def _choose_runtime_or_exit() -> runtimes.Choice:
     except runtimes.RuntimeUnavailable as error:
         print(f"convzoo: cannot serve {MODEL_TAG}: {error}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
-    if CONFIG.runtime == "auto" and not GPUS and (choice.key == "tensorflow" or "skipped" in choice.reason):
+    if CONFIG.runtime == "auto" and not GPUS and (choice.key == "tensorflow" or choice.skipped):
         logger.warning("%s: %s", MODEL_TAG, choice.reason)
     return choice
 
@@ -228,7 +228,7 @@ def _load_model(path: str, resize: Resize, max_batch_size: int) -> runtimes.Pred
         import tensorflow as tf  # only here: an OpenVINO worker never loads TensorFlow
 
         where = _select_device(tf)
-    predict = runtimes.load(RUNTIME, path, (resize.height, resize.width))
+    predict = runtimes.load(RUNTIME, path)
     runtimes.warm_up(predict, (resize.height, resize.width), max_batch_size)
     logger.info(
         "serving %s with %s %s on %s (%s; worker %s)",

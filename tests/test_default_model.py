@@ -55,14 +55,14 @@ def test_metadata_follows_the_contract():
 def test_faster_forms_are_intact_and_passed_the_gate():
     """The shipped OpenVINO forms (``python -m training optimize``): files as recorded, gate passed,
     int8 within 0.5 points of the SavedModel on the whole test split."""
-    from service.runtimes import GATE, artifact_problem
+    from service.runtimes import GATE
 
     entries = json.loads((latest() / "metadata.json").read_text())["runtimes"]
     reference = entries["tensorflow"]["test"]
     assert reference["images"] == 1420 and abs(reference["top1"] - 0.85) < 0.005
     for key in ("openvino-fp32", "openvino-int8"):
         entry = entries[key]
-        assert artifact_problem(latest() / entry["path"], entry["files"]) is None
+        assert repository.checksum_problem(latest() / entry["path"], entry["files"]) is None
         assert entry["gate"]["passed"]
         assert reference["top1"] - entry["test"]["top1"] <= GATE.max_top1_drop
         assert entry["test"]["agreement"] >= GATE.min_agreement

@@ -140,6 +140,15 @@ class Server:
             time.sleep(0.5)
         raise TimeoutError(f"bentoml serve not ready after {timeout}s:\n{self.log_tail()}")
 
+    def refusal_lines(self, timeout: float = 120) -> list[str]:
+        """For a server that must refuse to start: waits for it to exit with an error and returns
+        the ``convzoo:`` lines it printed (the refusal is one such line)."""
+        try:
+            assert self.process.wait(timeout=timeout) != 0, self.log_tail()
+        finally:
+            self.stop()
+        return [line for line in self.log_tail(50).splitlines() if line.startswith("convzoo:")]
+
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 

@@ -42,7 +42,8 @@ from pathlib import Path
 import numpy as np
 
 from service.repository import file_records, write_json
-from service.runtimes import GATE, OPENVINO_PRECISION_HINT, cpu_count, cpu_has_bf16, load_openvino, load_tensorflow
+from service.runtimes import (GATE, OPENVINO_PRECISION_HINT, cpu_count, cpu_has_bf16, cpu_name,
+                              load_openvino, load_tensorflow)
 
 OPENVINO_PRECISIONS = ("fp32", "bf16", "int8")
 RESIZE_SCOPE = re.compile(r"(^|/)resize(_\d+)?/")
@@ -223,8 +224,10 @@ def optimize_export(
 
     log(f"tensorflow: the SavedModel on {len(labels):,} test images (the reference)")
     saved_model = load_tensorflow(folder)
-    reference = Reference.of(predict_all(saved_model, held_out.test_images), labels)
-    runtimes = {"tensorflow": measure(saved_model, "tensorflow", "fp32", held_out, reference, speed_seconds)}
+    probabilities = predict_all(saved_model, held_out.test_images)
+    reference = Reference.of(probabilities, labels)
+    runtimes = {"tensorflow": measure(saved_model, "tensorflow", "fp32", held_out, reference, speed_seconds,
+                                      probabilities=probabilities)}  # fmt: skip
 
     if precisions:
         ov_root = folder / "openvino"
@@ -234,7 +237,8 @@ def optimize_export(
         if "int8" in precisions:
             log(f"openvino int8: calibrating on {len(held_out.calibration)} training images")
             models["int8"] = quantize_int8(models["fp32"], held_out.calibration)
-        files = {artifact: write_ir(model, ov_root / artifact) for artifact, model in models.items()}
+        needed = {"int8" if p == "int8" else "fp32" for p in precisions}  # bf16 serves the fp32 IR
+        files = {artifact: write_ir(models[artifact], ov_root / artifact) for artifact in needed}
         for precision in precisions:
             if precision == "bf16" and not cpu_has_bf16():
                 log("openvino bf16: skipped (this CPU has no native bf16)")
@@ -246,8 +250,8 @@ def optimize_export(
             runtimes[key] = measure(predict, "openvino", precision, held_out, reference, speed_seconds,
                                     path=f"openvino/{artifact}", files=files[artifact], config=config)
             log(summary_line(key, runtimes[key]))
-        if not {"fp32", "bf16"} & set(precisions):
-            shutil.rmtree(ov_root / "fp32", ignore_errors=True)
+        for stale in {"fp32", "int8"} - needed:  # left by an earlier run with other precisions
+            shutil.rmtree(ov_root / stale, ignore_errors=True)
 
     if tensorflow_bf16 if tensorflow_bf16 is not None else cpu_has_bf16():
         import tensorflow as tf
@@ -280,10 +284,13 @@ class Reference:
 
 
 def measure(predict, runtime: str, precision: str, held_out: HeldOut, reference: Reference,
-            speed_seconds: float = 1.0, **extra) -> dict:  # fmt: skip
+            speed_seconds: float = 1.0, probabilities: np.ndarray | None = None, **extra) -> dict:  # fmt: skip
     """One ``metadata.json["runtimes"]`` entry: test scores, the gate's verdict against the
-    SavedModel's ``reference`` answers, and the speed on this machine."""
-    test = score(predict_all(predict, held_out.test_images), held_out.test_labels, reference.top1_answers)
+    SavedModel's ``reference`` answers, and the speed on this machine. ``probabilities``: the
+    test images' already, when they were computed for the reference."""
+    if probabilities is None:
+        probabilities = predict_all(predict, held_out.test_images)
+    test = score(probabilities, held_out.test_labels, reference.top1_answers)
     gate = GATE.judge(test["top1"], reference.top1, test["agreement"])
     speed = measure_speed(predict, held_out.test_images.shape[1:3], speed_seconds)
     return {"runtime": runtime, "precision": precision, **extra, "test": test, "gate": gate,
@@ -297,16 +304,6 @@ def summary_line(key: str, found: dict) -> str:
         f"  gate {'passed' if gate['passed'] else 'FAILED'}  batch 1 {speed['batch1_ms']:.2f} ms"
         f"  batch 32 {speed['batch32_images_per_s']:.0f} images/s ({speed['cpus']} CPUs)"
     )
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 # ------------------------------------------------------------------------------ data
@@ -340,7 +337,6 @@ def held_out_for_export(version_dir: Path, metadata: dict, *, data: str | None =
     fractions from its run folder's ``run.json``, else from the pack it was trained from."""
     from training.data import SplitFractions, load_data
 
-    config = {}
     run_file = Path(str(metadata.get("run", ""))) / "run.json"
     if metadata.get("run") and run_file.is_file():
         config = json.loads(run_file.read_text(encoding="utf-8"))["config"]
