@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: serve test test-slow test-container container base-image swarm-bench venv clean
+.PHONY: serve lint test test-slow test-container container base-image swarm-bench venv clean
 
 venv: $(VENV)/.installed
 
@@ -19,7 +19,12 @@ serve: venv
 	$(PY) -m service.import_model
 	$(VENV)/bin/bentoml serve --port $${BENTOML_PORT:-3000}
 
-test: venv
+# Lint and format check first (seconds), then the suite.
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
 	$(PY) -m pytest
 
 test-slow: venv

@@ -62,8 +62,11 @@ class Variant:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.ab", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.ab",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("variants", nargs="+", help="NAME[@CHECKOUT]:[VAR=VALUE,...]")
     parser.add_argument("--server", choices=sorted(SERVERS), default="bentoml")
     parser.add_argument("--model", default=os.environ.get("CONVZOO_MODEL") or DEFAULT_MODEL)
@@ -100,23 +103,42 @@ def measure(variant: Variant, round_index: int, ref, args, images: list[Path]) -
     os.environ.update(variant.env)
     log = args.out / "logs" / f"{variant.name}-r{round_index}.log"
     try:
-        with RunningServer(SERVERS[args.server], ref, args.models_dir, args.server_cpus, log,
-                           repo=variant.checkout) as server:
+        with RunningServer(
+            SERVERS[args.server], ref, args.models_dir, args.server_cpus, log, repo=variant.checkout
+        ) as server:
             server.wait_ready()
             warm_up(server.url, images)
-            run_step(args.server, server.url, args.users, WARMUP_SECONDS, images, 1,
-                     args.out / "locust" / f"{variant.name}-r{round_index}-warmup", args.locust_cpus)
+            run_step(
+                args.server,
+                server.url,
+                args.users,
+                WARMUP_SECONDS,
+                images,
+                1,
+                args.out / "locust" / f"{variant.name}-r{round_index}-warmup",
+                args.locust_cpus,
+            )
             for step_index in range(1, args.steps + 1):
                 before = cpu_seconds(server.process.pid)
-                step = run_step(args.server, server.url, args.users, args.seconds, images, 1,
-                                args.out / "locust" / f"{variant.name}-r{round_index}-s{step_index}",
-                                args.locust_cpus)
+                step = run_step(
+                    args.server,
+                    server.url,
+                    args.users,
+                    args.seconds,
+                    images,
+                    1,
+                    args.out / "locust" / f"{variant.name}-r{round_index}-s{step_index}",
+                    args.locust_cpus,
+                )
                 cpu_ms = 1000 * (cpu_seconds(server.process.pid) - before) / max(step.requests, 1)
                 variant.images_per_s.append(step.images_per_s)
                 variant.cpu_ms_per_request.append(cpu_ms)
-                print(f"round {round_index} {variant.name:>12}: {step.images_per_s:6.1f} images/s, "
-                      f"server CPU {cpu_ms:5.2f} ms/request, p50 {step.p50_ms:.0f} ms, "
-                      f"p99 {step.p99_ms:.0f} ms, {step.failures} failures", flush=True)
+                print(
+                    f"round {round_index} {variant.name:>12}: {step.images_per_s:6.1f} images/s, "
+                    f"server CPU {cpu_ms:5.2f} ms/request, p50 {step.p50_ms:.0f} ms, "
+                    f"p99 {step.p99_ms:.0f} ms, {step.failures} failures",
+                    flush=True,
+                )
     finally:
         for key, value in saved.items():
             if value is None:
@@ -144,14 +166,18 @@ def cpu_seconds(pid: int) -> float:
 def summary(variants: list[Variant]) -> str:
     first = variants[0]
     base = statistics.median(first.images_per_s)
-    lines = ["", "| variant | images/s (median) | vs first | server CPU ms/request (median) | all images/s |",
-             "|---|---:|---:|---:|---|"]
+    lines = [
+        "",
+        "| variant | images/s (median) | vs first | server CPU ms/request (median) | all images/s |",
+        "|---|---:|---:|---:|---|",
+    ]
     for variant in variants:
         median = statistics.median(variant.images_per_s)
         lines.append(
             f"| {variant.name} | {median:.1f} | {median / base:.3f} | "
             f"{statistics.median(variant.cpu_ms_per_request):.2f} | "
-            f"{', '.join(f'{x:.1f}' for x in variant.images_per_s)} |")
+            f"{', '.join(f'{x:.1f}' for x in variant.images_per_s)} |"
+        )
     return "\n".join(lines)
 
 

@@ -62,12 +62,15 @@ def build_image_set(mix: ImageMix = ImageMix()) -> ImageSet:
             source = natives[index % len(natives)]
             paths.append(_enlarged(source, (width, height), mix.cache_dir))
     sizes = tuple(Image.open(path).size for path in paths)
-    origin = f"Imagenette photos from {mix.data_dir} (seed {mix.seed})" if real else (
-        "synthetic JPEGs (shared data folder absent)")
+    origin = (
+        f"Imagenette photos from {mix.data_dir} (seed {mix.seed})"
+        if real
+        else ("synthetic JPEGs (shared data folder absent)")
+    )
     resized = ", ".join(f"{count} at {w}x{h}" for w, h, count in mix.resized)
     total = sum(path.stat().st_size for path in paths)
     description = (
-        f"{len(paths)} JPEGs: {mix.native} native {_size_range(sizes[:mix.native])}"
+        f"{len(paths)} JPEGs: {mix.native} native {_size_range(sizes[: mix.native])}"
         f"{' + ' + resized if resized else ''}; {origin}; mean {total / len(paths) / 1024:.0f} KiB"
     )
     return ImageSet(tuple(paths), description, sizes)
@@ -92,7 +95,7 @@ def _synthetic(mix: ImageMix, count: int, size: tuple[int, int], tag: str) -> li
             y, x = np.mgrid[0:height, 0:width] / max(width, height)
             phases = rng.uniform(0, 2 * np.pi, size=3)
             channels = [np.sin(6 * x + 4 * y + phase) for phase in phases]
-            pixels = (np.stack(channels, -1) * 100 + 128 + rng.normal(0, 12, (height, width, 3)))
+            pixels = np.stack(channels, -1) * 100 + 128 + rng.normal(0, 12, (height, width, 3))
             _save_jpeg(Image.fromarray(pixels.clip(0, 255).astype(np.uint8)), path)
         paths.append(path)
     return paths
@@ -118,4 +121,8 @@ def _save_jpeg(image: Image.Image, path: Path) -> None:
 
 def _size_range(sizes) -> str:
     distinct = sorted({f"{w}x{h}" for w, h in sizes})
-    return distinct[0] if len(distinct) == 1 else f"({', '.join(distinct[:3])}{'...' if len(distinct) > 3 else ''})"
+    return (
+        distinct[0]
+        if len(distinct) == 1
+        else f"({', '.join(distinct[:3])}{'...' if len(distinct) > 3 else ''})"
+    )

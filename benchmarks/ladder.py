@@ -47,28 +47,56 @@ class LocustError(RuntimeError):
     """Locust did not run or wrote no statistics."""
 
 
-def locust_command(host: str, users: int, seconds: float, csv_prefix: Path,
-                   cpus: str | None) -> list[str]:
+def locust_command(host: str, users: int, seconds: float, csv_prefix: Path, cpus: str | None) -> list[str]:
     locust = Path(sys.executable).with_name("locust")
     return pin_prefix(cpus) + [
-        str(locust), "-f", str(LOCUSTFILE), "--headless", "--host", host,
-        "--users", str(users), "--spawn-rate", str(users), "--run-time", f"{seconds:g}s",
-        "--reset-stats", "--only-summary", "--csv", str(csv_prefix), "--exit-code-on-error", "0",
+        str(locust),
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "--host",
+        host,
+        "--users",
+        str(users),
+        "--spawn-rate",
+        str(users),
+        "--run-time",
+        f"{seconds:g}s",
+        "--reset-stats",
+        "--only-summary",
+        "--csv",
+        str(csv_prefix),
+        "--exit-code-on-error",
+        "0",
     ]
 
 
-def run_step(server: str, host: str, users: int, seconds: float, images: list[Path],
-             images_per_request: int, csv_prefix: Path, cpus: str | None) -> Step:
+def run_step(
+    server: str,
+    host: str,
+    users: int,
+    seconds: float,
+    images: list[Path],
+    images_per_request: int,
+    csv_prefix: Path,
+    cpus: str | None,
+) -> Step:
     """Run Locust for one step and return its figures; its console output goes to PREFIX.log."""
     csv_prefix.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ,
-           "CONVZOO_BENCH_IMAGES": os.pathsep.join(str(p) for p in images),
-           "CONVZOO_BENCH_IMAGES_PER_REQUEST": str(images_per_request)}
+    env = {
+        **os.environ,
+        "CONVZOO_BENCH_IMAGES": os.pathsep.join(str(p) for p in images),
+        "CONVZOO_BENCH_IMAGES_PER_REQUEST": str(images_per_request),
+    }
     log_path = csv_prefix.with_suffix(".log")
     with log_path.open("wb") as log:
         finished = subprocess.run(
-            locust_command(host, users, seconds, csv_prefix, cpus), env=env, cwd=REPO,
-            stdout=log, stderr=subprocess.STDOUT, timeout=seconds + LOCUST_GRACE_S,
+            locust_command(host, users, seconds, csv_prefix, cpus),
+            env=env,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=seconds + LOCUST_GRACE_S,
         )
     if finished.returncode != 0:
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-10:])
@@ -91,11 +119,16 @@ def parse_stats(stats_csv: Path, server: str, users: int, images_per_request: in
     requests_per_s = float(row["Requests/s"])
     succeeded_per_s = requests_per_s * (requests - failures) / requests if requests else 0.0
     return Step(
-        server=server, users=users,
+        server=server,
+        users=users,
         seconds=requests / requests_per_s if requests_per_s else 0.0,
-        requests=requests, failures=failures, requests_per_s=requests_per_s,
+        requests=requests,
+        failures=failures,
+        requests_per_s=requests_per_s,
         images_per_s=succeeded_per_s * images_per_request,
-        p50_ms=_number(row["50%"]), p95_ms=_number(row["95%"]), p99_ms=_number(row["99%"]),
+        p50_ms=_number(row["50%"]),
+        p95_ms=_number(row["95%"]),
+        p99_ms=_number(row["99%"]),
         mean_ms=_number(row["Average Response Time"]),
     )
 

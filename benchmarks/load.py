@@ -36,8 +36,14 @@ from pathlib import Path
 from benchmarks.images import ImageMix, build_image_set
 from benchmarks.ladder import LocustError, Step, run_step
 from benchmarks.modelrepo import DEFAULT_MODEL, DEFAULT_MODELS_DIR, REPO, ModelRef, read_metadata, resolve
-from benchmarks.report import (accuracy_targets, evaluate_targets, plot, write_ceiling_csv,
-                               write_markdown, write_steps_csv)
+from benchmarks.report import (
+    accuracy_targets,
+    evaluate_targets,
+    plot,
+    write_ceiling_csv,
+    write_markdown,
+    write_steps_csv,
+)
 from benchmarks.servers import SERVERS, RunningServer, ServerError, check_metadata, pin_prefix, warm_up
 from service import runtimes
 
@@ -47,24 +53,41 @@ COMPARE_SERVERS = ("bentoml", "bentoml-tf", "fastapi", "ray")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help="NAME or NAME:VERSION in --models-dir (default: %(default)s, latest)")
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="NAME or NAME:VERSION in --models-dir (default: %(default)s, latest)",
+    )
     parser.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
     target = parser.add_mutually_exclusive_group()
-    target.add_argument("--compare", action="store_true",
-                        help=f"measure {', '.join(COMPARE_SERVERS)} and the ceiling in one run")
-    target.add_argument("--servers", default="bentoml",
-                        help=f"comma-separated, of {', '.join(SERVERS)} (default: %(default)s)")
+    target.add_argument(
+        "--compare",
+        action="store_true",
+        help=f"measure {', '.join(COMPARE_SERVERS)} and the ceiling in one run",
+    )
+    target.add_argument(
+        "--servers",
+        default="bentoml",
+        help=f"comma-separated, of {', '.join(SERVERS)} (default: %(default)s)",
+    )
     target.add_argument("--host", help="measure the server already running at this URL instead")
     parser.add_argument("--users", default=DEFAULT_USERS, help="the ladder (default: %(default)s)")
     parser.add_argument("--step-seconds", type=float, default=20, help="Locust run time per step")
-    parser.add_argument("--warmup-seconds", type=float, default=5,
-                        help="untimed Locust run at the top of the ladder before it (0: none)")
+    parser.add_argument(
+        "--warmup-seconds",
+        type=float,
+        default=5,
+        help="untimed Locust run at the top of the ladder before it (0: none)",
+    )
     parser.add_argument("--images-per-request", type=int, default=1)
-    parser.add_argument("--server-cpus", default="1",
-                        help="taskset CPU list for servers and the ceiling (default: %(default)s)")
-    parser.add_argument("--locust-cpus", default="0",
-                        help="taskset CPU list for Locust (default: %(default)s)")
+    parser.add_argument(
+        "--server-cpus",
+        default="1",
+        help="taskset CPU list for servers and the ceiling (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--locust-cpus", default="0", help="taskset CPU list for Locust (default: %(default)s)"
+    )
     parser.add_argument("--no-pin", action="store_true", help="run everything without taskset")
     parser.add_argument("--no-ceiling", action="store_true", help="skip the in-process ceiling")
     parser.add_argument("--ceiling-batch-sizes", default="1,2,4,8,16,32,64")
@@ -72,8 +95,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.load", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.load",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_arguments(parser)
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
@@ -97,10 +123,14 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     header = _header(ref, args, image_set.description, server_cpus, locust_cpus, users, command)
     print("\n".join(header), f"\nresults: {out}", sep="\n", flush=True)
 
-    ceilings = {} if args.no_ceiling else {
-        runtime: _ceiling(ref, args, server_cpus, out, runtime)
-        for runtime in dict.fromkeys(_runtime(name) for name in servers)
-    }
+    ceilings = (
+        {}
+        if args.no_ceiling
+        else {
+            runtime: _ceiling(ref, args, server_cpus, out, runtime)
+            for runtime in dict.fromkeys(_runtime(name) for name in servers)
+        }
+    )
     by_server: dict[str, list[Step]] = {}
     problems: dict[str, str] = {}
     for name in servers:
@@ -117,23 +147,42 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     if all_steps:
         write_steps_csv(out / "steps.csv", all_steps)
     if ceilings:
-        write_ceiling_csv(out / "ceiling.csv", [{"runtime": runtime, **point} for runtime, found in
-                                                ceilings.items() for point in found["points"]])
+        write_ceiling_csv(
+            out / "ceiling.csv",
+            [
+                {"runtime": runtime, **point}
+                for runtime, found in ceilings.items()
+                for point in found["points"]
+            ],
+        )
     if ref is not None and ceiling:
         targets += accuracy_targets(read_metadata(ref), ceiling["runtime"]["key"])
     titles = {name: SERVERS[name].title if name in SERVERS else name for name in servers}
     header.append(f"Load average at the end: {_load_average()}")
-    write_markdown(out / "report.md", header=header, titles=titles, subject=subject,
-                   by_server=by_server, ceilings=ceilings, targets=targets, problems=problems)
-    plot(out / "plot.png", by_server, {runtime: found["ceiling"] for runtime, found in ceilings.items()},
-         f"{ref.spec if ref else args.host}, {os.cpu_count()} CPUs, "
-         f"{args.images_per_request} image(s)/request")
+    write_markdown(
+        out / "report.md",
+        header=header,
+        titles=titles,
+        subject=subject,
+        by_server=by_server,
+        ceilings=ceilings,
+        targets=targets,
+        problems=problems,
+    )
+    plot(
+        out / "plot.png",
+        by_server,
+        {runtime: found["ceiling"] for runtime, found in ceilings.items()},
+        f"{ref.spec if ref else args.host}, {os.cpu_count()} CPUs, "
+        f"{args.images_per_request} image(s)/request",
+    )
     print(f"\nTargets (service under test: {subject}):")
     if not targets:
         print("  none could be evaluated (they need the ceiling and measured steps)")
     for target in targets:
-        print(f"  {'pass' if target.passed else 'FAIL'}  {target.name}: {target.measured} "
-              f"(goal {target.goal})")
+        print(
+            f"  {'pass' if target.passed else 'FAIL'}  {target.name}: {target.measured} (goal {target.goal})"
+        )
     print(f"\nreport: {out / 'report.md'}\nplot:   {out / 'plot.png'}")
     return 0 if all_steps else 1
 
@@ -148,8 +197,16 @@ def _servers(args: argparse.Namespace) -> list[str]:
     return names
 
 
-def _measure(name: str, ref: ModelRef | None, args, images: list[Path], users: list[int],
-             server_cpus: str | None, locust_cpus: str | None, out: Path) -> list[Step]:
+def _measure(
+    name: str,
+    ref: ModelRef | None,
+    args,
+    images: list[Path],
+    users: list[int],
+    server_cpus: str | None,
+    locust_cpus: str | None,
+    out: Path,
+) -> list[Step]:
     """All steps of the ladder against one server (started and stopped here unless --host)."""
     if args.host:
         check_metadata(args.host, ref)
@@ -163,23 +220,46 @@ def _measure(name: str, ref: ModelRef | None, args, images: list[Path], users: l
         return _ladder(name, server.url, args, images, users, locust_cpus, out)
 
 
-def _ladder(name: str, url: str, args, images: list[Path], users: list[int],
-            locust_cpus: str | None, out: Path) -> list[Step]:
+def _ladder(
+    name: str, url: str, args, images: list[Path], users: list[int], locust_cpus: str | None, out: Path
+) -> list[Step]:
     warm_up(url, images)
     label = name if name in SERVERS else "host"
     if args.warmup_seconds > 0:
         print(f"[{name}] warm-up: {max(users)} users for {args.warmup_seconds:g} s", flush=True)
-        run_step(name, url, max(users), args.warmup_seconds, images, args.images_per_request,
-                 out / "locust" / f"{label}-warmup", locust_cpus)
+        run_step(
+            name,
+            url,
+            max(users),
+            args.warmup_seconds,
+            images,
+            args.images_per_request,
+            out / "locust" / f"{label}-warmup",
+            locust_cpus,
+        )
     steps = []
     for index, count in enumerate(users, 1):
-        print(f"[{name}] step {index}/{len(users)}: {count} users for {args.step_seconds:g} s ...",
-              end="", flush=True)
-        step = run_step(name, url, count, args.step_seconds, images, args.images_per_request,
-                        out / "locust" / f"{label}-u{count}", locust_cpus)
+        print(
+            f"[{name}] step {index}/{len(users)}: {count} users for {args.step_seconds:g} s ...",
+            end="",
+            flush=True,
+        )
+        step = run_step(
+            name,
+            url,
+            count,
+            args.step_seconds,
+            images,
+            args.images_per_request,
+            out / "locust" / f"{label}-u{count}",
+            locust_cpus,
+        )
         steps.append(step)
-        print(f" {step.images_per_s:.1f} images/s, p50 {step.p50_ms:.0f} ms, p99 {step.p99_ms:.0f} ms, "
-              f"{step.failures} failures of {step.requests}", flush=True)
+        print(
+            f" {step.images_per_s:.1f} images/s, p50 {step.p50_ms:.0f} ms, p99 {step.p99_ms:.0f} ms, "
+            f"{step.failures} failures of {step.requests}",
+            flush=True,
+        )
     return steps
 
 
@@ -192,9 +272,21 @@ def _ceiling(ref: ModelRef, args, server_cpus: str | None, out: Path, runtime: s
     """Run ``benchmarks.raw`` on ``runtime`` in its own process on the server CPUs; its JSON."""
     result_path = out / f"ceiling-{runtime}.json"
     argv = pin_prefix(server_cpus) + [
-        sys.executable, "-m", "benchmarks.raw", "--model", ref.spec, "--runtime", runtime,
-        "--models-dir", str(args.models_dir), "--batch-sizes", args.ceiling_batch_sizes,
-        "--cpus", "none", "--json", str(result_path),
+        sys.executable,
+        "-m",
+        "benchmarks.raw",
+        "--model",
+        ref.spec,
+        "--runtime",
+        runtime,
+        "--models-dir",
+        str(args.models_dir),
+        "--batch-sizes",
+        args.ceiling_batch_sizes,
+        "--cpus",
+        "none",
+        "--json",
+        str(result_path),
     ]
     print(f"[ceiling {runtime}] {shlex.join(argv)}", flush=True)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -205,15 +297,20 @@ def _ceiling(ref: ModelRef, args, server_cpus: str | None, out: Path, runtime: s
 def _header(ref: ModelRef | None, args, images: str, server_cpus, locust_cpus, users, command) -> list[str]:
     if ref is not None:
         metadata = read_metadata(ref)
-        model = (f"Model: {ref.spec} from {args.models_dir} ({metadata.get('architecture')}, "
-                 f"input {'x'.join(map(str, metadata['input_size']))}, "
-                 f"{metadata.get('params', 0):,} parameters)")
+        model = (
+            f"Model: {ref.spec} from {args.models_dir} ({metadata.get('architecture')}, "
+            f"input {'x'.join(map(str, metadata['input_size']))}, "
+            f"{metadata.get('params', 0):,} parameters)"
+        )
     else:
         model = f"Model: whatever {args.host} serves"
-    pinning = (f"Pinning: servers and the in-process ceiling on CPU {server_cpus} "
-               f"(`taskset -c {server_cpus}`, inherited by their worker processes), Locust on "
-               f"CPU {locust_cpus} (`taskset -c {locust_cpus}`)" if server_cpus
-               else "Pinning: none (--no-pin): servers, ceiling and Locust share all CPUs")
+    pinning = (
+        f"Pinning: servers and the in-process ceiling on CPU {server_cpus} "
+        f"(`taskset -c {server_cpus}`, inherited by their worker processes), Locust on "
+        f"CPU {locust_cpus} (`taskset -c {locust_cpus}`)"
+        if server_cpus
+        else "Pinning: none (--no-pin): servers, ceiling and Locust share all CPUs"
+    )
     return [
         f"Date: {datetime.now().isoformat(timespec='seconds')}",
         f"Machine: {os.cpu_count()} CPUs ({runtimes.cpu_name()}), {platform.system()} {platform.release()}; "

@@ -40,8 +40,10 @@ def encode_multipart(files: list[tuple[str, bytes]], field: str = "images") -> t
         suffix = Path(filename).suffix.lower().lstrip(".")
         content_type = "image/jpeg" if suffix in ("jpg", "jpeg") else f"image/{suffix or 'octet-stream'}"
         parts.append(
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; "
-            f"filename=\"{filename}\"\r\nContent-Type: {content_type}\r\n\r\n".encode() + data + b"\r\n"
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; '
+            f'filename="{filename}"\r\nContent-Type: {content_type}\r\n\r\n'.encode()
+            + data
+            + b"\r\n"
         )
     body = b"".join(parts) + f"--{boundary}--\r\n".encode()
     return body, f"multipart/form-data; boundary={boundary}"
@@ -85,8 +87,9 @@ class ClassifyUser(FastHttpUser):
     @task
     def classify(self) -> None:
         body, content_type, count = next(self._requests)
-        with self.client.post("/classify", data=body, headers={"Content-Type": content_type},
-                              catch_response=True) as response:
+        with self.client.post(
+            "/classify", data=body, headers={"Content-Type": content_type}, catch_response=True
+        ) as response:
             if response.status_code != 200:
                 response.failure(f"HTTP {response.status_code}: {(response.text or '')[:200]}")
                 return
@@ -95,7 +98,9 @@ class ClassifyUser(FastHttpUser):
             except ValueError:
                 response.failure("the answer is not JSON")
                 return
-            if not isinstance(results, list) or len(results) != count or not all(
-                isinstance(r, dict) and "label" in r for r in results
+            if (
+                not isinstance(results, list)
+                or len(results) != count
+                or not all(isinstance(r, dict) and "label" in r for r in results)
             ):
                 response.failure(f"expected a list of {count} results with 'label', got {str(results)[:200]}")

@@ -85,8 +85,7 @@ def pin(cpus: list[int]) -> None:
     os.sched_setaffinity(0, cpus)
 
 
-def measure(call, batch_size: int, image_count: int, warmup: int, repeats: int,
-            max_seconds: float) -> Point:
+def measure(call, batch_size: int, image_count: int, warmup: int, repeats: int, max_seconds: float) -> Point:
     """Time runs of ``call(step)`` (batch number ``step``); one run covers the whole image mix.
 
     ``warmup`` runs are untimed; then up to ``repeats`` timed runs, stopping early once
@@ -116,7 +115,9 @@ def measure(call, batch_size: int, image_count: int, warmup: int, repeats: int,
     latencies = sorted(d for run in runs for d in run)
     rates = [batch_size * len(run) / sum(run) for run in runs]
     return Point(
-        mode="", batch_size=batch_size, runs=len(runs),
+        mode="",
+        batch_size=batch_size,
+        runs=len(runs),
         p50_ms=statistics.median(latencies) * 1e3,
         p95_ms=latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))] * 1e3,
         images_per_s=statistics.median(rates),
@@ -153,10 +154,13 @@ def make_calls(predict, serve_bytes, images: list[bytes], size: tuple[int, int],
 
     def decoding_mode(prepare):
         """Decode every image of the batch here with ``prepare(bytes)``, then the model."""
+
         def mode(batch_size: int):
             def call(step: int):
                 return predict(np.stack([prepare(images[i]) for i in indices(step, batch_size)]))
+
             return call
+
         return mode
 
     from service.images import Resize, prepare_image
@@ -179,8 +183,7 @@ def ceiling_summary(points: list[Point]) -> dict:
     summary: dict = {}
     if e2e:
         best = max(e2e, key=lambda p: p.images_per_s)
-        summary.update(e2e_images_per_s=best.images_per_s, e2e_mode=best.mode,
-                       e2e_batch_size=best.batch_size)
+        summary.update(e2e_images_per_s=best.images_per_s, e2e_mode=best.mode, e2e_batch_size=best.batch_size)
         single = [p for p in e2e if p.batch_size == 1]
         if single:
             fastest = min(single, key=lambda p: p.p50_ms)
@@ -195,26 +198,42 @@ def ceiling_summary(points: list[Point]) -> dict:
 
 
 def markdown_table(points: list[Point]) -> str:
-    lines = ["| mode | batch | runs | batch p50 ms | batch p95 ms | images/s |",
-             "|---|---:|---:|---:|---:|---:|"]
-    lines += [f"| {p.mode} | {p.batch_size} | {p.runs} | {p.p50_ms:.1f} | {p.p95_ms:.1f} | "
-              f"{p.images_per_s:.1f} |" for p in points]
+    lines = [
+        "| mode | batch | runs | batch p50 ms | batch p95 ms | images/s |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {p.mode} | {p.batch_size} | {p.runs} | {p.p50_ms:.1f} | {p.p95_ms:.1f} | {p.images_per_s:.1f} |"
+        for p in points
+    ]
     return "\n".join(lines)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help="NAME or NAME:VERSION (default: %(default)s)")
     parser.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
-    parser.add_argument("--batch-sizes", default=",".join(map(str, DEFAULT_BATCH_SIZES)),
-                        help="comma-separated (default: %(default)s)")
+    parser.add_argument(
+        "--batch-sizes",
+        default=",".join(map(str, DEFAULT_BATCH_SIZES)),
+        help="comma-separated (default: %(default)s)",
+    )
     parser.add_argument("--modes", default=",".join(MODES), help="of %(default)s")
-    parser.add_argument("--runtime", default="auto", choices=runtimes.CHOICES,
-                        help="as CONVZOO_RUNTIME: auto is what the service picks on this CPU")
-    parser.add_argument("--warmup", type=int, default=1,
-                        help="untimed runs per point (a run covers the whole image mix)")
+    parser.add_argument(
+        "--runtime",
+        default="auto",
+        choices=runtimes.CHOICES,
+        help="as CONVZOO_RUNTIME: auto is what the service picks on this CPU",
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="untimed runs per point (a run covers the whole image mix)"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per point (median)")
-    parser.add_argument("--max-seconds", type=float, default=10.0,
-                        help="stop a point's timed runs after this long (at least 3 run)")
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=10.0,
+        help="stop a point's timed runs after this long (at least 3 run)",
+    )
     parser.add_argument("--cpus", default="1", help="pin to these CPUs, taskset syntax; 'none' to not pin")
     parser.add_argument("--json", type=Path, help="also write the results here")
 
@@ -239,20 +258,27 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
     serve_bytes = predict.saved_model.signatures["serve_bytes"] if choice.runtime == "tensorflow" else None
     runtimes.warm_up(predict, size, max(int(b) for b in args.batch_sizes.split(",")))
     calls = make_calls(predict, serve_bytes, images, size, metadata)
-    print(f"model {ref.spec} ({metadata.get('architecture')}, input {size[0]}x{size[1]}) on "
-          f"{choice.runtime} {choice.precision} ({choice.key}), CPUs {sorted(os.sched_getaffinity(0))}; "
-          f"images: {image_set.description}", flush=True)
+    print(
+        f"model {ref.spec} ({metadata.get('architecture')}, input {size[0]}x{size[1]}) on "
+        f"{choice.runtime} {choice.precision} ({choice.key}), CPUs {sorted(os.sched_getaffinity(0))}; "
+        f"images: {image_set.description}",
+        flush=True,
+    )
     points = []
     for mode in modes:
         if mode not in calls:
             print(f"skipping mode {mode!r}: only TensorFlow runs the SavedModel's serve_bytes", flush=True)
             continue
         for batch_size in (int(b) for b in args.batch_sizes.split(",")):
-            point = measure(calls[mode](batch_size), batch_size, len(images), args.warmup,
-                            args.repeats, args.max_seconds)
+            point = measure(
+                calls[mode](batch_size), batch_size, len(images), args.warmup, args.repeats, args.max_seconds
+            )
             points.append(p := replace(point, mode=mode))
-            print(f"  {mode:7s} batch {batch_size:3d}: p50 {p.p50_ms:8.1f} ms, "
-                  f"{p.images_per_s:7.1f} images/s ({p.runs} runs)", flush=True)
+            print(
+                f"  {mode:7s} batch {batch_size:3d}: p50 {p.p50_ms:8.1f} ms, "
+                f"{p.images_per_s:7.1f} images/s ({p.runs} runs)",
+                flush=True,
+            )
     return {
         "model": ref.spec,
         "architecture": metadata.get("architecture"),
@@ -267,8 +293,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.raw", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.raw",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_arguments(parser)
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)

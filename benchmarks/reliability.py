@@ -24,14 +24,16 @@ saturation throughput with a closed-loop Locust step (``benchmarks.ladder.run_st
   requests, the failure window, the time until latency is back to the baseline.
 
 The service runs with ``CONVZOO_MAX_CONCURRENCY=--max-concurrency`` (about saturation x the
-queueing delay one accepts), ``CONVZOO_TIMEOUT_S=--timeout`` and ``CONVZOO_WORKERS=--workers``. Output: ``report.md`` and the
-per-request CSVs in ``benchmarks/results/reliability-<mode>-<time>/`` (or ``--out``).
+queueing delay one accepts), ``CONVZOO_TIMEOUT_S=--timeout`` and ``CONVZOO_WORKERS=--workers``.
+Output: ``report.md`` and the per-request CSVs in
+``benchmarks/results/reliability-<mode>-<time>/`` (or ``--out``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
 import json
 import os
@@ -76,13 +78,20 @@ class Record:
 
 def multipart_body(filename: str, data: bytes) -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"images\"; "
-            f"filename=\"{filename}\"\r\nContent-Type: image/jpeg\r\n\r\n").encode() + data
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="images"; '
+        f'filename="{filename}"\r\nContent-Type: image/jpeg\r\n\r\n'
+    ).encode() + data
     return body + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
-async def open_loop(url: str, bodies: list[tuple[bytes, str]], phases: list[tuple[str, float, float]],
-                    timeout_s: float, at_second=None) -> list[Record]:
+async def open_loop(
+    url: str,
+    bodies: list[tuple[bytes, str]],
+    phases: list[tuple[str, float, float]],
+    timeout_s: float,
+    at_second=None,
+) -> list[Record]:
     """Send at fixed rates whatever the answers: ``phases`` = [(name, requests/s, seconds)].
 
     ``at_second`` = (t, callback) calls ``callback()`` once, t seconds into the run.
@@ -103,8 +112,9 @@ async def open_loop(url: str, bodies: list[tuple[bytes, str]], phases: list[tupl
                 await asyncio.sleep(max(0.0, start + due - time.monotonic()))
                 body, content_type = bodies[index % len(bodies)]
                 index += 1
-                tasks.append(asyncio.create_task(
-                    _one(session, url, body, content_type, start, name, records)))
+                tasks.append(
+                    asyncio.create_task(_one(session, url, body, content_type, start, name, records))
+                )
             phase_start += seconds
         await asyncio.gather(*tasks)
     return sorted(records, key=lambda r: r.sent_s)
@@ -113,8 +123,9 @@ async def open_loop(url: str, bodies: list[tuple[bytes, str]], phases: list[tupl
 async def _one(session, url, body, content_type, start, phase, records) -> None:
     sent = time.monotonic()
     try:
-        async with session.post(f"{url}/classify", data=body,
-                                headers={"Content-Type": content_type}) as response:
+        async with session.post(
+            f"{url}/classify", data=body, headers={"Content-Type": content_type}
+        ) as response:
             payload = await response.read()
             status = str(response.status)
             if response.status == 200:
@@ -123,7 +134,7 @@ async def _one(session, url, body, content_type, start, phase, records) -> None:
                     status = "200-bad-body"
             elif "error" not in json.loads(payload or b"{}"):
                 status += "-no-json-error"
-    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as error:
+    except (TimeoutError, aiohttp.ClientError, ValueError) as error:
         status = type(error).__name__
     records.append(Record(sent - start, status, time.monotonic() - sent, phase))
 
@@ -137,10 +148,8 @@ def service_rss_mib(server: RunningServer) -> float:
         return float("nan")
     total = 0
     for process in processes:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             total += process.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
     return total / 2**20
 
 
@@ -151,21 +160,40 @@ def soak(args, server: RunningServer, images: list[Path], saturation: float, out
     users = args.soak_users
     rate = args.load * saturation
     log = out / "soak_requests.csv"
-    env = {**os.environ, "PYTHONPATH": str(REPO),
-           "CONVZOO_BENCH_IMAGES": os.pathsep.join(str(p) for p in images),
-           "CONVZOO_SOAK_USER_RPS": f"{rate / users:.4f}", "CONVZOO_SOAK_LOG": str(log)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "CONVZOO_BENCH_IMAGES": os.pathsep.join(str(p) for p in images),
+        "CONVZOO_SOAK_USER_RPS": f"{rate / users:.4f}",
+        "CONVZOO_SOAK_LOG": str(log),
+    }
     locust = Path(sys.executable).with_name("locust")
     argv = pin_prefix(args.client_cpus) + [
-        str(locust), "-f", str(SOAK_LOCUSTFILE), "--headless", "--host", server.url,
-        "--users", str(users), "--spawn-rate", str(users), "--run-time", f"{args.minutes * 60:g}s",
-        "--only-summary", "--exit-code-on-error", "0"]
-    print(f"[soak] {rate:.1f} requests/s ({args.load:.0%} of {saturation:.1f}) from {users} paced "
-          f"users for {args.minutes:g} min", flush=True)
+        str(locust),
+        "-f",
+        str(SOAK_LOCUSTFILE),
+        "--headless",
+        "--host",
+        server.url,
+        "--users",
+        str(users),
+        "--spawn-rate",
+        str(users),
+        "--run-time",
+        f"{args.minutes * 60:g}s",
+        "--only-summary",
+        "--exit-code-on-error",
+        "0",
+    ]
+    print(
+        f"[soak] {rate:.1f} requests/s ({args.load:.0%} of {saturation:.1f}) from {users} paced "
+        f"users for {args.minutes:g} min",
+        flush=True,
+    )
     rss: list[tuple[float, float]] = []
     start = time.monotonic()
     with (out / "soak_locust.log").open("wb") as locust_log:
-        process = subprocess.Popen(argv, env=env, cwd=REPO, stdout=locust_log,
-                                   stderr=subprocess.STDOUT)
+        process = subprocess.Popen(argv, env=env, cwd=REPO, stdout=locust_log, stderr=subprocess.STDOUT)
         while process.poll() is None:
             rss.append((time.monotonic() - start, service_rss_mib(server)))
             time.sleep(RSS_EVERY_S if len(rss) > 1 else 1)
@@ -177,8 +205,7 @@ def soak(args, server: RunningServer, images: list[Path], saturation: float, out
 
 def soak_report(log: Path, rss: list[tuple[float, float]], rate: float, minutes: float) -> list[str]:
     with log.open(newline="") as handle:
-        rows = [(float(r["start_s"]), float(r["latency_ms"]), r["ok"] == "1")
-                for r in csv.DictReader(handle)]
+        rows = [(float(r["start_s"]), float(r["latency_ms"]), r["ok"] == "1") for r in csv.DictReader(handle)]
     t0 = min(r[0] for r in rows)
     per_minute: dict[int, list[float]] = {}
     for start, latency, _ in rows:
@@ -192,15 +219,21 @@ def soak_report(log: Path, rss: list[tuple[float, float]], rate: float, minutes:
     lines = [
         f"Offered load: {rate:.1f} requests/s; {len(rows)} requests in {minutes:g} min, "
         f"{len(rows) / (minutes * 60):.1f}/s served",
-        "| minute | requests | p50 ms | p99 ms |", "|---|---|---|---|",
-        *[f"| {m + 1} | {len(per_minute[m])} | {_percentile(per_minute[m], 50):.0f} | {p99[m]:.0f} |"
-          for m in full],
+        "| minute | requests | p50 ms | p99 ms |",
+        "|---|---|---|---|",
+        *[
+            f"| {m + 1} | {len(per_minute[m])} | {_percentile(per_minute[m], 50):.0f} | {p99[m]:.0f} |"
+            for m in full
+        ],
         f"RSS of all service processes: {rss[0][1]:.0f} MiB at start, {after_warmup:.0f} MiB after "
         f"minute 1, {rss[-1][1]:.0f} MiB at the end (max {max(v for _, v in rss):.0f})",
         "",
         _verdict("no failed request", failed == 0, f"{failed} failed of {len(rows)}"),
-        _verdict("p99 stable (last minute within 25 % of the first)",
-                 abs(last / first - 1) <= 0.25, f"{first:.0f} ms -> {last:.0f} ms ({last / first - 1:+.0%})"),
+        _verdict(
+            "p99 stable (last minute within 25 % of the first)",
+            abs(last / first - 1) <= 0.25,
+            f"{first:.0f} ms -> {last:.0f} ms ({last / first - 1:+.0%})",
+        ),
         _verdict("RSS growth after warm-up < 10 %", growth < 0.10, f"{growth:+.1%}"),
     ]
     return lines
@@ -208,10 +241,16 @@ def soak_report(log: Path, rss: list[tuple[float, float]], rate: float, minutes:
 
 def overload(args, server: RunningServer, bodies, saturation: float, out: Path) -> list[str]:
     low, high = BASELINE_LOAD * saturation, args.factor * saturation
-    phases = [("before", low, args.seconds / 2), ("overload", high, args.seconds),
-              ("after", low, args.seconds)]
-    print(f"[overload] {low:.1f}/s for {args.seconds / 2:g} s, {high:.1f}/s ({args.factor:g}x) for "
-          f"{args.seconds:g} s, {low:.1f}/s for {args.seconds:g} s", flush=True)
+    phases = [
+        ("before", low, args.seconds / 2),
+        ("overload", high, args.seconds),
+        ("after", low, args.seconds),
+    ]
+    print(
+        f"[overload] {low:.1f}/s for {args.seconds / 2:g} s, {high:.1f}/s ({args.factor:g}x) for "
+        f"{args.seconds:g} s, {low:.1f}/s for {args.seconds:g} s",
+        flush=True,
+    )
     records = asyncio.run(open_loop(server.url, bodies, phases, args.timeout + 15))
     _write_records(out / "overload_requests.csv", records)
     baseline = statistics.median(r.latency_s for r in records if r.phase == "before" and r.status == "200")
@@ -224,27 +263,46 @@ def overload(args, server: RunningServer, bodies, saturation: float, out: Path) 
     lines += [
         "",
         _verdict("only 200, 429 or 503 with a JSON error", not bad, f"other outcomes: {bad or 'none'}"),
-        _verdict(f"no request slower than the timeout ({args.timeout} s)", slowest < args.timeout,
-                 f"slowest {slowest:.2f} s"),
-        _verdict(f"latency back to normal within {RECOVERY_TARGET_S:g} s of the drop",
-                 recovery is not None and recovery <= RECOVERY_TARGET_S,
-                 f"{recovery:.1f} s" if recovery is not None else "never"),
+        _verdict(
+            f"no request slower than the timeout ({args.timeout} s)",
+            slowest < args.timeout,
+            f"slowest {slowest:.2f} s",
+        ),
+        _verdict(
+            f"latency back to normal within {RECOVERY_TARGET_S:g} s of the drop",
+            recovery is not None and recovery <= RECOVERY_TARGET_S,
+            f"{recovery:.1f} s" if recovery is not None else "never",
+        ),
     ]
     return lines
 
 
 def kill_worker(args, server: RunningServer, bodies, saturation: float, out: Path) -> list[str]:
     rate = BASELINE_LOAD * saturation
-    victims = [p for p in psutil.Process(server.process.pid).children(recursive=True)
-               if WORKER_COMMAND in " ".join(p.cmdline())]
+    victims = [
+        p
+        for p in psutil.Process(server.process.pid).children(recursive=True)
+        if WORKER_COMMAND in " ".join(p.cmdline())
+    ]
     if len(victims) != args.workers:
-        raise RuntimeError(f"expected {args.workers} workers under pid {server.process.pid}, "
-                           f"found {len(victims)}")
+        raise RuntimeError(
+            f"expected {args.workers} workers under pid {server.process.pid}, found {len(victims)}"
+        )
     killed_at = 10.0
-    print(f"[kill-worker] {rate:.1f} requests/s for {args.seconds:g} s; kill -9 of worker pid "
-          f"{victims[0].pid} (of {args.workers}) at {killed_at:g} s", flush=True)
-    records = asyncio.run(open_loop(server.url, bodies, [("steady", rate, args.seconds)],
-                                    args.timeout + 15, at_second=(killed_at, victims[0].kill)))
+    print(
+        f"[kill-worker] {rate:.1f} requests/s for {args.seconds:g} s; kill -9 of worker pid "
+        f"{victims[0].pid} (of {args.workers}) at {killed_at:g} s",
+        flush=True,
+    )
+    records = asyncio.run(
+        open_loop(
+            server.url,
+            bodies,
+            [("steady", rate, args.seconds)],
+            args.timeout + 15,
+            at_second=(killed_at, victims[0].kill),
+        )
+    )
     _write_records(out / "kill_worker_requests.csv", records)
     before = [r.latency_s for r in records if r.sent_s < killed_at and r.status == "200"]
     baseline = statistics.median(before)
@@ -257,7 +315,7 @@ def kill_worker(args, server: RunningServer, bodies, saturation: float, out: Pat
         f"Failed requests: {len(failed)} of {len(records)} "
         f"({', '.join(sorted({r.status for r in failed})) or 'none'}), over {window:.1f} s",
         f"Slowest request: {max(r.latency_s for r in records):.1f} s; latency back to the baseline "
-        f"{'%.1f s' % recovery if recovery is not None else 'never'} after the kill",
+        f"{f'{recovery:.1f} s' if recovery is not None else 'never'} after the kill",
     ]
 
 
@@ -270,23 +328,30 @@ def _recovery_s(records: list[Record], since: float, target_s: float) -> float |
     later = [r for r in records if r.sent_s >= since]
     for second in range(int(max((r.sent_s for r in later), default=since) - since) + 1):
         window = [r for r in later if since + second <= r.sent_s < since + second + 1]
-        if window and all(r.status == "200" for r in window) and (
-                statistics.median(r.latency_s for r in window) <= target_s):
+        if (
+            window
+            and all(r.status == "200" for r in window)
+            and (statistics.median(r.latency_s for r in window) <= target_s)
+        ):
             return second + 1 + max(r.latency_s for r in window)
     return None
 
 
 def _phase_table(records: list[Record]) -> list[str]:
-    lines = ["| phase | sent | 200 | 429 | 503 | other | p50 ms (200) | p99 ms (200) | slowest refusal ms |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| phase | sent | 200 | 429 | 503 | other | p50 ms (200) | p99 ms (200) | slowest refusal ms |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for phase in dict.fromkeys(r.phase for r in records):
         rows = [r for r in records if r.phase == phase]
         ok = [r.latency_s * 1000 for r in rows if r.status == "200"]
         refused = [r.latency_s * 1000 for r in rows if r.status in ("429", "503")]
         counts = {s: sum(r.status == s for r in rows) for s in ("200", "429", "503")}
-        lines.append(f"| {phase} | {len(rows)} | {counts['200']} | {counts['429']} | {counts['503']} "
-                     f"| {len(rows) - sum(counts.values())} | {_percentile(ok, 50):.0f} | "
-                     f"{_percentile(ok, 99):.0f} | {max(refused, default=0):.0f} |")
+        lines.append(
+            f"| {phase} | {len(rows)} | {counts['200']} | {counts['429']} | {counts['503']} "
+            f"| {len(rows) - sum(counts.values())} | {_percentile(ok, 50):.0f} | "
+            f"{_percentile(ok, 99):.0f} | {max(refused, default=0):.0f} |"
+        )
     return lines
 
 
@@ -319,8 +384,11 @@ def _write_rss(path: Path, rss: list[tuple[float, float]]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.reliability", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.reliability",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("mode", choices=["soak", "overload", "kill-worker"])
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
@@ -331,8 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--load", type=float, default=0.8, help="soak: fraction of saturation")
     parser.add_argument("--soak-users", type=int, default=16, help="soak: paced Locust users")
     parser.add_argument("--factor", type=float, default=4, help="overload: x saturation")
-    parser.add_argument("--seconds", type=float, default=20,
-                        help="overload: overload phase; kill-worker: the whole run")
+    parser.add_argument(
+        "--seconds", type=float, default=20, help="overload: overload phase; kill-worker: the whole run"
+    )
     parser.add_argument("--workers", type=int, default=1, help="CONVZOO_WORKERS of the service")
     parser.add_argument("--max-concurrency", type=int, default=32)
     parser.add_argument("--timeout", type=int, default=30, help="CONVZOO_TIMEOUT_S of the service")
@@ -349,41 +418,67 @@ def main(argv: list[str] | None = None) -> int:
     ref = resolve(args.model, args.models_dir)
     images = list(build_image_set(ImageMix()).paths)
     bodies = [multipart_body(p.name, p.read_bytes()) for p in images]
-    os.environ.update(CONVZOO_MAX_CONCURRENCY=str(args.max_concurrency),
-                      CONVZOO_TIMEOUT_S=str(args.timeout), CONVZOO_WORKERS=str(args.workers))
+    os.environ.update(
+        CONVZOO_MAX_CONCURRENCY=str(args.max_concurrency),
+        CONVZOO_TIMEOUT_S=str(args.timeout),
+        CONVZOO_WORKERS=str(args.workers),
+    )
     header = [
-        f"# Reliability: {args.mode}", "",
+        f"# Reliability: {args.mode}",
+        "",
         f"Date: {datetime.now().isoformat(timespec='seconds')}; machine: {os.cpu_count()} CPUs, "
         f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}",
         f"Model: {ref.spec}; {len(images)} images (benchmarks.images.ImageMix), 1 per request",
         f"Service: CONVZOO_WORKERS={args.workers}, CONVZOO_MAX_CONCURRENCY={args.max_concurrency}, "
         f"CONVZOO_TIMEOUT_S={args.timeout}; "
         f"server CPUs {args.server_cpus or 'all'}, client CPUs {args.client_cpus or 'all'}",
-        f"Command: `{shlex.join(['python', '-m', 'benchmarks.reliability', *argv])}`", "",
+        f"Command: `{shlex.join(['python', '-m', 'benchmarks.reliability', *argv])}`",
+        "",
     ]
-    with RunningServer(SERVERS["bentoml"], ref, args.models_dir, args.server_cpus,
-                       out / "server.log") as server:
+    with RunningServer(
+        SERVERS["bentoml"], ref, args.models_dir, args.server_cpus, out / "server.log"
+    ) as server:
         print(f"[server] ready after {server.wait_ready():.1f} s on {server.url}", flush=True)
         check_metadata(server.url, ref)
         warm_up(server.url, images)
         if args.client_cpus:
             os.sched_setaffinity(0, {int(c) for c in args.client_cpus.split(",")})
         saturation = args.saturation_rps or _probe(args, server, images, out)
-        mode = {"soak": lambda: soak(args, server, images, saturation, out),
-                "overload": lambda: overload(args, server, bodies, saturation, out),
-                "kill-worker": lambda: kill_worker(args, server, bodies, saturation, out)}[args.mode]
-        lines = header + [f"Saturation: {saturation:.1f} requests/s"
-                          f"{' (given)' if args.saturation_rps else ' (closed-loop probe)'}", ""] + mode()
+        mode = {
+            "soak": lambda: soak(args, server, images, saturation, out),
+            "overload": lambda: overload(args, server, bodies, saturation, out),
+            "kill-worker": lambda: kill_worker(args, server, bodies, saturation, out),
+        }[args.mode]
+        lines = (
+            header
+            + [
+                f"Saturation: {saturation:.1f} requests/s"
+                f"{' (given)' if args.saturation_rps else ' (closed-loop probe)'}",
+                "",
+            ]
+            + mode()
+        )
     (out / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines[2:]), f"\nreport: {out / 'report.md'}", sep="\n")
     return 1 if any(line.startswith("- FAIL") for line in lines) else 0
 
 
 def _probe(args, server: RunningServer, images: list[Path], out: Path) -> float:
-    step = run_step("bentoml", server.url, args.probe_users, args.probe_seconds, images, 1,
-                    out / "probe" / f"u{args.probe_users}", args.client_cpus)
-    print(f"[probe] {args.probe_users} users, closed loop: {step.requests_per_s:.1f} requests/s, "
-          f"p50 {step.p50_ms:.0f} ms, {step.failures} failures", flush=True)
+    step = run_step(
+        "bentoml",
+        server.url,
+        args.probe_users,
+        args.probe_seconds,
+        images,
+        1,
+        out / "probe" / f"u{args.probe_users}",
+        args.client_cpus,
+    )
+    print(
+        f"[probe] {args.probe_users} users, closed loop: {step.requests_per_s:.1f} requests/s, "
+        f"p50 {step.p50_ms:.0f} ms, {step.failures} failures",
+        flush=True,
+    )
     return step.requests_per_s
 
 

@@ -28,9 +28,9 @@ import matplotlib
 import matplotlib.ticker
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from benchmarks.ladder import Step  # noqa: E402
+from benchmarks.ladder import Step
 
 EFFICIENCY_GOAL = 0.80
 OVERHEAD_GOAL_MS = 3.0
@@ -64,26 +64,47 @@ def evaluate_targets(subject: str, by_server: dict[str, list[Step]], ceiling: di
     targets = []
     if ceiling and "e2e_images_per_s" in ceiling:
         ratio = peak.images_per_s / ceiling["e2e_images_per_s"]
-        targets.append(Target(
-            "efficiency", f"{peak.images_per_s:.1f} / {ceiling['e2e_images_per_s']:.1f} = {ratio:.2f} "
-            f"({peak.users} users; ceiling {ceiling['e2e_mode']} batch {ceiling['e2e_batch_size']})",
-            f">= {EFFICIENCY_GOAL:.2f}", ratio >= EFFICIENCY_GOAL))
+        targets.append(
+            Target(
+                "efficiency",
+                f"{peak.images_per_s:.1f} / {ceiling['e2e_images_per_s']:.1f} = {ratio:.2f} "
+                f"({peak.users} users; ceiling {ceiling['e2e_mode']} batch {ceiling['e2e_batch_size']})",
+                f">= {EFFICIENCY_GOAL:.2f}",
+                ratio >= EFFICIENCY_GOAL,
+            )
+        )
     one_user = at_users(steps, 1)
     if ceiling and "e2e_p50_ms_batch1" in ceiling and one_user is not None:
         overhead = one_user.p50_ms - ceiling["e2e_p50_ms_batch1"]
-        targets.append(Target(
-            "overhead at one user", f"{one_user.p50_ms:.1f} − {ceiling['e2e_p50_ms_batch1']:.1f} = "
-            f"{overhead:.1f} ms (p50; ceiling {ceiling['e2e_batch1_mode']} batch 1)",
-            f"<= {OVERHEAD_GOAL_MS:.0f} ms", overhead <= OVERHEAD_GOAL_MS))
+        targets.append(
+            Target(
+                "overhead at one user",
+                f"{one_user.p50_ms:.1f} − {ceiling['e2e_p50_ms_batch1']:.1f} = "
+                f"{overhead:.1f} ms (p50; ceiling {ceiling['e2e_batch1_mode']} batch 1)",
+                f"<= {OVERHEAD_GOAL_MS:.0f} ms",
+                overhead <= OVERHEAD_GOAL_MS,
+            )
+        )
     if one_user is not None:
-        targets.append(Target("p50 at one user", f"{one_user.p50_ms:.1f} ms",
-                              f"<= {ONE_USER_P50_GOAL_MS:.0f} ms", one_user.p50_ms <= ONE_USER_P50_GOAL_MS))
+        targets.append(
+            Target(
+                "p50 at one user",
+                f"{one_user.p50_ms:.1f} ms",
+                f"<= {ONE_USER_P50_GOAL_MS:.0f} ms",
+                one_user.p50_ms <= ONE_USER_P50_GOAL_MS,
+            )
+        )
     if subject != "bentoml-tf" and by_server.get("bentoml-tf"):
         tf_peak = saturation(by_server["bentoml-tf"])
         ratio = peak.images_per_s / tf_peak.images_per_s if tf_peak.images_per_s else math.inf
-        targets.append(Target("vs bentoml-tf", f"{peak.images_per_s:.1f} / {tf_peak.images_per_s:.1f} = "
-                              f"{ratio:.2f}x (saturation)", f">= {TENSORFLOW_FACTOR_GOAL:g}x images/s",
-                              ratio >= TENSORFLOW_FACTOR_GOAL))
+        targets.append(
+            Target(
+                "vs bentoml-tf",
+                f"{peak.images_per_s:.1f} / {tf_peak.images_per_s:.1f} = {ratio:.2f}x (saturation)",
+                f">= {TENSORFLOW_FACTOR_GOAL:g}x images/s",
+                ratio >= TENSORFLOW_FACTOR_GOAL,
+            )
+        )
     for peer, factor, strict in (("fastapi", FASTAPI_FACTOR_GOAL, False), ("ray", 1.0, True)):
         if peer != subject and by_server.get(peer):
             targets.append(_versus(subject, peak, peer, by_server[peer], factor, strict))
@@ -97,25 +118,39 @@ def accuracy_targets(metadata: dict, runtime_key: str) -> list[Target]:
         return []
     found, reference = entries[runtime_key]["test"], entries["tensorflow"]["test"]
     drop = reference["top1"] - found["top1"]
-    return [Target(
-        "top-1 vs the SavedModel", f"{runtime_key} {100 * found['top1']:.2f} % vs "
-        f"{100 * reference['top1']:.2f} % ({-100 * drop:+.2f} points, {100 * found.get('agreement', 1):.1f} % "
-        f"same answers, {found['images']} held-out test images)",
-        f"at most {100 * TOP1_DROP_GOAL:.1f} points below", drop <= TOP1_DROP_GOAL + 1e-9)]
+    return [
+        Target(
+            "top-1 vs the SavedModel",
+            f"{runtime_key} {100 * found['top1']:.2f} % vs "
+            f"{100 * reference['top1']:.2f} % ({-100 * drop:+.2f} points, "
+            f"{100 * found.get('agreement', 1):.1f} % "
+            f"same answers, {found['images']} held-out test images)",
+            f"at most {100 * TOP1_DROP_GOAL:.1f} points below",
+            drop <= TOP1_DROP_GOAL + 1e-9,
+        )
+    ]
 
 
-def _versus(subject: str, peak: Step, peer: str, peer_steps: list[Step], factor: float,
-            strict: bool) -> Target:
+def _versus(
+    subject: str, peak: Step, peer: str, peer_steps: list[Step], factor: float, strict: bool
+) -> Target:
     peer_peak = saturation(peer_steps)
     ratio = peak.images_per_s / peer_peak.images_per_s if peer_peak.images_per_s else math.inf
     fast_enough = ratio > factor if strict else ratio >= factor
     same_users = at_users(peer_steps, peak.users)
     p99_ok = same_users is not None and peak.p99_ms <= same_users.p99_ms
-    p99_text = (f"p99 at {peak.users} users {peak.p99_ms:.0f} vs {same_users.p99_ms:.0f} ms"
-                if same_users else f"{peer} has no step at {peak.users} users")
+    p99_text = (
+        f"p99 at {peak.users} users {peak.p99_ms:.0f} vs {same_users.p99_ms:.0f} ms"
+        if same_users
+        else f"{peer} has no step at {peak.users} users"
+    )
     goal = f"{'>' if strict else '>='} {factor:g}x images/s, p99 no worse"
-    return Target(f"vs {peer}", f"{peak.images_per_s:.1f} / {peer_peak.images_per_s:.1f} = "
-                  f"{ratio:.2f}x; {p99_text}", goal, fast_enough and p99_ok)
+    return Target(
+        f"vs {peer}",
+        f"{peak.images_per_s:.1f} / {peer_peak.images_per_s:.1f} = {ratio:.2f}x; {p99_text}",
+        goal,
+        fast_enough and p99_ok,
+    )
 
 
 def write_steps_csv(path: Path, steps: list[Step]) -> None:
@@ -133,11 +168,15 @@ def write_ceiling_csv(path: Path, points: list[dict]) -> None:
 
 
 def steps_table(steps: list[Step]) -> str:
-    lines = ["| users | requests | failures | requests/s | images/s | p50 ms | p95 ms | p99 ms |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {s.users} | {s.requests} | {s.failures} | {s.requests_per_s:.1f} | "
-              f"{s.images_per_s:.1f} | {s.p50_ms:.0f} | {s.p95_ms:.0f} | {s.p99_ms:.0f} |"
-              for s in steps]
+    lines = [
+        "| users | requests | failures | requests/s | images/s | p50 ms | p95 ms | p99 ms |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {s.users} | {s.requests} | {s.failures} | {s.requests_per_s:.1f} | "
+        f"{s.images_per_s:.1f} | {s.p50_ms:.0f} | {s.p95_ms:.0f} | {s.p99_ms:.0f} |"
+        for s in steps
+    ]
     return "\n".join(lines)
 
 
@@ -149,53 +188,92 @@ def decoding_reference(subject: str, by_server: dict[str, list[Step]], ceiling: 
         return ""
     peak = saturation(steps)
     reference = summary["service_images_per_s"]
-    return (f"For reference (not a target): the service's own decoding (`service` mode) and the "
-            f"model in-process reach {reference:.1f} images/s (batch "
-            f"{summary['service_batch_size']}); the service serves {peak.images_per_s:.1f} / "
-            f"{reference:.1f} = {peak.images_per_s / reference:.2f} of that, the rest being HTTP, "
-            f"batching and thread switches.")
+    return (
+        f"For reference (not a target): the service's own decoding (`service` mode) and the "
+        f"model in-process reach {reference:.1f} images/s (batch "
+        f"{summary['service_batch_size']}); the service serves {peak.images_per_s:.1f} / "
+        f"{reference:.1f} = {peak.images_per_s / reference:.2f} of that, the rest being HTTP, "
+        f"batching and thread switches."
+    )
 
 
 def ceiling_table(points: list[dict]) -> str:
-    lines = ["| mode | batch | runs | batch p50 ms | batch p95 ms | images/s |",
-             "|---|---:|---:|---:|---:|---:|"]
-    lines += [f"| {p['mode']} | {p['batch_size']} | {p['runs']} | {p['p50_ms']:.1f} | "
-              f"{p['p95_ms']:.1f} | {p['images_per_s']:.1f} |" for p in points]
+    lines = [
+        "| mode | batch | runs | batch p50 ms | batch p95 ms | images/s |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {p['mode']} | {p['batch_size']} | {p['runs']} | {p['p50_ms']:.1f} | "
+        f"{p['p95_ms']:.1f} | {p['images_per_s']:.1f} |"
+        for p in points
+    ]
     return "\n".join(lines)
 
 
 def targets_table(subject: str, targets: list[Target]) -> str:
-    lines = [f"Service under test: **{subject}**.", "",
-             "| target | measured | goal | result |", "|---|---|---|---|"]
-    lines += [f"| {t.name} | {t.measured} | {t.goal} | {'pass' if t.passed else 'FAIL'} |"
-              for t in targets]
+    lines = [
+        f"Service under test: **{subject}**.",
+        "",
+        "| target | measured | goal | result |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {t.name} | {t.measured} | {t.goal} | {'pass' if t.passed else 'FAIL'} |" for t in targets]
     return "\n".join(lines)
 
 
-def write_markdown(path: Path, *, header: list[str], titles: dict[str, str], subject: str,
-                   by_server: dict[str, list[Step]], ceilings: dict[str, dict],
-                   targets: list[Target], problems: dict[str, str]) -> None:
+def write_markdown(
+    path: Path,
+    *,
+    header: list[str],
+    titles: dict[str, str],
+    subject: str,
+    by_server: dict[str, list[Step]],
+    ceilings: dict[str, dict],
+    targets: list[Target],
+    problems: dict[str, str],
+) -> None:
     """``ceilings``: runtime -> ``benchmarks.raw`` result; the subject's is its first one."""
     parts = ["# convzoo load benchmark", "", *(f"- {line}" for line in header), ""]
-    parts += ["## Targets", "", targets_table(subject, targets) if targets else
-              "No target could be evaluated (the service under test has no steps).", ""]
+    parts += [
+        "## Targets",
+        "",
+        targets_table(subject, targets)
+        if targets
+        else "No target could be evaluated (the service under test has no steps).",
+        "",
+    ]
     ceiling = next(iter(ceilings.values()), None)
     if reference := decoding_reference(subject, by_server, ceiling):
         parts += [reference, ""]
     for server, steps in by_server.items():
         peak = saturation(steps)
-        parts += [f"## {server}: {titles.get(server, server)}", "", steps_table(steps), "",
-                  f"Saturation: {peak.images_per_s:.1f} images/s at {peak.users} users "
-                  f"(p99 {peak.p99_ms:.0f} ms).", ""]
+        parts += [
+            f"## {server}: {titles.get(server, server)}",
+            "",
+            steps_table(steps),
+            "",
+            f"Saturation: {peak.images_per_s:.1f} images/s at {peak.users} users (p99 {peak.p99_ms:.0f} ms).",
+            "",
+        ]
         failed = [s for s in steps if s.failures]
         if failed:
-            parts += ["Failures (most frequent error per step):", "",
-                      *(f"- {s.users} users: {s.top_failure}" for s in failed), ""]
+            parts += [
+                "Failures (most frequent error per step):",
+                "",
+                *(f"- {s.users} users: {s.top_failure}" for s in failed),
+                "",
+            ]
     for runtime, found in ceilings.items():
         served = found.get("runtime") or {}
-        parts += [f"## Ceiling, runtime {runtime}: {served.get('name', 'tensorflow')} "
-                  f"{served.get('precision', 'fp32')} in-process (benchmarks.raw)", "",
-                  f"Command: `{found['command']}`", "", ceiling_table(found["points"]), ""]
+        parts += [
+            f"## Ceiling, runtime {runtime}: {served.get('name', 'tensorflow')} "
+            f"{served.get('precision', 'fp32')} in-process (benchmarks.raw)",
+            "",
+            f"Command: `{found['command']}`",
+            "",
+            ceiling_table(found["points"]),
+            "",
+        ]
     if problems:
         parts += ["## Not measured", "", *(f"- {name}: {why}" for name, why in problems.items()), ""]
     parts += ["![images/s against p99 latency](plot.png)", ""]
@@ -208,15 +286,23 @@ def plot(path: Path, by_server: dict[str, list[Step]], ceilings: dict[str, dict]
     figure, axes = plt.subplots(figsize=(8, 6.5), dpi=110)
     for server, steps in by_server.items():
         ordered = sorted(steps, key=lambda s: s.users)
-        axes.plot([s.p99_ms for s in ordered], [s.images_per_s for s in ordered], marker="o",
-                  label=server)
+        axes.plot([s.p99_ms for s in ordered], [s.images_per_s for s in ordered], marker="o", label=server)
         for s in ordered:
-            axes.annotate(str(s.users), (s.p99_ms, s.images_per_s), textcoords="offset points",
-                          xytext=(4, 4), fontsize=7)
-    for (runtime, ceiling), style in zip(ceilings.items(), ("--", ":", "-.")):
+            axes.annotate(
+                str(s.users),
+                (s.p99_ms, s.images_per_s),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=7,
+            )
+    for (runtime, ceiling), style in zip(ceilings.items(), ("--", ":", "-."), strict=False):
         if "e2e_images_per_s" in ceiling:
-            axes.axhline(ceiling["e2e_images_per_s"], color="black", linestyle=style,
-                         label=f"in-process end-to-end ceiling, runtime {runtime} ({ceiling['e2e_mode']})")
+            axes.axhline(
+                ceiling["e2e_images_per_s"],
+                color="black",
+                linestyle=style,
+                label=f"in-process end-to-end ceiling, runtime {runtime} ({ceiling['e2e_mode']})",
+            )
     axes.set_xscale("log")
     plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
     axes.xaxis.set_major_formatter(plain)
@@ -228,8 +314,14 @@ def plot(path: Path, by_server: dict[str, list[Step]], ceilings: dict[str, dict]
     axes.set_ylim(bottom=0)
     axes.set_title(title, fontsize=10)
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize=8, title="numbers: concurrent users", title_fontsize=7, loc="upper center",
-                bbox_to_anchor=(0.5, -0.13), ncol=3)
+    axes.legend(
+        fontsize=8,
+        title="numbers: concurrent users",
+        title_fontsize=7,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.13),
+        ncol=3,
+    )
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)

@@ -42,12 +42,24 @@ class ServerSpec:
 
 SERVERS = {
     "bentoml": ServerSpec("bentoml", "BentoML service (service/), its default runtime", None, 300),
-    "bentoml-tf": ServerSpec("bentoml-tf", "BentoML service with CONVZOO_RUNTIME=tensorflow", None, 300,
-                             env=(("CONVZOO_RUNTIME", "tensorflow"),), runtime="tensorflow"),
-    "fastapi": ServerSpec("fastapi", "FastAPI + uvicorn, one model call per request (peer)",
-                          "benchmarks.peers.fastapi_server", 180, runtime="tensorflow"),
-    "ray": ServerSpec("ray", "Ray Serve with @serve.batch (peer)", "benchmarks.peers.ray_server", 300,
-                      runtime="tensorflow"),
+    "bentoml-tf": ServerSpec(
+        "bentoml-tf",
+        "BentoML service with CONVZOO_RUNTIME=tensorflow",
+        None,
+        300,
+        env=(("CONVZOO_RUNTIME", "tensorflow"),),
+        runtime="tensorflow",
+    ),
+    "fastapi": ServerSpec(
+        "fastapi",
+        "FastAPI + uvicorn, one model call per request (peer)",
+        "benchmarks.peers.fastapi_server",
+        180,
+        runtime="tensorflow",
+    ),
+    "ray": ServerSpec(
+        "ray", "Ray Serve with @serve.batch (peer)", "benchmarks.peers.ray_server", 300, runtime="tensorflow"
+    ),
 }
 
 
@@ -77,32 +89,64 @@ def bentoml_target(repo: Path = REPO) -> str:
     return target
 
 
-def command(spec: ServerSpec, ref: ModelRef, models_dir: Path, port: int,
-            repo: Path = REPO) -> list[str]:
+def command(spec: ServerSpec, ref: ModelRef, models_dir: Path, port: int, repo: Path = REPO) -> list[str]:
     if spec.module is None:
-        return [sys.executable, "-m", "bentoml", "serve", bentoml_target(repo),
-                "--host", "127.0.0.1", "--port", str(port)]
-    return [sys.executable, "-m", spec.module, "--model", ref.spec,
-            "--models-dir", str(models_dir), "--host", "127.0.0.1", "--port", str(port)]
+        return [
+            sys.executable,
+            "-m",
+            "bentoml",
+            "serve",
+            bentoml_target(repo),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
+    return [
+        sys.executable,
+        "-m",
+        spec.module,
+        "--model",
+        ref.spec,
+        "--models-dir",
+        str(models_dir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
 
 
 class RunningServer:
     """A started server process; use as a context manager so it is always stopped."""
 
-    def __init__(self, spec: ServerSpec, ref: ModelRef, models_dir: Path, cpus: str | None,
-                 log_path: Path, repo: Path = REPO):
+    def __init__(
+        self,
+        spec: ServerSpec,
+        ref: ModelRef,
+        models_dir: Path,
+        cpus: str | None,
+        log_path: Path,
+        repo: Path = REPO,
+    ):
         """``repo``: the checkout to run the server from (another one: ``benchmarks.ab``)."""
         self.spec = spec
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.argv = pin_prefix(cpus) + command(spec, ref, models_dir, self.port, repo)
-        env = {**os.environ, **dict(spec.env), "TF_CPP_MIN_LOG_LEVEL": "2", "CONVZOO_MODEL": ref.spec,
-               "CONVZOO_MODELS_DIR": str(models_dir)}
+        env = {
+            **os.environ,
+            **dict(spec.env),
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            "CONVZOO_MODEL": ref.spec,
+            "CONVZOO_MODELS_DIR": str(models_dir),
+        }
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log_path = log_path
         self._log = log_path.open("wb")
-        self.process = subprocess.Popen(self.argv, cwd=repo, env=env, stdout=self._log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(
+            self.argv, cwd=repo, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def __enter__(self) -> RunningServer:
         return self
@@ -115,16 +159,20 @@ class RunningServer:
         start = time.monotonic()
         while time.monotonic() - start < self.spec.ready_timeout_s:
             if self.process.poll() is not None:
-                raise ServerError(f"{self.spec.name} exited with code {self.process.returncode} "
-                                  f"before it was ready; last log lines:\n{self.log_tail()}")
+                raise ServerError(
+                    f"{self.spec.name} exited with code {self.process.returncode} "
+                    f"before it was ready; last log lines:\n{self.log_tail()}"
+                )
             try:
                 if requests.get(f"{self.url}/readyz", timeout=5).status_code == 200:
                     return time.monotonic() - start
             except requests.RequestException:
                 pass
             time.sleep(READY_POLL_S)
-        raise ServerError(f"{self.spec.name} not ready after {self.spec.ready_timeout_s:.0f} s; "
-                          f"last log lines:\n{self.log_tail()}")
+        raise ServerError(
+            f"{self.spec.name} not ready after {self.spec.ready_timeout_s:.0f} s; "
+            f"last log lines:\n{self.log_tail()}"
+        )
 
     def log_tail(self, lines: int = 15) -> str:
         self._log.flush()
@@ -162,10 +210,10 @@ def check_metadata(url: str, ref: ModelRef | None) -> dict:
         raise ServerError(f"{url}/metadata answered {response.status_code}: {response.text[:200]}")
     metadata = response.json()
     if ref is not None and (metadata.get("name"), str(metadata.get("version"))) != (
-        ref.name, str(ref.version)
+        ref.name,
+        str(ref.version),
     ):
-        raise ServerError(f"{url} serves {metadata.get('name')}:{metadata.get('version')}, "
-                          f"not {ref.spec}")
+        raise ServerError(f"{url} serves {metadata.get('name')}:{metadata.get('version')}, not {ref.spec}")
     return metadata
 
 
@@ -175,5 +223,6 @@ def warm_up(url: str, images: list[Path]) -> None:
         files = [("images", (path.name, path.read_bytes(), "image/jpeg"))]
         response = requests.post(f"{url}/classify", files=files, timeout=120)
         if response.status_code != 200:
-            raise ServerError(f"warm-up request with {path.name} answered "
-                              f"{response.status_code}: {response.text[:300]}")
+            raise ServerError(
+                f"warm-up request with {path.name} answered {response.status_code}: {response.text[:300]}"
+            )

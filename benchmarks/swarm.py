@@ -67,7 +67,9 @@ def servers_up() -> int:
 
 
 def running_tasks() -> int:
-    states = docker("service", "ps", SERVICE, "--filter", "desired-state=running", "--format", "{{.CurrentState}}")
+    states = docker(
+        "service", "ps", SERVICE, "--filter", "desired-state=running", "--format", "{{.CurrentState}}"
+    )
     return sum(1 for s in states.splitlines() if s.startswith("Running"))
 
 
@@ -91,11 +93,19 @@ def new_version_image(old_image: str, name: str, old: int, new: int) -> str:
         metadata = json.loads((target / "metadata.json").read_text())
         metadata["version"] = new
         (target / "metadata.json").write_text(json.dumps(metadata, indent=2))
-        env = {**os.environ, "CONVZOO_MODELS_DIR": str(Path(tmp, "models")), "CONVZOO_MODEL": f"{name}:{new}",
-               "BENTOML_HOME": str(Path(tmp, "bentoml")), "PYTHONPATH": str(REPO)}
+        env = {
+            **os.environ,
+            "CONVZOO_MODELS_DIR": str(Path(tmp, "models")),
+            "CONVZOO_MODEL": f"{name}:{new}",
+            "BENTOML_HOME": str(Path(tmp, "bentoml")),
+            "PYTHONPATH": str(REPO),
+        }
         # tagged convzoo:<new> only: convzoo:latest stays the old version
-        subprocess.run([sys.executable, str(REPO / "deploy" / "container.py"), "--tag", str(new), "--no-latest"],
-                       env=env, check=True)
+        subprocess.run(
+            [sys.executable, str(REPO / "deploy" / "container.py"), "--tag", str(new), "--no-latest"],
+            env=env,
+            check=True,
+        )
     return image
 
 
@@ -104,14 +114,35 @@ class Load:
 
     def __init__(self, out: Path, users: int, versions: list[str], photos: list[Path]) -> None:
         self.prefix = out
-        env = {**os.environ, "PYTHONPATH": str(REPO), "CONVZOO_BENCH_IMAGES": os.pathsep.join(map(str, photos)),
-               "CONVZOO_SWARM_VERSIONS": ",".join(versions)}
-        self.process = subprocess.Popen(
-            [str(Path(sys.executable).with_name("locust")), "-f", str(REPO / "benchmarks" / "swarm_locustfile.py"),
-             "--headless", "--users", str(users), "--spawn-rate", str(users), "--host", LB,
-             "--csv", str(out), "--only-summary", "--stop-timeout", "30"],
-            env=env, stdout=subprocess.DEVNULL, stderr=open(f"{out}.log", "w"),
-        )  # fmt: skip
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "CONVZOO_BENCH_IMAGES": os.pathsep.join(map(str, photos)),
+            "CONVZOO_SWARM_VERSIONS": ",".join(versions),
+        }
+        with open(f"{out}.log", "w") as log:  # the child keeps its own copy of the descriptor
+            self.process = subprocess.Popen(
+                [
+                    str(Path(sys.executable).with_name("locust")),
+                    "-f",
+                    str(REPO / "benchmarks" / "swarm_locustfile.py"),
+                    "--headless",
+                    "--users",
+                    str(users),
+                    "--spawn-rate",
+                    str(users),
+                    "--host",
+                    LB,
+                    "--csv",
+                    str(out),
+                    "--only-summary",
+                    "--stop-timeout",
+                    "30",
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
 
     def stop(self) -> dict:
         self.process.send_signal(signal.SIGTERM)
@@ -126,19 +157,29 @@ class Load:
             "failed": {r["Name"]: int(r["Failure Count"]) for r in calls},
             "failure_reasons": {f["Error"][:160]: int(f["Occurrences"]) for f in failures},
             "versions": {r["Name"]: int(r["Request Count"]) for r in rows if r["Type"] == "VERSION"},
-            "classify_per_second": next((float(r["Requests/s"]) for r in calls if r["Name"] == "/classify"), 0.0),
+            "classify_per_second": next(
+                (float(r["Requests/s"]) for r in calls if r["Name"] == "/classify"), 0.0
+            ),
         }
 
 
 def deploy(image: str, replicas: int) -> None:
     env = {**ENV, "IMAGE": image, "REPLICAS": str(replicas)}
-    subprocess.run([DOCKER, "stack", "deploy", "-c", str(REPO / "deploy" / "compose.yaml"), STACK],
-                   env=env, check=True, capture_output=True)
-    wait_until(lambda: running_tasks() == replicas and servers_up() == replicas, 600, f"{replicas} replicas up")
+    subprocess.run(
+        [DOCKER, "stack", "deploy", "-c", str(REPO / "deploy" / "compose.yaml"), STACK],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    wait_until(
+        lambda: running_tasks() == replicas and servers_up() == replicas, 600, f"{replicas} replicas up"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="imagenette:2", help="the old version, NAME:VERSION in models/")
     parser.add_argument("--replicas", type=int, default=3)
     parser.add_argument("--users", type=int, default=8, help="Locust users (2 of them ask /metadata)")
@@ -155,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     if not image_exists(old_image):
         raise SystemExit(f"{old_image} not found: build it with `make container`")
     if not image_exists("convzoo-lb:latest"):
-        subprocess.run([DOCKER, "build", "-t", "convzoo-lb:latest", str(REPO / "deploy" / "lb")], env=ENV, check=True)
+        subprocess.run(
+            [DOCKER, "build", "-t", "convzoo-lb:latest", str(REPO / "deploy" / "lb")], env=ENV, check=True
+        )
     new_image = new_version_image(old_image, name, int(old), int(old) + 1)
     versions = [f"{name}:{old}", f"{name}:{int(old) + 1}"]
     photos = sorted(Path(REPO.parent, "shared", "data", "imagenette2-train").glob("*/*.JPEG"))[::500][:16]
@@ -175,8 +218,14 @@ def main(argv: list[str] | None = None) -> int:
     killed = time.monotonic()
     wait_until(lambda: servers_up() < args.replicas, 30, "the balancer to notice")
     detected = time.monotonic() - killed
-    restored = wait_until(lambda: running_tasks() == args.replicas and servers_up() == args.replicas,
-                          300, "the replica count restored") + detected
+    restored = (
+        wait_until(
+            lambda: running_tasks() == args.replicas and servers_up() == args.replicas,
+            300,
+            "the replica count restored",
+        )
+        + detected
+    )
     time.sleep(args.after)
     results["kill"] = {**load.stop(), "detected_s": round(detected, 1), "restored_s": round(restored, 1)}
     print("kill:", json.dumps(results["kill"]), flush=True)
@@ -185,8 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     load = Load(workdir / "rollout", args.users, versions, photos)
     time.sleep(args.before)
     start = time.monotonic()
-    subprocess.run([DOCKER, "service", "update", "--detach=false", "--quiet", "--image", new_image, SERVICE],
-                   env=ENV, check=True)
+    subprocess.run(
+        [DOCKER, "service", "update", "--detach=false", "--quiet", "--image", new_image, SERVICE],
+        env=ENV,
+        check=True,
+    )
     took = time.monotonic() - start
     time.sleep(args.after)
     results["rollout"] = {**load.stop(), "update_s": round(took, 1)}

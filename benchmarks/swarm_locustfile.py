@@ -32,6 +32,10 @@ class MetadataUser(FastHttpUser):
             if ALLOWED and version not in ALLOWED:
                 response.failure(f"unexpected model {version}")
             self.environment.events.request.fire(
-                request_type="VERSION", name=version, response_time=0, response_length=0,
-                exception=None, context={},
+                request_type="VERSION",
+                name=version,
+                response_time=0,
+                response_length=0,
+                exception=None,
+                context={},
             )

@@ -81,9 +81,7 @@ def build(spec: str, size: int):
     return constructor(**kwargs)
 
 
-def time_models(
-    specs: list[str], *, batch: int, size: int, warmup: int, repeats: int
-) -> list[Result]:
+def time_models(specs: list[str], *, batch: int, size: int, warmup: int, repeats: int) -> list[Result]:
     """Build each model, warm it up, then time ``repeats`` rounds of one call per model."""
     import numpy as np
     import tensorflow as tf
@@ -113,7 +111,7 @@ def ratio(results: list[Result], numerator: str, denominator: str) -> tuple[floa
     if numerator not in by_name or denominator not in by_name:
         return None
     top, bottom = by_name[numerator], by_name[denominator]
-    per_round = statistics.median(a / b for a, b in zip(top.times_ms, bottom.times_ms))
+    per_round = statistics.median(a / b for a, b in zip(top.times_ms, bottom.times_ms, strict=True))
     return per_round, top.median / bottom.median
 
 
@@ -162,9 +160,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     specs = args.models.split(",") if args.models else default_models()
-    results = time_models(
-        specs, batch=args.batch, size=args.size, warmup=args.warmup, repeats=args.repeats
-    )
+    results = time_models(specs, batch=args.batch, size=args.size, warmup=args.warmup, repeats=args.repeats)
     print(report(results, args))
     return 0
 

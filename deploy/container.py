@@ -45,11 +45,15 @@ CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--base-image", default=os.environ.get("BASE_IMAGE") or None)
     parser.add_argument("--host-ca", action="store_true", default=os.environ.get("HOST_CA") == "1")
     parser.add_argument("--ca-dir", type=Path, default=Path("/usr/local/share/ca-certificates"))
-    parser.add_argument("--bentofile", type=Path, default=Path(os.environ.get("BENTOFILE") or "bentofile.yaml"))
+    parser.add_argument(
+        "--bentofile", type=Path, default=Path(os.environ.get("BENTOFILE") or "bentofile.yaml")
+    )
     parser.add_argument("--packages", type=Path, default=os.environ.get("PACKAGES") or None)
     parser.add_argument("--cuda", default=os.environ.get("CUDA_VERSION") or None)
     parser.add_argument("--image", default=os.environ.get("IMAGE") or "convzoo")
@@ -86,8 +90,10 @@ def check_docker() -> None:
         raise BuildError("docker not found: install Docker (Debian: apt-get install -y docker.io)")
     ready = subprocess.run([docker(), "info"], capture_output=True, text=True, env=docker_env())
     if ready.returncode != 0:
-        raise BuildError("docker not running: start dockerd (e.g. `dockerd > /tmp/dockerd.log 2>&1 &`) "
-                         f"and wait for `docker info`\n{ready.stderr.strip()[-500:]}")
+        raise BuildError(
+            "docker not running: start dockerd (e.g. `dockerd > /tmp/dockerd.log 2>&1 &`) "
+            f"and wait for `docker info`\n{ready.stderr.strip()[-500:]}"
+        )
 
 
 def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -142,7 +148,10 @@ def build(args: argparse.Namespace) -> str:
 
     model_tag = str(resolve_model(load_config()))  # imported into the BentoML store if missing
     version = model_tag.partition(":")[2]
-    gpu = bool(args.cuda or (yaml.safe_load((REPO / args.bentofile).read_text()).get("docker") or {}).get("cuda_version"))
+    gpu = bool(
+        args.cuda
+        or (yaml.safe_load((REPO / args.bentofile).read_text()).get("docker") or {}).get("cuda_version")
+    )
     tag = args.tag or (f"{version}-gpu" if gpu else version)
     latest = "latest-gpu" if gpu else "latest"
     base_image = args.base_image
@@ -152,8 +161,12 @@ def build(args: argparse.Namespace) -> str:
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="bentofile-", delete=False) as f:
         yaml.safe_dump(bentofile(args, base_image), f, sort_keys=False)
     try:
-        built = run([BENTOML, "build", "-f", f.name, "--output", "tag", str(REPO)],
-                    capture_output=True, text=True, cwd=REPO)
+        built = run(
+            [BENTOML, "build", "-f", f.name, "--output", "tag", str(REPO)],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+        )
     except subprocess.CalledProcessError as error:
         raise BuildError(f"bentoml build failed:\n{error.stdout}\n{error.stderr}") from None
     finally:
@@ -168,10 +181,17 @@ def build(args: argparse.Namespace) -> str:
         run([BENTOML, "containerize", bento, "--backend", "docker", *tags], cwd=tempfile.gettempdir())
     except subprocess.CalledProcessError:
         raise BuildError(f"bentoml containerize {bento} failed (its output is above)") from None
-    size = subprocess.run([docker(), "image", "inspect", "-f", "{{.Size}}", image], env=docker_env(),
-                          capture_output=True, text=True, check=True).stdout.strip()
-    print(f"image {image}: {int(size) / 1e6:,.0f} MB, bento {bento}, "
-          f"model {model_tag}, base {base_image or 'BentoML default'}")
+    size = subprocess.run(
+        [docker(), "image", "inspect", "-f", "{{.Size}}", image],
+        env=docker_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    print(
+        f"image {image}: {int(size) / 1e6:,.0f} MB, bento {bento}, "
+        f"model {model_tag}, base {base_image or 'BentoML default'}"
+    )
     return image
 
 

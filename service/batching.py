@@ -89,7 +89,7 @@ class Batcher:
         self.on_batch(len(batch))
         try:
             outputs = await anyio.to_thread.run_sync(self.model, batch)
-        except Exception as error:  # noqa: BLE001 - handed to every caller of this batch
+        except Exception as error:
             for pending in taken:
                 if not pending.result.done():
                     pending.result.set_exception(error)

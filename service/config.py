@@ -7,7 +7,7 @@
 | CONVZOO_MAX_IMAGES         | 32                       | images per request                                 |
 | CONVZOO_MAX_REQUEST_BYTES  | 64 MiB                   | body size of one request (larger: 413)             |
 | CONVZOO_MAX_FILE_BYTES     | 32 MiB                   | size of one uploaded file                          |
-| CONVZOO_MAX_PIXELS         | 40 000 000               | width x height of one image (checked before decoding) |
+| CONVZOO_MAX_PIXELS         | 40 000 000               | width x height of one image (checked pre-decode)   |
 | CONVZOO_TOP_K              | 5                        | ``top_k`` when the request does not say            |
 | CONVZOO_MAX_TOP_K          | 100                      | largest ``top_k`` a request may ask for            |
 | CONVZOO_MAX_BATCH_SIZE     | 32                       | batching: most images per model call               |
@@ -16,7 +16,7 @@
 | CONVZOO_TIMEOUT_S          | 60                       | request timeout                                    |
 | CONVZOO_MAX_CONCURRENCY    | 512                      | requests in flight before the server answers 429   |
 | CONVZOO_API_KEY            | (none: no authentication)| clients must send ``Authorization: Bearer <key>`` |
-| CONVZOO_RUNTIME            | auto                     | tensorflow, openvino, openvino-int8, ... (``service.runtimes``) |
+| CONVZOO_RUNTIME            | auto                     | tensorflow, openvino-int8, ... (service.runtimes)  |
 
 The same settings apply to ``bentoml serve`` from the repository root and to a built Bento.
 """
@@ -129,7 +129,5 @@ def load_config() -> ServiceConfig:
         runtime=(os.environ.get("CONVZOO_RUNTIME") or "auto").strip().lower(),
     )
     if config.top_k > config.max_top_k:
-        raise ValueError(
-            f"CONVZOO_TOP_K ({config.top_k}) exceeds CONVZOO_MAX_TOP_K ({config.max_top_k})"
-        )
+        raise ValueError(f"CONVZOO_TOP_K ({config.top_k}) exceeds CONVZOO_MAX_TOP_K ({config.max_top_k})")
     return config

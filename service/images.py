@@ -72,9 +72,7 @@ class Resize:
         preprocessing = metadata.get("preprocessing") or {}
         interpolation = preprocessing.get("resize", "bilinear")
         if interpolation not in RESAMPLING:
-            raise ValueError(
-                f"unsupported resize {interpolation!r} in metadata; one of {sorted(RESAMPLING)}"
-            )
+            raise ValueError(f"unsupported resize {interpolation!r} in metadata; one of {sorted(RESAMPLING)}")
         crop = bool(preprocessing.get("crop_to_aspect_ratio", True))
         return cls(int(height), int(width), interpolation, crop)
 
@@ -84,15 +82,11 @@ def decode_image(data: bytes, filename: str, limits: Limits = Limits()) -> np.nd
     return np.asarray(_decode(data, filename, limits))
 
 
-def prepare_image(
-    data: bytes, filename: str, resize: Resize, limits: Limits = Limits()
-) -> np.ndarray:
+def prepare_image(data: bytes, filename: str, resize: Resize, limits: Limits = Limits()) -> np.ndarray:
     """Decode, crop and resize one upload: uint8 RGB ``[resize.height, resize.width, 3]``."""
     image = _decode(data, filename, limits, draft_side=max(resize.height, resize.width))
     box = crop_box(image.height, image.width, resize) if resize.crop_to_aspect_ratio else None
-    resized = image.resize(
-        (resize.width, resize.height), resample=RESAMPLING[resize.interpolation], box=box
-    )
+    resized = image.resize((resize.width, resize.height), resample=RESAMPLING[resize.interpolation], box=box)
     return np.asarray(resized)
 
 
@@ -111,15 +105,16 @@ def _decode(data: bytes, filename: str, limits: Limits, draft_side: int = 0) -> 
     if not data:
         raise InvalidImage(filename, "the file is empty")
     if len(data) > limits.max_file_bytes:
-        raise InvalidImage(
-            filename, f"the file has {len(data)} bytes; the limit is {limits.max_file_bytes}"
-        )
+        raise InvalidImage(filename, f"the file has {len(data)} bytes; the limit is {limits.max_file_bytes}")
     try:
         with Image.open(io.BytesIO(data), formats=FORMATS) as image:
             _check_pixels(image, filename, limits)
             orientation = image.getexif().get(EXIF_ORIENTATION, 1)
-            if draft_side and image.format in ("JPEG", "MPO") and image.mode in ("RGB", "L") and (
-                orientation not in range(2, 9)
+            if (
+                draft_side
+                and image.format in ("JPEG", "MPO")
+                and image.mode in ("RGB", "L")
+                and (orientation not in range(2, 9))
             ):
                 scaled = _decode_jpeg_scaled(data, draft_side)
                 if scaled is not None:
@@ -135,7 +130,7 @@ def _decode(data: bytes, filename: str, limits: Limits, draft_side: int = 0) -> 
         ) from None
     except Image.DecompressionBombError as error:
         raise InvalidImage(filename, f"decompression bomb refused: {error}") from None
-    except Exception as error:  # noqa: BLE001 - PIL raises many types on malformed input
+    except Exception as error:
         raise InvalidImage(filename, f"the image cannot be decoded ({error})") from None
 
 
@@ -147,8 +142,7 @@ def _check_pixels(image: Image.Image, filename: str, limits: Limits) -> None:
     if width * height > limits.max_pixels:
         raise InvalidImage(
             filename,
-            f"the image is {width}x{height} = {width * height} pixels; "
-            f"the limit is {limits.max_pixels}",
+            f"the image is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}",
         )
 
 
@@ -157,9 +151,7 @@ def _decode_jpeg_scaled(data: bytes, min_side: int) -> Image.Image | None:
     least ``min_side`` (or the full size, if smaller); None if it refuses the file (corrupt,
     truncated), which the caller then hands to PIL for the error message."""
     try:
-        pixels = simplejpeg.decode_jpeg(
-            data, colorspace="RGB", min_height=min_side, min_width=min_side
-        )
+        pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=min_side, min_width=min_side)
     except ValueError:
         return None
     return Image.fromarray(pixels)

@@ -24,12 +24,23 @@ from service.model_store import ModelNotFound, resolve_model
 
 def main(argv: list[str] | None = None) -> int:
     config = load_config()
-    parser = argparse.ArgumentParser(prog="python -m service.import_model", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", nargs="?", default=config.model,
-                        help=f"NAME or NAME:VERSION (default: {config.model}, the latest version)")
-    parser.add_argument("--models-dir", type=Path, default=config.models_dir,
-                        help=f"the model repository (default: {config.models_dir})")
+    parser = argparse.ArgumentParser(
+        prog="python -m service.import_model",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "model",
+        nargs="?",
+        default=config.model,
+        help=f"NAME or NAME:VERSION (default: {config.model}, the latest version)",
+    )
+    parser.add_argument(
+        "--models-dir",
+        type=Path,
+        default=config.models_dir,
+        help=f"the model repository (default: {config.models_dir})",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = dataclasses.replace(config, model=args.model, models_dir=args.models_dir)

@@ -10,8 +10,9 @@ watches the body as BentoML reads it (no buffering, no second copy):
   body without Content-Length (chunked) grows past it (reading stops there);
 - 400 when the form is malformed, has no ``file_field`` part, has a text value in ``file_field``,
   a file in another field, a part without a name, a text value over 1 MiB or more than 1000
-  parts (what Starlette's parser, called by BentoML, would fail on with a 500). The check ends with the last body chunk, which BentoML then never
-  receives: it stops with a disconnect, and its own answer is replaced by ours.
+  parts (what Starlette's parser, called by BentoML, would fail on with a 500). The check ends
+  with the last body chunk, which BentoML then never receives: it stops with a disconnect, and its
+  own answer is replaced by ours.
 
 ``ApiKeyGuard`` (on when ``CONVZOO_API_KEY`` is set) answers 401 to every request, on every path
 but the health probes and the static browser page (``GET /ui/...``, which then asks for the key
@@ -23,7 +24,8 @@ from __future__ import annotations
 
 import hmac
 import json
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -55,21 +57,33 @@ class ApiKeyGuard:
         self.key = key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (scope["type"] == "lifespan" or scope["path"] in self.OPEN_PATHS
-                or self._is_page(scope) or self._allowed(scope)):
+        if (
+            scope["type"] == "lifespan"
+            or scope["path"] in self.OPEN_PATHS
+            or self._is_page(scope)
+            or self._allowed(scope)
+        ):
             await self.app(scope, receive, send)
         elif scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})  # policy violation
         else:
-            await _send_json(send, 401, (
-                "missing or wrong API key: send the header 'Authorization: Bearer <key>' "
-                "(the key the server was started with, CONVZOO_API_KEY)"
-            ), headers=[(b"www-authenticate", b"Bearer")])
+            await _send_json(
+                send,
+                401,
+                (
+                    "missing or wrong API key: send the header 'Authorization: Bearer <key>' "
+                    "(the key the server was started with, CONVZOO_API_KEY)"
+                ),
+                headers=[(b"www-authenticate", b"Bearer")],
+            )
 
     def _is_page(self, scope: Scope) -> bool:
         path = scope["path"]
-        return (scope["type"] == "http" and scope["method"] in ("GET", "HEAD")
-                and (path == self.OPEN_PAGE or path.startswith(self.OPEN_PAGE + "/")))
+        return (
+            scope["type"] == "http"
+            and scope["method"] in ("GET", "HEAD")
+            and (path == self.OPEN_PAGE or path.startswith(self.OPEN_PAGE + "/"))
+        )
 
     def _allowed(self, scope: Scope) -> bool:
         header = next((v for k, v in scope["headers"] if k.lower() == b"authorization"), b"")
@@ -91,10 +105,14 @@ class UploadGuard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         content_type, options = parse_options_header(headers.get("content-type", ""))
         if content_type != b"multipart/form-data" or not options.get(b"boundary"):
-            await _send_json(send, 415, (
-                f"unsupported content type {headers.get('content-type') or '(none)'!r}: send the "
-                f"images as multipart/form-data in the field '{self.file_field}'"
-            ))
+            await _send_json(
+                send,
+                415,
+                (
+                    f"unsupported content type {headers.get('content-type') or '(none)'!r}: send the "
+                    f"images as multipart/form-data in the field '{self.file_field}'"
+                ),
+            )
             return
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_bytes:
@@ -136,8 +154,10 @@ class UploadGuard:
             await _send_json(send, *refusal)
 
     def _too_large(self, size: int) -> str:
-        return (f"request body of {size}+ bytes exceeds the limit of {self.max_bytes} bytes "
-                "(CONVZOO_MAX_REQUEST_BYTES)")
+        return (
+            f"request body of {size}+ bytes exceeds the limit of {self.max_bytes} bytes "
+            "(CONVZOO_MAX_REQUEST_BYTES)"
+        )
 
 
 class FormInspector:
@@ -152,14 +172,17 @@ class FormInspector:
         self._field = b""
         self._value = b""
         self._disposition = b""
-        self._parser = MultipartParser(boundary, {
-            "on_part_begin": self._part_begin,
-            "on_header_field": self._header_field,
-            "on_header_value": self._header_value,
-            "on_header_end": self._header_end,
-            "on_headers_finished": self._headers_finished,
-            "on_part_data": self._part_data,
-        })
+        self._parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": self._part_begin,
+                "on_header_field": self._header_field,
+                "on_header_value": self._header_value,
+                "on_header_end": self._header_end,
+                "on_headers_finished": self._headers_finished,
+                "on_part_data": self._part_data,
+            },
+        )
 
     def feed(self, chunk: bytes, last: bool) -> str | None:
         """Parse one chunk; the first problem found, once known (at the latest with the last)."""
@@ -167,11 +190,13 @@ class FormInspector:
             self._parser.write(chunk)
             if last:
                 self._parser.finalize()
-        except Exception as error:  # noqa: BLE001 - any parser error means a malformed body
+        except Exception as error:
             self.problem = self.problem or f"malformed multipart body ({error})"
         if last and not self.problem and self.files == 0:
-            self.problem = (f"no files in the field '{self.file_field}': send one or more images "
-                            f"as multipart/form-data, e.g. curl -F {self.file_field}=@photo.jpg")
+            self.problem = (
+                f"no files in the field '{self.file_field}': send one or more images "
+                f"as multipart/form-data, e.g. curl -F {self.file_field}=@photo.jpg"
+            )
         return self.problem
 
     def _part_begin(self) -> None:
@@ -201,8 +226,7 @@ class FormInspector:
         elif name == self.file_field:
             self._refuse(f"the field '{self.file_field}' must hold uploaded files, not text")
         elif is_file:
-            self._refuse(
-                f"a file was sent in the field '{name}'; images go in the field '{self.file_field}'")
+            self._refuse(f"a file was sent in the field '{name}'; images go in the field '{self.file_field}'")
         else:
             self.fields += 1
         if max(self.files, self.fields) > MAX_FORM_PARTS:
@@ -222,13 +246,15 @@ async def _send_json(
     send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
     payload = json.dumps({"error": message}).encode()
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(payload)).encode()),
-            *(headers or []),
-        ],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": payload})

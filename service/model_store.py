@@ -163,8 +163,11 @@ def _check_variables(folder: Path) -> None:
     if not shards:
         raise InvalidModel(f"{folder.parent}: variables/ has no variables.data-* shard")
     expected = int(shards[0].name.rsplit("-of-", 1)[1])
-    missing = [f"variables.data-{i:05d}-of-{expected:05d}" for i in range(expected)
-               if not (folder / f"variables.data-{i:05d}-of-{expected:05d}").is_file()]
+    missing = [
+        f"variables.data-{i:05d}-of-{expected:05d}"
+        for i in range(expected)
+        if not (folder / f"variables.data-{i:05d}-of-{expected:05d}").is_file()
+    ]
     if missing:
         raise InvalidModel(f"{folder.parent}: variables/ lacks {', '.join(missing)}")
 
@@ -198,9 +201,7 @@ def import_export(models_dir: Path, name: str, version: str | int) -> bentoml.Mo
         logger.warning("the model store's %s differs from %s: importing it again", tag, source)
         bentoml.models.delete(tag)
     try:
-        with bentoml.models.create(
-            tag, labels={"project": "convzoo"}, metadata=metadata
-        ) as model:
+        with bentoml.models.create(tag, labels={"project": "convzoo"}, metadata=metadata) as model:
             shutil.copytree(source, model.path, dirs_exist_ok=True)
     except BentoMLException:
         # Another process imported the same export meanwhile: that copy is as good as ours.
@@ -213,8 +214,7 @@ def same_export(a: Path, b: Path) -> bool:
     """Whether two export folders hold the same model: same SavedModel fingerprint (a checksum
     of the graph and the variables' layout) and the same metadata.json."""
     return all(
-        (a / name).is_file() and (b / name).is_file()
-        and (a / name).read_bytes() == (b / name).read_bytes()
+        (a / name).is_file() and (b / name).is_file() and (a / name).read_bytes() == (b / name).read_bytes()
         for name in ("fingerprint.pb", "metadata.json")
     )
 
@@ -261,7 +261,9 @@ def _default_name(config: ServiceConfig) -> tuple[str, str | None]:
     if len(available) == 1:
         logger.warning(
             "default model %r not found; serving the only model in %s: %r",
-            DEFAULT_MODEL, config.models_dir, available[0],
+            DEFAULT_MODEL,
+            config.models_dir,
+            available[0],
         )
         return available[0], None
     return name, version
@@ -274,9 +276,7 @@ def _packaged_model(config: ServiceConfig) -> str:
         raise ModelNotFound(f"{BENTO_YAML} should list exactly one model, found {tags}")
     name, version = parse_model_spec(config.model)
     packaged_name, _, packaged_version = tags[0].partition(":")
-    if config.model != DEFAULT_MODEL and (
-        name != packaged_name or version not in (None, packaged_version)
-    ):
+    if config.model != DEFAULT_MODEL and (name != packaged_name or version not in (None, packaged_version)):
         raise ModelNotFound(
             f"this Bento packages {tags[0]}, but CONVZOO_MODEL={config.model}; "
             "build another Bento for that model"

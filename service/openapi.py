@@ -64,15 +64,22 @@ class ConvzooService(bentoml.Service):
     @property
     def openapi_spec(self) -> OpenAPISpecification:
         spec = super().openapi_spec
-        return attrs.evolve(spec, info=Info(
-            title=TITLE, version=convzoo_version(self.bento), description=describe(self),
-        ))
+        return attrs.evolve(
+            spec,
+            info=Info(
+                title=TITLE,
+                version=convzoo_version(self.bento),
+                description=describe(self),
+            ),
+        )
 
 
 def describe(service: Any, url: str = "localhost:3000") -> str:
     """The Markdown description of ``service``: the served model, curl calls, the page."""
     return DESCRIPTION.format(
-        model=_model_line(service), ui="./ui/", url=url,
+        model=_model_line(service),
+        ui="./ui/",
+        url=url,
         auth=AUTH if os.environ.get("CONVZOO_API_KEY") else "",  # as service.config reads it
     )
 
@@ -84,7 +91,7 @@ def _model_line(service: Any) -> str:
     model = service.models[0]
     try:
         metadata = model.stored.info.metadata
-    except Exception:  # noqa: BLE001 - not in the local store: name the tag only
+    except Exception:
         logger.debug("no metadata for %s", model.tag, exc_info=True)
         return f"Serves the model **{model.tag}**."
     facts = [str(metadata.get("architecture", "")), f"{len(metadata.get('labels', []))} classes"]

@@ -32,9 +32,20 @@ from pathlib import Path
 METADATA_FILE = "metadata.json"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 REQUIRED_KEYS = (
-    "name", "version", "architecture", "labels", "input_size", "params", "flops",
-    "dataset", "metrics", "command", "created", "signatures", "preprocessing",
-)  # fmt: skip
+    "name",
+    "version",
+    "architecture",
+    "labels",
+    "input_size",
+    "params",
+    "flops",
+    "dataset",
+    "metrics",
+    "command",
+    "created",
+    "signatures",
+    "preprocessing",
+)
 """What every export's ``metadata.json`` holds (``training.export`` writes them all)."""
 SERVING_KEYS = ("labels", "input_size")
 """What a server needs at the least (an export of an older convzoo may lack the rest)."""
@@ -129,8 +140,10 @@ def validate_metadata(metadata: object, where: str | Path, required: tuple[str, 
     if "version" in metadata and not (isinstance(metadata["version"], int) and metadata["version"] >= 1):
         raise InvalidExport(f"{where}: metadata.json 'version' is not a positive integer")
     for key, value in (metadata.get("metrics") or {}).items():
-        if key in ("top1", "top5") and value is not None and not (
-            isinstance(value, (int, float)) and 0.0 <= value <= 1.0
+        if (
+            key in ("top1", "top5")
+            and value is not None
+            and not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0)
         ):
             raise InvalidExport(f"{where}: metadata.json metrics[{key!r}] = {value!r} is not a fraction")
     files = metadata.get("files")

@@ -61,8 +61,15 @@ Predict = Callable[[np.ndarray], np.ndarray]
 
 RUNTIMES = ("tensorflow", "openvino")
 KEYS = ("tensorflow", "tensorflow-bf16", "openvino-fp32", "openvino-bf16", "openvino-int8")
-CHOICES = ("auto", "tensorflow", "tensorflow-bf16", "openvino", "openvino-fp32", "openvino-bf16",
-           "openvino-int8")  # fmt: skip
+CHOICES = (
+    "auto",
+    "tensorflow",
+    "tensorflow-bf16",
+    "openvino",
+    "openvino-fp32",
+    "openvino-bf16",
+    "openvino-int8",
+)
 OPENVINO_PRECISION_HINT = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 """OpenVINO's ``INFERENCE_PRECISION_HINT`` per precision: int8 keeps its non-quantized layers in
 f32 (on a bf16-capable CPU OpenVINO would otherwise pick bf16 for them by itself)."""
@@ -85,8 +92,12 @@ class Gate:
     def judge(self, top1: float, reference_top1: float, agreement: float) -> dict:
         drop = reference_top1 - top1
         passed = drop <= self.max_top1_drop + 1e-9 and agreement >= self.min_agreement
-        return {"passed": bool(passed), "top1_drop": round(drop, 6),
-                "agreement": round(agreement, 6), "rule": self.rule}  # fmt: skip
+        return {
+            "passed": bool(passed),
+            "top1_drop": round(drop, 6),
+            "agreement": round(agreement, 6),
+            "rule": self.rule,
+        }
 
 
 GATE = Gate()
@@ -117,9 +128,7 @@ def choose(requested: str, metadata: dict, folder: str | Path, *, gpus: int = 0)
     folder = Path(folder)
     requested = (requested or "auto").strip().lower()
     if requested not in CHOICES:
-        raise RuntimeUnavailable(
-            f"CONVZOO_RUNTIME={requested!r} is not one of: {', '.join(CHOICES)}"
-        )
+        raise RuntimeUnavailable(f"CONVZOO_RUNTIME={requested!r} is not one of: {', '.join(CHOICES)}")
     entries = metadata.get("runtimes") or {}
     if requested == "tensorflow":
         _require_tensorflow(f"CONVZOO_RUNTIME=tensorflow cannot serve {folder}")
@@ -143,19 +152,30 @@ def choose(requested: str, metadata: dict, folder: str | Path, *, gpus: int = 0)
         problem = unusable(key, entries.get(key), folder)
         if problem is None:
             entry = entries[key]
-            how = "auto: the fastest form that passed the accuracy gate" if requested == "auto" \
+            how = (
+                "auto: the fastest form that passed the accuracy gate"
+                if requested == "auto"
                 else f"requested (CONVZOO_RUNTIME={requested})"
+            )
             if problems:
                 how += " (skipped: " + "; ".join(problems) + ")"
-            return Choice(key, entry["runtime"], entry["precision"],
-                          folder / entry["path"] if entry.get("path") else None,
-                          dict(entry.get("config") or {}), how, tuple(problems))  # fmt: skip
+            return Choice(
+                key,
+                entry["runtime"],
+                entry["precision"],
+                folder / entry["path"] if entry.get("path") else None,
+                dict(entry.get("config") or {}),
+                how,
+                tuple(problems),
+            )
         problems.append(f"{key}: {problem}")
     if requested != "auto":
-        raise RuntimeUnavailable(f"CONVZOO_RUNTIME={requested} cannot serve {folder}: "
-                                 + "; ".join(problems))  # fmt: skip
-    reason = "auto: " + ("; ".join(problems) if problems else "no faster form in metadata.json "
-                         f"(`python -m training optimize {folder}` makes them)")  # fmt: skip
+        raise RuntimeUnavailable(f"CONVZOO_RUNTIME={requested} cannot serve {folder}: " + "; ".join(problems))
+    reason = "auto: " + (
+        "; ".join(problems)
+        if problems
+        else f"no faster form in metadata.json (`python -m training optimize {folder}` makes them)"
+    )
     _require_tensorflow(f"cannot serve {folder}: {reason}")
     return _tensorflow(reason + " -> TensorFlow fp32", tuple(problems))
 
@@ -172,8 +192,10 @@ def unusable(key: str, entry: dict | None, folder: Path) -> str | None:
         return "not in metadata.json (`python -m training optimize` creates it)"
     if not (entry.get("gate") or {}).get("passed", False):
         gate = entry.get("gate") or {}
-        return (f"failed the accuracy gate (top-1 {-100 * gate.get('top1_drop', float('nan')):+.2f} points "
-                f"vs the SavedModel, {100 * gate.get('agreement', float('nan')):.1f} % same answers)")
+        return (
+            f"failed the accuracy gate (top-1 {-100 * gate.get('top1_drop', float('nan')):+.2f} points "
+            f"vs the SavedModel, {100 * gate.get('agreement', float('nan')):.1f} % same answers)"
+        )
     if entry["precision"] == "bf16" and not cpu_has_bf16():
         return "this CPU has no native bf16 (AVX512_BF16 or AMX)"
     if not _installed(entry["runtime"]):
@@ -252,8 +274,12 @@ def load_openvino(model_xml: Path, config: dict | None = None, threads: int | No
     (``threads`` to override), latency-first; ``config`` adds compile settings (precision)."""
     import openvino as ov
 
-    settings = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
-                "INFERENCE_NUM_THREADS": threads or cpu_count(), **(config or {})}  # fmt: skip
+    settings = {
+        "PERFORMANCE_HINT": "LATENCY",
+        "NUM_STREAMS": 1,
+        "INFERENCE_NUM_THREADS": threads or cpu_count(),
+        **(config or {}),
+    }
     compiled = ov.Core().compile_model(str(model_xml), "CPU", settings)
     request = compiled.create_infer_request()
     lock = threading.Lock()
@@ -276,6 +302,10 @@ def warm_up(predict: Predict, input_size: tuple[int, int], max_batch_size: int) 
 
 def describe(choice: Choice) -> dict[str, Any]:
     """What ``/metadata`` says under ``runtime``."""
-    return {"name": choice.runtime, "precision": choice.precision, "key": choice.key,
-            "artifact": str(choice.path.relative_to(choice.path.parents[1])) if choice.path
-            else "saved_model.pb", "reason": choice.reason}  # fmt: skip
+    return {
+        "name": choice.runtime,
+        "precision": choice.precision,
+        "key": choice.key,
+        "artifact": str(choice.path.relative_to(choice.path.parents[1])) if choice.path else "saved_model.pb",
+        "reason": choice.reason,
+    }

@@ -88,7 +88,7 @@ def _spans_off_unless_exported() -> None:
         from bentoml._internal.configuration.containers import BentoMLContainer
 
         exporter = BentoMLContainer.tracing.exporter_type.get()
-    except Exception:  # noqa: BLE001 - an internal API: if it moved, keep BentoML's default
+    except Exception:
         return
     if not exporter:
         os.environ["OTEL_SDK_DISABLED"] = "true"
@@ -179,14 +179,16 @@ class Classifier:
         uploads: list[Upload] = images  # type: ignore[assignment]  (see ImageFile)
         if len(uploads) > CONFIG.limits.max_images:
             return _error(
-                413, f"{len(uploads)} images in one request; the limit is "
+                413,
+                f"{len(uploads)} images in one request; the limit is "
                 f"{CONFIG.limits.max_images} (CONVZOO_MAX_IMAGES)",
             )
         prepared = await asyncio.gather(*(self._prepare(i, u) for i, u in enumerate(uploads)))
         refused = [p for p in prepared if isinstance(p, dict)]
         if refused:
             return _error(
-                400, f"{len(refused)} of {len(uploads)} images refused; nothing was classified",
+                400,
+                f"{len(refused)} of {len(uploads)} images refused; nothing was classified",
                 files=refused,
             )
         probabilities = await self.batcher(np.stack(prepared))
@@ -205,7 +207,11 @@ class Classifier:
             if self.decoders is None:
                 return prepare_image(upload.data, filename, self.resize, CONFIG.limits)
             return await anyio.to_thread.run_sync(
-                prepare_image, upload.data, filename, self.resize, CONFIG.limits,
+                prepare_image,
+                upload.data,
+                filename,
+                self.resize,
+                CONFIG.limits,
                 limiter=self.decoders,
             )
         except InvalidImage as error:
@@ -232,7 +238,12 @@ def _load_model(path: str, resize: Resize, max_batch_size: int) -> runtimes.Pred
     runtimes.warm_up(predict, (resize.height, resize.width), max_batch_size)
     logger.info(
         "serving %s with %s %s on %s (%s; worker %s)",
-        MODEL_TAG, RUNTIME.runtime, RUNTIME.precision, where, RUNTIME.reason, _worker_index(),
+        MODEL_TAG,
+        RUNTIME.runtime,
+        RUNTIME.precision,
+        where,
+        RUNTIME.reason,
+        _worker_index(),
     )
     return predict
 

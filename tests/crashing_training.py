@@ -44,7 +44,10 @@ def main() -> int:
     from training.__main__ import main as training_main
 
     make_callbacks = fit.make_callbacks
-    fit.make_callbacks = lambda *args, **kwargs: [*make_callbacks(*args, **kwargs), crash_callback(epoch, batch)]
+    fit.make_callbacks = lambda *args, **kwargs: [
+        *make_callbacks(*args, **kwargs),
+        crash_callback(epoch, batch),
+    ]
     return training_main(argv)
 
 

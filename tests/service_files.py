@@ -24,8 +24,7 @@ def photo(size: tuple[int, int], seed: int = 0) -> Image.Image:
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     y /= max(height - 1, 1)
     x /= max(width - 1, 1)
-    channels = [np.sin(x * rng.uniform(1, 6) + y * rng.uniform(1, 6) + rng.uniform(0, 6))
-                for _ in range(3)]
+    channels = [np.sin(x * rng.uniform(1, 6) + y * rng.uniform(1, 6) + rng.uniform(0, 6)) for _ in range(3)]
     picture = (np.stack(channels, axis=-1) + 1) * 110
     for _ in range(4):
         cy, cx, r = rng.uniform(0.2, 0.8), rng.uniform(0.2, 0.8), rng.uniform(0.08, 0.25)
@@ -46,20 +45,23 @@ def solid(mode: str, size: tuple[int, int], color) -> Image.Image:
 
 def _png(width: int, height: int, bit_depth: int, color_type: int, raw: bytes) -> bytes:
     """A PNG file from its IHDR fields and raw (filtered) scanlines, written by hand."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     header = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
 
 
 def sixteen_bit_gray_png(width: int, height: int, value: int | None = None) -> bytes:
     """A 16-bit grayscale PNG: a constant ``value``, else a horizontal 0..65535 ramp."""
-    if value is None:
-        row = np.linspace(0, 65535, width).astype(">u2")
-    else:
-        row = np.full(width, value, dtype=">u2")
+    ramp = np.linspace(0, 65535, width)
+    row = (ramp if value is None else np.full(width, value)).astype(">u2")
     raw = b"".join(b"\x00" + row.tobytes() for _ in range(height))
     return _png(width, height, 16, 0, raw)
 

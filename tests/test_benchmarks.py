@@ -41,17 +41,25 @@ def models_dir(tmp_path_factory) -> Path:
     keras.utils.set_random_seed(0)
     model = build_end_to_end("lenet5", num_classes=len(LABELS), image_size=(32, 32))
     folder = tmp_path_factory.mktemp("models")
-    export_model(model, name=MODEL_NAME, labels=LABELS, input_size=[32, 32], architecture="lenet5",
-                 dataset="synthetic", metrics={"top1": 0.0, "top5": 0.0}, command="pytest",
-                 models_dir=folder)
+    export_model(
+        model,
+        name=MODEL_NAME,
+        labels=LABELS,
+        input_size=[32, 32],
+        architecture="lenet5",
+        dataset="synthetic",
+        metrics={"top1": 0.0, "top5": 0.0},
+        command="pytest",
+        models_dir=folder,
+    )
     optimize_export(folder / MODEL_NAME / "1", generated_held_out(), speed_seconds=0.1, log=lambda _: None)
     return folder
 
 
 def generated_held_out():
     import numpy as np
-
     from service_files import photo
+
     from training.optimize import HeldOut
 
     images = np.stack([np.asarray(photo((32, 32), seed=i)) for i in range(48)])
@@ -65,8 +73,14 @@ def pinning_args() -> list[str]:
 
 def run_load(args: list[str], tmp_path: Path, bentoml_home: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "BENTOML_HOME": str(bentoml_home), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([sys.executable, "-m", "benchmarks.load", *args, *pinning_args()],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=LOAD_TIMEOUT_S)
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks.load", *args, *pinning_args()],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=LOAD_TIMEOUT_S,
+    )
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -78,7 +92,8 @@ def check_report(out: Path, servers: list[str], users: list[int]) -> str:
     """The outputs exist and parse; every server has every step, served without failures."""
     steps = read_csv(out / "steps.csv")
     assert [(s["server"], int(s["users"])) for s in steps] == [
-        (server, count) for server in servers for count in users]
+        (server, count) for server in servers for count in users
+    ]
     for step in steps:
         assert int(step["requests"]) > 0 and int(step["failures"]) == 0, step
         assert float(step["images_per_s"]) > 0 and float(step["p50_ms"]) <= float(step["p99_ms"])
@@ -97,40 +112,115 @@ def check_report(out: Path, servers: list[str], users: list[int]) -> str:
 
 def test_raw_measures_every_mode_and_batch_size(models_dir, tmp_path):
     result_path = tmp_path / "raw.json"
-    code = raw.main(["--model", MODEL_NAME, "--models-dir", str(models_dir), "--batch-sizes", "1,4",
-                     "--warmup", "0", "--repeats", "3", "--cpus", "none", "--json", str(result_path),
-                     "--runtime", "tensorflow"])
+    code = raw.main(
+        [
+            "--model",
+            MODEL_NAME,
+            "--models-dir",
+            str(models_dir),
+            "--batch-sizes",
+            "1,4",
+            "--warmup",
+            "0",
+            "--repeats",
+            "3",
+            "--cpus",
+            "none",
+            "--json",
+            str(result_path),
+            "--runtime",
+            "tensorflow",
+        ]
+    )
     assert code == 0
     result = json.loads(result_path.read_text())
     assert result["runtime"]["key"] == "tensorflow"
     assert result["model"] == f"{MODEL_NAME}:1" and result["input_size"] == [32, 32]
     assert [(p["mode"], p["batch_size"]) for p in result["points"]] == [
-        (mode, size) for mode in raw.MODES for size in (1, 4)]
+        (mode, size) for mode in raw.MODES for size in (1, 4)
+    ]
     assert all(p["runs"] == 3 and p["images_per_s"] > 0 for p in result["points"])
-    assert set(result["ceiling"]) >= {"e2e_images_per_s", "e2e_p50_ms_batch1", "tensor_images_per_s",
-                                      "service_images_per_s"}
+    assert set(result["ceiling"]) >= {
+        "e2e_images_per_s",
+        "e2e_p50_ms_batch1",
+        "tensor_images_per_s",
+        "service_images_per_s",
+    }
     assert result["ceiling"]["e2e_mode"] in ("bytes", "pil")  # the service's decoding is not in it
 
 
 def test_raw_on_the_default_runtime_is_openvino_without_a_bytes_mode(models_dir, tmp_path):
     result_path = tmp_path / "raw.json"
-    code = raw.main(["--model", MODEL_NAME, "--models-dir", str(models_dir), "--batch-sizes", "2",
-                     "--warmup", "0", "--repeats", "3", "--cpus", "none", "--json", str(result_path)])
+    code = raw.main(
+        [
+            "--model",
+            MODEL_NAME,
+            "--models-dir",
+            str(models_dir),
+            "--batch-sizes",
+            "2",
+            "--warmup",
+            "0",
+            "--repeats",
+            "3",
+            "--cpus",
+            "none",
+            "--json",
+            str(result_path),
+        ]
+    )
     assert code == 0
     result = json.loads(result_path.read_text())
     assert result["runtime"]["name"] == "openvino"  # auto: the fastest form that passed the gate
     assert [p["mode"] for p in result["points"]] == ["tensor", "pil", "service"]
     assert result["ceiling"]["e2e_mode"] == "pil"
-    assert raw.main(["--model", MODEL_NAME, "--models-dir", str(models_dir), "--runtime",
-                     "openvino-fp32", "--batch-sizes", "1", "--warmup", "0", "--repeats", "3",
-                     "--cpus", "none"]) == 0
+    assert (
+        raw.main(
+            [
+                "--model",
+                MODEL_NAME,
+                "--models-dir",
+                str(models_dir),
+                "--runtime",
+                "openvino-fp32",
+                "--batch-sizes",
+                "1",
+                "--warmup",
+                "0",
+                "--repeats",
+                "3",
+                "--cpus",
+                "none",
+            ]
+        )
+        == 0
+    )
 
 
 def test_load_runner_against_fastapi_peer_writes_report(models_dir, tmp_path):
     out = tmp_path / "results"
-    finished = run_load(["--servers", "fastapi", "--model", MODEL_NAME, "--models-dir", str(models_dir),
-                         "--users", "1,2", "--step-seconds", "3", "--warmup-seconds", "1",
-                         "--ceiling-batch-sizes", "1,2", "--out", str(out)], tmp_path, tmp_path)
+    finished = run_load(
+        [
+            "--servers",
+            "fastapi",
+            "--model",
+            MODEL_NAME,
+            "--models-dir",
+            str(models_dir),
+            "--users",
+            "1,2",
+            "--step-seconds",
+            "3",
+            "--warmup-seconds",
+            "1",
+            "--ceiling-batch-sizes",
+            "1,2",
+            "--out",
+            str(out),
+        ],
+        tmp_path,
+        tmp_path,
+    )
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
     report = check_report(out, ["fastapi"], [1, 2])
     assert "| efficiency |" in report and "| overhead at one user |" in report
@@ -138,8 +228,20 @@ def test_load_runner_against_fastapi_peer_writes_report(models_dir, tmp_path):
 
 
 def test_load_runner_refuses_bad_arguments_clearly(models_dir, tmp_path):
-    finished = run_load(["--servers", "fastapi", "--model", f"{MODEL_NAME}:1", "--models-dir",
-                         str(models_dir), "--host", "http://127.0.0.1:9"], tmp_path, tmp_path)
+    finished = run_load(
+        [
+            "--servers",
+            "fastapi",
+            "--model",
+            f"{MODEL_NAME}:1",
+            "--models-dir",
+            str(models_dir),
+            "--host",
+            "http://127.0.0.1:9",
+        ],
+        tmp_path,
+        tmp_path,
+    )
     assert finished.returncode == 2 and "not allowed with argument" in finished.stderr
     finished = run_load(["--model", "nosuchmodel", "--models-dir", str(models_dir)], tmp_path, tmp_path)
     assert finished.returncode == 1 and "no exported model 'nosuchmodel'" in finished.stderr
@@ -152,7 +254,8 @@ def test_parse_stats_reads_the_aggregated_row(tmp_path):
         "Min Response Time,Max Response Time,Average Content Size,Requests/s,Failures/s,"
         "50%,66%,75%,80%,90%,95%,98%,99%,99.9%,99.99%,100%\n"
         "POST,/classify,100,10,48,53.3,5.2,183.8,291.1,50.0,5.0,48,57,72,78,100,120,130,140,180,180,180\n"
-        ",Aggregated,100,10,48,53.3,5.2,183.8,291.1,50.0,5.0,48,57,72,78,100,120,130,140,180,180,180\n")
+        ",Aggregated,100,10,48,53.3,5.2,183.8,291.1,50.0,5.0,48,57,72,78,100,120,130,140,180,180,180\n"
+    )
     step = parse_stats(stats, "fastapi", 4, images_per_request=2)
     assert (step.requests, step.failures, step.p50_ms, step.p95_ms, step.p99_ms) == (100, 10, 48, 120, 140)
     assert step.images_per_s == pytest.approx(50.0 * 0.9 * 2)  # successful requests only
@@ -160,8 +263,7 @@ def test_parse_stats_reads_the_aggregated_row(tmp_path):
 
 
 def _steps(server: str, rows: list[tuple[int, float, float, float]]) -> list[Step]:
-    return [Step(server, users, 10, 100, 0, rate, rate, p50, p50, p99, p50)
-            for users, rate, p50, p99 in rows]
+    return [Step(server, users, 10, 100, 0, rate, rate, p50, p50, p99, p50) for users, rate, p50, p99 in rows]
 
 
 def test_targets_compare_saturation_and_same_user_p99():
@@ -171,19 +273,48 @@ def test_targets_compare_saturation_and_same_user_p99():
         "fastapi": _steps("fastapi", [(1, 45, 9, 15), (8, 45, 150, 300)]),
         "ray": _steps("ray", [(1, 30, 20, 40), (8, 100, 50, 80)]),
     }
-    ceiling = {"e2e_images_per_s": 100.0, "e2e_mode": "pil", "e2e_batch_size": 16,
-               "e2e_p50_ms_batch1": 9.5, "e2e_batch1_mode": "pil"}
+    ceiling = {
+        "e2e_images_per_s": 100.0,
+        "e2e_mode": "pil",
+        "e2e_batch_size": 16,
+        "e2e_p50_ms_batch1": 9.5,
+        "e2e_batch1_mode": "pil",
+    }
     targets = {t.name: t.passed for t in evaluate_targets("bentoml", by_server, ceiling)}
-    assert targets == {"efficiency": True, "overhead at one user": True, "p50 at one user": False,
-                       "vs bentoml-tf": False, "vs fastapi": True, "vs ray": False}  # 11 ms > 5; 1.9x
+    assert targets == {
+        "efficiency": True,
+        "overhead at one user": True,
+        "p50 at one user": False,
+        "vs bentoml-tf": False,
+        "vs fastapi": True,
+        "vs ray": False,
+    }  # 11 ms > 5; 1.9x
 
 
 @pytest.mark.slow
 def test_compare_runs_all_three_servers_and_the_ceiling(models_dir, tmp_path):
     out = tmp_path / "results"
-    finished = run_load(["--compare", "--model", MODEL_NAME, "--models-dir", str(models_dir),
-                         "--users", "1,2", "--step-seconds", "3", "--warmup-seconds", "1",
-                         "--ceiling-batch-sizes", "1,2", "--out", str(out)], tmp_path, tmp_path)
+    finished = run_load(
+        [
+            "--compare",
+            "--model",
+            MODEL_NAME,
+            "--models-dir",
+            str(models_dir),
+            "--users",
+            "1,2",
+            "--step-seconds",
+            "3",
+            "--warmup-seconds",
+            "1",
+            "--ceiling-batch-sizes",
+            "1,2",
+            "--out",
+            str(out),
+        ],
+        tmp_path,
+        tmp_path,
+    )
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
     report = check_report(out, ["bentoml", "bentoml-tf", "fastapi", "ray"], [1, 2])
     assert "Service under test: **bentoml**" in report
@@ -196,17 +327,45 @@ def test_ab_runs_interleaved_rounds_and_summarizes(models_dir, tmp_path):
     """``benchmarks.ab``, two variants of the FastAPI peer, one short round: a row per variant."""
     pin = [] if {0, 1} <= os.sched_getaffinity(0) else ["--no-pin"]
     finished = subprocess.run(
-        [sys.executable, "-m", "benchmarks.ab", "first:", "second:SOME_SETTING=1", "--server",
-         "fastapi", "--model", MODEL_NAME, "--models-dir", str(models_dir), "--rounds", "1",
-         "--steps", "1", "--seconds", "2", "--users", "2", "--out", str(tmp_path), *pin],
-        cwd=REPO, capture_output=True, text=True, timeout=LOAD_TIMEOUT_S,
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.ab",
+            "first:",
+            "second:SOME_SETTING=1",
+            "--server",
+            "fastapi",
+            "--model",
+            MODEL_NAME,
+            "--models-dir",
+            str(models_dir),
+            "--rounds",
+            "1",
+            "--steps",
+            "1",
+            "--seconds",
+            "2",
+            "--users",
+            "2",
+            "--out",
+            str(tmp_path),
+            *pin,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=LOAD_TIMEOUT_S,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
     assert finished.returncode == 0, finished.stderr[-2000:]
-    rows = [line for line in finished.stdout.splitlines() if line.startswith("| first")
-            or line.startswith("| second")]
+    rows = [
+        line
+        for line in finished.stdout.splitlines()
+        if line.startswith("| first") or line.startswith("| second")
+    ]
     assert len(rows) == 2 and rows[0].split("|")[3].strip() == "1.000"
     assert (tmp_path / "logs" / "first-r1.log").is_file()
-    bad = subprocess.run([sys.executable, "-m", "benchmarks.ab", "nocolon"], cwd=REPO,
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "benchmarks.ab", "nocolon"], cwd=REPO, capture_output=True, text=True
+    )
     assert bad.returncode == 2 and "NAME[@CHECKOUT]" in bad.stderr

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-
 from test_data import make_folder
+
 from training import __main__ as cli
 from training import compare
 
@@ -24,9 +24,24 @@ def folder(tmp_path_factory) -> Path:
 
 
 def compare_argv(folder: Path, out: Path, *options: str, archs=ARCHS) -> list[str]:
-    return ["compare", "--archs", ",".join(archs), "--data", str(folder), "--image-size", "32",
-            "--batch-size", "8", "--jit-compile", "off", "--repeats", "3", "--out", str(out),
-            *options]  # fmt: skip
+    return [
+        "compare",
+        "--archs",
+        ",".join(archs),
+        "--data",
+        str(folder),
+        "--image-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--jit-compile",
+        "off",
+        "--repeats",
+        "3",
+        "--out",
+        str(out),
+        *options,
+    ]
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -95,7 +110,9 @@ def test_a_crashed_architecture_is_reported_then_resumed_within_the_time_budget(
     out = tmp_path / "cmp"
     argv = compare_argv(folder, out, "--epochs", "3", archs=("lenet5",))
     crashing = Path(__file__).with_name("crashing_training.py")
-    monkeypatch.setattr(compare, "TRAINING_COMMAND", (sys.executable, str(crashing), "2:1"))  # dies in epoch 2
+    monkeypatch.setattr(
+        compare, "TRAINING_COMMAND", (sys.executable, str(crashing), "2:1")
+    )  # dies in epoch 2
     assert cli.main(argv) == 1
     assert "[1/1] lenet5: FAILED (fit exit code 75)" in capsys.readouterr().out
     assert "Not finished (see their fit.log): lenet5." in (out / "results.md").read_text()

@@ -34,8 +34,14 @@ MODEL = REPO / "models" / "imagenette" / "2"
 
 
 def docker(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([DOCKER, *args], capture_output=True, text=True, check=check, timeout=timeout,
-                          env={**os.environ, "DOCKER_BUILDKIT": "0"})
+    return subprocess.run(
+        [DOCKER, *args],
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=timeout,
+        env={**os.environ, "DOCKER_BUILDKIT": "0"},
+    )
 
 
 @pytest.fixture(scope="session")
@@ -52,12 +58,22 @@ def image(docker_ready, bentoml_home) -> str:
     convzoo-test:* so that the user's convzoo:* stay as they are."""
     if os.environ.get("CONVZOO_TEST_IMAGE"):
         return os.environ["CONVZOO_TEST_IMAGE"]
-    env = {**os.environ, "BENTOML_HOME": str(bentoml_home), "CONVZOO_MODEL": "imagenette:2",
-           "CONVZOO_MODELS_DIR": str(REPO / "models"), "IMAGE": "convzoo-test"}
+    env = {
+        **os.environ,
+        "BENTOML_HOME": str(bentoml_home),
+        "CONVZOO_MODEL": "imagenette:2",
+        "CONVZOO_MODELS_DIR": str(REPO / "models"),
+        "IMAGE": "convzoo-test",
+    }
     if not env.get("BASE_IMAGE") and docker("image", "inspect", LOCAL_BASE, check=False).returncode == 0:
         env["BASE_IMAGE"] = LOCAL_BASE
-    build = subprocess.run([sys.executable, str(REPO / "deploy" / "container.py")], env=env,
-                           capture_output=True, text=True, timeout=1800)
+    build = subprocess.run(
+        [sys.executable, str(REPO / "deploy" / "container.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert build.returncode == 0, (build.stdout + build.stderr)[-5000:]
     return build.stdout.strip().splitlines()[-1]
 
@@ -68,8 +84,19 @@ class Container:
     def __init__(self, image: str, *env: str) -> None:
         self.name = f"convzoo-test-{uuid.uuid4().hex[:8]}"
         options = [f"--env={e}" for e in env]
-        docker("run", "-d", "--name", self.name, "--read-only", "--tmpfs", "/tmp:rw,size=512m",
-               "-p", "127.0.0.1::3000", *options, image)
+        docker(
+            "run",
+            "-d",
+            "--name",
+            self.name,
+            "--read-only",
+            "--tmpfs",
+            "/tmp:rw,size=512m",
+            "-p",
+            "127.0.0.1::3000",
+            *options,
+            image,
+        )
         port = docker("port", self.name, "3000/tcp").stdout.strip().splitlines()[0].rsplit(":", 1)[1]
         self.url = f"http://127.0.0.1:{port}"
 
@@ -110,13 +137,19 @@ def photos(shared: Path, per_class: int) -> list[tuple[str, Path]]:
     labels = json.loads((MODEL / "metadata.json").read_text())["labels"]
     synsets = sorted(p for p in shared.iterdir() if p.is_dir())
     assert len(synsets) == len(labels)
-    return [(label, photo) for label, synset in zip(labels, synsets)
-            for photo in sorted(synset.glob("*.JPEG"))[:per_class]]
+    return [
+        (label, photo)
+        for label, synset in zip(labels, synsets, strict=True)
+        for photo in sorted(synset.glob("*.JPEG"))[:per_class]
+    ]
 
 
 def classify(url: str, files: list[Path], timeout: float = 120) -> requests.Response:
-    return requests.post(f"{url}/classify", files=[("images", (p.name, p.read_bytes(), "image/jpeg")) for p in files],
-                         timeout=timeout)
+    return requests.post(
+        f"{url}/classify",
+        files=[("images", (p.name, p.read_bytes(), "image/jpeg")) for p in files],
+        timeout=timeout,
+    )
 
 
 def test_image_runs_as_non_root_and_holds_the_model(image, container):
@@ -138,9 +171,15 @@ def test_readyz_livez_and_metadata(container):
 
 def test_the_cpu_image_carries_no_tensorflow(image, container):
     """bentofile.yaml packages OpenVINO only: TensorFlow is not in the image at all."""
-    probe = docker("exec", container.name, "sh", "-c",
-                   "python -c 'import importlib.util as u; print(u.find_spec(\"tensorflow\"), "
-                   "u.find_spec(\"openvino\") is not None)'", check=False)
+    probe = docker(
+        "exec",
+        container.name,
+        "sh",
+        "-c",
+        'python -c \'import importlib.util as u; print(u.find_spec("tensorflow"), '
+        'u.find_spec("openvino") is not None)\'',
+        check=False,
+    )
     assert probe.stdout.split() == ["None", "True"], probe.stdout + probe.stderr
 
 
@@ -149,8 +188,8 @@ def test_classifies_real_photos(container, shared_imagenette):
     answer = classify(container.url, [p for _, p in expected])
     assert answer.status_code == 200, answer.text
     predicted = [p["label"] for p in answer.json()]
-    right = sum(label == guess for (label, _), guess in zip(expected, predicted))
-    assert right >= 0.8 * len(expected), list(zip([e for e, _ in expected], predicted))
+    right = sum(label == guess for (label, _), guess in zip(expected, predicted, strict=True))
+    assert right >= 0.8 * len(expected), list(zip([e for e, _ in expected], predicted, strict=True))
 
 
 def test_docker_stop_lets_requests_in_flight_finish(image, shared_imagenette):

@@ -85,7 +85,7 @@ def test_folder_yields_resized_rgb_uint8_with_imagenette_names(folder):
     assert data.labels == ("tench", "English springer", "parachute")
     assert data.sizes == {"train": 42, "validation": 9, "test": 9}
     seen = 0
-    for split, ds in data.splits.items():
+    for ds in data.splits.values():
         for image, label in ds:
             assert image.shape == (SIZE, SIZE, 3) and image.dtype == tf.uint8
             assert label.dtype == tf.int32 and 0 <= int(label) < 3

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import requests
 import tensorflow as tf
+from test_service import SERVER_SETTINGS, TOLERANCE, Server, server_env
 
 from service import repository
-from test_service import SERVER_SETTINGS, TOLERANCE, Server, server_env
 from training.data import split_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,7 +71,7 @@ def test_faster_forms_are_intact_and_passed_the_gate():
 def test_classifies_held_out_photos_through_both_signatures(saved_model, held_out):
     encoded = tf.constant([data for data, _ in held_out])
     from_bytes = saved_model.signatures["serve_bytes"](image_bytes=encoded)["probabilities"].numpy()
-    for (data, _), expected in zip(held_out[:5], from_bytes):
+    for (data, _), expected in zip(held_out[:5], from_bytes, strict=True):
         image = tf.io.decode_jpeg(data, channels=3)[tf.newaxis]
         got = saved_model.signatures["serving_default"](images=image)["probabilities"].numpy()[0]
         np.testing.assert_allclose(got, expected, atol=1e-5)
@@ -101,7 +101,7 @@ def test_make_serve_answers_like_the_model(saved_model, held_out, tmp_path):
             image_bytes=tf.constant([data for data, _ in sample])
         )["probabilities"].numpy()
         labels = meta["labels"]
-        for answer, probabilities in zip(response.json(), expected):
+        for answer, probabilities in zip(response.json(), expected, strict=True):
             # The service decodes with PIL (DCT-scaled), the signature with TensorFlow: pixels differ
             # slightly, so a near tie may rank the other way; the answer must be the in-process top
             # class or one within TOLERANCE of it, with the same probability.

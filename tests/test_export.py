@@ -19,9 +19,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from service.repository import REQUIRED_KEYS, is_complete, latest_version, read_metadata
 from training.__main__ import main as cli
 from training.end_to_end import RESIZE, augmentation_preset, build_end_to_end
-from service.repository import REQUIRED_KEYS, is_complete, latest_version, read_metadata
 from training.export import export_model
 from training.flops import count_flops
 
@@ -129,8 +129,11 @@ def test_saved_model_cli_lists_both_signatures(exported):
     cli_path = Path(sys.executable).parent / "saved_model_cli"
     shown = subprocess.run(
         [str(cli_path), "show", "--dir", str(exported), "--all"],
-        capture_output=True, text=True, check=True, timeout=120,
-    ).stdout  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
     assert "signature_def['serving_default']" in shown
     assert "signature_def['serve_bytes']" in shown
     assert "inputs['images']" in shown and "DT_UINT8" in shown
@@ -171,7 +174,7 @@ def test_bytes_and_uint8_agree_on_a_batch_of_mixed_sizes_and_formats(saved):
     ]
     from_bytes = classify_bytes(saved, blobs)
     assert from_bytes.shape == (len(blobs), len(LABELS))
-    for row, blob in zip(from_bytes, blobs):
+    for row, blob in zip(from_bytes, blobs, strict=True):
         pixels = tf.io.decode_image(blob, channels=3, expand_animations=False).numpy()
         np.testing.assert_allclose(row, classify(saved, pixels[None])[0], atol=1e-5)
     # PNG / BMP / GIF are lossless: the graph's RGB equals PIL's, so clients may decode either way.
@@ -265,9 +268,7 @@ def test_a_process_killed_mid_export_leaves_no_valid_looking_version(plain_model
     folder = tmp_path / "tiny"
     try:
         deadline = time.monotonic() + 120
-        while not (
-            (folder / "1").is_dir() and any(p.name.startswith(".tmp-") for p in folder.iterdir())
-        ):
+        while not ((folder / "1").is_dir() and any(p.name.startswith(".tmp-") for p in folder.iterdir())):
             assert process.poll() is None, "the exporting process ended before it was killed"
             assert time.monotonic() < deadline, "no export started in time"
             time.sleep(0.005)
@@ -315,10 +316,15 @@ def test_cli_exports_a_finished_fit_run(model, tmp_path, capsys):
     run_dir.mkdir(parents=True)
     model.save(run_dir / "best.keras")
     run = {
-        "arch": "tiny", "name": "tiny", "labels": LABELS, "image_size": [SIZE, SIZE],
-        "dataset": "generated", "command": "python -m training fit --arch tiny", "config": {},
+        "arch": "tiny",
+        "name": "tiny",
+        "labels": LABELS,
+        "image_size": [SIZE, SIZE],
+        "dataset": "generated",
+        "command": "python -m training fit --arch tiny",
+        "config": {},
         "metrics": {"top1": 0.625, "top5": 1.0, "loss": 0.9},
-    }  # fmt: skip
+    }
     (run_dir / "run.json").write_text(json.dumps(run))
     models = tmp_path / "models"
     assert cli(["export", str(run_dir), "--models-dir", str(models), "--name", "from_run"]) == 0
@@ -329,9 +335,14 @@ def test_cli_exports_a_finished_fit_run(model, tmp_path, capsys):
     assert metadata["metrics"] == {"top1": 0.625, "top5": 1.0} and metadata["run"] == str(run_dir)
     saved = tf.saved_model.load(str(models / "from_run" / "1"))
     images = np.stack([photo(48, 64, seed=9)])
-    np.testing.assert_allclose(classify(saved, images), model(images.astype("float32"), training=False), atol=1e-6)
+    np.testing.assert_allclose(
+        classify(saved, images), model(images.astype("float32"), training=False), atol=1e-6
+    )
 
-    assert cli(["export", str(run_dir), "--models-dir", str(models), "--name", "from_run", "--version", "1"]) == 2
+    assert (
+        cli(["export", str(run_dir), "--models-dir", str(models), "--name", "from_run", "--version", "1"])
+        == 2
+    )
     assert "never overwritten" in capsys.readouterr().err
     (run_dir / "run.json").write_text(json.dumps({**run, "metrics": None}))
     assert cli(["export", str(run_dir), "--models-dir", str(models)]) == 2

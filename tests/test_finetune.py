@@ -9,8 +9,8 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-
 from test_data import make_folder
+
 from training import __main__ as cli
 from training import finetune, fit
 from training.pretrained import build_twin
@@ -48,9 +48,26 @@ def changed(before: dict, after: dict, keep) -> set[str]:
 
 
 def test_frozen_epochs_keep_the_backbone_then_unfrozen_ones_train_it(weights_file):
-    args = parse("--arch", ARCH, "--data", "x", "--image-size", str(SIZE), "--epochs", "2",
-                 "--weights", str(weights_file), "--freeze-epochs", "1", "--optimizer", "adamw",
-                 "--lr", "1e-2", "--augment", "none")  # fmt: skip
+    args = parse(
+        "--arch",
+        ARCH,
+        "--data",
+        "x",
+        "--image-size",
+        str(SIZE),
+        "--epochs",
+        "2",
+        "--weights",
+        str(weights_file),
+        "--freeze-epochs",
+        "1",
+        "--optimizer",
+        "adamw",
+        "--lr",
+        "1e-2",
+        "--augment",
+        "none",
+    )
     config = fit.run_config(args)
     assert config["weights"] == str(weights_file.resolve()) and config["freeze_epochs"] == 1
     model = fit.build_model(config, num_classes=3)
@@ -100,10 +117,32 @@ def test_freeze_epochs_without_weights_is_refused():
 
 
 def test_fit_fine_tunes_from_a_weights_file(weights_file, folder, tmp_path):
-    argv = ["fit", "--arch", ARCH, "--data", str(folder), "--image-size", str(SIZE), "--epochs", "2",
-            "--batch-size", "8", "--weights", str(weights_file), "--freeze-epochs", "1",
-            "--backbone-lr-scale", "0.2", "--augment", "none", "--runs-dir", str(tmp_path / "runs"),
-            "--run-name", "tuned", "--no-export"]  # fmt: skip
+    argv = [
+        "fit",
+        "--arch",
+        ARCH,
+        "--data",
+        str(folder),
+        "--image-size",
+        str(SIZE),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--weights",
+        str(weights_file),
+        "--freeze-epochs",
+        "1",
+        "--backbone-lr-scale",
+        "0.2",
+        "--augment",
+        "none",
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--run-name",
+        "tuned",
+        "--no-export",
+    ]
     assert cli.main(argv) == 0
     run = json.loads((tmp_path / "runs" / "tuned" / "run.json").read_text())
     assert run["config"]["backbone_lr_scale"] == 0.2 and run["training"]["epochs_run"] == 2
@@ -114,11 +153,49 @@ def test_fit_fine_tunes_from_a_weights_file(weights_file, folder, tmp_path):
 
 def test_fit_packed_takes_the_same_flags(weights_file, folder, tmp_path):
     pack = tmp_path / "tiny.npz"
-    assert cli.main(["pack", "--data", str(folder), "--image-size", str(SIZE), "--splits", "train",
-                     "--quality", "0", "--out", str(pack)]) == 0  # fmt: skip
-    argv = ["fit-packed", "--data", str(pack), "--arch", ARCH, "--image-size", str(SIZE), "--epochs", "2",
-            "--batch-size", "8", "--weights", str(weights_file), "--freeze-epochs", "1", "--augment", "none",
-            "--runs-dir", str(tmp_path / "runs"), "--run-name", "packed", "--workers", "1"]  # fmt: skip
+    assert (
+        cli.main(
+            [
+                "pack",
+                "--data",
+                str(folder),
+                "--image-size",
+                str(SIZE),
+                "--splits",
+                "train",
+                "--quality",
+                "0",
+                "--out",
+                str(pack),
+            ]
+        )
+        == 0
+    )
+    argv = [
+        "fit-packed",
+        "--data",
+        str(pack),
+        "--arch",
+        ARCH,
+        "--image-size",
+        str(SIZE),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--weights",
+        str(weights_file),
+        "--freeze-epochs",
+        "1",
+        "--augment",
+        "none",
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--run-name",
+        "packed",
+        "--workers",
+        "1",
+    ]
     assert cli.main(argv) == 0
     run = json.loads((tmp_path / "runs" / "packed" / "run.json").read_text())
     assert run["config"]["weights"] == str(weights_file.resolve()) and run["training"]["epochs_run"] == 2

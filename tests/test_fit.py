@@ -15,13 +15,13 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from test_data import make_folder
+
 from training import __main__ as cli
 from training import fit
 from training.cli import command_line
-from training.recipe import Recipe
 from training.data import decode_and_resize, split_folder
+from training.recipe import Recipe
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,7 +40,9 @@ def read_log(run_dir: Path) -> list[dict]:
 CRASHING = Path(__file__).with_name("crashing_training.py")
 
 
-def run_cli(argv: list[str], env: dict | None = None, crash_at: str | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    argv: list[str], env: dict | None = None, crash_at: str | None = None
+) -> subprocess.CompletedProcess:
     """``python -m training ...`` in a fresh process (so it can be killed for real); ``crash_at``
     ("EPOCH:BATCH"): through ``tests/crashing_training.py``, which dies there."""
     command = [sys.executable, str(CRASHING), crash_at] if crash_at else [sys.executable, "-m", "training"]
@@ -60,10 +62,34 @@ def folder(tmp_path_factory) -> Path:
 
 
 def test_fit_trains_evaluates_and_records_the_run(folder, tmp_path):
-    argv = ["fit", "--arch", "lenet5", "--data", str(folder), "--image-size", "32", "--epochs", "2",
-            "--batch-size", "8", "--optimizer", "adam", "--lr", "3e-3", "--warmup-epochs", "1",
-            "--label-smoothing", "0.1", "--augment", "strong", "--cutmix", "0", "--runs-dir",
-            str(tmp_path / "runs"), "--no-export"]  # fmt: skip
+    argv = [
+        "fit",
+        "--arch",
+        "lenet5",
+        "--data",
+        str(folder),
+        "--image-size",
+        "32",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "3e-3",
+        "--warmup-epochs",
+        "1",
+        "--label-smoothing",
+        "0.1",
+        "--augment",
+        "strong",
+        "--cutmix",
+        "0",
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--no-export",
+    ]
     assert cli.main(argv) == 0
     run_dir = tmp_path / "runs" / f"lenet5_{folder.name}_32px"
     run = json.loads((run_dir / "run.json").read_text())
@@ -94,10 +120,31 @@ def test_fit_trains_evaluates_and_records_the_run(folder, tmp_path):
 
 
 def test_killed_mid_epoch_then_the_same_command_resumes(folder, tmp_path):
-    argv = ["fit", "--arch", "lenet5", "--data", str(folder), "--image-size", "32", "--epochs", "3",
-            "--batch-size", "8", "--optimizer", "sgd", "--lr", "0.05", "--augment", "light",
-            "--runs-dir", str(tmp_path / "runs"), "--run-name", "resume", "--models-dir",
-            str(tmp_path / "models")]  # fmt: skip
+    argv = [
+        "fit",
+        "--arch",
+        "lenet5",
+        "--data",
+        str(folder),
+        "--image-size",
+        "32",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "8",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.05",
+        "--augment",
+        "light",
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--run-name",
+        "resume",
+        "--models-dir",
+        str(tmp_path / "models"),
+    ]
     run_dir = tmp_path / "runs" / "resume"
 
     killed = run_cli(argv, crash_at="2:3")  # dies after batch 3 of epoch 2
@@ -148,9 +195,25 @@ def test_an_unfinished_run_with_another_configuration_is_refused(tmp_path):
 
 def test_run_config_defaults_and_options(tmp_path):
     config = fit.run_config(
-        parse("--arch", "mobilenet_v2", "--data", str(tmp_path / "flowers"), "--width", "0.5",
-              "--arch-option", "dropout=0.3", "--arch-option", "block=basic", "--batch-size", "512",
-              "--lr", "0.1", "--scale-lr", "--optimizer", "sgd")  # fmt: skip
+        parse(
+            "--arch",
+            "mobilenet_v2",
+            "--data",
+            str(tmp_path / "flowers"),
+            "--width",
+            "0.5",
+            "--arch-option",
+            "dropout=0.3",
+            "--arch-option",
+            "block=basic",
+            "--batch-size",
+            "512",
+            "--lr",
+            "0.1",
+            "--scale-lr",
+            "--optimizer",
+            "sgd",
+        )
     )
     assert config["run_name"] == "mobilenet_v2_flowers_224px" and config["image_size"] == [224, 224]
     assert config["arch_options"] == {"dropout": 0.3, "block": "basic", "width": 0.5}
@@ -171,8 +234,11 @@ def test_optimizers_and_schedule():
     assert float(schedule(200)) == pytest.approx(0.4)  # peak
     assert float(schedule(600)) == pytest.approx(0.2)  # half-way through the cosine
     assert float(schedule(1000)) == pytest.approx(0.0, abs=1e-7)
-    for name, cls in (("adam", keras.optimizers.Adam), ("adamw", keras.optimizers.AdamW),
-                      ("rmsprop", keras.optimizers.RMSprop)):  # fmt: skip
+    for name, cls in (
+        ("adam", keras.optimizers.Adam),
+        ("adamw", keras.optimizers.AdamW),
+        ("rmsprop", keras.optimizers.RMSprop),
+    ):
         assert isinstance(fit.make_optimizer({**config, "optimizer": name}, 100), cls)
 
 
@@ -185,9 +251,24 @@ def test_command_rebuilt_when_not_run_from_the_cli():
 
 @pytest.mark.slow
 def test_fit_on_the_real_imagenette_folder(shared_imagenette, tmp_path):
-    argv = ["fit", "--arch", "mobilenet_v3_small", "--data", str(shared_imagenette), "--image-size", "64",
-            "--epochs", "1", "--batch-size", "32", "--limit", "256", "--runs-dir", str(tmp_path),
-            "--no-export"]  # fmt: skip
+    argv = [
+        "fit",
+        "--arch",
+        "mobilenet_v3_small",
+        "--data",
+        str(shared_imagenette),
+        "--image-size",
+        "64",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--limit",
+        "256",
+        "--runs-dir",
+        str(tmp_path),
+        "--no-export",
+    ]
     assert cli.main(argv) == 0
     run = json.loads(next(tmp_path.glob("*/run.json")).read_text())
     assert run["labels"][0] == "tench" and len(run["labels"]) == 10
@@ -205,7 +286,7 @@ def test_mixed_precision_models_are_exported_as_float32():
     assert mixed.dtype_policy.name == "mixed_float16" and exported.dtype_policy.name == "float32"
     assert {layer.compute_dtype for layer in exported._flatten_layers()} == {"float32"}
     images = np.random.default_rng(0).integers(0, 256, (2, 40, 40, 3), dtype=np.uint8)
-    for ours, theirs in zip(exported.get_weights(), mixed.get_weights()):
+    for ours, theirs in zip(exported.get_weights(), mixed.get_weights(), strict=True):
         np.testing.assert_array_equal(ours, theirs)
     np.testing.assert_allclose(exported(images), mixed(images), atol=1e-3)  # shallow: float16 ~ float32
     assert fit.float32_model(exported, config, num_classes=3) is exported

@@ -24,9 +24,10 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
-import httpx
+import service_files as files
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.applications import Starlette
@@ -35,7 +36,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-import service_files as files
 from service.config import Limits
 from service.images import InvalidImage, Resize, prepare_image
 from service.middleware import UploadGuard
@@ -87,11 +87,11 @@ def mutated_files(draw) -> tuple[str, bytes]:
         elif edit == "insert":
             data[at:at] = draw(st.binary(min_size=1, max_size=64))
         elif edit == "delete":
-            del data[at:at + draw(st.integers(1, 64))]
+            del data[at : at + draw(st.integers(1, 64))]
         elif edit == "header_int" and len(data) > 4:
             at = draw(st.integers(0, min(len(data), 200) - 4))  # where sizes and lengths live
             value = draw(st.sampled_from([0, 1, 0x7FFF, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF]))
-            data[at:at + 4] = struct.pack(draw(st.sampled_from(["<I", ">I"])), value)
+            data[at : at + 4] = struct.pack(draw(st.sampled_from(["<I", ">I"])), value)
     return name, bytes(data)
 
 
@@ -183,8 +183,12 @@ def memory_corpus(folder: Path, count: int = 600) -> None:
     """Bombs, the largest images ``LIMITS`` allow, and seeded header mutations, as files."""
     rng = random.Random(0)
     largest = files.photo((2000, 1999), seed=4)  # 3 998 000 pixels, just under the limit
-    corpus = {**bombs(), "under_limit.png": files.png_bomb(2000, 1999),
-              "largest.jpg": files.encode(largest, "JPEG"), "largest.png": files.encode(largest, "PNG")}
+    corpus = {
+        **bombs(),
+        "under_limit.png": files.png_bomb(2000, 1999),
+        "largest.jpg": files.encode(largest, "JPEG"),
+        "largest.png": files.encode(largest, "PNG"),
+    }
     for i in range(count):
         name, data = rng.choice(sorted(SEEDS.items()))
         data = bytearray(data)
@@ -194,7 +198,7 @@ def memory_corpus(folder: Path, count: int = 600) -> None:
                 packed = struct.pack(rng.choice(["<I", ">I"]), rng.choice([0xFFFF, 0x7FFFFFFF, 2000]))
             else:
                 packed = struct.pack(rng.choice(["<HH", ">HH"]), 2000, 1999)
-            data[at:at + 4] = packed
+            data[at : at + 4] = packed
         corpus[f"{i:03d}-{name}"] = bytes(data)
     for name, data in corpus.items():
         (folder / name).write_bytes(data)
@@ -208,8 +212,9 @@ def test_memory_per_image_is_bounded_by_the_pixel_limit(tmp_path):
     """
     memory_corpus(tmp_path)
     code = MEMORY_PROBE.format(tests=str(REPO / "tests"), repo=str(REPO), corpus=str(tmp_path))
-    probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           timeout=300, cwd=REPO)
+    probe = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO
+    )
     assert probe.returncode == 0, probe.stderr[-3000:]
     result = json.loads(probe.stdout.strip().splitlines()[-1])
     print(f"\nmemory probe: {result}")
@@ -241,8 +246,13 @@ BOUNDARY = "fuzzboundary"
 def multipart(parts: list[tuple[bytes, bytes]]) -> bytes:
     """A body from (Content-Disposition value, content) pairs."""
     body = b"".join(
-        b"--" + BOUNDARY.encode() + b"\r\nContent-Disposition: " + disposition
-        + b"\r\nContent-Type: application/octet-stream\r\n\r\n" + content + b"\r\n"
+        b"--"
+        + BOUNDARY.encode()
+        + b"\r\nContent-Disposition: "
+        + disposition
+        + b"\r\nContent-Type: application/octet-stream\r\n\r\n"
+        + content
+        + b"\r\n"
         for disposition, content in parts
     )
     return body + b"--" + BOUNDARY.encode() + b"--\r\n"
@@ -258,15 +268,17 @@ dispositions = st.one_of(
 bodies = st.one_of(
     st.binary(max_size=2048),
     st.lists(st.tuples(dispositions, st.binary(max_size=512)), max_size=4).map(multipart),
-    st.tuples(st.lists(st.tuples(dispositions, st.binary(max_size=512)), min_size=1, max_size=3),
-              st.integers(0, 10_000), st.binary(max_size=16)).map(
-        lambda t: _splice(multipart(t[0]), t[1], t[2])),
+    st.tuples(
+        st.lists(st.tuples(dispositions, st.binary(max_size=512)), min_size=1, max_size=3),
+        st.integers(0, 10_000),
+        st.binary(max_size=16),
+    ).map(lambda t: _splice(multipart(t[0]), t[1], t[2])),
 )
 
 
 def _splice(body: bytes, at: int, junk: bytes) -> bytes:
     at %= len(body) + 1
-    return body[:at] + junk + body[at + len(junk):]
+    return body[:at] + junk + body[at + len(junk) :]
 
 
 @settings(max_examples=300, deadline=None)
@@ -279,12 +291,16 @@ def test_random_multipart_bodies_get_an_answer_never_an_error(body, chunked):
 
 
 FORMS_STARLETTE_FAILS_ON = {
-    "nameless part": multipart([(b'form-data; name="images"; filename="a.jpg"', b"x"),
-                                (b"form-data", b"y")]),
-    "text over 1 MiB": multipart([(b'form-data; name="images"; filename="a.jpg"', b"x"),
-                                  (b'form-data; name="top_k"', b"5" * (MiB + 1))]),
-    "1001 fields": multipart([(b'form-data; name="images"; filename="a.jpg"', b"x")]
-                             + [(b'form-data; name="note"', b"1")] * 1001),
+    "nameless part": multipart([(b'form-data; name="images"; filename="a.jpg"', b"x"), (b"form-data", b"y")]),
+    "text over 1 MiB": multipart(
+        [
+            (b'form-data; name="images"; filename="a.jpg"', b"x"),
+            (b'form-data; name="top_k"', b"5" * (MiB + 1)),
+        ]
+    ),
+    "1001 fields": multipart(
+        [(b'form-data; name="images"; filename="a.jpg"', b"x")] + [(b'form-data; name="note"', b"1")] * 1001
+    ),
 }
 
 
@@ -296,13 +312,15 @@ def test_forms_the_parser_would_fail_on_are_refused_first(case):
 
 async def _post(app: UploadGuard, body: bytes, chunked: bool) -> httpx.Response:
     """POST ``body`` to the guarded ``app`` in process; an exception in the app propagates."""
+
     async def chunks():
         for i in range(0, len(body), 100):
-            yield body[i:i + 100]
+            yield body[i : i + 100]
 
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=True)
     async with httpx.AsyncClient(transport=transport, base_url="http://fuzz") as client:
         return await client.post(
-            "/classify", content=chunks() if chunked else body,
+            "/classify",
+            content=chunks() if chunked else body,
             headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
         )

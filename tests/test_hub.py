@@ -16,9 +16,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from service.repository import read_metadata
 from training.__main__ import main as cli
 from training.end_to_end import IMAGENET_MEAN, IMAGENET_STD, resize_images
-from service.repository import read_metadata
 from training.hub import HubModel, build_hub_model, imagenet1k_labels
 
 HUB_SIZE = 224  # the published ConvNeXt's fixed input size
@@ -173,7 +173,9 @@ def test_the_hub_backbone_is_frozen_and_only_the_new_head_trains(feature_dir):
     images = np.stack([photo(32, 32, seed=s) for s in range(4)])
     model.fit(images, np.eye(3)[[0, 1, 2, 0]], epochs=2, verbose=0)
     np.testing.assert_array_equal(hub_before, hub_layer.module.kernel.numpy())
-    assert any(not np.allclose(b, w.numpy()) for b, w in zip(head_before, model.trainable_weights))
+    assert any(
+        not np.allclose(b, w.numpy()) for b, w in zip(head_before, model.trainable_weights, strict=True)
+    )
 
 
 def make_folder_dataset(root: Path, per_class: int = 10) -> Path:
@@ -190,9 +192,23 @@ def test_fine_tune_a_new_head_for_one_epoch_then_export(feature_dir, tmp_path):
     data = make_folder_dataset(tmp_path / "tiny_imagenette")
     models = tmp_path / "models"
     argv = [
-        "hub", feature_dir, "--name", "hub_tuned", "--data", str(data), "--epochs", "1",
-        "--batch-size", "4", "--image-size", "32", "--preprocessing", "unit", "--models-dir", str(models),
-    ]  # fmt: skip
+        "hub",
+        feature_dir,
+        "--name",
+        "hub_tuned",
+        "--data",
+        str(data),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--image-size",
+        "32",
+        "--preprocessing",
+        "unit",
+        "--models-dir",
+        str(models),
+    ]
     assert cli(argv) == 0
 
     folder = models / "hub_tuned" / "1"
@@ -246,7 +262,9 @@ def test_fine_tune_trains_the_hub_model_only_after_the_heads_warm_up(tmp_path):
     module_vars = {v.name: v for v in hub.module.variables}
     before = {name: v.numpy().copy() for name, v in module_vars.items()}
     assert not hub.trainable and len(model.trainable_weights) == 2  # the head only
-    images = np.stack([photo(32, 32, seed=s, tint=(1.0, 0.3, 0.3) if s % 2 else (0.3, 0.3, 1.0)) for s in range(8)])
+    images = np.stack(
+        [photo(32, 32, seed=s, tint=(1.0, 0.3, 0.3) if s % 2 else (0.3, 0.3, 1.0)) for s in range(8)]
+    )
     labels = np.eye(2)[[s % 2 for s in range(8)]]
 
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="categorical_crossentropy")
@@ -269,10 +287,26 @@ def test_hub_fine_tune_from_the_command_line(tmp_path):
     data = make_folder_dataset(tmp_path / "tiny_imagenette")
     models = tmp_path / "models"
     argv = [
-        "hub", handle, "--name", "hub_ft", "--data", str(data), "--epochs", "1", "--fine-tune",
-        "--fine-tune-epochs", "1", "--batch-size", "4", "--image-size", "32", "--preprocessing", "unit",
-        "--models-dir", str(models),
-    ]  # fmt: skip
+        "hub",
+        handle,
+        "--name",
+        "hub_ft",
+        "--data",
+        str(data),
+        "--epochs",
+        "1",
+        "--fine-tune",
+        "--fine-tune-epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--image-size",
+        "32",
+        "--preprocessing",
+        "unit",
+        "--models-dir",
+        str(models),
+    ]
     assert cli(argv) == 0
     metadata = read_metadata(models / "hub_ft" / "1")
     backbone = metadata["fine_tuning"]["backbone"]

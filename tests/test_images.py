@@ -9,10 +9,10 @@ import io
 
 import numpy as np
 import pytest
+import service_files as files
 
 from service.config import Limits
 from service.images import InvalidImage, Resize, crop_box, decode_image, prepare_image
-import service_files as files
 
 VALID = files.valid_files()
 REFUSED = files.refused_files()
@@ -82,9 +82,15 @@ def test_crop_box_matches_keras_resizing(height, width):
     assert (top, left) == ((height - crop_height) // 2, (width - crop_width) // 2)
 
 
-@pytest.mark.parametrize("size,target", [
-    ((400, 300), (48, 32)), ((4000, 3000), (224, 224)), ((96, 72), (64, 64)), ((1, 1), (32, 32)),
-])
+@pytest.mark.parametrize(
+    "size,target",
+    [
+        ((400, 300), (48, 32)),
+        ((4000, 3000), (224, 224)),
+        ((96, 72), (64, 64)),
+        ((1, 1), (32, 32)),
+    ],
+)
 def test_prepare_image_matches_the_keras_resizing_layer(size, target):
     """PIL's antialiased bilinear resize tracks the model's own ``Resizing`` layer.
 
@@ -96,8 +102,9 @@ def test_prepare_image_matches_the_keras_resizing_layer(size, target):
     import keras
 
     data = files.encode(files.photo(size), "PNG")
-    layer = keras.layers.Resizing(*target, interpolation="bilinear", crop_to_aspect_ratio=True,
-                                  antialias=True)
+    layer = keras.layers.Resizing(
+        *target, interpolation="bilinear", crop_to_aspect_ratio=True, antialias=True
+    )
     expected = np.asarray(layer(decode_image(data, "p.png")[None].astype("float32")))[0]
     ours = prepare_image(data, "p.png", Resize(*target)).astype("float32")
     assert ours.shape == (*target, 3)
@@ -141,8 +148,7 @@ def test_reduced_scale_jpeg_decoding_matches_full_decoding(size):
 
 
 def test_reduced_scale_keeps_gray_and_orientation():
-    gray = prepare_image(files.encode(files.photo((300, 200)).convert("L"), "JPEG"), "g.jpg",
-                         Resize(64, 64))
+    gray = prepare_image(files.encode(files.photo((300, 200)).convert("L"), "JPEG"), "g.jpg", Resize(64, 64))
     assert (gray[..., 0] == gray[..., 1]).all() and (gray[..., 1] == gray[..., 2]).all()
     upright = files.photo((400, 200))  # wide
     rotated = prepare_image(files.exif_rotated_jpeg(upright), "phone.jpg", Resize(32, 64))

@@ -32,10 +32,32 @@ def write_task(root: Path, per_class: int = 60, size: int = 32, seed: int = 0) -
 
 def test_a_small_model_learns_a_separable_task_on_held_out_images(tmp_path):
     write_task(tmp_path / "data")
-    argv = ["fit", "--arch", "lenet5", "--data", str(tmp_path / "data"), "--image-size", "32",
-            "--epochs", "12", "--batch-size", "16", "--optimizer", "adam", "--lr", "3e-3",
-            "--augment", "none", "--patience", "0", "--runs-dir", str(tmp_path / "runs"),
-            "--run-name", "learn", "--no-export"]  # fmt: skip
+    argv = [
+        "fit",
+        "--arch",
+        "lenet5",
+        "--data",
+        str(tmp_path / "data"),
+        "--image-size",
+        "32",
+        "--epochs",
+        "12",
+        "--batch-size",
+        "16",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "3e-3",
+        "--augment",
+        "none",
+        "--patience",
+        "0",
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--run-name",
+        "learn",
+        "--no-export",
+    ]
     assert cli(argv) == 0
     run = json.loads((tmp_path / "runs" / "learn" / "run.json").read_text())
     assert run["splits"]["test"] == 27  # 15 % of 60 per class, never trained on

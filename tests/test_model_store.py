@@ -16,7 +16,11 @@ def import_model(models_dir: Path, tag: str, home: Path) -> subprocess.Completed
     env = {**os.environ, "BENTOML_HOME": str(home), "CONVZOO_MODELS_DIR": str(models_dir)}
     return subprocess.run(
         [sys.executable, "-m", "service.import_model", tag, "--models-dir", str(models_dir)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from test_data import make_folder
+
 from training import fit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,7 +33,9 @@ def free_ports(n: int) -> list[int]:
 CRASHING = Path(__file__).with_name("crashing_training.py")
 
 
-def run_workers(argv: list[str], ports: list[int], cwd: Path, crash_at: str | None = None) -> list[tuple[int, str]]:
+def run_workers(
+    argv: list[str], ports: list[int], cwd: Path, crash_at: str | None = None
+) -> list[tuple[int, str]]:
     """Start one ``python -m training`` per port (worker i listens on ports[i]); (exit code, output).
     ``crash_at`` ("EPOCH:BATCH"): through ``tests/crashing_training.py``, which dies there."""
     command = [sys.executable, str(CRASHING), crash_at] if crash_at else [sys.executable, "-m", "training"]
@@ -41,12 +43,21 @@ def run_workers(argv: list[str], ports: list[int], cwd: Path, crash_at: str | No
     processes = []
     for index in range(len(ports)):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        processes.append(subprocess.Popen(
-            [*command, *argv], cwd=cwd, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONPATH": str(REPO), "TF_CONFIG": tf_config,
-                 "CUDA_VISIBLE_DEVICES": ""},
-        ))  # fmt: skip
+        processes.append(
+            subprocess.Popen(
+                [*command, *argv],
+                cwd=cwd,
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env={
+                    **os.environ,
+                    "PYTHONPATH": str(REPO),
+                    "TF_CONFIG": tf_config,
+                    "CUDA_VISIBLE_DEVICES": "",
+                },
+            )
+        )
     results = []
     try:
         for process in processes:
@@ -61,7 +72,9 @@ def run_workers(argv: list[str], ports: list[int], cwd: Path, crash_at: str | No
 def figures(output: str) -> list[str]:
     """What both workers must print alike: each epoch's end-of-epoch losses and metrics (times
     excluded), and the held-out test result."""
-    epochs = re.findall(r"- (loss: [\d.]+ - top1: [\d.]+ - top5: [\d.]+ - val_loss: [\d.]+ - val_top1: [\d.]+)", output)
+    epochs = re.findall(
+        r"- (loss: [\d.]+ - top1: [\d.]+ - top5: [\d.]+ - val_loss: [\d.]+ - val_top1: [\d.]+)", output
+    )
     test = re.findall(r"held-out test top-1 [\d.]+, top-5 [\d.]+", output)
     return epochs + test
 
@@ -76,10 +89,15 @@ def test_tf_config_decides_the_strategy_and_the_chief(monkeypatch):
     assert fit.cluster_workers() == 0 and fit.is_chief()
     cluster = {"worker": ["a:1", "b:2"]}
     for task, chief in ((("worker", 0), True), (("worker", 1), False)):
-        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": dict(zip(("type", "index"), task))}))
+        monkeypatch.setenv(
+            "TF_CONFIG",
+            json.dumps({"cluster": cluster, "task": dict(zip(("type", "index"), task, strict=True))}),
+        )
         assert fit.cluster_workers() == 2 and fit.is_chief() is chief
     with_chief = {"chief": ["c:0"], "worker": ["a:1"]}
-    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": with_chief, "task": {"type": "worker", "index": 0}}))
+    monkeypatch.setenv(
+        "TF_CONFIG", json.dumps({"cluster": with_chief, "task": {"type": "worker", "index": 0}})
+    )
     assert fit.cluster_workers() == 2 and not fit.is_chief()
     monkeypatch.setenv("TF_CONFIG", "{not json")
     with pytest.raises(ValueError, match="TF_CONFIG is not JSON"):
@@ -87,9 +105,27 @@ def test_tf_config_decides_the_strategy_and_the_chief(monkeypatch):
 
 
 def test_two_workers_train_agree_resume_and_export(folder, tmp_path):
-    argv = ["fit", "--arch", "lenet5", "--data", str(folder), "--image-size", "32", "--epochs", "2",
-            "--batch-size", "8", "--optimizer", "adam", "--lr", "3e-3", "--runs-dir", "runs",
-            "--models-dir", "models"]  # fmt: skip
+    argv = [
+        "fit",
+        "--arch",
+        "lenet5",
+        "--data",
+        str(folder),
+        "--image-size",
+        "32",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "3e-3",
+        "--runs-dir",
+        "runs",
+        "--models-dir",
+        "models",
+    ]
     run_dir = tmp_path / "runs" / f"lenet5_{folder.name}_32px"
 
     # Both die at the same step of epoch 2 (a worker alone would leave the other waiting).

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from test_data import make_folder
+
 from training import __main__ as cli
 from training.data import SplitFractions, split_folder
 from training.end_to_end import Augmentation
@@ -27,8 +27,19 @@ def folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def packed(folder, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("packs") / "tiny.npz"
-    argv = ["pack", "--data", str(folder), "--image-size", "32", "--splits", "train,validation",
-            "--quality", "0", "--out", str(out)]  # fmt: skip
+    argv = [
+        "pack",
+        "--data",
+        str(folder),
+        "--image-size",
+        "32",
+        "--splits",
+        "train,validation",
+        "--quality",
+        "0",
+        "--out",
+        str(out),
+    ]
     assert cli.main(argv) == 0
     return out
 
@@ -53,8 +64,22 @@ def test_pack_holds_fits_split_resized_losslessly(folder, packed):
 
 
 def test_pack_refuses_unknown_splits(folder, tmp_path, capsys):
-    assert cli.main(["pack", "--data", str(folder), "--image-size", "32", "--splits", "train,holdout",
-                     "--out", str(tmp_path / "x.npz")]) == 2  # fmt: skip
+    assert (
+        cli.main(
+            [
+                "pack",
+                "--data",
+                str(folder),
+                "--image-size",
+                "32",
+                "--splits",
+                "train,holdout",
+                "--out",
+                str(tmp_path / "x.npz"),
+            ]
+        )
+        == 2
+    )
     assert "--splits" in capsys.readouterr().err and not (tmp_path / "x.npz").exists()
 
 
@@ -111,9 +136,31 @@ def test_batches_are_full_shuffled_each_epoch_and_cover_the_split():
 
 def test_fit_packed_then_evaluate_then_export(packed, folder, tmp_path):
     runs, models = tmp_path / "runs", tmp_path / "models"
-    argv = ["fit-packed", "--data", str(packed), "--arch", "lenet5", "--image-size", "32", "--epochs", "2",
-            "--batch-size", "8", "--augment", "strong", "--train-splits", "train", "--runs-dir", str(runs),
-            "--run-name", "tiny", "--name", "tiny", "--workers", "2"]  # fmt: skip
+    argv = [
+        "fit-packed",
+        "--data",
+        str(packed),
+        "--arch",
+        "lenet5",
+        "--image-size",
+        "32",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--augment",
+        "strong",
+        "--train-splits",
+        "train",
+        "--runs-dir",
+        str(runs),
+        "--run-name",
+        "tiny",
+        "--name",
+        "tiny",
+        "--workers",
+        "2",
+    ]
     assert cli.main(argv) == 0
     run_dir = runs / "tiny"
     run = json.loads((run_dir / "run.json").read_text())
@@ -134,15 +181,30 @@ def test_fit_packed_then_evaluate_then_export(packed, folder, tmp_path):
     assert metadata["training"]["epochs_run"] == 2 and metadata["training"]["pack"]["file"] == "tiny.npz"
     # optimized from the data the run names, on the same 6 test images evaluate used
     assert metadata["runtimes"]["openvino-fp32"]["test"]["images"] == 6
-    assert metadata["runtimes"]["tensorflow"]["test"]["top1"] == pytest.approx(run["metrics"]["top1"], abs=1e-6)
+    assert metadata["runtimes"]["tensorflow"]["test"]["top1"] == pytest.approx(
+        run["metrics"]["top1"], abs=1e-6
+    )
     loaded = tf.saved_model.load(str(models / "tiny" / "1"))
     out = loaded.signatures["serving_default"](images=tf.zeros((1, 40, 50, 3), tf.uint8))
     assert out["probabilities"].shape == (1, 3)
 
 
 def test_fit_packed_refuses_a_pack_split_differently(packed, tmp_path, capsys):
-    argv = ["fit-packed", "--data", str(packed), "--arch", "lenet5", "--image-size", "32", "--epochs", "1",
-            "--seed", "1", "--runs-dir", str(tmp_path)]  # fmt: skip
+    argv = [
+        "fit-packed",
+        "--data",
+        str(packed),
+        "--arch",
+        "lenet5",
+        "--image-size",
+        "32",
+        "--epochs",
+        "1",
+        "--seed",
+        "1",
+        "--runs-dir",
+        str(tmp_path),
+    ]
     assert cli.main(argv) == 2
     assert "--seed 1 (pack: 0)" in capsys.readouterr().err
 
@@ -187,9 +249,27 @@ def test_fit_packed_imports_no_tensorflow():
 def test_fit_packed_killed_mid_epoch_then_the_same_command_resumes(packed, tmp_path):
     from test_fit import read_log, run_cli
 
-    argv = ["fit-packed", "--data", str(packed), "--arch", "lenet5", "--image-size", "32", "--epochs", "3",
-            "--batch-size", "8", "--train-splits", "train,validation", "--runs-dir", str(tmp_path),
-            "--run-name", "resume", "--workers", "1"]  # fmt: skip
+    argv = [
+        "fit-packed",
+        "--data",
+        str(packed),
+        "--arch",
+        "lenet5",
+        "--image-size",
+        "32",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "8",
+        "--train-splits",
+        "train,validation",
+        "--runs-dir",
+        str(tmp_path),
+        "--run-name",
+        "resume",
+        "--workers",
+        "1",
+    ]
     killed = run_cli(argv, crash_at="2:2")  # dies after batch 2 of epoch 2
     assert killed.returncode == 75, killed.stderr[-2000:]
     assert [row["epoch"] for row in read_log(tmp_path / "resume")] == ["0"]

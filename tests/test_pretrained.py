@@ -15,8 +15,8 @@ import os
 import keras
 import numpy as np
 import pytest
-
 from conftest import SHARED_DATA
+
 from training.architectures import create_model, list_models, model_info
 from training.architectures._registry import build_model
 from training.end_to_end import build_end_to_end, resize_images
@@ -32,11 +32,25 @@ from training.pretrained import (
 TWINS = [n for n in list_models() if model_info(n).keras_application]
 # Heavy at the reference size (parameters, resolution or depth): `make test-slow`.
 HEAVY = {
-    "vgg16", "vgg19", "resnet101", "resnet152", "resnet101_v2", "resnet152_v2",
-    "efficientnet_b3", "efficientnet_b4", "efficientnet_b5", "efficientnet_b6", "efficientnet_b7",
-    "convnext_small", "convnext_base", "convnext_large", "densenet169", "densenet201",
-    "xception", "inception_v3",
-}  # fmt: skip
+    "vgg16",
+    "vgg19",
+    "resnet101",
+    "resnet152",
+    "resnet101_v2",
+    "resnet152_v2",
+    "efficientnet_b3",
+    "efficientnet_b4",
+    "efficientnet_b5",
+    "efficientnet_b6",
+    "efficientnet_b7",
+    "convnext_small",
+    "convnext_base",
+    "convnext_large",
+    "densenet169",
+    "densenet201",
+    "xception",
+    "inception_v3",
+}
 RTOL = 1e-3
 # Where the equality test writes one line per twin (name, largest differences), when set.
 REPORT_ENV = "CONVZOO_PRETRAINED_REPORT"
@@ -143,8 +157,11 @@ def test_same_probabilities_as_the_twin_from_a_weights_file(name, tmp_path):
     relative = (np.abs(got - expected) / np.maximum(expected, 1e-6)).max()
     if os.environ.get(REPORT_ENV):
         with open(os.environ[REPORT_ENV], "a") as report:
-            print(f"{name} max_abs={biggest:.3g} max_rel={relative:.3g} "
-                  f"top1={expected.max(axis=1).round(3).tolist()}", file=report)  # fmt: skip
+            print(
+                f"{name} max_abs={biggest:.3g} max_rel={relative:.3g} "
+                f"top1={expected.max(axis=1).round(3).tolist()}",
+                file=report,
+            )
     np.testing.assert_allclose(got, expected, rtol=RTOL, atol=1e-6)
     np.testing.assert_array_equal(got.argmax(axis=1), expected.argmax(axis=1))
     keras.backend.clear_session()
@@ -170,7 +187,7 @@ def test_a_new_head_for_ten_classes_loads_everything_else(mobilenet_file):
     for pair in pairs:
         if pair.ours.name == "predictions":
             continue
-        for mine, theirs in zip(pair.ours.weights, pair.weights()):
+        for mine, theirs in zip(pair.ours.weights, pair.weights(), strict=True):
             np.testing.assert_array_equal(keras.ops.convert_to_numpy(mine), theirs)
     # The headless backbone is the twin's own features (the map before its pooling).
     x = keras_preprocess("mobilenet_v3_small", images)
@@ -178,7 +195,9 @@ def test_a_new_head_for_ten_classes_loads_everything_else(mobilenet_file):
     pooled = create_model("mobilenet_v3_small", weights=str(path), include_top=False, pooling="avg")
     got = keras.ops.convert_to_numpy(pooled(x))
     assert got.shape == (len(images), 576)
-    np.testing.assert_allclose(got, keras.ops.convert_to_numpy(features(x)).mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        got, keras.ops.convert_to_numpy(features(x)).mean(axis=(1, 2)), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_headless_resnet50_is_the_twins_include_top_false(tmp_path):
@@ -187,17 +206,33 @@ def test_headless_resnet50_is_the_twins_include_top_false(tmp_path):
     path = tmp_path / "resnet50.weights.h5"
     twin.save_weights(path)
     x = keras_preprocess("resnet50", images)
-    expected = keras.ops.convert_to_numpy(keras.Model(twin.inputs, twin.get_layer("conv5_block3_out").output)(x))
+    expected = keras.ops.convert_to_numpy(
+        keras.Model(twin.inputs, twin.get_layer("conv5_block3_out").output)(x)
+    )
     ours = create_model("resnet50", weights=str(path), include_top=False)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(ours(x)), expected, rtol=1e-4, atol=1e-4)
     pooled = create_model("resnet50", weights=str(path), include_top=False, pooling="max")
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(pooled(x)), expected.max(axis=(1, 2)), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(pooled(x)), expected.max(axis=(1, 2)), rtol=1e-4, atol=1e-4
+    )
     keras.backend.clear_session()
 
 
-ZOO_HEAVY = {"vgg16", "vgg19", "alexnet", "resnet152", "resnet152_v2", "resnet101", "resnet101_v2",
-             "efficientnet_b5", "efficientnet_b6", "efficientnet_b7", "convnext_base", "convnext_large",
-             "densenet201"}  # fmt: skip
+ZOO_HEAVY = {
+    "vgg16",
+    "vgg19",
+    "alexnet",
+    "resnet152",
+    "resnet152_v2",
+    "resnet101",
+    "resnet101_v2",
+    "efficientnet_b5",
+    "efficientnet_b6",
+    "efficientnet_b7",
+    "convnext_base",
+    "convnext_large",
+    "densenet201",
+}
 
 
 @pytest.mark.parametrize(
@@ -223,13 +258,17 @@ def test_a_truncated_weights_file_is_refused(mobilenet_file, tmp_path):
     _, path, _ = mobilenet_file
     cut = tmp_path / "cut.weights.h5"
     cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(WeightsError, match="not a complete weights file of keras.applications.MobileNetV3Small"):
+    with pytest.raises(
+        WeightsError, match="not a complete weights file of keras.applications.MobileNetV3Small"
+    ):
         create_model("mobilenet_v3_small", weights=str(cut))
 
 
 def test_another_models_weights_file_is_refused(mobilenet_file):
     _, path, _ = mobilenet_file
-    with pytest.raises(WeightsError, match="not a complete weights file of keras.applications.MobileNetV3Large"):
+    with pytest.raises(
+        WeightsError, match="not a complete weights file of keras.applications.MobileNetV3Large"
+    ):
         create_model("mobilenet_v3_large", weights=str(path))
 
 
@@ -267,7 +306,9 @@ def test_an_efficientnet_file_with_keras_imagenet_statistics_gets_keras_extra_re
     expected = probabilities_of(twin, equivalent.astype("float32"))
     ours = build_end_to_end(name, num_classes=1000, image_size=224, weights=str(path))
     assert [layer.name for layer in ours.layers if layer.name.startswith("twin_")] == [
-        "twin_rescale_0", "twin_normalize_1", "twin_rescale_2"
+        "twin_rescale_0",
+        "twin_normalize_1",
+        "twin_rescale_2",
     ]
     np.testing.assert_allclose(probabilities_of(ours, images), expected, rtol=RTOL, atol=1e-6)
     keras.backend.clear_session()
@@ -294,7 +335,10 @@ def test_imagenet_weights_are_keras_own_download_or_a_clear_error():
 def test_models_keep_their_names(name):
     """The backbone is named after the variant (the end-to-end model and checkpoints find it so)."""
     assert create_model(name, input_shape=(32, 32, 3)).name == name
-    assert build_model(name, input_shape=(32, 32, 3), stride_at="last" if name.endswith("_v2") else "first").name == name
+    assert (
+        build_model(name, input_shape=(32, 32, 3), stride_at="last" if name.endswith("_v2") else "first").name
+        == name
+    )
 
 
 def test_legacy_h5_files_like_keras_downloads_load_too(mobilenet_file, tmp_path):
@@ -312,5 +356,7 @@ def test_legacy_h5_files_like_keras_downloads_load_too(mobilenet_file, tmp_path)
             group.copy(key, weights)
     expected = probabilities_of(twin, keras_preprocess("mobilenet_v3_small", images))
     for file in ("full.h5", "weights.h5"):
-        ours = build_end_to_end("mobilenet_v3_small", num_classes=1000, image_size=224, weights=str(tmp_path / file))
+        ours = build_end_to_end(
+            "mobilenet_v3_small", num_classes=1000, image_size=224, weights=str(tmp_path / file)
+        )
         np.testing.assert_allclose(probabilities_of(ours, images), expected, rtol=RTOL, atol=1e-6)

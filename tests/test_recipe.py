@@ -11,20 +11,62 @@ from training.recipe import Recipe
 
 CASES = [
     ("--arch", "lenet5", "--data", "x"),
-    ("--arch", "lenet5", "--data", "x", "--image-size", "32", "--augment", "strong", "--cutmix", "0",
-     "--arch-option", "dropout=0.2", "--arch-option", "variant=a", "--width", "0.5", "--scale-lr",
-     "--optimizer", "sgd", "--time-limit", "3", "--mixed-precision", "--run-name", "r"),
-]  # fmt: skip
+    (
+        "--arch",
+        "lenet5",
+        "--data",
+        "x",
+        "--image-size",
+        "32",
+        "--augment",
+        "strong",
+        "--cutmix",
+        "0",
+        "--arch-option",
+        "dropout=0.2",
+        "--arch-option",
+        "variant=a",
+        "--width",
+        "0.5",
+        "--scale-lr",
+        "--optimizer",
+        "sgd",
+        "--time-limit",
+        "3",
+        "--mixed-precision",
+        "--run-name",
+        "r",
+    ),
+]
 
 # The run configuration fit recorded before the Recipe (run.json's "config" of an existing run).
 RECORDED = {
-    "run_name": "lenet5_x_32px", "export_name": "lenet5", "arch": "lenet5", "arch_options": {},
-    "data": "x", "labels_map": None, "image_size": [32, 32], "epochs": 30, "batch_size": 64,
-    "optimizer": "adamw", "base_lr": 0.001, "scale_lr": False, "learning_rate": 0.001,
-    "weight_decay": 0.05, "warmup_epochs": 0.0, "label_smoothing": 0.0, "augment": "light",
-    "augmentation_overrides": {}, "mixed_precision": False, "jit_compile": "auto", "patience": 10,
-    "validation_fraction": 0.15, "test_fraction": 0.15, "limit": None, "seed": 0,
-}  # fmt: skip
+    "run_name": "lenet5_x_32px",
+    "export_name": "lenet5",
+    "arch": "lenet5",
+    "arch_options": {},
+    "data": "x",
+    "labels_map": None,
+    "image_size": [32, 32],
+    "epochs": 30,
+    "batch_size": 64,
+    "optimizer": "adamw",
+    "base_lr": 0.001,
+    "scale_lr": False,
+    "learning_rate": 0.001,
+    "weight_decay": 0.05,
+    "warmup_epochs": 0.0,
+    "label_smoothing": 0.0,
+    "augment": "light",
+    "augmentation_overrides": {},
+    "mixed_precision": False,
+    "jit_compile": "auto",
+    "patience": 10,
+    "validation_fraction": 0.15,
+    "test_fraction": 0.15,
+    "limit": None,
+    "seed": 0,
+}
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -56,7 +98,16 @@ def test_the_hub_command_line_is_rebuilt_from_its_own_options():
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command")
     hub.add_arguments(sub.add_parser("hub"))
-    args = parser.parse_args(["hub", "fe", "--data", "d", "--epochs", "1", "--fine-tune", "--image-size", "32"])
+    args = parser.parse_args(
+        ["hub", "fe", "--data", "d", "--epochs", "1", "--fine-tune", "--image-size", "32"]
+    )
     assert args_argv(hub.add_arguments, args, positionals=("handle",)) == [
-        "fe", "--image-size", "32", "--data", "d", "--epochs", "1", "--fine-tune"
+        "fe",
+        "--image-size",
+        "32",
+        "--data",
+        "d",
+        "--epochs",
+        "1",
+        "--fine-tune",
     ]

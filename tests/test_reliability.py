@@ -34,15 +34,19 @@ import psutil
 import pytest
 import requests
 import schemathesis
-from hypothesis import HealthCheck, given, settings
-
 import service_files as files
-from service.config import ServiceConfig
-from service.model_store import (
-    InvalidModel, check_export, parse_model_spec, repository_versions, resolve_model,
-)
+from hypothesis import HealthCheck, given, settings
 from test_fuzz import BOUNDARY, bodies
 from test_service import BENTOML, MODEL_NAME, REPO, Server, server_env
+
+from service.config import ServiceConfig
+from service.model_store import (
+    InvalidModel,
+    check_export,
+    parse_model_spec,
+    repository_versions,
+    resolve_model,
+)
 
 MiB = 1024 * 1024
 KEY = f"convzoo-test-{secrets.token_hex(12)}"
@@ -73,8 +77,12 @@ def guarded(exported_model, bentoml_home, tmp_path_factory):
 
 
 def post_photo(server: Server, headers: dict | None = None, timeout: float = 60) -> requests.Response:
-    return requests.post(f"{server.url}/classify", files=[("images", ("photo.jpg", PHOTO))],
-                         headers=AUTH if headers is None else headers, timeout=timeout)
+    return requests.post(
+        f"{server.url}/classify",
+        files=[("images", ("photo.jpg", PHOTO))],
+        headers=AUTH if headers is None else headers,
+        timeout=timeout,
+    )
 
 
 def timed(call) -> tuple[requests.Response, float]:
@@ -86,9 +94,9 @@ def timed(call) -> tuple[requests.Response, float]:
 def assert_same_answer(answer: list[dict], expected: list[dict]) -> None:
     """Same labels in the same order, scores equal up to batching's float rounding."""
     assert [a["label"] for a in answer] == [e["label"] for e in expected]
-    for got, want in zip(answer, expected):
+    for got, want in zip(answer, expected, strict=True):
         assert [x["label"] for x in got["top_k"]] == [x["label"] for x in want["top_k"]]
-        for x, y in zip(got["top_k"], want["top_k"]):
+        for x, y in zip(got["top_k"], want["top_k"], strict=True):
             assert abs(x["score"] - y["score"]) < 1e-4
 
 
@@ -141,10 +149,10 @@ def test_generated_requests_from_the_openapi_document_never_get_a_server_error(g
     assert {"/classify", "/metadata"} <= {operation.path for operation in operations}
     statuses: dict[str, set[int]] = {}
     for operation in operations:
-        @settings(max_examples=25, deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck))
+
+        @settings(max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck))
         @given(case=operation.as_strategy())
-        def call(case):
+        def call(case, operation=operation):
             response = case.call(base_url=guarded.url, headers=AUTH, timeout=30)
             statuses.setdefault(operation.label, set()).add(response.status_code)
             assert response.status_code < 500, (case.as_curl_command(), response.text[:500])
@@ -158,7 +166,9 @@ def test_generated_requests_from_the_openapi_document_never_get_a_server_error(g
 @given(body=bodies)
 def test_random_multipart_bodies_over_http_never_get_a_server_error(guarded, body):
     response = requests.post(
-        f"{guarded.url}/classify", data=body, timeout=30,
+        f"{guarded.url}/classify",
+        data=body,
+        timeout=30,
         headers={**AUTH, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
     )
     assert response.status_code in (200, 400, 413), response.text[:300]
@@ -175,14 +185,17 @@ def test_an_overload_burst_is_shed_explicitly_and_latency_recovers_at_once(guard
     baseline = sorted(timed(lambda: post_photo(guarded))[1] for _ in range(5))[2]
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=60) as pool:
-        burst = list(pool.map(lambda _: timed(lambda: post_photo(guarded, timeout=TIMEOUT_S + 10)),
-                              range(60)))
+        burst = list(
+            pool.map(lambda _: timed(lambda: post_photo(guarded, timeout=TIMEOUT_S + 10)), range(60))
+        )
     statuses = [response.status_code for response, _ in burst]
     accepted = [(r, s) for r, s in burst if r.status_code == 200]
     shed = [(r, s) for r, s in burst if r.status_code != 200]
-    print(f"\nburst of 60: {statuses.count(200)} accepted, {statuses.count(429)} shed with 429; "
-          f"slowest accepted {max(s for _, s in accepted):.2f} s, slowest refusal "
-          f"{max(s for _, s in shed):.2f} s; baseline {baseline * 1000:.0f} ms")
+    print(
+        f"\nburst of 60: {statuses.count(200)} accepted, {statuses.count(429)} shed with 429; "
+        f"slowest accepted {max(s for _, s in accepted):.2f} s, slowest refusal "
+        f"{max(s for _, s in shed):.2f} s; baseline {baseline * 1000:.0f} ms"
+    )
     assert set(statuses) <= {200, 429, 503} and shed and accepted
     for response, _ in shed:
         assert response.json()["error"]
@@ -209,8 +222,10 @@ def test_a_client_trickling_a_large_upload_does_not_block_the_others(guarded):
         others = [timed(lambda: post_photo(guarded)) for _ in range(10)]
     finally:
         stop.set()
-    print(f"\nwhile {sent():.0f} bytes trickled in: others took "
-          f"{max(s for _, s in others):.2f} s at most (baseline {baseline:.2f} s)")
+    print(
+        f"\nwhile {sent():.0f} bytes trickled in: others took "
+        f"{max(s for _, s in others):.2f} s at most (baseline {baseline:.2f} s)"
+    )
     assert all(response.status_code == 200 for response, _ in others)
     assert max(seconds for _, seconds in others) < max(5 * baseline, 2.0)
 
@@ -218,11 +233,15 @@ def test_a_client_trickling_a_large_upload_does_not_block_the_others(guarded):
 def trickle(port: int, length: int, stop: threading.Event):
     """Open a connection, announce a ``length``-byte upload and send it 1 KiB per 50 ms (thread)."""
     sock = socket.create_connection(("127.0.0.1", port))
-    head = (f"POST /classify HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n"
-            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
-            f"Content-Length: {length}\r\n\r\n").encode()
-    part = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"images\"; "
-            "filename=\"slow.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n").encode()
+    head = (
+        f"POST /classify HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
+    part = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="images"; '
+        'filename="slow.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
+    ).encode()
     sock.sendall(head + part)
     total = [len(part)]
 
@@ -247,8 +266,20 @@ def config_for(models_dir: Path, model: str) -> ServiceConfig:
     return dataclasses.replace(ServiceConfig(), model=model, models_dir=models_dir)
 
 
-@pytest.mark.parametrize("spec", ["../servicetest", "/etc/passwd", "a/b", "..", ".hidden",
-                                  "servicetest:../1", "servicetest:/1", "~root", "servicetest/1"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "../servicetest",
+        "/etc/passwd",
+        "a/b",
+        "..",
+        ".hidden",
+        "servicetest:../1",
+        "servicetest:/1",
+        "~root",
+        "servicetest/1",
+    ],
+)
 def test_a_model_name_is_never_a_path(spec):
     with pytest.raises(ValueError, match="not allowed|positive integer"):
         parse_model_spec(spec)
@@ -274,7 +305,8 @@ CORRUPTIONS = {
     "corrupt or truncated": lambda f: _truncate(f / "saved_model.pb"),
     "variables.index is missing": lambda f: (f / "variables" / "variables.index").unlink(),
     "lacks variables.data-00000": lambda f: next((f / "variables").glob("*.data-*")).rename(
-        f / "variables" / "variables.data-00001-of-00002"),
+        f / "variables" / "variables.data-00001-of-00002"
+    ),
 }
 
 
@@ -311,10 +343,15 @@ def test_the_service_refuses_to_start_on_a_corrupt_export_with_one_line(exported
     models = tmp_path / "models"
     shutil.copytree(exported_model, models / MODEL_NAME / "1")
     _truncate(models / MODEL_NAME / "1" / "saved_model.pb")
-    env = {**server_env(exported_model, tmp_path / "bentoml_home"),
-           "CONVZOO_MODELS_DIR": str(models)}
-    started = subprocess.run([str(BENTOML), "serve", "--port", "1", "--host", "127.0.0.1"],
-                             cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    env = {**server_env(exported_model, tmp_path / "bentoml_home"), "CONVZOO_MODELS_DIR": str(models)}
+    started = subprocess.run(
+        [str(BENTOML), "serve", "--port", "1", "--host", "127.0.0.1"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     output = (started.stdout + started.stderr).strip()
     assert started.returncode != 0
     assert "Traceback" not in output
@@ -333,8 +370,11 @@ MODEL_WORKER = "_bentoml_impl.worker.service"
 @pytest.mark.slow  # the model worker reloads TensorFlow: 10-30 s on 2 cores
 def test_a_killed_model_worker_is_restarted_and_the_service_recovers(guarded):
     expected = post_photo(guarded).json()
-    [worker] = [p for p in psutil.Process(guarded.process.pid).children(recursive=True)
-                if MODEL_WORKER in " ".join(p.cmdline())]
+    [worker] = [
+        p
+        for p in psutil.Process(guarded.process.pid).children(recursive=True)
+        if MODEL_WORKER in " ".join(p.cmdline())
+    ]
     outcomes: list[tuple[float, int | str, float]] = []  # (sent at, status, seconds)
     start = time.monotonic()
     worker.kill()  # SIGKILL
@@ -353,10 +393,14 @@ def test_a_killed_model_worker_is_restarted_and_the_service_recovers(guarded):
             break
     failed = [o for o in outcomes if o[1] != 200]
     window = (failed[-1][0] + failed[-1][2] - failed[0][0]) if failed else 0.0
-    print(f"\nkill -9 of the model worker: {len(failed)} of {len(outcomes)} requests failed "
-          f"({sorted({str(o[1]) for o in failed})}) over {window:.1f} s; "
-          f"slowest {max(o[2] for o in outcomes):.1f} s")
+    print(
+        f"\nkill -9 of the model worker: {len(failed)} of {len(outcomes)} requests failed "
+        f"({sorted({str(o[1]) for o in failed})}) over {window:.1f} s; "
+        f"slowest {max(o[2] for o in outcomes):.1f} s"
+    )
     assert all(o[1] == 200 for o in outcomes[-5:])
     assert max(o[2] for o in outcomes) < TIMEOUT_S + 5  # no hang past the configured timeout
-    assert any(MODEL_WORKER in " ".join(p.cmdline())
-               for p in psutil.Process(guarded.process.pid).children(recursive=True))
+    assert any(
+        MODEL_WORKER in " ".join(p.cmdline())
+        for p in psutil.Process(guarded.process.pid).children(recursive=True)
+    )

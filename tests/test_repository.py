@@ -82,15 +82,18 @@ def test_versions_complete_latest_and_next(tmp_path):
     assert repository.model_names(tmp_path) == ["m"]
 
 
-@pytest.mark.parametrize("change, problem", [
-    ({"labels": []}, "no list of class names"),
-    ({"labels": ["a", "a"]}, "not distinct"),
-    ({"input_size": [128]}, "not \\[height, width\\]"),
-    ({"name": "../etc"}, "not a model name"),
-    ({"version": 0}, "not a positive integer"),
-    ({"metrics": {"top1": 1.5, "top5": None}}, "not a fraction"),
-    ({"files": {"saved_model.pb": {"bytes": 1}}}, "'files'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "change, problem",
+    [
+        ({"labels": []}, "no list of class names"),
+        ({"labels": ["a", "a"]}, "not distinct"),
+        ({"input_size": [128]}, "not \\[height, width\\]"),
+        ({"name": "../etc"}, "not a model name"),
+        ({"version": 0}, "not a positive integer"),
+        ({"metrics": {"top1": 1.5, "top5": None}}, "not a fraction"),
+        ({"files": {"saved_model.pb": {"bytes": 1}}}, "'files'"),
+    ],
+)
 def test_the_metadata_schema_names_the_problem(exported_model, change, problem):
     metadata = {**repository.read_metadata(exported_model), **change}
     with pytest.raises(repository.InvalidExport, match=problem):

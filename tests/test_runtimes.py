@@ -11,6 +11,7 @@ back to TensorFlow under ``auto``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import shutil
@@ -19,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-
 import service_files as files
+from test_service import LABELS, Server, classify, expect, export_test_model, server_env
+
 from service import repository, runtimes
-from test_service import (LABELS, Server, classify, expect, export_test_model, server_env)  # fmt: skip
 
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
@@ -109,19 +110,23 @@ def test_openvino_forms_agree_with_the_saved_model_on_images(optimized, held_out
     images = held_out.test_images
     reference = predict_all(runtimes.load_tensorflow(optimized), images)
     assert len(set(reference.argmax(axis=1))) >= 3, "the test model must answer differently per image"
-    fp32 = predict_all(runtimes.load_openvino(optimized / "openvino/fp32/model.xml",
-                                              {"INFERENCE_PRECISION_HINT": "f32"}), images)  # fmt: skip
+    fp32 = predict_all(
+        runtimes.load_openvino(optimized / "openvino/fp32/model.xml", {"INFERENCE_PRECISION_HINT": "f32"}),
+        images,
+    )
     np.testing.assert_allclose(fp32, reference, atol=1e-4)
-    int8 = predict_all(runtimes.load_openvino(optimized / "openvino/int8/model.xml",
-                                              {"INFERENCE_PRECISION_HINT": "f32"}), images)  # fmt: skip
+    int8 = predict_all(
+        runtimes.load_openvino(optimized / "openvino/int8/model.xml", {"INFERENCE_PRECISION_HINT": "f32"}),
+        images,
+    )
     assert np.mean(int8.argmax(axis=1) == reference.argmax(axis=1)) >= 0.9
     assert np.median(np.abs(int8 - reference).max(axis=1)) < 0.1
 
 
 def test_the_gate_refuses_a_form_with_zeroed_weights(optimized, held_out, tmp_path):
-    from training.optimize import Reference, measure, predict_all
-
     import openvino as ov
+
+    from training.optimize import Reference, measure, predict_all
 
     model = ov.Core().read_model(optimized / "openvino/fp32/model.xml")
     for op in model.get_ops():  # every convolution and dense kernel set to 0
@@ -130,11 +135,20 @@ def test_the_gate_refuses_a_form_with_zeroed_weights(optimized, held_out, tmp_pa
             op.output(0).replace(zeros.output(0))
     broken = tmp_path / "fp32"
     ov.save_model(model, str(broken / "model.xml"), compress_to_fp16=False)
-    reference = Reference.of(predict_all(runtimes.load_tensorflow(optimized), held_out.test_images),
-                             held_out.test_labels)  # fmt: skip
+    reference = Reference.of(
+        predict_all(runtimes.load_tensorflow(optimized), held_out.test_images), held_out.test_labels
+    )
     predict = runtimes.load_openvino(broken / "model.xml")
-    entry = measure(predict, "openvino", "fp32", held_out, reference, 0.1, path="openvino/fp32",
-                    files=repository.file_records(broken))  # fmt: skip
+    entry = measure(
+        predict,
+        "openvino",
+        "fp32",
+        held_out,
+        reference,
+        0.1,
+        path="openvino/fp32",
+        files=repository.file_records(broken),
+    )
     assert not entry["gate"]["passed"]
     assert entry["test"]["agreement"] < 0.98
     metadata = copy.deepcopy(metadata_of(optimized))
@@ -157,8 +171,11 @@ def test_optimize_command_refuses_a_folder_that_is_not_an_export(tmp_path, capsy
 def test_choose_auto_takes_the_fastest_form_that_passed(optimized):
     metadata = metadata_of(optimized)
     choice = runtimes.choose("auto", metadata, optimized)
-    passed = {k: e for k, e in metadata["runtimes"].items() if k != "tensorflow" and e["gate"]["passed"]
-              and (e["precision"] != "bf16" or runtimes.cpu_has_bf16())}  # fmt: skip
+    passed = {
+        k: e
+        for k, e in metadata["runtimes"].items()
+        if k != "tensorflow" and e["gate"]["passed"] and (e["precision"] != "bf16" or runtimes.cpu_has_bf16())
+    }
     fastest = max(passed, key=lambda k: passed[k]["speed"]["batch32_images_per_s"])
     assert choice.key == fastest
     assert runtimes.choose("auto", metadata, optimized, gpus=1).key == "tensorflow"
@@ -200,9 +217,11 @@ def test_choose_checks_the_artifact_files(optimized, tmp_path, damage):
 # ------------------------------------------------------------------------- served over HTTP
 
 
-PHOTOS = [("photo.jpg", files.encode(files.photo((300, 200)), "JPEG")),
-          ("gray.png", files.encode(files.photo((64, 96), seed=2).convert("L"), "PNG")),
-          ("wide.jpg", files.encode(files.photo((400, 120), seed=3), "JPEG"))]  # fmt: skip
+PHOTOS = [
+    ("photo.jpg", files.encode(files.photo((300, 200)), "JPEG")),
+    ("gray.png", files.encode(files.photo((64, 96), seed=2).convert("L"), "PNG")),
+    ("wide.jpg", files.encode(files.photo((400, 120), seed=3), "JPEG")),
+]
 
 
 def start(optimized: Path, tmp_path: Path, runtime: str) -> Server:
@@ -222,10 +241,8 @@ def loaded_libraries(server: Server) -> str:
     parent = psutil.Process(server.process.pid)
     maps = []
     for process in [parent, *parent.children(recursive=True)]:
-        try:
+        with contextlib.suppress(OSError):
             maps.append(Path(f"/proc/{process.pid}/maps").read_text())
-        except OSError:
-            pass
     return "\n".join(maps)
 
 
@@ -241,9 +258,11 @@ def test_service_serves_each_runtime_with_the_same_answers(optimized, tmp_path):
             server.stop()
         assert metadata["runtime"]["key"] == runtime
         assert ("libtensorflow" in libraries) == (runtime == "tensorflow"), runtime
-        assert f"with {metadata['runtime']['name']} {metadata['runtime']['precision']}" in server.log_tail(200)
+        assert f"with {metadata['runtime']['name']} {metadata['runtime']['precision']}" in server.log_tail(
+            200
+        )
     for runtime, tolerance in (("openvino-fp32", 1e-4), ("openvino-int8", 0.1)):
-        for got, want in zip(answers[runtime], answers["tensorflow"]):
+        for got, want in zip(answers[runtime], answers["tensorflow"], strict=True):
             scores = {entry["label"]: entry["score"] for entry in want["top_k"]}
             if runtime == "openvino-fp32":
                 assert got["label"] == want["label"]

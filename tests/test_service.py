@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-
 import service_files as files
+
 from service.images import decode_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,8 +38,18 @@ MiB = 1024 * 1024
 
 MODEL_NAME = "servicetest"
 INPUT_SIZE = (48, 48)
-LABELS = ["tench", "springer", "cassette player", "chain saw", "church", "french horn",
-          "garbage truck", "gas pump", "golf ball", "parachute"]
+LABELS = [
+    "tench",
+    "springer",
+    "cassette player",
+    "chain saw",
+    "church",
+    "french horn",
+    "garbage truck",
+    "gas pump",
+    "golf ball",
+    "parachute",
+]
 TOLERANCE = 0.05
 """Largest difference allowed between a served probability and the in-process one."""
 
@@ -69,8 +79,14 @@ def export_test_model(models_dir: Path) -> Path:
     model = build_end_to_end("lenet5", num_classes=len(LABELS), image_size=INPUT_SIZE)
     sharpen(model)
     return export_model(
-        model, name=MODEL_NAME, labels=LABELS, input_size=list(INPUT_SIZE), architecture="lenet5",
-        dataset="synthetic", metrics={"top1": 0.0, "top5": 0.0}, command="pytest",
+        model,
+        name=MODEL_NAME,
+        labels=LABELS,
+        input_size=list(INPUT_SIZE),
+        architecture="lenet5",
+        dataset="synthetic",
+        metrics={"top1": 0.0, "top5": 0.0},
+        command="pytest",
         models_dir=models_dir,
     )
 
@@ -106,7 +122,8 @@ def reference(exported_model):
 
 def server_env(exported_model: Path, bentoml_home: Path) -> dict[str, str]:
     return {
-        **os.environ, **SERVER_SETTINGS,
+        **os.environ,
+        **SERVER_SETTINGS,
         "CONVZOO_MODELS_DIR": str(exported_model.parents[1]),
         "BENTOML_HOME": str(bentoml_home),
         "BENTOML_DO_NOT_TRACK": "true",
@@ -124,7 +141,11 @@ class Server:
         with open(log, "wb") as out:
             self.process = subprocess.Popen(
                 [str(BENTOML), "serve", *args, "--host", "127.0.0.1", "--port", str(self.port)],
-                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                cwd=REPO,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
 
     def wait_ready(self, timeout: float = 240) -> None:
@@ -170,8 +191,9 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def server(exported_model, bentoml_home, tmp_path_factory):
-    server = Server([], server_env(exported_model, bentoml_home),
-                    tmp_path_factory.mktemp("logs") / "serve.log")
+    server = Server(
+        [], server_env(exported_model, bentoml_home), tmp_path_factory.mktemp("logs") / "serve.log"
+    )
     try:
         server.wait_ready()
         yield server
@@ -212,26 +234,38 @@ def assert_matches(answer: dict, probabilities: np.ndarray, top_k: int = 5) -> N
 # ------------------------------------------------------------------------------------- tests
 
 
-@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
-                    reason="needs a process that may run on two CPUs or more")
+@pytest.mark.skipif(
+    not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="needs a process that may run on two CPUs or more",
+)
 def test_decoding_threads_default_to_none_on_one_cpu():
     """One CPU: decode on the event loop (threads only add hand-offs); more: 4 threads."""
     code = "from service.config import load_config; print(load_config().decode_threads)"
 
     def threads(*prefix: str, **env: str) -> str:
-        return subprocess.run([*prefix, sys.executable, "-c", code], capture_output=True, text=True,
-                              check=True, cwd=REPO, env={**os.environ, **env}).stdout.strip()
+        return subprocess.run(
+            [*prefix, sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=REPO,
+            env={**os.environ, **env},
+        ).stdout.strip()
 
     assert threads() == "4"
     assert threads("taskset", "-c", "0") == "0"
     assert threads("taskset", "-c", "0", CONVZOO_DECODE_THREADS="2") == "2"
-    refused = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             cwd=REPO, env={**os.environ, "CONVZOO_DECODE_THREADS": "-1"})
+    refused = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "CONVZOO_DECODE_THREADS": "-1"},
+    )
     assert refused.returncode != 0 and "CONVZOO_DECODE_THREADS must be at least 0" in refused.stderr
 
 
 def test_metadata_names_the_served_model(server, exported_model):
-    exported = json.loads((exported_model / "metadata.json").read_text())
     metadata = expect(requests.post(f"{server.url}/metadata", json={}, timeout=30), 200, server)
     assert (metadata["name"], metadata["version"]) == (MODEL_NAME, int(exported_model.name))
     assert metadata["labels"] == LABELS and metadata["input_size"] == list(INPUT_SIZE)
@@ -250,7 +284,7 @@ def test_many_images_in_one_request_answer_in_order(server, reference):
     sent = [(name, files.valid_files()[name][0]) for name in names]
     answers = expect(classify(server, sent, top_k=3), 200, server)
     assert len(answers) == len(names)
-    for (name, data), answer in zip(sent, answers):
+    for (name, data), answer in zip(sent, answers, strict=True):
         assert_matches(answer, reference(data, name), top_k=3)
 
 
@@ -265,14 +299,16 @@ def test_bentoml_client_classifies_files_on_disk(server, reference, tmp_path):
         answers = client.classify(images=paths, top_k=2)
         metadata = client.metadata()
     assert metadata["name"] == MODEL_NAME
-    for path, answer in zip(paths, answers):
+    for path, answer in zip(paths, answers, strict=True):
         assert_matches(answer, reference(path.read_bytes(), path.name), top_k=2)
 
 
 def test_phone_photo_is_classified_upright(server):
     upright = files.photo((96, 72), seed=5)
-    sent = [("upright.jpg", files.encode(upright, "JPEG", quality=95)),
-            ("phone.jpg", files.exif_rotated_jpeg(upright))]
+    sent = [
+        ("upright.jpg", files.encode(upright, "JPEG", quality=95)),
+        ("phone.jpg", files.exif_rotated_jpeg(upright)),
+    ]
     upright_answer, phone_answer = expect(classify(server, sent, top_k=10), 200, server)
     assert phone_answer["label"] == upright_answer["label"]
     upright_scores = {e["label"]: e["score"] for e in upright_answer["top_k"]}
@@ -301,8 +337,7 @@ def test_one_bad_image_refuses_the_whole_request_and_says_which(server):
     good = files.valid_files()["rgb.png"][0]
     sent = [("a.png", good), ("notes.jpg", b"not a picture at all"), ("b.png", good)]
     body = expect(classify(server, sent), 400, server)
-    assert body["files"] == [{"index": 1, "file": "notes.jpg",
-                              "reason": body["files"][0]["reason"]}]
+    assert body["files"] == [{"index": 1, "file": "notes.jpg", "reason": body["files"][0]["reason"]}]
     assert "nothing was classified" in body["error"]
 
 
@@ -315,18 +350,19 @@ def test_request_level_limits(server):
     assert "exceeds the limit" in expect(classify(server, big), 413, server)["error"]
     # the same body streamed without Content-Length (chunked) is cut off as well
     prepared = requests.Request("POST", url, files=[("images", (n, d)) for n, d in big]).prepare()
-    chunks = (prepared.body[i:i + 65536] for i in range(0, len(prepared.body), 65536))
-    chunked = requests.post(url, data=chunks, timeout=60,
-                            headers={"Content-Type": prepared.headers["Content-Type"]})
+    chunks = (prepared.body[i : i + 65536] for i in range(0, len(prepared.body), 65536))
+    chunked = requests.post(
+        url, data=chunks, timeout=60, headers={"Content-Type": prepared.headers["Content-Type"]}
+    )
     assert "exceeds the limit" in expect(chunked, 413, server)["error"]
     no_field = requests.post(url, files=[("image", ("a.png", good))], timeout=30)
     assert "'images'" in expect(no_field, 400, server)["error"]
-    text_value = requests.post(url, files=[("images", (None, "https://example.com/a.jpg"))],
-                               timeout=30)
+    text_value = requests.post(url, files=[("images", (None, "https://example.com/a.jpg"))], timeout=30)
     assert "not text" in expect(text_value, 400, server)["error"]
     assert expect(requests.post(url, json={"images": []}, timeout=30), 415, server)["error"]
-    assert expect(requests.post(url, data=good, timeout=30,
-                                headers={"Content-Type": "image/png"}), 415, server)["error"]
+    assert expect(
+        requests.post(url, data=good, timeout=30, headers={"Content-Type": "image/png"}), 415, server
+    )["error"]
 
 
 def test_concurrent_clients_are_served_in_batches(server, reference):
@@ -337,13 +373,15 @@ def test_concurrent_clients_are_served_in_batches(server, reference):
     before = batch_histogram(server)
     with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
         responses = list(pool.map(lambda item: classify(server, [item]), sent * 12))
-    for (name, data), response in zip(sent * 12, responses):
+    for (name, data), response in zip(sent * 12, responses, strict=True):
         assert_matches(expect(response, 200, server)[0], reference(data, name))
     after = batch_histogram(server)
     batches = after["count"] - before["count"]
     batched = batches - (after["le_1"] - before["le_1"])
-    print(f"\n{len(responses)} requests from 16 threads -> {batches:.0f} model calls, "
-          f"{batched:.0f} of them batches > 1, mean batch {len(responses) / batches:.2f}")
+    print(
+        f"\n{len(responses)} requests from 16 threads -> {batches:.0f} model calls, "
+        f"{batched:.0f} of them batches > 1, mean batch {len(responses) / batches:.2f}"
+    )
     assert batched > 0 and batches < len(responses)
 
 
@@ -355,17 +393,23 @@ def test_server_still_serves_correctly_after_everything(server, reference):
 
 
 @pytest.mark.slow  # about a minute: bentoml build, then a second server
-def test_built_bento_packages_and_serves_the_model(exported_model, bentoml_home, reference,
-                                                  tmp_path):
+def test_built_bento_packages_and_serves_the_model(exported_model, bentoml_home, reference, tmp_path):
     """``bentoml build`` (bentofile.yaml) packages the model; ``bentoml serve TAG`` serves it
     even with an empty model repository."""
     env = server_env(exported_model, bentoml_home)
-    build = subprocess.run([str(BENTOML), "build", "--output", "tag"], cwd=REPO, env=env,
-                           capture_output=True, text=True, timeout=300)
+    build = subprocess.run(
+        [str(BENTOML), "build", "--output", "tag"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     tag = re.search(r"convzoo:[a-z0-9]+", build.stdout).group(0)
-    bento_yaml = subprocess.run([str(BENTOML), "get", tag, "--output", "yaml"], env=env,
-                                capture_output=True, text=True, timeout=60).stdout
+    bento_yaml = subprocess.run(
+        [str(BENTOML), "get", tag, "--output", "yaml"], env=env, capture_output=True, text=True, timeout=60
+    ).stdout
     assert f"tag: {MODEL_NAME}:1" in bento_yaml
     empty_repository = tmp_path / "no_models"
     empty_repository.mkdir()
@@ -374,8 +418,9 @@ def test_built_bento_packages_and_serves_the_model(exported_model, bentoml_home,
     bento_server = Server([tag], env, tmp_path / "bento_serve.log")
     try:
         bento_server.wait_ready()
-        metadata = expect(requests.post(f"{bento_server.url}/metadata", json={}, timeout=30),
-                          200, bento_server)
+        metadata = expect(
+            requests.post(f"{bento_server.url}/metadata", json={}, timeout=30), 200, bento_server
+        )
         assert metadata["name"] == MODEL_NAME and metadata["version"] == 1
         data = files.valid_files()["rgb.jpg"][0]
         [answer] = expect(classify(bento_server, [("rgb.jpg", data)]), 200, bento_server)
@@ -397,4 +442,3 @@ def batch_histogram(server: Server) -> dict[str, float]:
         elif re.search(r'_bucket\{.*le="1\.0"', line):
             totals["le_1"] += value
     return totals
-

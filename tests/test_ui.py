@@ -29,18 +29,23 @@ from urllib.parse import urlparse
 
 import pytest
 import requests
-
 import service_files as files
 from test_service import Server, expect, server_env
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = next(filter(None, map(shutil.which, ["chromium", "chromium-browser", "google-chrome"])),
-                None)
+CHROMIUM = next(filter(None, map(shutil.which, ["chromium", "chromium-browser", "google-chrome"])), None)
 CHROMEDRIVER = shutil.which("chromedriver")
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-dev-shm-usage", "--hide-scrollbars",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
 ]
 API_KEY = "ui-test-key-5f2c"
 PHONE_WIDTH = 375
@@ -56,12 +61,14 @@ def chromium(width: int = 1000, height: int = 900):
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in [*CHROMIUM_FLAGS, f"--window-size={width},{height}",
-                 f"--user-data-dir={tempfile.mkdtemp(prefix='convzoo-chromium-')}"]:
+    for flag in [
+        *CHROMIUM_FLAGS,
+        f"--window-size={width},{height}",
+        f"--user-data-dir={tempfile.mkdtemp(prefix='convzoo-chromium-')}",
+    ]:
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    return webdriver.Chrome(options=options,
-                            service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+    return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
 
 
 def requested(driver) -> list[str]:
@@ -77,9 +84,12 @@ def requested(driver) -> list[str]:
 def console_errors(driver) -> list[str]:
     """SEVERE console messages since the last call (script errors, Content-Security-Policy
     violations), except Chrome's note on each HTTP error status (the page expects those)."""
-    return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"
-            and "Failed to load resource: the server responded with a status of"
-            not in entry["message"]]
+    return [
+        entry["message"]
+        for entry in driver.get_log("browser")
+        if entry["level"] == "SEVERE"
+        and "Failed to load resource: the server responded with a status of" not in entry["message"]
+    ]
 
 
 def wait_for(driver, condition, message: str, timeout: float = WAIT_S):
@@ -90,8 +100,11 @@ def wait_for(driver, condition, message: str, timeout: float = WAIT_S):
 
 def open_page(driver, server: Server) -> None:
     driver.get(f"{server.url}/ui/")
-    wait_for(driver, lambda d: d.execute_script("return document.readyState") == "complete",
-             "the page did not load")
+    wait_for(
+        driver,
+        lambda d: d.execute_script("return document.readyState") == "complete",
+        "the page did not load",
+    )
 
 
 def model_facts(driver) -> dict[str, str]:
@@ -106,10 +119,14 @@ def upload(driver, paths: list[Path]) -> list[dict]:
     cards (newest first) as ``{file, state, message, classes: [(label, percent)], timing}``."""
     before = len(cards(driver))
     driver.find_element("id", "file-input").send_keys("\n".join(str(p) for p in paths))
-    wait_for(driver, lambda d: len(cards(d)) == before + len(paths)
-             and all(c["state"] in ("done", "error") for c in cards(d)),
-             f"the page did not settle on {len(paths)} uploads")
-    return cards(driver)[:len(paths)]
+    wait_for(
+        driver,
+        lambda d: (
+            len(cards(d)) == before + len(paths) and all(c["state"] in ("done", "error") for c in cards(d))
+        ),
+        f"the page did not settle on {len(paths)} uploads",
+    )
+    return cards(driver)[: len(paths)]
 
 
 def cards(driver) -> list[dict]:
@@ -131,9 +148,10 @@ def shown(answer: dict) -> list[list[str]]:
 def same_classes(page: list[list[str]], answer: dict) -> bool:
     """Same labels in the same order; percentages within 0.1 (float noise across batch sizes)."""
     expected = shown(answer)
-    return ([label for label, _ in page] == [label for label, _ in expected]
-            and all(abs(float(a.split()[0]) - float(b.split()[0])) <= 0.1001
-                    for (_, a), (_, b) in zip(page, expected)))
+    return [label for label, _ in page] == [label for label, _ in expected] and all(
+        abs(float(a.split()[0]) - float(b.split()[0])) <= 0.1001
+        for (_, a), (_, b) in zip(page, expected, strict=True)
+    )
 
 
 # -------------------------------------------------------------------------------- fixtures
@@ -151,17 +169,19 @@ def start_server(exported_model, bentoml_home, log: Path, **settings: str) -> Se
 
 @pytest.fixture(scope="module")
 def server(exported_model, bentoml_home, tmp_path_factory):
-    server = start_server(exported_model, bentoml_home,
-                          tmp_path_factory.mktemp("logs") / "ui_serve.log")
+    server = start_server(exported_model, bentoml_home, tmp_path_factory.mktemp("logs") / "ui_serve.log")
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="module")
 def keyed_server(exported_model, bentoml_home, tmp_path_factory):
-    server = start_server(exported_model, bentoml_home,
-                          tmp_path_factory.mktemp("logs") / "ui_keyed_serve.log",
-                          CONVZOO_API_KEY=API_KEY)
+    server = start_server(
+        exported_model,
+        bentoml_home,
+        tmp_path_factory.mktemp("logs") / "ui_keyed_serve.log",
+        CONVZOO_API_KEY=API_KEY,
+    )
     yield server
     server.stop()
 
@@ -192,8 +212,9 @@ def bad_file(tmp_path_factory) -> Path:
 
 def classify(server: Server, paths: list[Path], **headers: str) -> list[dict]:
     parts = [("images", (p.name, p.read_bytes())) for p in paths]
-    return expect(requests.post(f"{server.url}/classify", files=parts, headers=headers,
-                                timeout=120), 200, server)
+    return expect(
+        requests.post(f"{server.url}/classify", files=parts, headers=headers, timeout=120), 200, server
+    )
 
 
 # ------------------------------------------------------------------ the service (no browser)
@@ -219,8 +240,11 @@ def test_the_landing_page_is_convzoos_and_offline(server, browser):
     assert "googletagmanager" not in answer.text and "https://" not in answer.text
     assert 'href="./ui/"' in answer.text
     browser.get(f"{server.url}/")
-    wait_for(browser, lambda d: "convzoo image classifier" in d.find_element("id", "swagger-ui").text,
-             "Swagger UI did not render the OpenAPI title")
+    wait_for(
+        browser,
+        lambda d: "convzoo image classifier" in d.find_element("id", "swagger-ui").text,
+        "Swagger UI did not render the OpenAPI title",
+    )
 
 
 def test_page_and_its_files_are_served_with_a_strict_policy(server):
@@ -248,9 +272,11 @@ def test_page_is_open_but_the_api_is_not_under_a_key(keyed_server):
     escaped = connection.getresponse()
     assert escaped.status == 404 and b"convzoo_batch_size" not in escaped.read()
     connection.close()
-    described = expect(requests.get(f"{url}/docs.json", timeout=30,
-                                    headers={"Authorization": f"Bearer {API_KEY}"}), 200,
-                       keyed_server)
+    described = expect(
+        requests.get(f"{url}/docs.json", timeout=30, headers={"Authorization": f"Bearer {API_KEY}"}),
+        200,
+        keyed_server,
+    )
     assert "Authorization: Bearer $CONVZOO_API_KEY" in described["info"]["description"]
 
 
@@ -261,14 +287,15 @@ def test_page_names_the_model_served(browser, server):
     open_page(browser, server)
     wait_for(browser, lambda d: model_facts(d)["model"] != "loading…", "no model shown")
     assert model_facts(browser) == {
-        "model": "servicetest v1 (lenet5)", "runtime": "tensorflow fp32", "input": "48×48 px",
+        "model": "servicetest v1 (lenet5)",
+        "runtime": "tensorflow fp32",
+        "input": "48×48 px",
         "accuracy": "top-1 0.0 %, top-5 0.0 %",
     }
     assert browser.find_element("id", "key-form").is_displayed() is False
 
 
-def test_photos_show_what_classify_answers_and_a_bad_file_says_why(browser, server, photos,
-                                                                   bad_file):
+def test_photos_show_what_classify_answers_and_a_bad_file_says_why(browser, server, photos, bad_file):
     open_page(browser, server)
     sent = [photos[0], bad_file, *photos[1:]]
     shown_cards = upload(browser, sent)
@@ -276,10 +303,9 @@ def test_photos_show_what_classify_answers_and_a_bad_file_says_why(browser, serv
     by_file = {c["file"]: c for c in shown_cards}
     refused = by_file.pop(bad_file.name)
     assert refused["state"] == "error" and refused["classes"] == []
-    assert refused["message"] == (
-        "Refused: not an image in a supported format (JPEG, PNG, WebP, BMP, GIF).")
+    assert refused["message"] == ("Refused: not an image in a supported format (JPEG, PNG, WebP, BMP, GIF).")
     answers = classify(server, photos)
-    for photo, answer in zip(photos, answers):
+    for photo, answer in zip(photos, answers, strict=True):
         card = by_file[photo.name]
         assert card["state"] == "done", card
         assert same_classes(card["classes"], answer), (card["classes"], shown(answer))
@@ -301,13 +327,14 @@ def test_too_many_files_are_explained_on_each(browser, server, tmp_path):
 
 
 def test_page_works_by_keyboard_and_at_phone_width(browser, server, photos):
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
 
-    from selenium.webdriver.common.action_chains import ActionChains
-
     # a phone's viewport and touch screen (a headless window is never narrower than 500 px)
-    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
-        "width": PHONE_WIDTH, "height": 800, "deviceScaleFactor": 2, "mobile": True})
+    browser.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": PHONE_WIDTH, "height": 800, "deviceScaleFactor": 2, "mobile": True},
+    )
     browser.execute_cdp_cmd("Emulation.setTouchEmulationEnabled", {"enabled": True})
     try:
         open_page(browser, server)
@@ -322,8 +349,11 @@ def test_page_works_by_keyboard_and_at_phone_width(browser, server, photos):
         focused = []
         for _ in range(2):
             ActionChains(browser).send_keys(Keys.TAB).perform()
-            focused.append(browser.execute_script(
-                "return document.activeElement.id || document.activeElement.textContent"))
+            focused.append(
+                browser.execute_script(
+                    "return document.activeElement.id || document.activeElement.textContent"
+                )
+            )
         assert focused == ["API documentation", "drop-zone"]
         drop_zone = browser.find_element("id", "drop-zone")
         assert drop_zone.value_of_css_property("outline-style") != "none"  # focus is visible
@@ -342,20 +372,23 @@ def test_page_works_by_keyboard_and_at_phone_width(browser, server, photos):
 
 def test_page_asks_for_the_key_once_per_tab(browser, keyed_server, photos):
     open_page(browser, keyed_server)
-    wait_for(browser, lambda d: d.find_element("id", "key-form").is_displayed(),
-             "no key prompt")
+    wait_for(browser, lambda d: d.find_element("id", "key-form").is_displayed(), "no key prompt")
     assert browser.execute_script("return document.activeElement.id") == "key-input"
     assert model_facts(browser)["model"] == "loading…"
 
     key_input = browser.find_element("id", "key-input")
     key_input.send_keys("wrong key\n")
-    wait_for(browser, lambda d: d.find_element("id", "key-error").is_displayed(),
-             "a wrong key was not refused")
+    wait_for(
+        browser, lambda d: d.find_element("id", "key-error").is_displayed(), "a wrong key was not refused"
+    )
     assert "not accepted" in browser.find_element("id", "key-error").text
 
     browser.find_element("id", "key-input").send_keys(API_KEY + "\n")
-    wait_for(browser, lambda d: model_facts(d)["model"] == "servicetest v1 (lenet5)",
-             "the model was not shown after the key")
+    wait_for(
+        browser,
+        lambda d: model_facts(d)["model"] == "servicetest v1 (lenet5)",
+        "the model was not shown after the key",
+    )
     assert not browser.find_element("id", "key-form").is_displayed()
     [card] = upload(browser, photos[:1])
     assert card["state"] == "done"
@@ -364,8 +397,11 @@ def test_page_asks_for_the_key_once_per_tab(browser, keyed_server, photos):
 
     # kept for the tab: a reload asks nothing
     browser.refresh()
-    wait_for(browser, lambda d: model_facts(d)["model"] == "servicetest v1 (lenet5)",
-             "the key was not kept across a reload")
+    wait_for(
+        browser,
+        lambda d: model_facts(d)["model"] == "servicetest v1 (lenet5)",
+        "the key was not kept across a reload",
+    )
     assert not browser.find_element("id", "key-form").is_displayed()
     assert browser.execute_script("return sessionStorage.getItem('convzoo-api-key')") == API_KEY
     browser.execute_script("sessionStorage.clear()")
@@ -377,8 +413,12 @@ def test_page_requests_nothing_but_the_server(browser):
     (a Content-Security-Policy violation, a script error)."""
     urls = requested(browser)
     assert any(url.endswith("/ui/ui.js") for url in urls)
-    outside = [url for url in urls if urlparse(url).scheme in ("http", "https", "ws", "wss")
-               and urlparse(url).hostname not in ("127.0.0.1", "localhost")]
+    outside = [
+        url
+        for url in urls
+        if urlparse(url).scheme in ("http", "https", "ws", "wss")
+        and urlparse(url).hostname not in ("127.0.0.1", "localhost")
+    ]
     assert outside == []
     assert console_errors(browser) == []
 

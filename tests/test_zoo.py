@@ -12,10 +12,18 @@ from training.architectures import create_model, list_models, model_info
 
 # Variants whose reference-size build is heavy (large parameter counts or inputs): slow.
 HEAVY = {
-    "vgg16", "vgg19", "alexnet",
-    "resnet152", "resnet152_v2", "resnet101", "resnet101_v2",
-    "efficientnet_b5", "efficientnet_b6", "efficientnet_b7",
-    "convnext_base", "convnext_large",
+    "vgg16",
+    "vgg19",
+    "alexnet",
+    "resnet152",
+    "resnet152_v2",
+    "resnet101",
+    "resnet101_v2",
+    "efficientnet_b5",
+    "efficientnet_b6",
+    "efficientnet_b7",
+    "convnext_base",
+    "convnext_large",
     "densenet201",
 }
 
@@ -29,8 +37,16 @@ def _marks(name):
 def test_registry_lists_the_ten_families():
     families = {model_info(n).family for n in ALL}
     assert families >= {
-        "lenet", "alexnet", "vgg", "inception", "resnet",
-        "xception", "densenet", "mobilenet", "efficientnet", "convnext",
+        "lenet",
+        "alexnet",
+        "vgg",
+        "inception",
+        "resnet",
+        "xception",
+        "densenet",
+        "mobilenet",
+        "efficientnet",
+        "convnext",
     }
     assert list_models("resnet*") and all(n.startswith("resnet") for n in list_models("resnet*"))
 
@@ -124,9 +140,7 @@ def _paper_comparable(model, counts: str) -> float:
     raise ValueError(f"unknown parameter convention {counts!r}")
 
 
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=_marks(n)) for n in PAPER_PARAMS]
-)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=_marks(n)) for n in PAPER_PARAMS])
 def test_parameter_count_matches_the_paper(name):
     """Faithfulness for models without a keras twin: our exact count, close to the paper's."""
     figure = PAPER_PARAMS[name]

@@ -34,16 +34,16 @@ def test_convnext_round_trips_through_a_keras_checkpoint(tmp_path):
 def test_convnext_uses_depthwise_not_grouped_convolutions():
     """The CPU-latency fix: every 7x7 is a DepthwiseConv2D; no Conv2D has groups > 1."""
     model = create_model("convnext_tiny", num_classes=5, input_shape=SMALL)
-    depthwise = [l for l in model.layers if isinstance(l, keras.layers.DepthwiseConv2D)]
+    depthwise = [layer for layer in model.layers if isinstance(layer, keras.layers.DepthwiseConv2D)]
     assert len(depthwise) == sum((3, 3, 9, 3))
-    assert all(l.kernel_size == (7, 7) for l in depthwise)
-    grouped = [l for l in model.layers if isinstance(l, keras.layers.Conv2D) and l.groups > 1]
+    assert all(layer.kernel_size == (7, 7) for layer in depthwise)
+    grouped = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D) and layer.groups > 1]
     assert grouped == []
 
 
 def test_convnext_stochastic_depth_grows_linearly_and_is_off_at_inference():
     model = create_model("convnext_tiny", num_classes=5, input_shape=SMALL, drop_path_rate=0.3)
-    rates = [l.rate for l in model.layers if l.name.endswith("_drop_path")]
+    rates = [layer.rate for layer in model.layers if layer.name.endswith("_drop_path")]
     # The first block's rate is 0 (no layer); the others rise linearly to 0.3.
     assert len(rates) == 17
     assert rates[-1] == pytest.approx(0.3)

@@ -34,11 +34,11 @@ def test_connection_table_conv_equals_a_masked_full_convolution():
     assert layer.count_params() == 1_516  # table I of the paper
 
     full = np.zeros((5, 5, 6, 16), dtype="float32")
-    for out, (inputs, kernel) in enumerate(zip(C3_CONNECTIONS, layer.kernels)):
+    for out, (inputs, kernel) in enumerate(zip(C3_CONNECTIONS, layer.kernels, strict=True)):
         full[:, :, list(inputs), out] = keras.ops.convert_to_numpy(kernel)[..., 0]
-    expected = keras.ops.convert_to_numpy(keras.ops.conv(x, full, padding="valid")) + keras.ops.convert_to_numpy(
-        layer.bias
-    )
+    expected = keras.ops.convert_to_numpy(
+        keras.ops.conv(x, full, padding="valid")
+    ) + keras.ops.convert_to_numpy(layer.bias)
     np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-5)
 
 

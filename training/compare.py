@@ -55,35 +55,74 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-from training.cli import command_line, options_argv
 from training.architectures import model_info
+from training.cli import command_line, options_argv
 from training.flops import format_count
 from training.recipe import Recipe
-from training.runs import best_logged, logged_seconds, read_json, read_log, write_json  # noqa: F401
+from training.runs import best_logged, logged_seconds, read_json, read_log, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ARCHS = (
-    "lenet5", "alexnet", "vgg16", "inception_v3", "resnet50", "xception", "densenet121",
-    "mobilenet_v2", "efficientnet_b0", "convnext_tiny",
-)  # fmt: skip
+    "lenet5",
+    "alexnet",
+    "vgg16",
+    "inception_v3",
+    "resnet50",
+    "xception",
+    "densenet121",
+    "mobilenet_v2",
+    "efficientnet_b0",
+    "convnext_tiny",
+)
 # The Recipe fields compare takes as flags, shared by every `fit` it runs.
 RECIPE = (
-    "data", "labels_map", "image_size", "epochs", "batch_size", "optimizer", "lr", "weight_decay",
-    "warmup_epochs", "label_smoothing", "augment", "patience", "validation_fraction",
-    "test_fraction", "limit", "seed", "jit_compile", "mixed_precision",
-)  # fmt: skip
+    "data",
+    "labels_map",
+    "image_size",
+    "epochs",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "weight_decay",
+    "warmup_epochs",
+    "label_smoothing",
+    "augment",
+    "patience",
+    "validation_fraction",
+    "test_fraction",
+    "limit",
+    "seed",
+    "jit_compile",
+    "mixed_precision",
+)
 WARMUP_CALLS = 3
 THROUGHPUT_BATCH = 32
 COLUMNS = (
-    "arch", "family", "year", "params", "flops", "image_size", "epochs_done", "epochs_planned",
-    "stopped", "train_images_per_s", "train_minutes", "target_val_top1", "epochs_to_target",
-    "best_val_top1", "test_top1", "test_top5", "latency_ms_batch1", "images_per_s_batch32", "export",
-)  # fmt: skip
+    "arch",
+    "family",
+    "year",
+    "params",
+    "flops",
+    "image_size",
+    "epochs_done",
+    "epochs_planned",
+    "stopped",
+    "train_images_per_s",
+    "train_minutes",
+    "target_val_top1",
+    "epochs_to_target",
+    "best_val_top1",
+    "test_top1",
+    "test_top5",
+    "latency_ms_batch1",
+    "images_per_s_batch32",
+    "export",
+)
 
 
 class CompareError(RuntimeError):
@@ -92,13 +131,19 @@ class CompareError(RuntimeError):
 
 # compare's defaults and help where they differ from fit's (the flags are the Recipe's fields).
 RECIPE_DEFAULTS = {
-    "image_size": 96, "epochs": 10, "batch_size": 32, "warmup_epochs": 1.0, "label_smoothing": 0.1,
+    "image_size": 96,
+    "epochs": 10,
+    "batch_size": 32,
+    "warmup_epochs": 1.0,
+    "label_smoothing": 0.1,
     "patience": 0,
-}  # fmt: skip
+}
 RECIPE_HELP = {
     "image_size": "square training size for every architecture",
     "lr": "peak learning rate",
-    "batch_size": None, "validation_fraction": None, "test_fraction": None,
+    "batch_size": None,
+    "validation_fraction": None,
+    "test_fraction": None,
     "weight_decay": "(default: fit's, 0.05 for adamw)",
     "patience": "early-stopping patience (0: all run every epoch)",
     "jit_compile": "XLA (fit's --jit-compile)",
@@ -112,8 +157,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p("--archs", default=DEFAULTS["archs"], help="comma-separated names (default: %(default)s)")
     Recipe.add_arguments(parser, only=RECIPE, defaults=RECIPE_DEFAULTS, help=RECIPE_HELP)
     p("--time-budget", type=float, metavar="MINUTES", help="training time per architecture")
-    p("--target-accuracy", type=float, default=DEFAULTS["target_accuracy"],
-      help="validation top-1 for 'epochs to reach'")  # fmt: skip
+    p(
+        "--target-accuracy",
+        type=float,
+        default=DEFAULTS["target_accuracy"],
+        help="validation top-1 for 'epochs to reach'",
+    )
     p("--repeats", type=int, default=DEFAULTS["repeats"], help="timed calls per latency / throughput median")
     p("--remeasure", action="store_true", help="measure latency and throughput again")
     p("--out", type=Path, help="output folder (default: runs/compare-<data>_<size>px_<epochs>ep)")
@@ -201,7 +250,9 @@ def command_argv(args: argparse.Namespace) -> list[str]:
     """``compare``'s own arguments, rebuilt from ``args`` (for the report)."""
     own = {key: getattr(args, key) for key in ("archs",)}
     shared = Recipe.from_args(args, arch="").to_argv(only=RECIPE, defaults=RECIPE_DEFAULTS)
-    rest = {key: getattr(args, key) for key in ("time_budget", "target_accuracy", "repeats", "remeasure", "out")}
+    rest = {
+        key: getattr(args, key) for key in ("time_budget", "target_accuracy", "repeats", "remeasure", "out")
+    }
     return [*options_argv(own, DEFAULTS), *shared, *options_argv(rest, DEFAULTS)]
 
 
@@ -333,7 +384,7 @@ def measure_export(export: Path, size: tuple, repeats: int) -> dict:
         "repeats": repeats,
         "warmup_calls": WARMUP_CALLS,
         "cpu_count": os.cpu_count(),
-        "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "measured": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 
@@ -376,10 +427,20 @@ def write_reports(out: Path, rows: list[dict], failed: list[str], args: argparse
         writer.writeheader()
         writer.writerows({key: "" if value is None else value for key, value in row.items()} for row in rows)
     (out / "results.md").write_text(markdown(rows, failed, args, out))
-    scatter(rows, "latency_ms_batch1", "batch-1 latency of the exported model (ms, log scale)",
-            out / "accuracy_vs_latency.png", args)  # fmt: skip
-    scatter(rows, "train_minutes", "training time (minutes, log scale)",
-            out / "accuracy_vs_training_time.png", args)  # fmt: skip
+    scatter(
+        rows,
+        "latency_ms_batch1",
+        "batch-1 latency of the exported model (ms, log scale)",
+        out / "accuracy_vs_latency.png",
+        args,
+    )
+    scatter(
+        rows,
+        "train_minutes",
+        "training time (minutes, log scale)",
+        out / "accuracy_vs_training_time.png",
+        args,
+    )
 
 
 def markdown(rows: list[dict], failed: list[str], args: argparse.Namespace, out: Path) -> str:
@@ -481,7 +542,10 @@ def machine() -> str:
     model = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]  # fmt: skip
+        names = [
+            line.split(":", 1)[1].strip()
+            for line in cpuinfo.read_text().splitlines()
+            if line.startswith("model name")
+        ]
         model = names[0] if names else model
     return f"{model}, {os.cpu_count()} CPU cores, {platform.system()}"

@@ -201,7 +201,7 @@ def load_tfds(
         data_dir=data_dir,
     )
     datasets, sizes = {}, {}
-    for split, ds in zip(SPLITS, loaded):
+    for split, ds in zip(SPLITS, loaded, strict=True):
         count = _split_size(info, split_names[split], ds)
         if limit:
             ds, count = ds.take(limit), min(count, limit)
@@ -271,7 +271,9 @@ def batch_mixer(augmentation: Augmentation, seed: int = 0):
         if len(mixers) == 1:
             return mix(mixers[0], images, labels)
         use_first = keras.random.uniform((), seed=chooser) < 0.5
-        return tf.cond(use_first, lambda: mix(mixers[0], images, labels), lambda: mix(mixers[1], images, labels))
+        return tf.cond(
+            use_first, lambda: mix(mixers[0], images, labels), lambda: mix(mixers[1], images, labels)
+        )
 
     return mix_batch
 

@@ -26,9 +26,9 @@ from keras import layers
 from training.architectures import create_model, model_info
 from training.scaling import IMAGENET_MEAN, IMAGENET_STD, PREPROCESSING, scaling_layers  # noqa: F401
 
-
 # The resize every path uses (the model's first layer, the data pipeline, the export's bytes input).
 RESIZE = {"interpolation": "bilinear", "crop_to_aspect_ratio": True, "antialias": True}
+
 
 @dataclass(frozen=True)
 class Augmentation:

@@ -29,15 +29,22 @@ import json
 import os
 import shutil
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from service.repository import (METADATA_FILE, NAME_PATTERN, export_records, fsync_dir, fsync_tree,
-                                next_version, read_metadata)
+from service.repository import (
+    METADATA_FILE,
+    NAME_PATTERN,
+    export_records,
+    fsync_dir,
+    fsync_tree,
+    next_version,
+    read_metadata,
+)
 from training.end_to_end import RESIZE, image_hw, resize_images
 from training.flops import count_flops, format_count
 from training.runs import float32_model, read_run, run_extras
@@ -98,7 +105,7 @@ def export_model(
             "dataset": dataset,
             "metrics": metrics,
             "command": command,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "signatures": SIGNATURES,
             "preprocessing": preprocessing,
             "tensorflow": tf.__version__,
@@ -178,9 +185,7 @@ def serving_functions(model: keras.Model, size: tuple[int, int]):
         return resize_images(image, size)
 
     def classify_bytes(image_bytes):
-        images = tf.map_fn(
-            decode_one, image_bytes, fn_output_signature=tf.TensorSpec((*size, 3), tf.float32)
-        )
+        images = tf.map_fn(decode_one, image_bytes, fn_output_signature=tf.TensorSpec((*size, 3), tf.float32))
         return {"probabilities": model(images, training=False)}
 
     return classify_images, classify_bytes
@@ -222,8 +227,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p("--name", help="model name in the repository (default: the run's export name)")
     p("--models-dir", type=Path, default=Path("models"))
     p("--version", type=int, help="version number (default: the next one); never overwrites")
-    p("--no-optimize", action="store_true",
-      help="export the SavedModel only, without its OpenVINO forms (`python -m training optimize`)")
+    p(
+        "--no-optimize",
+        action="store_true",
+        help="export the SavedModel only, without its OpenVINO forms (`python -m training optimize`)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:

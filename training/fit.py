@@ -60,7 +60,6 @@ from training.runs import (  # noqa: F401  (build_model, float32_model, RunState
 )
 
 
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     Recipe.add_arguments(parser)  # every field of the Recipe is a flag
 
@@ -92,7 +91,11 @@ def fit(recipe: Recipe) -> dict:
 
     fractions = SplitFractions(recipe.validation_fraction, recipe.test_fraction, recipe.seed)
     data = load_data(
-        recipe.data, config["image_size"], fractions=fractions, labels_map=recipe.labels_map, limit=recipe.limit
+        recipe.data,
+        config["image_size"],
+        fractions=fractions,
+        labels_map=recipe.labels_map,
+        limit=recipe.limit,
     )
     print(data.describe())
     augmentation = Augmentation(**config["augmentation"])
@@ -109,8 +112,16 @@ def fit(recipe: Recipe) -> dict:
         f"peak learning rate {config['learning_rate']:g}"
     )
 
-    run = new_run(config, data.labels, data.class_ids, data.name, data.sizes, device, precision,
-                  command_line("fit", recipe.to_argv()))  # fmt: skip
+    run = new_run(
+        config,
+        data.labels,
+        data.class_ids,
+        data.name,
+        data.sizes,
+        device,
+        precision,
+        command_line("fit", recipe.to_argv()),
+    )
     if chief:
         write_json(run_dir / "run.json", run)
 
@@ -203,7 +214,9 @@ def is_chief() -> bool:
     task = config.get("task", {})
     if cluster_workers(config) <= 1 or task.get("type") == "chief":
         return True
-    return "chief" not in config.get("cluster", {}) and task.get("type") == "worker" and task.get("index") == 0
+    return (
+        "chief" not in config.get("cluster", {}) and task.get("type") == "worker" and task.get("index") == 0
+    )
 
 
 def task_index() -> int:

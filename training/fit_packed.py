@@ -41,7 +41,6 @@ from training.pack import Pack
 from training.recipe import Recipe
 from training.runs import RunStateError, build_model, check_run_dir, float32_model, new_run, write_json
 
-
 DEFAULTS = {"workers": min(8, os.cpu_count() or 1), "train_splits": "train"}  # fit-packed's own flags
 
 
@@ -137,16 +136,20 @@ def fit_packed(recipe: Recipe, *, workers: int = DEFAULTS["workers"], train_spli
     seconds = time.perf_counter() - start
     print(f"decoded {len(images):,} training images ({' + '.join(train_splits)}) in {seconds:.1f} s")
     augmentation = Augmentation(**config["augmentation"])
-    batches = Batches(
-        images, labels, len(pack.labels), recipe.batch_size, augmentation, recipe.seed, workers
-    )
+    batches = Batches(images, labels, len(pack.labels), recipe.batch_size, augmentation, recipe.seed, workers)
     model = build_model(config, len(pack.labels))
     enable_jit(model)
     fit.compile_model(model, config, len(batches))
     print(f"model {model.name}: {model.count_params():,} parameters; {len(batches)} steps per epoch")
 
     run = new_run(
-        config, pack.labels, pack.class_ids, pack.meta["dataset"], {"train": len(images)}, device, precision,
+        config,
+        pack.labels,
+        pack.class_ids,
+        pack.meta["dataset"],
+        {"train": len(images)},
+        device,
+        precision,
         command_line("fit-packed", [*recipe.to_argv(), *options_argv(own, DEFAULTS)]),
         trained_on=train_splits,
         backend=keras.backend.backend(),

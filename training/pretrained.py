@@ -52,28 +52,49 @@ from training.scaling import IMAGENET_MEAN, IMAGENET_STD, scaling_layers
 
 # keras.applications module of each twin constructor (its preprocess_input).
 KERAS_MODULE = {
-    "VGG16": "vgg16", "VGG19": "vgg19",
-    "ResNet50": "resnet", "ResNet101": "resnet", "ResNet152": "resnet",
-    "ResNet50V2": "resnet_v2", "ResNet101V2": "resnet_v2", "ResNet152V2": "resnet_v2",
-    "InceptionV3": "inception_v3", "Xception": "xception",
-    "MobileNet": "mobilenet", "MobileNetV2": "mobilenet_v2",
-    "MobileNetV3Small": "mobilenet_v3", "MobileNetV3Large": "mobilenet_v3",
-    "DenseNet121": "densenet", "DenseNet169": "densenet", "DenseNet201": "densenet",
+    "VGG16": "vgg16",
+    "VGG19": "vgg19",
+    "ResNet50": "resnet",
+    "ResNet101": "resnet",
+    "ResNet152": "resnet",
+    "ResNet50V2": "resnet_v2",
+    "ResNet101V2": "resnet_v2",
+    "ResNet152V2": "resnet_v2",
+    "InceptionV3": "inception_v3",
+    "Xception": "xception",
+    "MobileNet": "mobilenet",
+    "MobileNetV2": "mobilenet_v2",
+    "MobileNetV3Small": "mobilenet_v3",
+    "MobileNetV3Large": "mobilenet_v3",
+    "DenseNet121": "densenet",
+    "DenseNet169": "densenet",
+    "DenseNet201": "densenet",
     **{f"EfficientNetB{i}": "efficientnet" for i in range(8)},
     **{f"ConvNeXt{size}": "convnext" for size in ("Tiny", "Small", "Base", "Large")},
-}  # fmt: skip
+}
 
 # The mode of each module's preprocess_input (keras.applications.imagenet_utils).
 TWIN_PREPROCESSING = {
-    "vgg16": "caffe", "vgg19": "caffe", "resnet": "caffe",
-    "resnet_v2": "tf", "inception_v3": "tf", "xception": "tf", "mobilenet": "tf", "mobilenet_v2": "tf",
+    "vgg16": "caffe",
+    "vgg19": "caffe",
+    "resnet": "caffe",
+    "resnet_v2": "tf",
+    "inception_v3": "tf",
+    "xception": "tf",
+    "mobilenet": "tf",
+    "mobilenet_v2": "tf",
     "densenet": "torch",
-    "efficientnet": "in_model", "convnext": "in_model", "mobilenet_v3": "in_model",
-}  # fmt: skip
+    "efficientnet": "in_model",
+    "convnext": "in_model",
+    "mobilenet_v3": "in_model",
+}
 
 # Builder options that give our model the twin's layout (see the module docstring).
-TWIN_OPTIONS = {"ResNet50V2": {"stride_at": "last"}, "ResNet101V2": {"stride_at": "last"},
-                "ResNet152V2": {"stride_at": "last"}}  # fmt: skip
+TWIN_OPTIONS = {
+    "ResNet50V2": {"stride_at": "last"},
+    "ResNet101V2": {"stride_at": "last"},
+    "ResNet152V2": {"stride_at": "last"},
+}
 
 # keras' caffe mode subtracts these from BGR pixels (imagenet_utils._preprocess_numpy_input).
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -215,7 +236,7 @@ def weight_mapping(ours: keras.Model, twin: keras.Model, *, skip: set[str] = fro
             "not the same network, the weights cannot be transferred exactly"
         )
     pairs = []
-    for index, (o, t) in enumerate(zip(mine, theirs)):
+    for index, (o, t) in enumerate(zip(mine, theirs, strict=True)):
         where = f"layer pair {index}: ours {_describe(o)} vs twin {_describe(t)}"
         convert = _conversion(o, t)
         if convert is None:
@@ -298,7 +319,9 @@ def preprocessing_layers(name: str, twin: keras.Model | None = None) -> list[ker
         # A file saved from keras' ImageNet EfficientNet, loaded into a twin built without
         # weights="imagenet": keras would scale once more (see IMAGENET_STD); so do we.
         copied.append(
-            layers.Rescaling([1.0 / float(np.sqrt(s)) for s in IMAGENET_STD], name=f"twin_rescale_{len(copied)}")
+            layers.Rescaling(
+                [1.0 / float(np.sqrt(s)) for s in IMAGENET_STD], name=f"twin_rescale_{len(copied)}"
+            )
         )
     return copied
 
@@ -336,7 +359,8 @@ def load_pretrained(
     for key, value in layout.items():
         if key in options and options[key] != value:
             raise WeightsError(
-                f"{name} with pretrained weights needs {key}={value!r} (the twin's layout), got {options[key]!r}"
+                f"{name} with pretrained weights needs {key}={value!r} (the twin's layout), "
+                f"got {options[key]!r}"
             )
     twin = build_twin(name, weights)
     model = build_model(name, num_classes, input_shape, **{**options, **layout})

@@ -36,12 +36,16 @@ class Recipe:
     arch: str = _f(None, "architecture name (`python -m training zoo` lists them)", required=True)
     data: str = _f(None, "folder of class sub-folders, or 'imagenette' (TensorFlow Datasets)", required=True)
     labels_map: str | None = _f(None, "JSON or 'id name' lines mapping class ids to human-readable names")
-    image_size: int | None = _f(None, "square training size (default: the architecture's reference size)", type=int)
+    image_size: int | None = _f(
+        None, "square training size (default: the architecture's reference size)", type=int
+    )
     epochs: int = _f(30, type=int)
     batch_size: int = _f(64, "global batch size (split across GPUs)", type=int)
     optimizer: str = _f("adamw", choices=OPTIMIZERS)
     lr: float = _f(1e-3, "peak learning rate (before --scale-lr)", type=float)
-    weight_decay: float | None = _f(None, "decoupled weight decay (default: 0.05 for adamw, none otherwise)", type=float)
+    weight_decay: float | None = _f(
+        None, "decoupled weight decay (default: 0.05 for adamw, none otherwise)", type=float
+    )
     scale_lr: bool = _f(False, "linear scaling rule: lr = lr * batch_size / 256")
     warmup_epochs: float = _f(0.0, "linear warm-up before the cosine decay", type=float)
     label_smoothing: float = _f(0.0, type=float)
@@ -62,15 +66,29 @@ class Recipe:
     name: str | None = _f(None, "exported model name (default: the architecture)")
     models_dir: str = _f("models")
     no_export: bool = _f(False, "do not export to --models-dir at the end")
-    no_optimize: bool = _f(False, "export the SavedModel only, without its OpenVINO forms (`python -m training optimize`)")
-    time_limit: float | None = _f(None, "stop early once the next epoch would end past this many minutes of "
-                                  "training (resumed sessions included), then evaluate and export",
-                                  type=float, metavar="MINUTES")  # fmt: skip
-    weights: str | None = _f(None, "start from pretrained weights: 'imagenet' (keras' download of the "
-                             "architecture's keras.applications twin) or a weights file saved from that twin")  # fmt: skip
-    freeze_epochs: int = _f(0, "with --weights: epochs that train the new head only (backbone frozen)", type=int)
-    backbone_lr_scale: float = _f(BACKBONE_LR_SCALE, "with --weights: the backbone's learning rate as a "
-                                  "fraction of the head's", type=float)  # fmt: skip
+    no_optimize: bool = _f(
+        False, "export the SavedModel only, without its OpenVINO forms (`python -m training optimize`)"
+    )
+    time_limit: float | None = _f(
+        None,
+        "stop early once the next epoch would end past this many minutes of "
+        "training (resumed sessions included), then evaluate and export",
+        type=float,
+        metavar="MINUTES",
+    )
+    weights: str | None = _f(
+        None,
+        "start from pretrained weights: 'imagenet' (keras' download of the "
+        "architecture's keras.applications twin) or a weights file saved from that twin",
+    )
+    freeze_epochs: int = _f(
+        0, "with --weights: epochs that train the new head only (backbone frozen)", type=int
+    )
+    backbone_lr_scale: float = _f(
+        BACKBONE_LR_SCALE,
+        "with --weights: the backbone's learning rate as a fraction of the head's",
+        type=float,
+    )
 
     # ----------------------------------------------------------------- command line
 
@@ -172,21 +190,38 @@ class Recipe:
         """The Recipe whose ``config()`` is ``config`` (a fit run's; keys fit-packed adds ignored)."""
         overrides_ = config.get("augmentation_overrides") or {}
         return cls(
-            arch=config["arch"], data=config["data"], labels_map=config.get("labels_map"),
-            image_size=config["image_size"][0] if config["image_size"][0] == config["image_size"][1] else None,
-            epochs=config["epochs"], batch_size=config["batch_size"], optimizer=config["optimizer"],
-            lr=config["base_lr"], weight_decay=config["weight_decay"], scale_lr=config["scale_lr"],
-            warmup_epochs=config["warmup_epochs"], label_smoothing=config["label_smoothing"],
-            augment=config["augment"], mixup=overrides_.get("mixup"), cutmix=overrides_.get("cutmix"),
+            arch=config["arch"],
+            data=config["data"],
+            labels_map=config.get("labels_map"),
+            image_size=config["image_size"][0]
+            if config["image_size"][0] == config["image_size"][1]
+            else None,
+            epochs=config["epochs"],
+            batch_size=config["batch_size"],
+            optimizer=config["optimizer"],
+            lr=config["base_lr"],
+            weight_decay=config["weight_decay"],
+            scale_lr=config["scale_lr"],
+            warmup_epochs=config["warmup_epochs"],
+            label_smoothing=config["label_smoothing"],
+            augment=config["augment"],
+            mixup=overrides_.get("mixup"),
+            cutmix=overrides_.get("cutmix"),
             arch_option=tuple(f"{k}={v!r}" for k, v in config["arch_options"].items()),
-            mixed_precision=config["mixed_precision"], jit_compile=config["jit_compile"],
-            patience=config["patience"], validation_fraction=config["validation_fraction"],
-            test_fraction=config["test_fraction"], limit=config["limit"], seed=config["seed"],
-            run_name=config["run_name"], name=config["export_name"],
-            weights=config.get("weights"), freeze_epochs=config.get("freeze_epochs", 0),
+            mixed_precision=config["mixed_precision"],
+            jit_compile=config["jit_compile"],
+            patience=config["patience"],
+            validation_fraction=config["validation_fraction"],
+            test_fraction=config["test_fraction"],
+            limit=config["limit"],
+            seed=config["seed"],
+            run_name=config["run_name"],
+            name=config["export_name"],
+            weights=config.get("weights"),
+            freeze_epochs=config.get("freeze_epochs", 0),
             backbone_lr_scale=config.get("backbone_lr_scale", BACKBONE_LR_SCALE),
             **overrides,
-        )  # fmt: skip
+        )
 
 
 def parse_options(pairs) -> dict:

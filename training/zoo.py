@@ -1,9 +1,9 @@
 """List the architecture zoo with parameters and FLOPs, or print one model's layer summary.
 
-    python -m training zoo                      # every architecture at its reference size
-    python -m training zoo --pattern 'resnet*'  # a subset
-    python -m training zoo --size 128           # parameters / FLOPs at 128x128 instead
-    python -m training zoo summary convnext_tiny
+python -m training zoo                      # every architecture at its reference size
+python -m training zoo --pattern 'resnet*'  # a subset
+python -m training zoo --size 128           # parameters / FLOPs at 128x128 instead
+python -m training zoo summary convnext_tiny
 """
 
 from __future__ import annotations

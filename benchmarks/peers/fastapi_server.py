@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import tensorflow as tf
@@ -41,13 +42,13 @@ def create_app(model: str, models_dir: Path) -> FastAPI:
         return {"name": ref.name, "version": ref.version, "labels": labels, "input_size": list(size)}
 
     @app.post("/classify")
-    async def classify(images: list[UploadFile] = File(...)) -> list[dict]:
+    async def classify(images: Annotated[list[UploadFile], File()]) -> list[dict]:
         arrays = []
         for upload in images:
             try:
                 arrays.append(decode(await upload.read(), size))
             except OSError as error:
-                raise HTTPException(400, f"{upload.filename}: not a readable image ({error})")
+                raise HTTPException(400, f"{upload.filename}: not a readable image ({error})") from error
         probabilities = serving(images=tf.constant(np.stack(arrays)))["probabilities"].numpy()
         return [answer(row, labels) for row in probabilities]
 
@@ -55,9 +56,11 @@ def create_app(model: str, models_dir: Path) -> FastAPI:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.peers.fastapi_server",
-                                     description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.peers.fastapi_server",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--model", default=DEFAULT_MODEL, help="NAME or NAME:VERSION")
     parser.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
     parser.add_argument("--host", default="127.0.0.1")

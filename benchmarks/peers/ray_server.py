@@ -14,23 +14,23 @@ A local Ray instance is started with as many CPUs as this process may use (its a
 Ctrl-C shuts Serve and Ray down.
 """
 
-
 import argparse
 import asyncio
 import os
 import signal
 import sys
 from pathlib import Path
+from typing import Annotated
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-import numpy as np  # noqa: E402
-import ray  # noqa: E402
-from fastapi import FastAPI, File, HTTPException, UploadFile  # noqa: E402
-from ray import serve  # noqa: E402
+import numpy as np
+import ray
+from fastapi import FastAPI, File, HTTPException, UploadFile
+from ray import serve
 
-from benchmarks.modelrepo import DEFAULT_MODEL, DEFAULT_MODELS_DIR, read_metadata, resolve  # noqa: E402
-from benchmarks.peers.common import answer, decode  # noqa: E402
+from benchmarks.modelrepo import DEFAULT_MODEL, DEFAULT_MODELS_DIR, read_metadata, resolve
+from benchmarks.peers.common import answer, decode
 
 OBJECT_STORE_BYTES = 256 * 1024 * 1024
 app = FastAPI(title="convzoo (Ray Serve peer)")
@@ -55,17 +55,21 @@ class Classifier:
 
     @app.post("/metadata")
     async def describe(self) -> dict:
-        return {"name": self.ref.name, "version": self.ref.version, "labels": self.labels,
-                "input_size": list(self.size)}
+        return {
+            "name": self.ref.name,
+            "version": self.ref.version,
+            "labels": self.labels,
+            "input_size": list(self.size),
+        }
 
     @app.post("/classify")
-    async def classify(self, images: list[UploadFile] = File(...)) -> list[dict]:
+    async def classify(self, images: Annotated[list[UploadFile], File()]) -> list[dict]:
         arrays = []
         for upload in images:
             try:
                 arrays.append(decode(await upload.read(), self.size))
             except OSError as error:
-                raise HTTPException(400, f"{upload.filename}: not a readable image ({error})")
+                raise HTTPException(400, f"{upload.filename}: not a readable image ({error})") from error
         rows = await asyncio.gather(*(self.predict(array) for array in arrays))
         return [answer(row, self.labels) for row in rows]
 
@@ -78,8 +82,11 @@ class Classifier:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.peers.ray_server", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.peers.ray_server",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--model", default=DEFAULT_MODEL, help="NAME or NAME:VERSION")
     parser.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
     parser.add_argument("--host", default="127.0.0.1")
@@ -89,13 +96,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     resolve(args.model, args.models_dir)  # fail fast, before starting Ray
 
-    ray.init(num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False,
-             object_store_memory=OBJECT_STORE_BYTES, log_to_driver=False)
+    ray.init(
+        num_cpus=len(os.sched_getaffinity(0)),
+        include_dashboard=False,
+        object_store_memory=OBJECT_STORE_BYTES,
+        log_to_driver=False,
+    )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # after ray.init, which sets its own
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
-        serve.run(Classifier.bind(args.model, str(args.models_dir.resolve()), args.max_batch_size,
-                                  args.batch_wait_ms), route_prefix="/")
+        serve.run(
+            Classifier.bind(
+                args.model, str(args.models_dir.resolve()), args.max_batch_size, args.batch_wait_ms
+            ),
+            route_prefix="/",
+        )
         print(f"Ray Serve ready on http://{args.host}:{args.port}", flush=True)
         signal.pause()
     except KeyboardInterrupt:

@@ -13,7 +13,7 @@ objects of fine-tuned checkpoints (``training.pretrained``, ``training.finetune`
 from training.architectures._registry import ModelInfo, create_model, list_models, model_info
 
 # Importing the family modules runs their @register_model decorators.
-from training.architectures import (  # noqa: E402,F401  isort: skip
+from training.architectures import (  # noqa: F401  isort: skip
     alexnet,
     convnext,
     densenet,
@@ -27,9 +27,9 @@ from training.architectures import (  # noqa: E402,F401  isort: skip
 )
 
 # Custom objects of pretrained / fine-tuned checkpoints (caffe's channel flip, the two-rate optimizers).
-import training.finetune  # noqa: E402,F401
-import training.pretrained  # noqa: E402,F401
-from training.architectures._registry import set_weights_loader  # noqa: E402  isort: skip
+import training.finetune
+import training.pretrained
+from training.architectures._registry import set_weights_loader
 
 set_weights_loader(training.pretrained.load_pretrained)  # create_model(weights=...)
 

@@ -8,8 +8,8 @@ backbone + classification head (no preprocessing: that lives in ``training.end_t
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import keras
 from keras import layers

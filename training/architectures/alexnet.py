@@ -32,7 +32,15 @@ from training.architectures.common import LocalResponseNormalization, classifier
 ALEXNET_CONVS = (
     {"filters": 96, "kernel": 11, "stride": 4, "padding": "valid", "split": False, "lrn": True, "pool": True},
     {"filters": 256, "kernel": 5, "stride": 1, "padding": "same", "split": True, "lrn": True, "pool": True},
-    {"filters": 384, "kernel": 3, "stride": 1, "padding": "same", "split": False, "lrn": False, "pool": False},
+    {
+        "filters": 384,
+        "kernel": 3,
+        "stride": 1,
+        "padding": "same",
+        "split": False,
+        "lrn": False,
+        "pool": False,
+    },
     {"filters": 384, "kernel": 3, "stride": 1, "padding": "same", "split": True, "lrn": False, "pool": False},
     {"filters": 256, "kernel": 3, "stride": 1, "padding": "same", "split": True, "lrn": False, "pool": True},
 )

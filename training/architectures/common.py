@@ -82,4 +82,10 @@ class LocalResponseNormalization(layers.Layer):
         return x / keras.ops.power(self.k + self.alpha * window_sum, self.beta)
 
     def get_config(self):
-        return {**super().get_config(), "size": self.size, "k": self.k, "alpha": self.alpha, "beta": self.beta}
+        return {
+            **super().get_config(),
+            "size": self.size,
+            "k": self.k,
+            "alpha": self.alpha,
+            "beta": self.beta,
+        }

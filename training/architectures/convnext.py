@@ -133,7 +133,7 @@ def convnext(
     rates = np.linspace(0.0, drop_path_rate, sum(depths)).tolist()
     x = inputs
     block_index = 0
-    for stage, (depth, width) in enumerate(zip(depths, widths)):
+    for stage, (depth, width) in enumerate(zip(depths, widths, strict=True)):
         if stage == 0:
             x = stem(x, width, name=name)
         else:

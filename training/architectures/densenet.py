@@ -83,9 +83,7 @@ def densenet(
     """
     inputs = model_input(input_shape)
     x = layers.ZeroPadding2D(3, name="conv1_pad")(inputs)
-    x = conv_bn_act(
-        x, 2 * growth_rate, 7, strides=2, padding="valid", bn_epsilon=BN_EPSILON, name="conv1"
-    )
+    x = conv_bn_act(x, 2 * growth_rate, 7, strides=2, padding="valid", bn_epsilon=BN_EPSILON, name="conv1")
     x = layers.ZeroPadding2D(1, name="pool1_pad")(x)
     x = layers.MaxPooling2D(3, strides=2, name="pool1")(x)
     for i, num_layers in enumerate(blocks):
@@ -93,7 +91,5 @@ def densenet(
         if i < len(blocks) - 1:
             x = transition(x, compression, name=f"pool{i + 2}")
     x = bn_relu(x, name="final")
-    outputs = classifier_head(
-        x, num_classes, name=name, dropout=dropout, activation=classifier_activation
-    )
+    outputs = classifier_head(x, num_classes, name=name, dropout=dropout, activation=classifier_activation)
     return keras.Model(inputs, outputs, name=name)

@@ -53,9 +53,9 @@ GOOGLENET_STAGES = (
 
 def conv_relu(x, filters: int, kernel_size: int, *, name: str, strides: int = 1):
     """GoogLeNet's convolution: bias and ReLU, no normalization."""
-    return layers.Conv2D(
-        filters, kernel_size, strides=strides, padding="same", activation="relu", name=name
-    )(x)
+    return layers.Conv2D(filters, kernel_size, strides=strides, padding="same", activation="relu", name=name)(
+        x
+    )
 
 
 def inception_module(x, widths: tuple[int, ...], *, name: str):
@@ -99,9 +99,7 @@ def googlenet(num_classes, input_shape, name, *, dropout, classifier_activation=
             x = max_pool(x, name=f"pool{stage + 2}")
         for module, widths in modules.items():
             x = inception_module(x, widths, name=f"inception_{module}")
-    outputs = classifier_head(
-        x, num_classes, name=name, dropout=dropout, activation=classifier_activation
-    )
+    outputs = classifier_head(x, num_classes, name=name, dropout=dropout, activation=classifier_activation)
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -110,9 +108,7 @@ def googlenet(num_classes, input_shape, name, *, dropout, classifier_activation=
 
 def cbr(x, filters: int, kernel_size, *, name: str, strides: int = 1, padding: str = "same"):
     """Inception v3's convolution: no bias, batch normalization without gamma, ReLU."""
-    return conv_bn_act(
-        x, filters, kernel_size, strides=strides, padding=padding, bn_scale=False, name=name
-    )
+    return conv_bn_act(x, filters, kernel_size, strides=strides, padding=padding, bn_scale=False, name=name)
 
 
 def avg_pool_branch(x, filters: int, *, name: str):
@@ -233,7 +229,5 @@ def inception_v3(num_classes, input_shape, name, *, dropout, classifier_activati
     x = inception_v3_stem(inputs)
     for index, (block, options) in enumerate(INCEPTION_V3_BLOCKS):
         x = block(x, name=f"mixed{index}", **options)
-    outputs = classifier_head(
-        x, num_classes, name=name, dropout=dropout, activation=classifier_activation
-    )
+    outputs = classifier_head(x, num_classes, name=name, dropout=dropout, activation=classifier_activation)
     return keras.Model(inputs, outputs, name=name)

@@ -31,11 +31,23 @@ from training.architectures.common import classifier_head, model_input
 
 # Table I: which S2 maps (columns 0-5) feed each of C3's 16 maps.
 C3_CONNECTIONS = (
-    (0, 1, 2), (1, 2, 3), (2, 3, 4), (3, 4, 5), (0, 4, 5), (0, 1, 5),
-    (0, 1, 2, 3), (1, 2, 3, 4), (2, 3, 4, 5), (0, 3, 4, 5), (0, 1, 4, 5), (0, 1, 2, 5),
-    (0, 1, 3, 4), (1, 2, 4, 5), (0, 2, 3, 5),
+    (0, 1, 2),
+    (1, 2, 3),
+    (2, 3, 4),
+    (3, 4, 5),
+    (0, 4, 5),
+    (0, 1, 5),
+    (0, 1, 2, 3),
+    (1, 2, 3, 4),
+    (2, 3, 4, 5),
+    (0, 3, 4, 5),
+    (0, 1, 4, 5),
+    (0, 1, 2, 5),
+    (0, 1, 3, 4),
+    (1, 2, 4, 5),
+    (0, 2, 3, 5),
     (0, 1, 2, 3, 4, 5),
-)  # fmt: skip
+)
 
 
 @keras.saving.register_keras_serializable(package="convzoo")
@@ -65,7 +77,7 @@ class ConnectionTableConv2D(layers.Layer):
                     name=f"kernel_{index}",
                     shape=(self.kernel_size, self.kernel_size, len(inputs), 1),
                     # LeCun's uniform initialisation, variance 1 / fan-in.
-                    initializer=keras.initializers.RandomUniform(-(3 / fan_in) ** 0.5, (3 / fan_in) ** 0.5),
+                    initializer=keras.initializers.RandomUniform(-((3 / fan_in) ** 0.5), (3 / fan_in) ** 0.5),
                 )
             )
         self.bias = self.add_weight(name="bias", shape=(len(self.connections),), initializer="zeros")
@@ -73,7 +85,7 @@ class ConnectionTableConv2D(layers.Layer):
     def call(self, x):
         maps = [
             keras.ops.conv(keras.ops.take(x, list(inputs), axis=-1), kernel, padding="valid")
-            for inputs, kernel in zip(self.connections, self.kernels)
+            for inputs, kernel in zip(self.connections, self.kernels, strict=True)
         ]
         return self.activation(keras.ops.concatenate(maps, axis=-1) + self.bias)
 

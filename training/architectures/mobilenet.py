@@ -29,11 +29,19 @@ from training.architectures.common import classifier_head, conv_bn_act, model_in
 # V1 (Table 1): (pointwise filters, depthwise stride) of the 13 depthwise separable layers.
 V1_LAYERS = (
     (64, 1),
-    (128, 2), (128, 1),
-    (256, 2), (256, 1),
-    (512, 2), (512, 1), (512, 1), (512, 1), (512, 1), (512, 1),
-    (1024, 2), (1024, 1),
-)  # fmt: skip
+    (128, 2),
+    (128, 1),
+    (256, 2),
+    (256, 1),
+    (512, 2),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (1024, 2),
+    (1024, 1),
+)
 
 # V2 (Table 2): (expansion t, output channels c, repeats n, first stride s).
 V2_STAGES = (
@@ -148,9 +156,7 @@ def inverted_residual(
     shortcut = x
     if expanded != x.shape[-1]:
         x = conv_bn_act(x, expanded, 1, activation=activation, **BN, name=f"{name}_expand")
-    x = depthwise_bn_act(
-        x, kernel_size, strides=strides, activation=activation, **BN, name=f"{name}_dw"
-    )
+    x = depthwise_bn_act(x, kernel_size, strides=strides, activation=activation, **BN, name=f"{name}_dw")
     if se:
         x = squeeze_excite(x, expanded, name=name)
     x = conv_bn_act(x, filters, 1, activation=None, **BN, name=f"{name}_project")
@@ -189,9 +195,7 @@ def mobilenet_v1(
     x = conv_bn_act(inputs, int(32 * alpha), 3, strides=2, activation="relu6", name="conv1")
     for i, (filters, strides) in enumerate(V1_LAYERS, start=1):
         x = depthwise_separable(x, int(filters * alpha), strides, name=f"block{i}")
-    outputs = classifier_head(
-        x, num_classes, name=name, dropout=dropout, activation=classifier_activation
-    )
+    outputs = classifier_head(x, num_classes, name=name, dropout=dropout, activation=classifier_activation)
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -232,9 +236,7 @@ def mobilenet_v2(
             block += 1
     last = make_divisible(1280 * alpha) if alpha > 1 else 1280
     x = conv_bn_act(x, last, 1, activation="relu6", **BN, name="conv_last")
-    outputs = classifier_head(
-        x, num_classes, name=name, dropout=dropout, activation=classifier_activation
-    )
+    outputs = classifier_head(x, num_classes, name=name, dropout=dropout, activation=classifier_activation)
     return keras.Model(inputs, outputs, name=name)
 
 

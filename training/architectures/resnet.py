@@ -62,9 +62,9 @@ def bn(x, *, name: str):
 
 
 def conv(x, filters: int, kernel_size: int, *, name: str, strides: int = 1, use_bias: bool = True):
-    return layers.Conv2D(
-        filters, kernel_size, strides=strides, padding="same", use_bias=use_bias, name=name
-    )(x)
+    return layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=use_bias, name=name)(
+        x
+    )
 
 
 def projection(x, filters: int, stride: int, *, name: str, use_bn: bool = True):
@@ -190,7 +190,7 @@ def resnet(
     inputs = model_input(input_shape)
     x = stem(inputs, int(64 * width), preact=preact)
     last_stage = len(depths) - 1
-    for stage, (filters, blocks) in enumerate(zip(STAGE_FILTERS, depths)):
+    for stage, (filters, blocks) in enumerate(zip(STAGE_FILTERS, depths, strict=True)):
         for index in range(blocks):
             block_name = f"conv{stage + 2}_block{index + 1}"
             if stride_at == "last":

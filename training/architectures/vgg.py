@@ -38,7 +38,7 @@ def vgg(num_classes, input_shape, name, *, depths, dropout, classifier_activatio
     """VGG with ``depths[i]`` convolutions in stage ``i + 1`` and the paper's 4096-wide head."""
     inputs = model_input(input_shape)
     x = inputs
-    for stage, (filters, convs) in enumerate(zip(STAGE_FILTERS, depths), start=1):
+    for stage, (filters, convs) in enumerate(zip(STAGE_FILTERS, depths, strict=True), start=1):
         x = vgg_stage(x, filters, convs, name=f"block{stage}")
     x = layers.Flatten(name="flatten")(x)
     for fc in ("fc1", "fc2"):
@@ -53,7 +53,9 @@ for _name, _depths in VGG_DEPTHS.items():
         _name,
         family="vgg",
         year=2014,
-        paper="Very Deep Convolutional Networks for Large-Scale Image Recognition (Simonyan & Zisserman, 2014)",
+        paper=(
+            "Very Deep Convolutional Networks for Large-Scale Image Recognition (Simonyan & Zisserman, 2014)"
+        ),
         input_shape=(224, 224, 3),
         min_size=32,
         keras_application=_name.upper(),

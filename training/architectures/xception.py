@@ -81,7 +81,5 @@ def xception(num_classes, input_shape, name, *, dropout, classifier_activation="
     for index, filters in enumerate(TOP_FILTERS, start=1):
         x = sep_conv_bn(x, filters, name=f"block14_sepconv{index}", relu_first=False)
         x = layers.Activation("relu", name=f"block14_sepconv{index}_act")(x)
-    outputs = classifier_head(
-        x, num_classes, name=name, dropout=dropout, activation=classifier_activation
-    )
+    outputs = classifier_head(x, num_classes, name=name, dropout=dropout, activation=classifier_activation)
     return keras.Model(inputs, outputs, name=name)

@@ -1,6 +1,6 @@
 """docs/default-model.png: the default model's training curve and the recipe search beside it.
 
-    python training/scripts/plot_default_model.py runs/gpu/runs   # folder of fit-packed runs (evaluated)
+python training/scripts/plot_default_model.py runs/gpu/runs   # folder of fit-packed runs (evaluated)
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 V1 = ("v1: ×0.5, light, 45 ep (CPU)", 0.8169, None)  # models/imagenette/1 (git history), no val logged here
 
@@ -39,12 +39,15 @@ def main(runs: Path, default: str = "r18w0625_strong", out: Path = Path("docs/de
             continue
         c, t = run["config"], run["training"]
         seen = "validation" in run.get("trained_on", [])
-        label = (f"×{c['arch_options'].get('width', 1)}, {c['augment']}, {t['epochs_run']} ep"
-                 + (", train+val" if seen else ""))
+        label = f"×{c['arch_options'].get('width', 1)}, {c['augment']}, {t['epochs_run']} ep" + (
+            ", train+val" if seen else ""
+        )
         rows.append((label, run["metrics"]["top1"], None if seen else run["validation_metrics"]["top1"]))
     y = range(len(rows))
     bars.barh([i + 0.2 for i in y], [r[1] for r in rows], 0.4, label="test top-1 (held out)")
-    bars.barh([i - 0.2 for i in y], [r[2] or 0 for r in rows], 0.4, label="validation top-1 (picks the model)")
+    bars.barh(
+        [i - 0.2 for i in y], [r[2] or 0 for r in rows], 0.4, label="validation top-1 (picks the model)"
+    )
     bars.set_yticks(list(y), [r[0] for r in rows], fontsize=8)
     bars.axvline(0.9, color="k", ls="--", lw=1, label="target 90%")
     bars.set_xlim(0.75, 0.95)
