@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import SHARED_DATA
+from variants import HEAVY_AT_REFERENCE_SIZE, variant_params
 
 from training.architectures import create_model, list_models, model_info
 from training.architectures._registry import build_model
@@ -30,34 +31,9 @@ from training.pretrained import (
 )
 
 TWINS = [n for n in list_models() if model_info(n).keras_application]
-# Heavy at the reference size (parameters, resolution or depth): `make test-slow`.
-HEAVY = {
-    "vgg16",
-    "vgg19",
-    "resnet101",
-    "resnet152",
-    "resnet101_v2",
-    "resnet152_v2",
-    "efficientnet_b3",
-    "efficientnet_b4",
-    "efficientnet_b5",
-    "efficientnet_b6",
-    "efficientnet_b7",
-    "convnext_small",
-    "convnext_base",
-    "convnext_large",
-    "densenet169",
-    "densenet201",
-    "xception",
-    "inception_v3",
-}
 RTOL = 1e-3
 # Where the equality test writes one line per twin (name, largest differences), when set.
 REPORT_ENV = "CONVZOO_PRETRAINED_REPORT"
-
-
-def _marks(name):
-    return [pytest.mark.slow] if name in HEAVY else []
 
 
 def test_twenty_nine_twins_and_each_has_a_preprocessing():
@@ -137,7 +113,7 @@ def probabilities_of(model, x) -> np.ndarray:
     return keras.ops.convert_to_numpy(model(x, training=False)).astype("float64")
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=_marks(n)) for n in TWINS])
+@pytest.mark.parametrize("name", variant_params(TWINS, heavy=HEAVY_AT_REFERENCE_SIZE))
 def test_same_probabilities_as_the_twin_from_a_weights_file(name, tmp_path):
     """Raw uint8 pixels into ours == twin(preprocess_input(x)), rtol 1e-3, same top-1."""
     size = model_info(name).input_shape[0]
@@ -218,26 +194,7 @@ def test_headless_resnet50_is_the_twins_include_top_false(tmp_path):
     keras.backend.clear_session()
 
 
-ZOO_HEAVY = {
-    "vgg16",
-    "vgg19",
-    "alexnet",
-    "resnet152",
-    "resnet152_v2",
-    "resnet101",
-    "resnet101_v2",
-    "efficientnet_b5",
-    "efficientnet_b6",
-    "efficientnet_b7",
-    "convnext_base",
-    "convnext_large",
-    "densenet201",
-}
-
-
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=[pytest.mark.slow] if n in ZOO_HEAVY else []) for n in list_models()]
-)
+@pytest.mark.parametrize("name", variant_params(list_models(), heavy=HEAVY_AT_REFERENCE_SIZE))
 def test_every_variant_has_a_headless_backbone(name):
     info = model_info(name)
     size = max(info.min_size, 32)

@@ -7,31 +7,11 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 import pytest
+from variants import variant_params
 
 from training.architectures import create_model, list_models, model_info
 
-# Variants whose reference-size build is heavy (large parameter counts or inputs): slow.
-HEAVY = {
-    "vgg16",
-    "vgg19",
-    "alexnet",
-    "resnet152",
-    "resnet152_v2",
-    "resnet101",
-    "resnet101_v2",
-    "efficientnet_b5",
-    "efficientnet_b6",
-    "efficientnet_b7",
-    "convnext_base",
-    "convnext_large",
-    "densenet201",
-}
-
 ALL = list_models()
-
-
-def _marks(name):
-    return [pytest.mark.slow] if name in HEAVY else []
 
 
 def test_registry_lists_the_ten_families():
@@ -56,7 +36,7 @@ def test_unknown_name_is_a_clear_error():
         create_model("resnet5000")
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=_marks(n)) for n in ALL])
+@pytest.mark.parametrize("name", variant_params(ALL, heavy={"alexnet", "vgg16"}))
 def test_builds_and_runs_at_small_size(name):
     """Each model builds at its smallest supported size and gives finite probabilities."""
     info = model_info(name)
@@ -69,7 +49,7 @@ def test_builds_and_runs_at_small_size(name):
     assert np.all(np.isfinite(y))
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=_marks(n)) for n in ALL])
+@pytest.mark.parametrize("name", variant_params(ALL, heavy={"alexnet", "vgg16"}))
 def test_too_small_input_is_refused(name):
     info = model_info(name)
     if info.min_size <= 1:
@@ -82,7 +62,7 @@ def test_too_small_input_is_refused(name):
 WITH_KERAS_TWIN = [n for n in ALL if model_info(n).keras_application]
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=_marks(n)) for n in WITH_KERAS_TWIN])
+@pytest.mark.parametrize("name", variant_params(WITH_KERAS_TWIN, heavy={"vgg16"}))
 def test_parameter_count_equals_keras_applications(name):
     """Faithfulness: same parameter count as keras.applications at the reference size."""
     info = model_info(name)
@@ -140,7 +120,7 @@ def _paper_comparable(model, counts: str) -> float:
     raise ValueError(f"unknown parameter convention {counts!r}")
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=_marks(n)) for n in PAPER_PARAMS])
+@pytest.mark.parametrize("name", variant_params(PAPER_PARAMS, heavy={"alexnet", "vgg16"}))
 def test_parameter_count_matches_the_paper(name):
     """Faithfulness for models without a keras twin: our exact count, close to the paper's."""
     figure = PAPER_PARAMS[name]
