@@ -119,6 +119,7 @@ def test_freeze_epochs_without_weights_is_refused():
 def test_fit_fine_tunes_from_a_weights_file(weights_file, folder, tmp_path):
     argv = [
         "fit",
+        "--no-optimize",  # OpenVINO forms: test_runtimes, and test_fit's resume test
         "--arch",
         ARCH,
         "--data",
@@ -173,6 +174,7 @@ def test_fit_packed_takes_the_same_flags(weights_file, folder, tmp_path):
     )
     argv = [
         "fit-packed",
+        "--no-optimize",  # OpenVINO forms: test_runtimes, and test_fit's resume test
         "--data",
         str(pack),
         "--arch",

@@ -64,6 +64,7 @@ def folder(tmp_path_factory) -> Path:
 def test_fit_trains_evaluates_and_records_the_run(folder, tmp_path):
     argv = [
         "fit",
+        "--no-optimize",  # OpenVINO forms: test_runtimes, and test_fit's resume test
         "--arch",
         "lenet5",
         "--data",

@@ -34,6 +34,7 @@ def test_a_small_model_learns_a_separable_task_on_held_out_images(tmp_path):
     write_task(tmp_path / "data")
     argv = [
         "fit",
+        "--no-optimize",  # OpenVINO forms: test_runtimes, and test_fit's resume test
         "--arch",
         "lenet5",
         "--data",

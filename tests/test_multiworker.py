@@ -107,6 +107,7 @@ def test_tf_config_decides_the_strategy_and_the_chief(monkeypatch):
 def test_two_workers_train_agree_resume_and_export(folder, tmp_path):
     argv = [
         "fit",
+        "--no-optimize",  # OpenVINO forms: test_runtimes, and test_fit's resume test
         "--arch",
         "lenet5",
         "--data",
