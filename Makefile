@@ -24,11 +24,15 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# Test files run in parallel, one file per worker (module fixtures and servers stay shared within
+# a file); TEST_WORKERS=0 runs them in this process, one after the other.
+TEST_WORKERS ?= auto
+
 test: lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: venv
-	$(PY) -m pytest -m 'slow or container'
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m 'slow or container'
 
 # The container tests alone (need a running Docker; skipped without one).
 test-container: venv
