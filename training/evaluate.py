@@ -46,7 +46,7 @@ def main(args: argparse.Namespace) -> int:
 def evaluate_run(run_dir: str | Path, *, data: str | None = None, batch_size: int = 64) -> dict:
     import training.architectures  # noqa: F401  (registers the zoo's custom layers for loading)
     from training.data import SplitFractions, load_data
-    from training.fit import loss_and_metrics
+    from training.kit import loss_and_metrics
     from training.recipe import Recipe
     from training.runs import read_run, write_json
 

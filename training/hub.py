@@ -6,7 +6,7 @@ As published (an ImageNet-1k classifier returning logits; labels default to Imag
 
 Fine-tuned: with ``--data`` the hub model (a feature vector by default,
 ``.../convnext_tiny_1k_224_fe/1``) is frozen and a new Dense head is trained on the dataset with
-``training.data`` and ``training.fit``'s optimizer / loss / metrics, evaluated on the held-out split:
+``training.data`` and ``training.kit``'s optimizer / loss / metrics, evaluated on the held-out split:
 
     python -m training hub --name convnext_tiny_imagenette \\
         --data /work/shared/data/imagenette2-train --epochs 3 --batch-size 32
@@ -49,7 +49,7 @@ from training.cli import args_argv, command_line
 from training.data import SplitFractions, load_data
 from training.end_to_end import augmentation_preset, build_end_to_end
 from training.export import export_model
-from training.fit import compile_model
+from training.kit import compile_model
 from training.recipe import Recipe
 
 CLASSIFIER_HANDLE = "https://tfhub.dev/sayakpaul/convnext_tiny_1k_224/1"
