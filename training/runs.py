@@ -90,8 +90,8 @@ def check_run_dir(run_dir: Path, config: dict) -> bool:
             f"(to export it again: python -m training export {run_dir})"
         )
     resuming = resumable(run_dir)
-    if resuming and previous["config"] != config:
-        changed = sorted(k for k in config if previous["config"].get(k) != config[k])
+    changed = config_changes(previous["config"], config)
+    if resuming and changed:
         raise RunStateError(
             f"{run_dir} holds an unfinished run with another configuration (differs in: "
             f"{', '.join(changed)}); re-run its command ({previous['command']}) or pick another --run-name"
@@ -99,6 +99,12 @@ def check_run_dir(run_dir: Path, config: dict) -> bool:
     if resuming:
         print(f"resuming the unfinished run in {run_dir}")
     return resuming
+
+
+def config_changes(recorded: dict, config: dict) -> list[str]:
+    """The keys (sorted) in which a recorded run configuration and ``config`` differ; ``[]``: the
+    same run (the one comparison of a resume, ``check_run_dir``, and of ``compare``'s folders)."""
+    return sorted(key for key in recorded.keys() | config.keys() if recorded.get(key) != config.get(key))
 
 
 def check_worker_dir(work_dir: Path) -> bool:
