@@ -13,8 +13,8 @@ from test_data import make_folder
 
 from training import __main__ as cli
 from training import finetune, fit
+from training.architectures.weights import build_twin
 from training.kit import compile_model
-from training.pretrained import build_twin
 from training.recipe import Recipe
 from training.runs import build_model
 

@@ -18,7 +18,8 @@ from PIL import Image
 
 from service.repository import read_metadata
 from training.__main__ import main as cli
-from training.end_to_end import IMAGENET_MEAN, IMAGENET_STD, resize_images
+from training.architectures.scaling import IMAGENET_MEAN, IMAGENET_STD
+from training.end_to_end import resize_images
 from training.hub import HubModel, build_hub_model, imagenet1k_labels
 
 HUB_SIZE = 224  # the published ConvNeXt's fixed input size

@@ -47,7 +47,7 @@ from service.repository import (
 )
 from training.end_to_end import RESIZE, image_hw, resize_images
 from training.flops import count_flops, format_count
-from training.runs import float32_model, read_run, run_extras
+from training.runs import float32_model, load_checkpoint, read_run, run_extras
 
 SIGNATURES = {
     "serving_default": {
@@ -268,9 +268,7 @@ def export_run(
     run, checkpoint = read_run(run_dir)
     if not run.get("metrics"):
         raise ValueError(f"{run_dir} is not finished (run.json has no held-out metrics yet)")
-    import training.architectures  # noqa: F401  (registers the zoo's custom layers for loading)
-
-    model = keras.models.load_model(checkpoint)
+    model = load_checkpoint(checkpoint)
     return export_trained(model, run, run_dir, name=name, models_dir=models_dir, version=version)
 
 

@@ -49,6 +49,7 @@ from training.runs import (
     build_model,
     check_run_dir,
     check_worker_dir,
+    load_checkpoint,
     new_run,
     write_json,
 )
@@ -107,7 +108,7 @@ def fit(recipe: Recipe) -> dict:
     )
 
     with strategy.scope():
-        best = keras.models.load_model(work_dir / "best.keras")
+        best = load_checkpoint(work_dir / "best.keras")
     scores = best.evaluate(batches["test"], return_dict=True, verbose=0)
     run["metrics"] = {key: float(scores[key]) for key in ("top1", "top5", "loss")}
     run["training"] = session.record(data.sizes["train"], best_val_top1=best_logged(work_dir / "log.csv"))

@@ -54,7 +54,7 @@ from training.recipe import Recipe
 
 CLASSIFIER_HANDLE = "https://tfhub.dev/sayakpaul/convnext_tiny_1k_224/1"
 FEATURE_VECTOR_HANDLE = "https://tfhub.dev/sayakpaul/convnext_tiny_1k_224_fe/1"
-SCALINGS = ("imagenet", "tf", "unit", "none")  # training.end_to_end.scaling_layers; "none": as is
+SCALINGS = ("imagenet", "tf", "unit", "none")  # training.architectures.scaling; "none": as is
 
 
 @keras.saving.register_keras_serializable(package="convzoo")

@@ -20,6 +20,7 @@ from pathlib import Path
 import keras
 
 from service import repository
+from training import finetune
 from training.end_to_end import Augmentation, build_end_to_end
 
 MONITOR = "val_top1"
@@ -176,6 +177,13 @@ def build_model(config: dict, num_classes: int) -> keras.Model:
         seed=config["seed"],
         weights=config.get("weights"),
     )
+
+
+def load_checkpoint(path: str | Path, *, compile: bool = True) -> keras.Model:
+    """A run's ``.keras`` checkpoint, loaded: the zoo's custom layers are registered by
+    ``training.architectures`` (imported with ``training.end_to_end``); a fine-tuned checkpoint's
+    optimizer is one of ``training.finetune``'s."""
+    return keras.models.load_model(path, compile=compile, custom_objects=finetune.custom_objects())
 
 
 def float32_model(model: keras.Model, config: dict, num_classes: int) -> keras.Model:
