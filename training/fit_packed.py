@@ -209,7 +209,8 @@ def enable_jit(model: keras.Model) -> None:
 
     Keras marks RandomZoom / RandomTranslation / RandomRotation ``supports_jit = False`` (TensorFlow's
     image-transform op has no XLA kernel), which turns ``jit_compile="auto"`` off for the whole model:
-    every op then runs eagerly, 4 s a step on an H100. JAX's versions of them compile fine.
+    every op then runs eagerly, many times slower (benchmarks/README.md, "Training-side figures").
+    JAX's versions of them compile fine.
     """
     if keras.backend.backend() == "jax":
         for layer in model._flatten_layers():

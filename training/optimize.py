@@ -134,9 +134,9 @@ def to_openvino(function):
 def quantize_int8(model, calibration: np.ndarray):
     """NNCF post-training quantization (int8 weights and activations) on calibration images.
 
-    Full bias correction instead of NNCF's fast one: chosen on the default model's *validation*
-    split (300 calibration images: top-1 agreement with the SavedModel 97.8 % fast, 98.8 % full;
-    600 images 98.3 / 98.5 %; the mixed preset 98.0 / 98.5 %), for ~10 s more (benchmarks/README.md)."""
+    Full bias correction instead of NNCF's fast one: the better top-1 agreement with the SavedModel
+    on the default model's *validation* split, for a few seconds more (the settings tried and their
+    figures: benchmarks/README.md, "Choosing the CPU runtime")."""
     import nncf
 
     samples = [calibration[i : i + 1] for i in range(len(calibration))]
