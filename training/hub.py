@@ -50,6 +50,7 @@ from training.data import SplitFractions, load_data
 from training.end_to_end import augmentation_preset, build_end_to_end
 from training.export import export_model
 from training.kit import compile_model
+from training.portable import portable_path
 from training.recipe import Recipe
 
 CLASSIFIER_HANDLE = "https://tfhub.dev/sayakpaul/convnext_tiny_1k_224/1"
@@ -288,7 +289,7 @@ def wrap_and_export(args: argparse.Namespace) -> tuple[Path, str]:
         model,
         name=args.name,
         input_size=args.image_size,
-        architecture=f"tfhub:{handle}",
+        architecture=f"tfhub:{portable_path(handle) if Path(handle).exists() else handle}",
         command=command_line("hub", args_argv(add_arguments, args, positionals=("handle",))),
         models_dir=args.models_dir,
         version=args.version,

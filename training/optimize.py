@@ -51,6 +51,7 @@ from service.runtimes import (
     load_openvino,
     load_tensorflow,
 )
+from training.portable import local_path, portable_path
 
 OPENVINO_PRECISIONS = ("fp32", "bf16", "int8")
 SPEED_BATCH = 32  # the batch of the throughput measurement (metadata's "batch32_images_per_s")
@@ -398,17 +399,22 @@ def held_out_for_export(
     data: str | None = None,
     calibration: int = 300,
     limit: int | None = None,
+    run_dir: Path | None = None,
 ) -> HeldOut:
     """The held-out images of an export, split as it was trained: the data folder and split
-    fractions from its run folder's ``run.json``, else from the pack it was trained from."""
+    fractions from its run folder's ``run.json`` (``run_dir``, else the one the metadata names),
+    else from the pack it was trained from (paths the metadata records: ``training.portable``)."""
     from training.data import SplitFractions, load_data
 
-    run_file = Path(str(metadata.get("run", ""))) / "run.json"
-    if metadata.get("run") and run_file.is_file():
-        config = json.loads(run_file.read_text(encoding="utf-8"))["config"]
+    if run_dir is None and metadata.get("run"):
+        run_dir = local_path(metadata["run"])
+    if run_dir is not None and (Path(run_dir) / "run.json").is_file():
+        config = json.loads((Path(run_dir) / "run.json").read_text(encoding="utf-8"))["config"]
     else:
         config = (metadata.get("training") or {}).get("pack") or {}
         config = {**config, "data": config.get("source")}
+    if not data and config.get("data") and config["data"] != "imagenette":  # "imagenette": TFDS
+        data = str(local_path(config["data"]))
     data = data or config.get("data")
     if not data or (data != "imagenette" and not Path(data).is_dir()):
         raise FileNotFoundError(
@@ -431,7 +437,7 @@ def held_out_for_export(
         )
     held_out = held_out_from_data(dataset, calibration=calibration, seed=fractions.seed, limit=limit)
     held_out.source.update(
-        data=str(data),
+        data=data if data == "imagenette" else portable_path(data),
         validation_fraction=fractions.validation,
         test_fraction=fractions.test,
         seed=fractions.seed,
@@ -499,11 +505,13 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def optimize_exported_run(version_dir: Path) -> None:
+def optimize_exported_run(version_dir: Path, run_dir: Path | None = None) -> None:
     """After ``python -m training export RUN``: the faster forms, from the data the run names; a
     note instead when that data is not here."""
     metadata = read_metadata(version_dir)
     try:
-        optimize_after_export(version_dir, lambda: held_out_for_export(version_dir, metadata))
+        optimize_after_export(
+            version_dir, lambda: held_out_for_export(version_dir, metadata, run_dir=run_dir)
+        )
     except FileNotFoundError as error:
         print(f"not optimized: {error}; later: `python -m training optimize {version_dir} --data DIR`")

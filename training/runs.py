@@ -22,6 +22,7 @@ import keras
 from service import repository
 from training import finetune
 from training.end_to_end import Augmentation, build_end_to_end
+from training.portable import portable_path
 
 MONITOR = "val_top1"
 RUN_FILE, LOG_FILE, CHECKPOINT, BACKUP = "run.json", "log.csv", "best.keras", "backup"
@@ -205,7 +206,8 @@ def float32_model(model: keras.Model, config: dict, num_classes: int) -> keras.M
 
 
 def run_extras(run: dict, run_dir: str | Path) -> dict:
-    """Metadata about how the model was trained, from a run's ``run.json``: time, epochs, device."""
+    """Metadata about how the model was trained, from a run's ``run.json``: time, epochs, device;
+    its paths as shipped metadata records them (``training.portable``)."""
     training = run.get("training") or {}
     summary = {
         key: training[key]
@@ -215,6 +217,7 @@ def run_extras(run: dict, run_dir: str | Path) -> dict:
     for key in ("device", "precision", "backend", "trained_on", "splits", "validation_metrics"):
         if run.get(key) is not None:
             summary[key] = run[key]
-    if (run.get("config") or {}).get("pack"):
-        summary["pack"] = run["config"]["pack"]
-    return {"run": str(run_dir), "training": summary}
+    pack = (run.get("config") or {}).get("pack")
+    if pack:
+        summary["pack"] = {**pack, "source": portable_path(pack["source"])} if pack.get("source") else pack
+    return {"run": portable_path(run_dir), "training": summary}
