@@ -344,7 +344,7 @@ def measure(
         probabilities = predict_all(predict, held_out.test_images)
     test = score(probabilities, held_out.test_labels, reference.top1_answers)
     gate = GATE.judge(test["top1"], reference.top1, test["agreement"])
-    speed = measure_speed(predict, held_out.test_images.shape[1:3], speed_seconds)
+    speed = measure_speed(predict, held_out.test_images.shape[1:3], seconds=speed_seconds)
     return {
         "runtime": runtime,
         "precision": precision,
