@@ -16,7 +16,9 @@ the Bento with ``service/``), ``benchmarks.modelrepo`` and the tests find export
   path. A **version** folder is digits only; it is **complete** when it holds ``saved_model.pb``
   and ``metadata.json``. Writers publish a version by renaming a hidden ``.tmp-*`` sibling into
   place, so an interrupted export never looks like a version.
-- ``metadata.json`` is replaced atomically (``write_json``: a sibling, fsynced, renamed).
+- ``metadata.json`` is replaced atomically (``write_json``: a sibling, fsynced, renamed); a derived
+  folder (``openvino/<precision>/``) is written as a hidden sibling and published by
+  ``replace_folder`` (fsynced, renamed into place).
 - ``checksum_problem`` compares a folder with its recorded files: a missing, truncated or
   corrupted file (one flipped byte in a ``variables.data-*`` shard) is named in one line.
 """
@@ -27,6 +29,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 METADATA_FILE = "metadata.json"
@@ -242,3 +245,20 @@ def fsync_dir(folder: str | Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def replace_folder(tmp: str | Path, folder: str | Path) -> None:
+    """Publish the finished folder ``tmp`` (a hidden sibling, e.g. ``.tmp-<name>-<pid>``) as ``folder``:
+    everything in it is fsynced, then it is renamed into place and the parent folder fsynced.
+
+    An existing ``folder`` is renamed aside first and removed last (a folder cannot be renamed over
+    a non-empty one): a crash between the two renames leaves ``folder`` absent, never half-written,
+    and the checksums recorded for it refuse it until it is written again."""
+    tmp, folder = Path(tmp), Path(folder)
+    fsync_tree(tmp)
+    old = folder.with_name(f".old-{folder.name}-{os.getpid()}")
+    if folder.exists():
+        os.rename(folder, old)
+    os.rename(tmp, folder)
+    fsync_dir(folder.parent)
+    shutil.rmtree(old, ignore_errors=True)

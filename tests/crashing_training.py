@@ -2,7 +2,7 @@
 
     python tests/crashing_training.py E:B fit --arch lenet5 ...
 
-The crash is injected from the test side: this script wraps ``training.fit.make_callbacks`` (the
+The crash is injected from the test side: this script wraps ``training.kit.make_callbacks`` (the
 callbacks both trainers use) to add one that calls ``os._exit(75)`` (no cleanup, no flush, as a
 SIGKILL would), then runs the command line as ``python -m training`` does. The training code has
 no hook for it.
@@ -40,11 +40,11 @@ def crash_callback(epoch: int, batch: int):
 def main() -> int:
     spec, *argv = sys.argv[1:]
     epoch, batch = (int(n) for n in spec.split(":"))
-    from training import fit
+    from training import kit
     from training.__main__ import main as training_main
 
-    make_callbacks = fit.make_callbacks
-    fit.make_callbacks = lambda *args, **kwargs: [
+    make_callbacks = kit.make_callbacks
+    kit.make_callbacks = lambda *args, **kwargs: [
         *make_callbacks(*args, **kwargs),
         crash_callback(epoch, batch),
     ]

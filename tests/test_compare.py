@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 from test_data import make_folder
 
+from service.config import cpu_count
 from training import __main__ as cli
 from training import compare
 
@@ -82,7 +83,7 @@ def test_compare_trains_measures_reports_and_a_rerun_skips(folder, tmp_path, cap
 
     table = (out / "results.md").read_text()
     assert "python -m training compare --archs lenet5,mobilenet_v1" in table
-    assert f"{os.cpu_count()} CPU cores" in table and "32×32 px, 1 epochs" in table
+    assert f"{cpu_count()} CPU cores" in table and "32×32 px, 1 epochs" in table
     assert "train 18, validation 3, test 3 images" in table
     assert "| lenet5 | 1998 |" in table and "| mobilenet_v1 | 2017 |" in table
     for name in ("accuracy_vs_latency.png", "accuracy_vs_training_time.png"):
@@ -110,9 +111,14 @@ def test_a_crashed_architecture_is_reported_then_resumed_within_the_time_budget(
     out = tmp_path / "cmp"
     argv = compare_argv(folder, out, "--epochs", "3", archs=("lenet5",))
     crashing = Path(__file__).with_name("crashing_training.py")
-    monkeypatch.setattr(
-        compare, "TRAINING_COMMAND", (sys.executable, str(crashing), "2:1")
-    )  # dies in epoch 2
+    run = subprocess.run
+
+    def run_crashing(command, **kwargs):  # compare's `python -m training fit`, dying in epoch 2
+        if list(command[:3]) == [sys.executable, "-m", "training"]:
+            command = [sys.executable, str(crashing), "2:1", *command[3:]]
+        return run(command, **kwargs)
+
+    monkeypatch.setattr(compare.subprocess, "run", run_crashing)
     assert cli.main(argv) == 1
     assert "[1/1] lenet5: FAILED (fit exit code 75)" in capsys.readouterr().out
     assert "Not finished (see their fit.log): lenet5." in (out / "results.md").read_text()

@@ -52,6 +52,27 @@ def test_metadata_follows_the_contract():
     assert (latest() / "saved_model.pb").is_file()
 
 
+def test_metadata_names_no_folder_of_the_machine_that_built_it():
+    """Paths are relative to the repository, or names (``training.portable``): no absolute path
+    anywhere, the command included."""
+
+    def strings(value):
+        if isinstance(value, dict):
+            for item in value.values():
+                yield from strings(item)
+        elif isinstance(value, list):
+            for item in value:
+                yield from strings(item)
+        elif isinstance(value, str):
+            yield value
+
+    metadata = json.loads((latest() / "metadata.json").read_text())
+    absolute = [s for s in strings(metadata) if s.startswith("/") or " /" in s or "=/" in s]
+    assert not absolute, absolute
+    pack = metadata["training"]["pack"]
+    assert pack["source"] == metadata["runtimes_data"]["data"] == "../shared/data/imagenette2-train"
+
+
 def test_faster_forms_are_intact_and_passed_the_gate():
     """The shipped OpenVINO forms (``python -m training optimize``): files as recorded, gate passed,
     int8 within 0.5 points of the SavedModel on the whole test split."""

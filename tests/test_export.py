@@ -332,7 +332,9 @@ def test_cli_exports_a_finished_fit_run(model, tmp_path, capsys):
     assert f"saved_model_cli show --dir {models / 'from_run' / '1'} --all" in out
     assert "not optimized: give --data" in out  # the run names no data: the SavedModel only
     metadata = read_metadata(models / "from_run" / "1")
-    assert metadata["metrics"] == {"top1": 0.625, "top5": 1.0} and metadata["run"] == str(run_dir)
+    assert (
+        metadata["metrics"] == {"top1": 0.625, "top5": 1.0} and metadata["run"] == run_dir.name
+    )  # outside the repository: the name only
     saved = tf.saved_model.load(str(models / "from_run" / "1"))
     images = np.stack([photo(48, 64, seed=9)])
     np.testing.assert_allclose(

@@ -13,7 +13,10 @@ from test_data import make_folder
 
 from training import __main__ as cli
 from training import finetune, fit
-from training.pretrained import build_twin
+from training.architectures.weights import build_twin
+from training.kit import compile_model
+from training.recipe import Recipe
+from training.runs import build_model
 
 ARCH = "mobilenet_v3_small"  # the smallest twin
 SIZE = 64
@@ -23,6 +26,10 @@ def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     fit.add_arguments(parser)
     return parser.parse_args(list(argv))
+
+
+def config_of(args: argparse.Namespace) -> dict:
+    return Recipe.from_args(args).config()
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +75,10 @@ def test_frozen_epochs_keep_the_backbone_then_unfrozen_ones_train_it(weights_fil
         "--augment",
         "none",
     )
-    config = fit.run_config(args)
+    config = config_of(args)
     assert config["weights"] == str(weights_file.resolve()) and config["freeze_epochs"] == 1
-    model = fit.build_model(config, num_classes=3)
-    fit.compile_model(model, config, steps_per_epoch=2)
+    model = build_model(config, num_classes=3)
+    compile_model(model, config, steps_per_epoch=2)
     assert type(model.optimizer).__name__ == "FineTuneAdamW"
     assert model.optimizer.head_variables == ["predictions/kernel", "predictions/bias"]
     rng = np.random.default_rng(0)
@@ -112,8 +119,8 @@ def test_the_backbone_learns_at_a_fraction_of_the_heads_rate():
 
 def test_freeze_epochs_without_weights_is_refused():
     with pytest.raises(ValueError, match="--freeze-epochs needs --weights"):
-        fit.run_config(parse("--arch", ARCH, "--data", "x", "--freeze-epochs", "2"))
-    assert "weights" not in fit.run_config(parse("--arch", ARCH, "--data", "x"))  # old runs unchanged
+        config_of(parse("--arch", ARCH, "--data", "x", "--freeze-epochs", "2"))
+    assert "weights" not in config_of(parse("--arch", ARCH, "--data", "x"))  # old runs unchanged
 
 
 def test_fit_fine_tunes_from_a_weights_file(weights_file, folder, tmp_path):

@@ -18,10 +18,11 @@ import tensorflow as tf
 from test_data import make_folder
 
 from training import __main__ as cli
-from training import fit
+from training import fit, kit, runs
 from training.cli import command_line
 from training.data import decode_and_resize, split_folder
-from training.recipe import Recipe
+from training.portable import portable_command
+from training.recipe import Recipe, parse_options
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,6 +31,11 @@ def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     fit.add_arguments(parser)
     return parser.parse_args(list(argv))
+
+
+def config_of(args: argparse.Namespace) -> dict:
+    """run.json's ``config`` for parsed fit flags."""
+    return Recipe.from_args(args).config()
 
 
 def read_log(run_dir: Path) -> list[dict]:
@@ -169,7 +175,8 @@ def test_killed_mid_epoch_then_the_same_command_resumes(folder, tmp_path):
     assert run["metrics"]["top1"] >= 0 and not (run_dir / "backup").exists()
     assert run["export"].endswith("lenet5/1")
     metadata = json.loads((Path(run["export"]) / "metadata.json").read_text())
-    assert metadata["labels"] == run["labels"] and metadata["command"] == run["command"]
+    assert metadata["labels"] == run["labels"] and metadata["command"] == portable_command(run["command"])
+    assert str(tmp_path) not in metadata["command"]  # no folder of this machine in shipped metadata
     assert metadata["metrics"]["top1"] == pytest.approx(run["metrics"]["top1"])
     # and its OpenVINO forms, measured on the same test split (python -m training optimize)
     entries = metadata["runtimes"]
@@ -180,22 +187,22 @@ def test_killed_mid_epoch_then_the_same_command_resumes(folder, tmp_path):
 
 def test_an_unfinished_run_with_another_configuration_is_refused(tmp_path):
     args = parse("--arch", "lenet5", "--data", str(tmp_path), "--run-name", "r", "--epochs", "3")
-    config = fit.run_config(args)
+    config = config_of(args)
     run_dir = tmp_path / "r"
     unfinished = {"config": config, "command": "python -m training fit ...", "metrics": None}
-    fit.write_json(run_dir / "run.json", unfinished)
-    fit.write_json(run_dir / "backup" / "training_metadata.json", {"epoch": 1, "batch": 0})
-    assert fit.check_run_dir(run_dir, config) is True
-    changed = fit.run_config(
+    runs.write_json(run_dir / "run.json", unfinished)
+    runs.write_json(run_dir / "backup" / "training_metadata.json", {"epoch": 1, "batch": 0})
+    assert runs.check_run_dir(run_dir, config) is True
+    changed = config_of(
         parse("--arch", "lenet5", "--data", str(tmp_path), "--run-name", "r", "--epochs", "5")
     )
-    with pytest.raises(fit.RunStateError, match="differs in: epochs"):
-        fit.check_run_dir(run_dir, changed)
-    assert fit.check_run_dir(tmp_path / "new", config) is False
+    with pytest.raises(runs.RunStateError, match="differs in: epochs"):
+        runs.check_run_dir(run_dir, changed)
+    assert runs.check_run_dir(tmp_path / "new", config) is False
 
 
 def test_run_config_defaults_and_options(tmp_path):
-    config = fit.run_config(
+    config = config_of(
         parse(
             "--arch",
             "mobilenet_v2",
@@ -219,17 +226,17 @@ def test_run_config_defaults_and_options(tmp_path):
     assert config["run_name"] == "mobilenet_v2_flowers_224px" and config["image_size"] == [224, 224]
     assert config["arch_options"] == {"dropout": 0.3, "block": "basic", "width": 0.5}
     assert config["learning_rate"] == pytest.approx(0.2) and config["weight_decay"] is None
-    assert fit.run_config(parse("--arch", "resnet18", "--data", "x"))["weight_decay"] == 0.05  # adamw
+    assert config_of(parse("--arch", "resnet18", "--data", "x"))["weight_decay"] == 0.05  # adamw
     with pytest.raises(ValueError, match="KEY=VALUE"):
-        fit.parse_options(["width"])
+        parse_options(["width"])
 
 
 def test_optimizers_and_schedule():
     config = {"optimizer": "sgd", "learning_rate": 0.4, "weight_decay": 1e-4}
     config |= {"epochs": 10, "warmup_epochs": 2}
-    sgd = fit.make_optimizer(config, steps_per_epoch=100)
+    sgd = kit.make_optimizer(config, steps_per_epoch=100)
     assert isinstance(sgd, keras.optimizers.SGD) and sgd.nesterov and sgd.momentum == 0.9
-    schedule = fit.learning_rate_schedule(config, steps_per_epoch=100)
+    schedule = kit.learning_rate_schedule(config, steps_per_epoch=100)
     assert float(schedule(0)) == 0.0
     assert float(schedule(100)) == pytest.approx(0.2)  # half-way through the warm-up
     assert float(schedule(200)) == pytest.approx(0.4)  # peak
@@ -240,7 +247,7 @@ def test_optimizers_and_schedule():
         ("adamw", keras.optimizers.AdamW),
         ("rmsprop", keras.optimizers.RMSprop),
     ):
-        assert isinstance(fit.make_optimizer({**config, "optimizer": name}, 100), cls)
+        assert isinstance(kit.make_optimizer({**config, "optimizer": name}, 100), cls)
 
 
 def test_command_rebuilt_when_not_run_from_the_cli():
@@ -277,17 +284,17 @@ def test_fit_on_the_real_imagenette_folder(shared_imagenette, tmp_path):
 
 
 def test_mixed_precision_models_are_exported_as_float32():
-    config = fit.run_config(parse("--arch", "lenet5", "--data", "x", "--image-size", "32"))
+    config = config_of(parse("--arch", "lenet5", "--data", "x", "--image-size", "32"))
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        mixed = fit.build_model(config, num_classes=3)
+        mixed = runs.build_model(config, num_classes=3)
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    exported = fit.float32_model(mixed, config, num_classes=3)
+    exported = runs.float32_model(mixed, config, num_classes=3)
     assert mixed.dtype_policy.name == "mixed_float16" and exported.dtype_policy.name == "float32"
     assert {layer.compute_dtype for layer in exported._flatten_layers()} == {"float32"}
     images = np.random.default_rng(0).integers(0, 256, (2, 40, 40, 3), dtype=np.uint8)
     for ours, theirs in zip(exported.get_weights(), mixed.get_weights(), strict=True):
         np.testing.assert_array_equal(ours, theirs)
     np.testing.assert_allclose(exported(images), mixed(images), atol=1e-3)  # shallow: float16 ~ float32
-    assert fit.float32_model(exported, config, num_classes=3) is exported
+    assert runs.float32_model(exported, config, num_classes=3) is exported

@@ -18,8 +18,10 @@ from PIL import Image
 
 from service.repository import read_metadata
 from training.__main__ import main as cli
-from training.end_to_end import IMAGENET_MEAN, IMAGENET_STD, resize_images
+from training.architectures.scaling import IMAGENET_MEAN, IMAGENET_STD
+from training.end_to_end import resize_images
 from training.hub import HubModel, build_hub_model, imagenet1k_labels
+from training.portable import portable_path
 
 HUB_SIZE = 224  # the published ConvNeXt's fixed input size
 CLASSES = 5
@@ -98,12 +100,14 @@ def test_published_classifier_exported_with_a_labels_file(classifier_dir, tmp_pa
 
     metadata = read_metadata(folder)
     assert metadata["labels"] == labels
-    assert metadata["architecture"] == f"tfhub:{classifier_dir}"
+    assert metadata["architecture"] == f"tfhub:{portable_path(classifier_dir)}"  # no machine path
     assert metadata["input_size"] == [HUB_SIZE, HUB_SIZE]
     assert metadata["params"] == 6 * CLASSES + CLASSES  # the hub module's variables are counted
     assert metadata["flops"] > 0 and metadata["dataset"] == "imagenet-1k"
     assert metadata["metrics"] == {"top1": None, "top5": None}
-    assert metadata["command"].startswith(f"python -m training hub {classifier_dir} --name hub_classifier")
+    assert metadata["command"].startswith(
+        f"python -m training hub {portable_path(classifier_dir)} --name hub_classifier"
+    )
 
     # Reloaded: probabilities = softmax(hub(ImageNet-normalized, resized pixels)), on both signatures.
     saved = tf.saved_model.load(str(folder))

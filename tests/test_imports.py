@@ -1,5 +1,6 @@
 """The modules of ``training/`` import each other without a cycle (module-level and function-level
-imports alike), and the exporter depends on nothing in the trainer."""
+imports alike), the exporter depends on nothing in the trainer, the zoo (``training.architectures``)
+on nothing of ``training`` outside it, and no function of ``training/`` is over 80 lines."""
 
 from __future__ import annotations
 
@@ -71,6 +72,31 @@ def test_export_and_runs_depend_on_no_trainer():
     graph = import_graph()
     for module in ("training.export", "training.runs"):
         assert not graph[module] & {"training.fit", "training.fit_packed", "training.compare", "training.hub"}
+
+
+def test_the_zoo_depends_on_nothing_of_training_outside_it():
+    graph = import_graph()
+    zoo = {name for name in graph if name.startswith("training.architectures")}
+    assert {"training.architectures", "training.architectures.weights"} <= zoo
+    outside = {name: sorted(graph[name] - zoo) for name in sorted(zoo) if graph[name] - zoo}
+    assert not outside, f"the zoo imports training modules outside training.architectures: {outside}"
+
+
+MAX_FUNCTION_LINES = 80
+
+
+def test_no_function_in_training_is_over_80_lines():
+    """Counted from the first decorator (or ``def``) to the last line of the body."""
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                start = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+                if node.end_lineno - start + 1 > MAX_FUNCTION_LINES:
+                    long.append(
+                        f"{path.relative_to(ROOT)}:{start} {node.name} ({node.end_lineno - start + 1})"
+                    )
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {long}"
 
 
 def test_the_cycle_finder_finds_one():

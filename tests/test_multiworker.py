@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from test_data import make_folder
 
-from training import fit
+from training import distribute
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -86,22 +86,22 @@ def folder(tmp_path_factory) -> Path:
 
 def test_tf_config_decides_the_strategy_and_the_chief(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    assert fit.cluster_workers() == 0 and fit.is_chief()
+    assert distribute.cluster_workers() == 0 and distribute.is_chief()
     cluster = {"worker": ["a:1", "b:2"]}
     for task, chief in ((("worker", 0), True), (("worker", 1), False)):
         monkeypatch.setenv(
             "TF_CONFIG",
             json.dumps({"cluster": cluster, "task": dict(zip(("type", "index"), task, strict=True))}),
         )
-        assert fit.cluster_workers() == 2 and fit.is_chief() is chief
+        assert distribute.cluster_workers() == 2 and distribute.is_chief() is chief
     with_chief = {"chief": ["c:0"], "worker": ["a:1"]}
     monkeypatch.setenv(
         "TF_CONFIG", json.dumps({"cluster": with_chief, "task": {"type": "worker", "index": 0}})
     )
-    assert fit.cluster_workers() == 2 and not fit.is_chief()
+    assert distribute.cluster_workers() == 2 and not distribute.is_chief()
     monkeypatch.setenv("TF_CONFIG", "{not json")
     with pytest.raises(ValueError, match="TF_CONFIG is not JSON"):
-        fit.tf_config()
+        distribute.tf_config()
 
 
 def test_two_workers_train_agree_resume_and_export(folder, tmp_path):

@@ -20,8 +20,7 @@ from variants import HEAVY_AT_REFERENCE_SIZE, variant_params
 
 from training.architectures import create_model, list_models, model_info
 from training.architectures._registry import build_model
-from training.end_to_end import build_end_to_end, resize_images
-from training.pretrained import (
+from training.architectures.weights import (
     KERAS_MODULE,
     TWIN_PREPROCESSING,
     WeightsError,
@@ -29,6 +28,7 @@ from training.pretrained import (
     twin_preprocessing,
     weight_mapping,
 )
+from training.end_to_end import build_end_to_end, resize_images
 
 TWINS = [n for n in list_models() if model_info(n).keras_application]
 RTOL = 1e-3
@@ -221,10 +221,19 @@ def test_a_truncated_weights_file_is_refused(mobilenet_file, tmp_path):
         create_model("mobilenet_v3_small", weights=str(cut))
 
 
-def test_another_models_weights_file_is_refused(mobilenet_file):
+def test_another_models_weights_file_is_refused_before_keras_reads_it(mobilenet_file, monkeypatch):
+    """The file's weight shapes are not the twin's: refused without ``load_weights`` (which would
+    warn once for every layer it cannot match before failing)."""
     _, path, _ = mobilenet_file
+
+    def never(*args, **kwargs):
+        raise AssertionError("keras read a weights file of another model")
+
+    monkeypatch.setattr(keras.Model, "load_weights", never)
     with pytest.raises(
-        WeightsError, match="not a complete weights file of keras.applications.MobileNetV3Large"
+        WeightsError,
+        match=r"not a complete weights file of keras.applications.MobileNetV3Large .*: it holds 210 "
+        r"weight arrays, the twin has \d+",
     ):
         create_model("mobilenet_v3_large", weights=str(path))
 

@@ -109,3 +109,15 @@ def test_write_json_replaces_atomically(tmp_path):
     repository.write_json(path, {"a": 2})
     assert json.loads(path.read_text()) == {"a": 2}
     assert [p.name for p in tmp_path.iterdir()] == ["metadata.json"]  # no temporary left behind
+
+
+def test_replace_folder_publishes_a_hidden_sibling_in_place(tmp_path):
+    """``training.optimize.write_ir`` publishes the OpenVINO folders this way."""
+    folder = tmp_path / "fp32"
+    for value in ("old", "new"):
+        tmp = tmp_path / f".tmp-fp32-{value}"
+        tmp.mkdir()
+        (tmp / "model.xml").write_text(value)
+        repository.replace_folder(tmp, folder)
+        assert (folder / "model.xml").read_text() == value
+        assert [p.name for p in tmp_path.iterdir()] == ["fp32"]  # nothing hidden left behind

@@ -51,20 +51,20 @@ import json
 import os
 import platform
 import shlex
-import statistics
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
-
+from service.config import cpu_count
+from service.repository import read_metadata
+from service.runtimes import cpu_name
 from training.architectures import model_info
 from training.cli import command_line, options_argv
 from training.flops import format_count
+from training.optimize import WARMUP_CALLS
 from training.recipe import Recipe
-from training.runs import best_logged, logged_seconds, read_json, read_log, write_json
+from training.runs import best_logged, config_changes, logged_seconds, read_json, read_log, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ARCHS = (
@@ -100,8 +100,6 @@ RECIPE = (
     "jit_compile",
     "mixed_precision",
 )
-WARMUP_CALLS = 3
-THROUGHPUT_BATCH = 32
 COLUMNS = (
     "arch",
     "family",
@@ -261,7 +259,7 @@ def check_recipe(run_dir: Path, config: dict) -> None:
     run = read_json(run_dir / "run.json")
     if run is None or not (run.get("metrics") or (run_dir / "backup").is_dir()):
         return
-    changed = sorted(key for key in config if run["config"].get(key) != config[key])
+    changed = config_changes(run["config"], config)
     if changed:
         raise CompareError(
             f"{run_dir} holds a run of another recipe (differs in: {', '.join(changed)}); "
@@ -275,10 +273,6 @@ def finished_run(run_dir: Path) -> dict | None:
     return run if run and run.get("metrics") else None
 
 
-TRAINING_COMMAND = (sys.executable, "-m", "training")
-"""How ``train`` starts a fit: a child process per architecture."""
-
-
 def train(argv: list[str], log_path: Path) -> int:
     """Run ``python -m training fit`` in a child process, output appended to ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -287,7 +281,7 @@ def train(argv: list[str], log_path: Path) -> int:
         log.write(f"\n$ python -m training {shlex.join(argv)}\n")
         log.flush()
         child = subprocess.run(
-            [*TRAINING_COMMAND, *argv],
+            [sys.executable, "-m", "training", *argv],
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONPATH": path},
@@ -306,7 +300,7 @@ def log_tail(run_dir: Path, lines: int = 15) -> str:
 def result_row(arch: str, run_dir: Path, run: dict, args: argparse.Namespace) -> dict:
     """One results row: from run.json, log.csv, the export's metadata and the latency measurements."""
     export = ensure_export(run_dir, run)
-    metadata = read_json(export / "metadata.json")
+    metadata = read_metadata(export)
     size = tuple(run["image_size"])
     measured = measurements(run_dir, export, size, args.repeats, args.remeasure)
     log = read_log(run_dir / "log.csv")
@@ -353,39 +347,21 @@ def measurements(run_dir: Path, export: Path, size: tuple, repeats: int, again: 
     kept = read_json(path)
     if kept and kept["export"] == str(export) and not again:
         return kept
-    measured = {"export": str(export), **measure_export(export, size, repeats)}
-    path.write_text(json.dumps(measured, indent=2) + "\n")
-    return measured
+    from service.runtimes import load_tensorflow
+    from training.optimize import measure_speed
 
-
-def measure_export(export: Path, size: tuple, repeats: int) -> dict:
-    """Batch-1 latency and batch-32 throughput of the SavedModel's ``serving_default`` on uint8."""
-    import tensorflow as tf
-
-    loaded = tf.saved_model.load(str(export))  # keep it alive while its signature runs
-    serve = loaded.signatures["serving_default"]
-    rng = np.random.default_rng(0)
-
-    def median_seconds(batch: int) -> float:
-        images = tf.constant(rng.integers(0, 256, (batch, *size, 3), dtype=np.uint8))
-        times = []
-        for call in range(WARMUP_CALLS + repeats):
-            start = time.perf_counter()
-            serve(images=images)["probabilities"].numpy()
-            if call >= WARMUP_CALLS:
-                times.append(time.perf_counter() - start)
-        return statistics.median(times)
-
-    latency = median_seconds(1)
-    batch_seconds = median_seconds(THROUGHPUT_BATCH)
-    return {
-        "latency_ms_batch1": round(latency * 1e3, 3),
-        "images_per_s_batch32": round(THROUGHPUT_BATCH / batch_seconds, 1),
+    speed = measure_speed(load_tensorflow(export), size, repeats=repeats)  # serving_default on uint8
+    measured = {
+        "export": str(export),
+        "latency_ms_batch1": speed["batch1_ms"],
+        "images_per_s_batch32": speed["batch32_images_per_s"],
         "repeats": repeats,
         "warmup_calls": WARMUP_CALLS,
-        "cpu_count": os.cpu_count(),
+        "cpu_count": speed["cpus"],
         "measured": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    path.write_text(json.dumps(measured, indent=2) + "\n")
+    return measured
 
 
 def epochs_to_reach(log: list[dict], target: float) -> int | None:
@@ -529,7 +505,7 @@ def scatter(rows: list[dict], x_key: str, x_label: str, path: Path, args: argpar
     ax.set_xlabel(x_label)
     ax.set_ylabel("held-out test top-1 (%)")
     ax.set_title(
-        f"{Path(args.data).name}, {args.image_size} px, {args.epochs} epochs, {os.cpu_count()} CPU cores "
+        f"{Path(args.data).name}, {args.image_size} px, {args.epochs} epochs, {cpu_count()} CPU cores "
         "(marker area ∝ parameters)",
         fontsize=10,
     )
@@ -538,14 +514,5 @@ def scatter(rows: list[dict], x_key: str, x_label: str, path: Path, args: argpar
 
 
 def machine() -> str:
-    """CPU model and core count (and GPUs, if TensorFlow sees any)."""
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [
-            line.split(":", 1)[1].strip()
-            for line in cpuinfo.read_text().splitlines()
-            if line.startswith("model name")
-        ]
-        model = names[0] if names else model
-    return f"{model}, {os.cpu_count()} CPU cores, {platform.system()}"
+    """CPU model, the cores this process may use, and the operating system."""
+    return f"{cpu_name()}, {cpu_count()} CPU cores, {platform.system()}"

@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from training.end_to_end import Augmentation, image_hw, resize_images
 from training.labels import human_labels, load_label_map
-from training.mixing import batch_mixers, mix
+from training.mixing import batch_mixers, mix_one
 
 AUTOTUNE = tf.data.AUTOTUNE
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp"})
@@ -262,18 +262,13 @@ def pipeline(
 
 
 def batch_mixer(augmentation: Augmentation, seed: int = 0):
-    """A tf.data map function applying MixUp or CutMix (``training.mixing``; one at random for
-    each batch when both are enabled)."""
+    """A tf.data map function applying MixUp or CutMix (``training.mixing.mix_one``: one at random
+    for each batch when both are enabled)."""
     mixers = batch_mixers(augmentation.mixup, augmentation.cutmix, seed)
     chooser = keras.random.SeedGenerator(seed + 2)
 
     def mix_batch(images, labels):
-        if len(mixers) == 1:
-            return mix(mixers[0], images, labels)
-        use_first = keras.random.uniform((), seed=chooser) < 0.5
-        return tf.cond(
-            use_first, lambda: mix(mixers[0], images, labels), lambda: mix(mixers[1], images, labels)
-        )
+        return mix_one(mixers, images, labels, keras.random.uniform((), seed=chooser))
 
     return mix_batch
 

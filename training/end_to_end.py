@@ -24,7 +24,7 @@ import keras
 from keras import layers
 
 from training.architectures import create_model, model_info
-from training.scaling import IMAGENET_MEAN, IMAGENET_STD, PREPROCESSING, scaling_layers  # noqa: F401
+from training.architectures.scaling import scaling_layers
 
 # The resize every path uses (the model's first layer, the data pipeline, the export's bytes input).
 RESIZE = {"interpolation": "bilinear", "crop_to_aspect_ratio": True, "antialias": True}
@@ -155,7 +155,7 @@ def build_end_to_end(
     ``preprocessing="imagenet"|"tf"|"unit"|None`` explicitly. ``seed`` seeds the augmentation layers.
 
     ``weights`` (``"imagenet"`` or a weights file of the keras.applications twin, see
-    ``training.pretrained``): the backbone starts from them (a new classifier unless
+    ``training.architectures.weights``): the backbone starts from them (a new classifier unless
     ``num_classes == 1000``) and the scaling is the one those weights expect (keras'
     ``preprocess_input`` of the family: caffe, tf, torch, or the twin's own in-model layers).
     """
@@ -166,7 +166,7 @@ def build_end_to_end(
             raise ValueError("weights apply to a registry name, not to a prebuilt backbone")
         if preprocessing != "registry":
             raise ValueError("with pretrained weights the preprocessing is the weights' own: leave it out")
-        from training.pretrained import load_pretrained
+        from training.architectures.weights import load_pretrained
 
         backbone, scaling = load_pretrained(
             arch,

@@ -17,8 +17,6 @@ import dataclasses
 import sys
 from pathlib import Path
 
-import keras
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = parser.add_argument
@@ -44,11 +42,10 @@ def main(args: argparse.Namespace) -> int:
 
 
 def evaluate_run(run_dir: str | Path, *, data: str | None = None, batch_size: int = 64) -> dict:
-    import training.architectures  # noqa: F401  (registers the zoo's custom layers for loading)
     from training.data import SplitFractions, load_data
-    from training.fit import loss_and_metrics
+    from training.kit import loss_and_metrics
     from training.recipe import Recipe
-    from training.runs import read_run, write_json
+    from training.runs import load_checkpoint, read_run, write_json
 
     run_dir = Path(run_dir)
     run, checkpoint = read_run(run_dir)
@@ -59,7 +56,7 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, batch_size: in
     )
     if list(dataset.class_ids) != list(run["class_ids"]):
         raise ValueError(f"the data's classes {dataset.class_ids} are not the run's {run['class_ids']}")
-    model = keras.models.load_model(checkpoint, compile=False)
+    model = load_checkpoint(checkpoint, compile=False)
     model.compile(**loss_and_metrics(dataclasses.asdict(recipe)))  # the loss as trained, top-1 and top-5
     batches = dataset.batches(batch_size, None, seed=recipe.seed)
     scores = {}

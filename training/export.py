@@ -47,7 +47,8 @@ from service.repository import (
 )
 from training.end_to_end import RESIZE, image_hw, resize_images
 from training.flops import count_flops, format_count
-from training.runs import float32_model, read_run, run_extras
+from training.portable import portable_command
+from training.runs import float32_model, load_checkpoint, read_run, run_extras
 
 SIGNATURES = {
     "serving_default": {
@@ -104,7 +105,7 @@ def export_model(
             "flops": count_flops(model, (height, width, 3)),
             "dataset": dataset,
             "metrics": metrics,
-            "command": command,
+            "command": portable_command(command),  # no folder of this machine (training.portable)
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "signatures": SIGNATURES,
             "preprocessing": preprocessing,
@@ -252,7 +253,7 @@ def main(args: argparse.Namespace) -> int:
     if not args.no_optimize:
         from training.optimize import optimize_exported_run
 
-        optimize_exported_run(path)
+        optimize_exported_run(path, run_dir=args.run_dir)
     return 0
 
 
@@ -268,9 +269,7 @@ def export_run(
     run, checkpoint = read_run(run_dir)
     if not run.get("metrics"):
         raise ValueError(f"{run_dir} is not finished (run.json has no held-out metrics yet)")
-    import training.architectures  # noqa: F401  (registers the zoo's custom layers for loading)
-
-    model = keras.models.load_model(checkpoint)
+    model = load_checkpoint(checkpoint)
     return export_trained(model, run, run_dir, name=name, models_dir=models_dir, version=version)
 
 

@@ -14,8 +14,8 @@ The recipe of Keras' transfer-learning guide (https://keras.io/guides/transfer_l
 The switch is a callback (``FineTuneSchedule``) that sets each epoch's phase at its start, so a
 resumed run (``BackupAndRestore``) continues in the right phase. The per-group learning rates are an
 optimizer subclass per Keras optimizer (``FineTuneAdamW`` ...) whose ``update_step`` scales the rate
-of every variable outside the head; it is registered for loading checkpoints (``training.architectures``
-imports this module). Decoupled weight decay (AdamW) stays at the head's rate. Dropout / stochastic
+of every variable outside the head; ``training.runs.load_checkpoint`` loads checkpoints with them
+(``custom_objects``). Decoupled weight decay (AdamW) stays at the head's rate. Dropout / stochastic
 depth inside the backbone stay active while training, frozen or not (they have no weights).
 """
 
@@ -70,6 +70,11 @@ OPTIMIZERS = {
     "sgd": (keras.optimizers.SGD, FineTuneSGD),
     "rmsprop": (keras.optimizers.RMSprop, FineTuneRMSprop),
 }
+
+
+def custom_objects() -> dict:
+    """The two-rate optimizers by class name, for loading a fine-tuned checkpoint."""
+    return {two_rates.__name__: two_rates for _, two_rates in OPTIMIZERS.values()}
 
 
 def fine_tuning(config: dict) -> bool:

@@ -10,7 +10,7 @@
 For a GPU machine that has JAX or PyTorch but no TensorFlow. It takes ``python -m training fit``'s
 flags and builds the same run from them: the same end-to-end model (``runs.build_model``, Keras'
 augmentation layers inside it), optimizer, learning-rate schedule, label smoothing and metrics
-(``fit.compile_model``), CSV log, time limit and crash safety (BackupAndRestore: run the same
+(``training.kit``), CSV log, time limit and crash safety (BackupAndRestore: run the same
 command again to resume). What differs is the input: the pack's images, decoded once into memory
 (already at the training size, so the model's resize is the identity), shuffled every epoch, with
 MixUp / CutMix by the same Keras layers as ``fit`` (``training.mixing``), applied to NumPy batches.
@@ -23,7 +23,6 @@ by then), in float32 and without optimizer state. ``--mixed-precision`` trains i
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import signal
 import sys
@@ -33,19 +32,20 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from training import finetune, fit
+from service.config import cpu_count
 from training.cli import command_line, options_argv
 from training.end_to_end import Augmentation
-from training.mixing import batch_mixers, mix
+from training.kit import Session, compile_model
+from training.mixing import batch_mixers, mix_one
 from training.pack import Pack
 from training.recipe import Recipe
 from training.runs import RunStateError, build_model, check_run_dir, float32_model, new_run, write_json
 
-DEFAULTS = {"workers": min(8, os.cpu_count() or 1), "train_splits": "train"}  # fit-packed's own flags
+DEFAULTS = {"workers": min(8, cpu_count()), "train_splits": "train"}  # fit-packed's own flags
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    fit.add_arguments(parser)  # the Recipe's flags
+    Recipe.add_arguments(parser)  # the Recipe's flags, as fit's
     parser.add_argument("--workers", type=int, default=DEFAULTS["workers"], help="batch threads")
     parser.add_argument(
         "--train-splits",
@@ -94,9 +94,10 @@ class Batches(keras.utils.PyDataset):
         images = self.images[rows].astype(np.float32)
         labels = np.eye(self.num_classes, dtype=np.float32)[self.labels[rows]]
         if self.augmentation.mixes_batches:  # the layers fit uses (training.mixing), seeded per batch
-            seed = int(np.random.default_rng((self.seed, self.epoch, index)).integers(2**31 - 2))
+            rng = np.random.default_rng((self.seed, self.epoch, index))
+            seed = int(rng.integers(2**31 - 2))
             mixers = batch_mixers(self.augmentation.mixup, self.augmentation.cutmix, seed)
-            mixed = mix(mixers[seed % len(mixers)], images, labels)
+            mixed = mix_one(mixers, images, labels, float(rng.random()))
             images, labels = (keras.ops.convert_to_numpy(x) for x in mixed)
         return images, labels
 
@@ -105,22 +106,8 @@ def fit_packed(recipe: Recipe, *, workers: int = DEFAULTS["workers"], train_spli
     """Train as ``recipe`` says from its pack (``recipe.data``); returns the ``run.json`` contents."""
     own = {"workers": workers, "train_splits": train_splits}
     pack = Pack(recipe.data)
-    config = recipe.config()
-    config["data"] = pack.meta["source"]  # the folder it was packed from (what `evaluate` reads)
-    config["pack"] = {"file": Path(recipe.data).name, **pack.meta}
-    mismatched = [
-        f"--{key.replace('_', '-')} {config[key]} (pack: {pack.meta[key]})"
-        for key in ("validation_fraction", "test_fraction", "seed")
-        if config[key] != pack.meta[key]
-    ]
-    if list(config["image_size"]) != list(pack.meta["image_size"]):
-        mismatched.append(f"--image-size {config['image_size'][0]} (pack: {pack.meta['image_size'][0]})")
-    if mismatched:
-        raise ValueError("the pack was split or resized differently: " + "; ".join(mismatched))
-    train_splits = [name.strip() for name in train_splits.split(",") if name.strip()]
-    if "test" in train_splits:
-        raise ValueError("--train-splits must not include the held-out test split")
-    config["train_splits"] = train_splits  # before the check: a resumed run must match it too
+    config = pack_config(recipe, pack, train_splits)
+    train_splits = config["train_splits"]
     run_dir = Path(recipe.runs_dir) / config["run_name"]
     resuming = check_run_dir(run_dir, config)
     keras.utils.set_random_seed(recipe.seed)
@@ -139,7 +126,7 @@ def fit_packed(recipe: Recipe, *, workers: int = DEFAULTS["workers"], train_spli
     batches = Batches(images, labels, len(pack.labels), recipe.batch_size, augmentation, recipe.seed, workers)
     model = build_model(config, len(pack.labels))
     enable_jit(model)
-    fit.compile_model(model, config, len(batches))
+    compile_model(model, config, len(batches))
     print(f"model {model.name}: {model.count_params():,} parameters; {len(batches)} steps per epoch")
 
     run = new_run(
@@ -157,51 +144,64 @@ def fit_packed(recipe: Recipe, *, workers: int = DEFAULTS["workers"], train_spli
     )
     write_json(run_dir / "run.json", run)
 
-    stats = fit.EpochStats()
-    callbacks = [
-        stats,
-        *finetune.callbacks(config),  # with --weights: the frozen warm-up, then everything
-        *fit.make_callbacks(run_dir, resuming, 0, validated=False, tensorboard=False),
-    ]
-    time_limit = fit.time_limit_callback(run_dir, resuming, recipe.time_limit)
-    if time_limit:
-        callbacks.append(time_limit)
-    start = time.perf_counter()
-    history = keras.callbacks.History()
-    interrupted = False
-    try:
-        model.fit(batches, epochs=recipe.epochs, callbacks=[*callbacks, history], verbose=2)
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep what was learnt (the backup can resume it)
-        interrupted = True
-        print("\ninterrupted: saving the weights reached so far", file=sys.stderr)
-    seconds = time.perf_counter() - start
-    epochs_run = len(history.epoch)
-
-    final = float32_model(model, config, len(pack.labels))
-    if final is model:  # drop the optimizer state: a rebuilt, uncompiled twin saves weights only
-        final = build_model(config, len(pack.labels))
-        final.set_weights(model.get_weights())
-    final.save(run_dir / "best.keras")
+    session = Session(
+        config,
+        run_dir,
+        resuming,
+        patience=0,
+        time_limit=recipe.time_limit,
+        validated=False,
+        tensorboard=False,
+    )
+    # Ctrl-C or SIGTERM: keep what was learnt (the backup can resume it).
+    history = session.fit(model, batches, epochs=recipe.epochs, verbose=2, interruptible=True)
+    save_final(model, config, len(pack.labels), run_dir / "best.keras")
+    final_top1 = float(history.history["top1"][-1]) if history.history.get("top1") else None
     run["training"] = {
-        "epochs_run": epochs_run,
-        "first_epoch": history.epoch[0] + 1 if epochs_run else None,
-        "seconds": round(seconds, 1),
-        "images_per_second": round(epochs_run * len(images) / seconds, 1) if epochs_run else None,
-        "images_per_second_steady": stats.steady_speed(len(images)),
-        "final_train_top1": float(history.history["top1"][-1]) if history.history.get("top1") else None,
-        "time_limit_minutes": recipe.time_limit,
-        "stopped_by_time_limit": bool(time_limit and time_limit.stopped),
-        "interrupted": interrupted,
+        **session.record(len(images), final_train_top1=final_top1),
+        "interrupted": session.interrupted,
     }
     write_json(run_dir / "run.json", run)
-    if not interrupted:
+    if not session.interrupted:
         shutil.rmtree(run_dir / "backup", ignore_errors=True)
     print(
-        f"\n{epochs_run} epochs in {seconds:,.0f} s ({run['training']['images_per_second']} images/s); "
+        f"\n{session.epochs_run} epochs in {session.seconds:,.0f} s "
+        f"({run['training']['images_per_second']} images/s); "
         f"saved {run_dir / 'best.keras'}; next, here or on the machine with the data:\n"
         f"  python -m training evaluate {run_dir} --data {config['data']}"
     )
     return run
+
+
+def pack_config(recipe: Recipe, pack: Pack, train_splits: str) -> dict:
+    """The run configuration: the recipe's, the pack's source and description, the splits trained on;
+    ``ValueError`` when the pack was split or resized otherwise than the recipe says."""
+    config = recipe.config()
+    config["data"] = pack.meta["source"]  # the folder it was packed from (what `evaluate` reads)
+    config["pack"] = {"file": Path(recipe.data).name, **pack.meta}
+    mismatched = [
+        f"--{key.replace('_', '-')} {config[key]} (pack: {pack.meta[key]})"
+        for key in ("validation_fraction", "test_fraction", "seed")
+        if config[key] != pack.meta[key]
+    ]
+    if list(config["image_size"]) != list(pack.meta["image_size"]):
+        mismatched.append(f"--image-size {config['image_size'][0]} (pack: {pack.meta['image_size'][0]})")
+    if mismatched:
+        raise ValueError("the pack was split or resized differently: " + "; ".join(mismatched))
+    splits = [name.strip() for name in train_splits.split(",") if name.strip()]
+    if "test" in splits:
+        raise ValueError("--train-splits must not include the held-out test split")
+    config["train_splits"] = splits  # before the resume check: a resumed run must match it too
+    return config
+
+
+def save_final(model: keras.Model, config: dict, num_classes: int, path: Path) -> None:
+    """Save the final weights as the run's checkpoint: float32, without optimizer state."""
+    final = float32_model(model, config, num_classes)
+    if final is model:  # drop the optimizer state: a rebuilt, uncompiled twin saves weights only
+        final = build_model(config, num_classes)
+        final.set_weights(model.get_weights())
+    final.save(path)
 
 
 def enable_jit(model: keras.Model) -> None:
@@ -209,7 +209,8 @@ def enable_jit(model: keras.Model) -> None:
 
     Keras marks RandomZoom / RandomTranslation / RandomRotation ``supports_jit = False`` (TensorFlow's
     image-transform op has no XLA kernel), which turns ``jit_compile="auto"`` off for the whole model:
-    every op then runs eagerly, 4 s a step on an H100. JAX's versions of them compile fine.
+    every op then runs eagerly, many times slower (benchmarks/README.md, "Training-side figures").
+    JAX's versions of them compile fine.
     """
     if keras.backend.backend() == "jax":
         for layer in model._flatten_layers():

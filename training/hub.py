@@ -6,7 +6,7 @@ As published (an ImageNet-1k classifier returning logits; labels default to Imag
 
 Fine-tuned: with ``--data`` the hub model (a feature vector by default,
 ``.../convnext_tiny_1k_224_fe/1``) is frozen and a new Dense head is trained on the dataset with
-``training.data`` and ``training.fit``'s optimizer / loss / metrics, evaluated on the held-out split:
+``training.data`` and ``training.kit``'s optimizer / loss / metrics, evaluated on the held-out split:
 
     python -m training hub --name convnext_tiny_imagenette \\
         --data /work/shared/data/imagenette2-train --epochs 3 --batch-size 32
@@ -49,12 +49,13 @@ from training.cli import args_argv, command_line
 from training.data import SplitFractions, load_data
 from training.end_to_end import augmentation_preset, build_end_to_end
 from training.export import export_model
-from training.fit import compile_model
+from training.kit import compile_model
+from training.portable import portable_path
 from training.recipe import Recipe
 
 CLASSIFIER_HANDLE = "https://tfhub.dev/sayakpaul/convnext_tiny_1k_224/1"
 FEATURE_VECTOR_HANDLE = "https://tfhub.dev/sayakpaul/convnext_tiny_1k_224_fe/1"
-SCALINGS = ("imagenet", "tf", "unit", "none")  # training.end_to_end.scaling_layers; "none": as is
+SCALINGS = ("imagenet", "tf", "unit", "none")  # training.architectures.scaling; "none": as is
 
 
 @keras.saving.register_keras_serializable(package="convzoo")
@@ -288,7 +289,7 @@ def wrap_and_export(args: argparse.Namespace) -> tuple[Path, str]:
         model,
         name=args.name,
         input_size=args.image_size,
-        architecture=f"tfhub:{handle}",
+        architecture=f"tfhub:{portable_path(handle) if Path(handle).exists() else handle}",
         command=command_line("hub", args_argv(add_arguments, args, positionals=("handle",))),
         models_dir=args.models_dir,
         version=args.version,

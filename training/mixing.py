@@ -8,7 +8,8 @@ on any Keras backend (``training.fit_packed.Batches``); both call ``mix`` with t
   Beta(alpha, alpha), images and one-hot labels mixed with the same weight;
 - CutMix (Yun et al. 2019): ``keras.layers.CutMix(factor)``, a box per sample pasted from another
   sample of the batch, labels mixed in proportion to the pixels each image contributes;
-- with both enabled, one of the two at random for each batch.
+- with both enabled, one of the two at random for each batch (``mix_one``: MixUp when a uniform
+  draw in [0, 1) is below 0.5, else CutMix; the trainer draws it with its own random source).
 
 TensorFlow is not imported here (``fit-packed`` runs where it is absent).
 """
@@ -34,3 +35,16 @@ def mix(mixer: keras.layers.Layer, images, labels):
     """``(images, labels)`` of a batch mixed by ``mixer`` (float32 images, one-hot labels)."""
     mixed = mixer({"images": keras.ops.cast(images, "float32"), "labels": labels}, training=True)
     return mixed["images"], mixed["labels"]
+
+
+def mix_one(mixers: list[keras.layers.Layer], images, labels, draw):
+    """``(images, labels)`` mixed by one of ``mixers`` (``batch_mixers``): the first when the uniform
+    ``draw`` in [0, 1) is below 0.5, else the second. ``draw`` is a Python float (NumPy batches) or
+    a scalar tensor (inside a tf.data map, where the choice becomes a ``cond``)."""
+    if len(mixers) == 1:
+        return mix(mixers[0], images, labels)
+    if isinstance(draw, (int, float)):
+        return mix(mixers[0] if draw < 0.5 else mixers[1], images, labels)
+    return keras.ops.cond(
+        draw < 0.5, lambda: mix(mixers[0], images, labels), lambda: mix(mixers[1], images, labels)
+    )

@@ -41,18 +41,21 @@ from pathlib import Path
 
 import numpy as np
 
-from service.repository import file_records, write_json
+from service.config import cpu_count
+from service.repository import InvalidExport, file_records, read_metadata, replace_folder, write_json
 from service.runtimes import (
     GATE,
     OPENVINO_PRECISION_HINT,
-    cpu_count,
     cpu_has_bf16,
     cpu_name,
     load_openvino,
     load_tensorflow,
 )
+from training.portable import local_path, portable_path
 
 OPENVINO_PRECISIONS = ("fp32", "bf16", "int8")
+SPEED_BATCH = 32  # the batch of the throughput measurement (metadata's "batch32_images_per_s")
+WARMUP_CALLS = 3  # untimed calls per batch size before a speed measurement
 RESIZE_SCOPE = re.compile(r"(^|/)resize(_\d+)?/")
 """Ops of the end-to-end model's first layer (``training.end_to_end.resize_layer``, "resize")."""
 
@@ -132,9 +135,9 @@ def to_openvino(function):
 def quantize_int8(model, calibration: np.ndarray):
     """NNCF post-training quantization (int8 weights and activations) on calibration images.
 
-    Full bias correction instead of NNCF's fast one: chosen on the default model's *validation*
-    split (300 calibration images: top-1 agreement with the SavedModel 97.8 % fast, 98.8 % full;
-    600 images 98.3 / 98.5 %; the mixed preset 98.0 / 98.5 %), for ~10 s more (benchmarks/README.md)."""
+    Full bias correction instead of NNCF's fast one: the better top-1 agreement with the SavedModel
+    on the default model's *validation* split, for a few seconds more (the settings tried and their
+    figures: benchmarks/README.md, "Choosing the CPU runtime")."""
     import nncf
 
     samples = [calibration[i : i + 1] for i in range(len(calibration))]
@@ -142,17 +145,14 @@ def quantize_int8(model, calibration: np.ndarray):
 
 
 def write_ir(model, folder: Path) -> dict:
-    """Save an OpenVINO IR as ``folder/model.xml`` + ``.bin`` (replacing it); its file records."""
+    """Save an OpenVINO IR as ``folder/model.xml`` + ``.bin`` (replacing it atomically:
+    ``service.repository.replace_folder``); its file records."""
     import openvino as ov
 
     tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
-    old = folder.parent / f".old-{folder.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     ov.save_model(model, str(tmp / "model.xml"), compress_to_fp16=False)
-    if folder.exists():
-        os.rename(folder, old)
-    os.rename(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_folder(tmp, folder)
     return file_records(folder)
 
 
@@ -176,26 +176,35 @@ def score(probabilities: np.ndarray, labels: np.ndarray, reference: np.ndarray |
     return result
 
 
-def measure_speed(predict, input_size: tuple[int, int], seconds: float = 1.0) -> dict:
-    """Median batch-1 latency and batch-32 images/s on random images, on this process' CPUs."""
+def measure_speed(
+    predict, input_size: tuple[int, int], *, seconds: float = 1.0, repeats: int | None = None
+) -> dict:
+    """Median batch-1 latency and batch-``SPEED_BATCH`` images/s of ``predict`` (uint8 images ->
+    probabilities) on random images at ``input_size``, on this process' CPUs: the one timing of a
+    model (``optimize`` for every runtime, ``compare`` for every export).
+
+    Each batch size gets ``WARMUP_CALLS`` untimed calls (kernels are built per shape), then
+    ``repeats`` timed calls or, without ``repeats``, as many as fit in ``seconds`` (at least 5 at
+    batch 1 and 3 at batch ``SPEED_BATCH``)."""
     rng = np.random.default_rng(0)
-    one = rng.integers(0, 256, (1, *input_size, 3), dtype=np.uint8)
-    batch = rng.integers(0, 256, (32, *input_size, 3), dtype=np.uint8)
-    predict(one), predict(batch)  # first calls build kernels
-    single, batched = [], []
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline or len(single) < 5:
-        start = time.perf_counter()
-        predict(one)
-        single.append(time.perf_counter() - start)
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline or len(batched) < 3:
-        start = time.perf_counter()
-        predict(batch)
-        batched.append(time.perf_counter() - start)
+
+    def median_seconds(batch: int, least: int) -> float:
+        images = rng.integers(0, 256, (batch, *input_size, 3), dtype=np.uint8)
+        for _ in range(WARMUP_CALLS):
+            predict(images)
+        times: list[float] = []
+        deadline = time.perf_counter() + seconds
+        while (len(times) < repeats) if repeats else (time.perf_counter() < deadline or len(times) < least):
+            start = time.perf_counter()
+            predict(images)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    single = median_seconds(1, least=5)
+    batched = median_seconds(SPEED_BATCH, least=3)
     return {
-        "batch1_ms": round(1000 * statistics.median(single), 3),
-        "batch32_images_per_s": round(32 / statistics.median(batched), 1),
+        "batch1_ms": round(1000 * single, 3),
+        "batch32_images_per_s": round(SPEED_BATCH / batched, 1),
         "cpus": cpu_count(),
     }
 
@@ -218,7 +227,7 @@ def optimize_export(
     also measures TensorFlow's oneDNN bf16, last (a process-wide TensorFlow setting, switched
     off again afterwards)."""
     folder = Path(version_dir)
-    metadata = json.loads((folder / "metadata.json").read_text(encoding="utf-8"))
+    metadata = read_metadata(folder)
     size = tuple(metadata["input_size"])
     if held_out.test_images.shape[1:3] != size or held_out.calibration.shape[1:3] != size:
         raise ValueError(f"held-out images must be {size[0]}x{size[1]}, the model's input size")
@@ -238,37 +247,7 @@ def optimize_export(
     }
 
     if precisions:
-        ov_root = folder / "openvino"
-        ov_root.mkdir(exist_ok=True)
-        log("openvino: converting the graph after the resize")
-        models = {"fp32": to_openvino(after_resize_function(folder, size))}
-        if "int8" in precisions:
-            log(f"openvino int8: calibrating on {len(held_out.calibration)} training images")
-            models["int8"] = quantize_int8(models["fp32"], held_out.calibration)
-        needed = {"int8" if p == "int8" else "fp32" for p in precisions}  # bf16 serves the fp32 IR
-        files = {artifact: write_ir(models[artifact], ov_root / artifact) for artifact in needed}
-        for precision in precisions:
-            if precision == "bf16" and not cpu_has_bf16():
-                log("openvino bf16: skipped (this CPU has no native bf16)")
-                continue
-            artifact = "int8" if precision == "int8" else "fp32"
-            config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISION_HINT[precision]}
-            predict = load_openvino(ov_root / artifact / "model.xml", config)
-            key = f"openvino-{precision}"
-            runtimes[key] = measure(
-                predict,
-                "openvino",
-                precision,
-                held_out,
-                reference,
-                speed_seconds,
-                path=f"openvino/{artifact}",
-                files=files[artifact],
-                config=config,
-            )
-            log(summary_line(key, runtimes[key]))
-        for stale in {"fp32", "int8"} - needed:  # left by an earlier run with other precisions
-            shutil.rmtree(ov_root / stale, ignore_errors=True)
+        runtimes.update(openvino_forms(folder, size, precisions, held_out, reference, speed_seconds, log))
 
     if tensorflow_bf16 if tensorflow_bf16 is not None else cpu_has_bf16():
         import tensorflow as tf
@@ -286,6 +265,53 @@ def optimize_export(
     metadata["runtimes_data"] = held_out.source
     write_json(folder / "metadata.json", metadata)
     return runtimes
+
+
+def openvino_forms(
+    folder: Path,
+    size: tuple[int, int],
+    precisions: tuple[str, ...],
+    held_out: HeldOut,
+    reference: Reference,
+    speed_seconds: float,
+    log,
+) -> dict:
+    """Write the OpenVINO IRs ``precisions`` need into ``folder/openvino/`` and measure each
+    precision: its ``metadata["runtimes"]`` entries. bf16 serves the fp32 IR (skipped on a CPU
+    without native bf16); an IR no precision needs any more is removed."""
+    forms = {}
+    ov_root = folder / "openvino"
+    ov_root.mkdir(exist_ok=True)
+    log("openvino: converting the graph after the resize")
+    models = {"fp32": to_openvino(after_resize_function(folder, size))}
+    if "int8" in precisions:
+        log(f"openvino int8: calibrating on {len(held_out.calibration)} training images")
+        models["int8"] = quantize_int8(models["fp32"], held_out.calibration)
+    needed = {"int8" if p == "int8" else "fp32" for p in precisions}  # bf16 serves the fp32 IR
+    files = {artifact: write_ir(models[artifact], ov_root / artifact) for artifact in needed}
+    for precision in precisions:
+        if precision == "bf16" and not cpu_has_bf16():
+            log("openvino bf16: skipped (this CPU has no native bf16)")
+            continue
+        artifact = "int8" if precision == "int8" else "fp32"
+        config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISION_HINT[precision]}
+        predict = load_openvino(ov_root / artifact / "model.xml", config)
+        key = f"openvino-{precision}"
+        forms[key] = measure(
+            predict,
+            "openvino",
+            precision,
+            held_out,
+            reference,
+            speed_seconds,
+            path=f"openvino/{artifact}",
+            files=files[artifact],
+            config=config,
+        )
+        log(summary_line(key, forms[key]))
+    for stale in {"fp32", "int8"} - needed:  # left by an earlier run with other precisions
+        shutil.rmtree(ov_root / stale, ignore_errors=True)
+    return forms
 
 
 @dataclass(frozen=True)
@@ -318,7 +344,7 @@ def measure(
         probabilities = predict_all(predict, held_out.test_images)
     test = score(probabilities, held_out.test_labels, reference.top1_answers)
     gate = GATE.judge(test["top1"], reference.top1, test["agreement"])
-    speed = measure_speed(predict, held_out.test_images.shape[1:3], speed_seconds)
+    speed = measure_speed(predict, held_out.test_images.shape[1:3], seconds=speed_seconds)
     return {
         "runtime": runtime,
         "precision": precision,
@@ -373,17 +399,22 @@ def held_out_for_export(
     data: str | None = None,
     calibration: int = 300,
     limit: int | None = None,
+    run_dir: Path | None = None,
 ) -> HeldOut:
     """The held-out images of an export, split as it was trained: the data folder and split
-    fractions from its run folder's ``run.json``, else from the pack it was trained from."""
+    fractions from its run folder's ``run.json`` (``run_dir``, else the one the metadata names),
+    else from the pack it was trained from (paths the metadata records: ``training.portable``)."""
     from training.data import SplitFractions, load_data
 
-    run_file = Path(str(metadata.get("run", ""))) / "run.json"
-    if metadata.get("run") and run_file.is_file():
-        config = json.loads(run_file.read_text(encoding="utf-8"))["config"]
+    if run_dir is None and metadata.get("run"):
+        run_dir = local_path(metadata["run"])
+    if run_dir is not None and (Path(run_dir) / "run.json").is_file():
+        config = json.loads((Path(run_dir) / "run.json").read_text(encoding="utf-8"))["config"]
     else:
         config = (metadata.get("training") or {}).get("pack") or {}
         config = {**config, "data": config.get("source")}
+    if not data and config.get("data") and config["data"] != "imagenette":  # "imagenette": TFDS
+        data = str(local_path(config["data"]))
     data = data or config.get("data")
     if not data or (data != "imagenette" and not Path(data).is_dir()):
         raise FileNotFoundError(
@@ -406,7 +437,7 @@ def held_out_for_export(
         )
     held_out = held_out_from_data(dataset, calibration=calibration, seed=fractions.seed, limit=limit)
     held_out.source.update(
-        data=str(data),
+        data=data if data == "imagenette" else portable_path(data),
         validation_fraction=fractions.validation,
         test_fraction=fractions.test,
         seed=fractions.seed,
@@ -455,8 +486,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     folder = args.version_dir
     try:
-        metadata = json.loads((folder / "metadata.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
+        metadata = read_metadata(folder)
+    except InvalidExport as error:
         print(f"error: {folder} is not an export ({error})", file=sys.stderr)
         return 2
     precisions = tuple(p for p in args.precisions.split(",") if p)
@@ -474,11 +505,13 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def optimize_exported_run(version_dir: Path) -> None:
+def optimize_exported_run(version_dir: Path, run_dir: Path | None = None) -> None:
     """After ``python -m training export RUN``: the faster forms, from the data the run names; a
     note instead when that data is not here."""
-    metadata = json.loads((version_dir / "metadata.json").read_text(encoding="utf-8"))
+    metadata = read_metadata(version_dir)
     try:
-        optimize_after_export(version_dir, lambda: held_out_for_export(version_dir, metadata))
+        optimize_after_export(
+            version_dir, lambda: held_out_for_export(version_dir, metadata, run_dir=run_dir)
+        )
     except FileNotFoundError as error:
         print(f"not optimized: {error}; later: `python -m training optimize {version_dir} --data DIR`")

@@ -3,9 +3,9 @@
 
 ``Recipe`` holds what ``python -m training fit`` takes; ``add_arguments`` generates fit's flags from
 its fields (same flags, defaults and help); ``from_args`` / ``to_argv`` map a Namespace / a command
-line onto it one to one; ``config()`` is the run configuration ``fit.run_config`` builds today (the
-``config`` of run.json, compared on resume) and ``from_config`` inverts it; ``to_json`` /
-``from_json`` serialize the Recipe itself.
+line onto it one to one; ``config()`` is the run configuration (the ``config`` of run.json,
+compared on resume: unchanged, so older run folders still resume) and ``from_config`` inverts it;
+``to_json`` / ``from_json`` serialize the Recipe itself.
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ class Recipe:
         return cls(**{**values, "arch_option": tuple(values.get("arch_option", ()))})
 
     def config(self) -> dict:
-        """The run configuration (run.json's ``config``), exactly as ``fit.run_config`` builds it."""
+        """The run configuration (run.json's ``config``, compared on resume by ``runs.check_run_dir``)."""
         size = image_hw(self.image_size) if self.image_size else None
         if size is None:
             size = model_info(self.arch).input_shape[:2]
@@ -225,7 +225,7 @@ class Recipe:
 
 
 def parse_options(pairs) -> dict:
-    """``["width=0.5", "variant=a"]`` -> ``{"width": 0.5, "variant": "a"}`` (``fit.parse_options``)."""
+    """``["width=0.5", "variant=a"]`` -> ``{"width": 0.5, "variant": "a"}`` (``--arch-option``)."""
     options = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")

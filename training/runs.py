@@ -20,7 +20,9 @@ from pathlib import Path
 import keras
 
 from service import repository
+from training import finetune
 from training.end_to_end import Augmentation, build_end_to_end
+from training.portable import portable_path
 
 MONITOR = "val_top1"
 RUN_FILE, LOG_FILE, CHECKPOINT, BACKUP = "run.json", "log.csv", "best.keras", "backup"
@@ -90,8 +92,8 @@ def check_run_dir(run_dir: Path, config: dict) -> bool:
             f"(to export it again: python -m training export {run_dir})"
         )
     resuming = resumable(run_dir)
-    if resuming and previous["config"] != config:
-        changed = sorted(k for k in config if previous["config"].get(k) != config[k])
+    changed = config_changes(previous["config"], config)
+    if resuming and changed:
         raise RunStateError(
             f"{run_dir} holds an unfinished run with another configuration (differs in: "
             f"{', '.join(changed)}); re-run its command ({previous['command']}) or pick another --run-name"
@@ -99,6 +101,12 @@ def check_run_dir(run_dir: Path, config: dict) -> bool:
     if resuming:
         print(f"resuming the unfinished run in {run_dir}")
     return resuming
+
+
+def config_changes(recorded: dict, config: dict) -> list[str]:
+    """The keys (sorted) in which a recorded run configuration and ``config`` differ; ``[]``: the
+    same run (the one comparison of a resume, ``check_run_dir``, and of ``compare``'s folders)."""
+    return sorted(key for key in recorded.keys() | config.keys() if recorded.get(key) != config.get(key))
 
 
 def check_worker_dir(work_dir: Path) -> bool:
@@ -172,6 +180,13 @@ def build_model(config: dict, num_classes: int) -> keras.Model:
     )
 
 
+def load_checkpoint(path: str | Path, *, compile: bool = True) -> keras.Model:
+    """A run's ``.keras`` checkpoint, loaded: the zoo's custom layers are registered by
+    ``training.architectures`` (imported with ``training.end_to_end``); a fine-tuned checkpoint's
+    optimizer is one of ``training.finetune``'s."""
+    return keras.models.load_model(path, compile=compile, custom_objects=finetune.custom_objects())
+
+
 def float32_model(model: keras.Model, config: dict, num_classes: int) -> keras.Model:
     """``model`` itself when it computes in float32, else a float32 rebuild with its weights.
 
@@ -191,7 +206,8 @@ def float32_model(model: keras.Model, config: dict, num_classes: int) -> keras.M
 
 
 def run_extras(run: dict, run_dir: str | Path) -> dict:
-    """Metadata about how the model was trained, from a run's ``run.json``: time, epochs, device."""
+    """Metadata about how the model was trained, from a run's ``run.json``: time, epochs, device;
+    its paths as shipped metadata records them (``training.portable``)."""
     training = run.get("training") or {}
     summary = {
         key: training[key]
@@ -201,6 +217,7 @@ def run_extras(run: dict, run_dir: str | Path) -> dict:
     for key in ("device", "precision", "backend", "trained_on", "splits", "validation_metrics"):
         if run.get(key) is not None:
             summary[key] = run[key]
-    if (run.get("config") or {}).get("pack"):
-        summary["pack"] = run["config"]["pack"]
-    return {"run": str(run_dir), "training": summary}
+    pack = (run.get("config") or {}).get("pack")
+    if pack:
+        summary["pack"] = {**pack, "source": portable_path(pack["source"])} if pack.get("source") else pack
+    return {"run": portable_path(run_dir), "training": summary}

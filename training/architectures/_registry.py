@@ -3,6 +3,8 @@
 Modelled on timm's ``_registry.py``. Every builder registered here has the signature
 ``builder(num_classes, input_shape, **options) -> keras.Model`` and returns an uncompiled
 backbone + classification head (no preprocessing: that lives in ``training.end_to_end``).
+``build_model`` calls one with random weights; ``create_model`` (``_factory``, as in timm) adds
+pretrained weights (``training.architectures.weights``) and the headless forms (``headless``).
 """
 
 from __future__ import annotations
@@ -95,57 +97,6 @@ def model_info(name: str) -> ModelInfo:
         raise KeyError(
             f"unknown architecture {name!r}.{hint} `python -m training zoo` lists them all."
         ) from None
-
-
-def create_model(
-    name: str,
-    num_classes: int = 1000,
-    input_shape: tuple[int, int, int] | None = None,
-    *,
-    weights: str | None = None,
-    include_top: bool = True,
-    pooling: str | None = None,
-    **options,
-) -> keras.Model:
-    """Build the uncompiled model ``name`` (backbone + classification head, no preprocessing).
-
-    ``input_shape`` defaults to the architecture's reference shape. Options override the
-    variant's defaults (e.g. ``width=0.5``, ``dropout=0.2``, ``classifier_activation=None``).
-
-    ``weights``: None (random), ``"imagenet"`` (keras' download of the keras.applications twin's
-    weights) or the path of a weights file saved from the twin; see ``training.pretrained``. With
-    ``num_classes != 1000`` everything but the classifier is loaded.
-
-    ``include_top=False``: the headless backbone (like keras.applications), returning the last
-    feature map, or with ``pooling="avg"|"max"`` its global average / max (ConvNeXt: followed by
-    its head LayerNorm, as keras does).
-    """
-    if pooling not in (None, "avg", "max"):
-        raise ValueError(f"pooling must be None, 'avg' or 'max', got {pooling!r}")
-    if include_top and pooling is not None:
-        raise ValueError("pooling applies to the headless backbone only (include_top=False)")
-    if weights is None:
-        model = build_model(name, num_classes, input_shape, **options)
-    else:
-        model, _ = _weights_loader()(
-            name, weights, num_classes=num_classes, input_shape=input_shape, **options
-        )
-    return model if include_top else headless(model, pooling)
-
-
-_WEIGHTS_LOADER: list[Callable] = []
-
-
-def set_weights_loader(loader: Callable) -> None:
-    """Install ``create_model``'s loader of pretrained weights (``training.pretrained.load_pretrained``,
-    installed by the package): the registry imports no module that imports it back."""
-    _WEIGHTS_LOADER[:] = [loader]
-
-
-def _weights_loader() -> Callable:
-    if not _WEIGHTS_LOADER:
-        raise RuntimeError("no weights loader: import training.architectures, which installs it")
-    return _WEIGHTS_LOADER[0]
 
 
 def build_model(

@@ -9,18 +9,11 @@ and the ConvNeXt block
 
 (the 1x1 convolutions are written as Dense on the channel axis, as in the official code).
 
-CPU latency. keras.applications writes the depthwise 7x7 as ``Conv2D(groups=C)``. TensorFlow's CPU
-convolution kernels do not handle groups, so Keras' TF backend compiles each grouped conv with
-XLA as a separate function, and XLA's CPU grouped convolution is slow: in a per-op trace (batch 1,
-224 px) keras' ConvNeXtTiny spent ~235 of ~307 ms in its 18 grouped convs (~13 ms each). Here
-the 7x7 is a ``DepthwiseConv2D`` (same weights, same parameter count): ~0.2 ms each. The same
-trace of this model (~67 ms) leaves ~42 ms in the MLP matmuls (its 4.5 G multiply-adds vs
-ResNet-50's 3.9 G), ~9 ms in the exact GELU and ~6 ms in LayerNorms; a tanh GELU or a GELU fused
-into the Dense measured no faster, so both stay Keras' built-ins.
-``python -m benchmarks.zoo_latency --repeats 80`` (2 CPU cores shared with other jobs, load
-average ~5, batch 1, 224x224, random weights; medians): ours 154 ms, keras ConvNeXtTiny 911 ms,
-our ResNet-50 130 ms; ConvNeXt-T / ResNet-50 = 1.29 (keras': 5.89), as the median of per-round
-ratios. On the idle machine (same timing, keras' ResNet50): ~70 ms vs ~54 ms.
+The depthwise 7x7 is a ``DepthwiseConv2D``, where keras.applications writes ``Conv2D(groups=C)``
+(same weights, same parameter count): TensorFlow's CPU convolution kernels do not handle groups,
+so Keras' TF backend compiles each grouped conv as a separate XLA function, and XLA's CPU grouped
+convolution is slow. GELU (exact) and LayerNorm are Keras' built-ins: the alternatives tried were
+no faster. The measurements behind both choices: benchmarks/README.md, "Training-side figures".
 """
 
 from __future__ import annotations

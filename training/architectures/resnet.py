@@ -178,7 +178,7 @@ def resnet(
     ``stride_at="last"`` (v2 bottlenecks only): TF-slim's layout, which keras.applications'
     ResNet*V2 and their ImageNet weights use: stages conv2-conv4 end with a strided block
     (``preact_bottleneck_block(slim=True)``) instead of conv3-conv5 starting with one. Same
-    parameters, same output size, a different network: ``training.pretrained`` builds it so.
+    parameters, same output size, a different network: ``training.architectures.weights`` builds it so.
     """
     if width <= 0:
         raise ValueError(f"width must be positive, got {width}")

@@ -9,7 +9,9 @@ How. The variant's keras twin (``model_info(name).keras_application``) is built 
 size with 1000 classes, and keras loads the weights into it: ``weights="imagenet"`` is keras' own
 download (``keras.utils.get_file``, cached in ``~/.keras/models``), a path is read with
 ``twin.load_weights`` (a ``.weights.h5`` from ``twin.save_weights``, or keras' own downloaded
-``.h5``). Then ``weight_mapping`` pairs our weighted layers with the twin's, one to one in
+``.h5``) once ``check_weights_file`` has found in it exactly the twin's weight shapes (a wrong file
+is refused before keras reads it, which would otherwise warn once per layer it cannot match).
+Then ``weight_mapping`` pairs our weighted layers with the twin's, one to one in
 graph order (both models' layers in Keras' deterministic topological order), and checks every pair:
 compatible layer types, the same kernel sizes / strides / normalisation epsilons, and every weight's
 shape (after the two layout conversions below). Any mismatch refuses with a message naming both
@@ -41,6 +43,7 @@ which the weights were trained with:
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +51,8 @@ import keras
 import numpy as np
 from keras import layers
 
-from training.scaling import IMAGENET_MEAN, IMAGENET_STD, scaling_layers
+from training.architectures._registry import build_model, list_models, model_info
+from training.architectures.scaling import IMAGENET_MEAN, IMAGENET_STD, scaling_layers
 
 # keras.applications module of each twin constructor (its preprocess_input).
 KERAS_MODULE = {
@@ -100,8 +104,8 @@ TWIN_OPTIONS = {
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
 # keras' EfficientNet: with weights="imagenet" it adds Rescaling(1 / sqrt(std)) after its
-# Normalization (whose stored statistics are IMAGENET_MEAN / IMAGENET_STD, from training.scaling),
-# keras-team/keras efficientnet.py.
+# Normalization (whose stored statistics are IMAGENET_MEAN / IMAGENET_STD, from
+# training.architectures.scaling), keras-team/keras efficientnet.py.
 
 # Layer attributes that must agree between a pair (shapes alone would not see a stride).
 CHECKED_ATTRIBUTES = ("kernel_size", "strides", "dilation_rate", "epsilon", "center", "scale", "use_bias")
@@ -130,8 +134,6 @@ class Pair:
 
 def twin_name(name: str) -> str:
     """The keras.applications constructor of zoo variant ``name``; ``WeightsError`` if none."""
-    from training.architectures._registry import list_models, model_info
-
     twin = model_info(name).keras_application
     if twin is None:
         with_twin = [n for n in list_models() if model_info(n).keras_application]
@@ -157,8 +159,6 @@ def build_twin(name: str, weights: str | Path | None = None) -> keras.Model:
 
     ``"imagenet"``: keras' download; a path: a weights file of that twin; ``None``: random.
     """
-    from training.architectures._registry import model_info
-
     info = model_info(name)
     constructor = getattr(keras.applications, twin_name(name))
     kwargs = {"include_top": True, "classes": 1000, "input_shape": info.input_shape}
@@ -178,16 +178,43 @@ def build_twin(name: str, weights: str | Path | None = None) -> keras.Model:
     path = Path(weights)
     if not path.is_file():
         raise WeightsError(f"weights file {path} not found (weights: None, 'imagenet' or a file path)")
+    wrong = f"{path} is not a complete weights file of keras.applications.{info.keras_application} " + (
+        f"(saved with twin.save_weights('x.weights.h5') from that model at "
+        f"{info.input_shape[0]}x{info.input_shape[1]}, 1000 classes)"
+    )
+    if path.suffix == ".h5":
+        check_weights_file(path, twin, wrong)
     try:
         twin.load_weights(str(path))
     except Exception as error:
-        raise WeightsError(
-            f"{path} is not a complete weights file of keras.applications.{info.keras_application} "
-            f"(saved with twin.save_weights('x.weights.h5') from that model at "
-            f"{info.input_shape[0]}x{info.input_shape[1]}, 1000 classes): {type(error).__name__}: "
-            f"{str(error).strip()[:600]}"
-        ) from error
+        raise WeightsError(f"{wrong}: {type(error).__name__}: {str(error).strip()[:600]}") from error
     return twin
+
+
+def check_weights_file(path: Path, twin: keras.Model, wrong: str) -> None:
+    """``WeightsError`` (``wrong``, then why) unless the HDF5 weights file ``path`` holds exactly
+    ``twin``'s weight arrays, compared by shape, without loading them: a Keras 3 ``.weights.h5``, a
+    legacy weights file (keras' downloads) or a legacy whole-model file (its ``model_weights``)."""
+    import h5py
+
+    shapes: list[tuple] = []
+
+    def collect(_, item) -> None:
+        if isinstance(item, h5py.Dataset):
+            shapes.append(tuple(item.shape))
+
+    try:
+        with h5py.File(path, "r") as file:
+            file.get("model_weights", file).visititems(collect)
+    except (OSError, KeyError, ValueError) as error:  # not HDF5, truncated
+        raise WeightsError(f"{wrong}: unreadable as HDF5 ({error})") from None
+    found, expected = Counter(shapes), Counter(tuple(w.shape) for w in twin.weights)
+    if found != expected:
+        missing = sorted((expected - found).elements(), key=str)[:3]
+        raise WeightsError(
+            f"{wrong}: it holds {len(shapes)} weight arrays, the twin has {len(twin.weights)}"
+            + (f"; none of shape {', '.join(map(str, missing))}" if missing else "")
+        )
 
 
 def _weighted(model: keras.Model, *, skip_preprocessing: bool) -> list[keras.layers.Layer]:
@@ -353,8 +380,6 @@ def load_pretrained(
     ``num_classes != 1000``: every layer but the classifier is loaded; the classifier is new.
     Options the twin's layout needs (``twin_options``) are applied; conflicting ones are refused.
     """
-    from training.architectures._registry import build_model
-
     layout = twin_options(name)
     for key, value in layout.items():
         if key in options and options[key] != value:

@@ -1,8 +1,8 @@
 """Pixel scaling layers: 0..255 RGB pixels to what a backbone expects.
 
-A leaf module (Keras only), shared by ``training.end_to_end`` (the end-to-end model's scaling) and
-``training.pretrained`` (what a keras.applications twin's weights expect), which the architecture
-package imports: it must not import ``training.end_to_end`` back.
+Part of the zoo (each family's ``ModelInfo.preprocessing`` names one of ``PREPROCESSING``), Keras
+only: ``training.end_to_end`` scales the end-to-end model's pixels with it, and
+``training.architectures.weights`` builds what a keras.applications twin's weights expect from it.
 """
 
 from __future__ import annotations
