@@ -43,6 +43,7 @@ from typing import Any
 import keras
 
 from training import finetune
+from training.backup import CrashSafeBackup, CrashSafeCheckpoint
 from training.cli import command_line
 from training.end_to_end import Augmentation
 from training.recipe import OPTIMIZERS, Recipe, parse_options  # noqa: F401  (fit's API too)
@@ -368,7 +369,7 @@ def make_callbacks(
     callbacks: list[keras.callbacks.Callback] = []
     if validated:
         callbacks.append(
-            keras.callbacks.ModelCheckpoint(
+            CrashSafeCheckpoint(  # keras' ModelCheckpoint, written aside and renamed (training.backup)
                 run_dir / "best.keras",
                 monitor=MONITOR,
                 mode="max",
@@ -381,7 +382,7 @@ def make_callbacks(
         callbacks.append(keras.callbacks.TensorBoard(run_dir / "tensorboard"))
     if validated and patience > 0:
         callbacks.append(keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=patience))
-    callbacks.append(keras.callbacks.BackupAndRestore(run_dir / "backup", delete_checkpoint=False))
+    callbacks.append(CrashSafeBackup(run_dir / "backup"))  # survives a kill at any instant (training.backup)
     return callbacks
 
 
