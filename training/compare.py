@@ -47,7 +47,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import json
 import os
 import platform
 import shlex
@@ -354,7 +353,7 @@ def measurements(run_dir: Path, export: Path, size: tuple, repeats: int, again: 
     if kept and kept["export"] == str(export) and not again:
         return kept
     measured = {"export": str(export), **measure_export(export, size, repeats)}
-    path.write_text(json.dumps(measured, indent=2) + "\n")
+    write_json(path, measured)  # atomic: a kill while it writes must not break the rerun
     return measured
 
 
