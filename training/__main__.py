@@ -34,7 +34,13 @@ def main(argv: list[str] | None = None) -> int:
         # Only the chosen command's module is imported (the others may pull heavy dependencies).
         if argv and argv[0] == name:
             module = importlib.import_module(module_name)
-            p = sub.add_parser(name, help=help_text, description=module.__doc__)
+            # The module's docstring as written: its example commands keep their lines.
+            p = sub.add_parser(
+                name,
+                help=help_text,
+                description=module.__doc__,
+                formatter_class=argparse.RawDescriptionHelpFormatter,
+            )
             module.add_arguments(p)
             p.set_defaults(_main=module.main)
         else:
