@@ -46,6 +46,7 @@ from training import finetune
 from training.backup import CrashSafeBackup, CrashSafeCheckpoint
 from training.cli import command_line
 from training.end_to_end import Augmentation
+from training.quiet import progress_verbosity
 from training.recipe import OPTIMIZERS, Recipe, parse_options  # noqa: F401  (fit's API too)
 from training.runs import (  # noqa: F401  (build_model, float32_model, RunStateError: fit's API too)
     MONITOR,
@@ -138,7 +139,7 @@ def fit(recipe: Recipe) -> dict:
         epochs=recipe.epochs,
         callbacks=callbacks,
         shuffle=False,  # the tf.data pipeline shuffles (Keras cannot shuffle a dataset itself)
-        verbose=1,
+        verbose=progress_verbosity(),  # progress bars on a terminal only (training.quiet)
     )
     seconds = time.perf_counter() - start
     epochs_run = len(history.epoch)
