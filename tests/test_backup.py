@@ -167,3 +167,18 @@ def test_the_best_checkpoint_is_written_aside_then_renamed(tmp_path, monkeypatch
     monkeypatch.setattr(keras.Model, "save", real_save)
     assert best.read_bytes() == before
     keras.models.load_model(best)
+
+
+def test_a_first_backup_cut_before_its_commit_is_not_resumed(tmp_path):
+    """Killed between the weights' rename and the record: the run never had a backup."""
+    folder = tmp_path / "backup"
+    m, _ = train(tmp_path / "elsewhere", 1)
+    folder.mkdir()
+    m.save_weights(str(folder / "epoch-0001.weights.h5"))
+    _, epochs = train(folder, 2)
+    assert epochs == [0, 1]  # from the start, as the trainer (runs.resumable: no record) expects
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "epoch-0001.weights.h5",
+        "epoch-0002.weights.h5",
+        METADATA,
+    ]

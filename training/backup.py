@@ -131,8 +131,13 @@ class CrashSafeBackup(keras.callbacks.BackupAndRestore):
     # ------------------------------------------------------------------ restore
 
     def candidates(self) -> tuple[list[tuple[int, Path]], list[str]]:
-        """The backups to try, best first, as (epoch, weights file); and the problems met on the way."""
+        """The backups to try, best first, as (epoch, weights file); and the problems met on the way.
+
+        Without a record nothing was committed (the first backup was cut short): nothing to resume,
+        as ``training.runs.resumable`` says too; a file it left is removed by the next backup."""
         folder, problems = self.backup_path, []
+        if not (folder / METADATA).exists():
+            return [], []
         try:
             record = read_metadata(folder)
         except ValueError as error:
