@@ -41,7 +41,19 @@ from training.runs import read_log
 REPO = Path(__file__).resolve().parents[1]
 KILLED_TRAINING = Path(__file__).with_name("killed_training.py")
 INSTANTS = ("logged", "backup-write", "backup-cut", "mid-epoch", "random")
-TINY = ["--arch", "lenet5", "--image-size", "32", "--batch-size", "4", "--jit-compile", "off"]
+# --patience 0: no early stop, so every planned epoch runs (the patience counter restarts on resume)
+TINY = [
+    "--arch",
+    "lenet5",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "4",
+    "--jit-compile",
+    "off",
+    "--patience",
+    "0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -308,7 +320,18 @@ def test_compare_survives_many_kills(folder, tmp_path):
     kills = max(5, KILLS // 3)
     epochs = 3
     argv = ["compare", "--archs", "lenet5,mobilenet_v1", "--data", str(folder), "--image-size", "32"]
-    argv += ["--batch-size", "4", "--jit-compile", "off", "--epochs", str(epochs), "--repeats", "2"]
+    argv += [
+        "--batch-size",
+        "4",
+        "--jit-compile",
+        "off",
+        "--epochs",
+        str(epochs),
+        "--repeats",
+        "2",
+        "--patience",
+        "0",
+    ]
     argv += ["--out", str(out)]
     campaign = Campaign(argv, [out / "lenet5", out / "mobilenet_v1"], epochs, out / "compare.out", SEED, True)
     survived = campaign.run(kills, instants=("logged", "backup-write", "mid-epoch", "random"))
