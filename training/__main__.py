@@ -1,17 +1,19 @@
 """Command line: ``python -m training {zoo,fit,export,optimize,hub,compare,pack,fit-packed,evaluate} ...``.
 
 Each sub-command lives in its own module exposing ``add_arguments(parser)`` and ``main(args)``;
-modules are imported lazily so ``--help`` stays fast.
+modules are imported lazily so ``--help`` stays fast. Quiet by default (``training.quiet``):
+TensorFlow's start-up lines are held back (``CONVZOO_TF_LOGS=1`` shows them) and a user error is one
+line, ``error: ...`` (``CONVZOO_TRACEBACK=1`` shows the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from training import quiet
+
+quiet.prepare()  # log levels, before anything imports TensorFlow
 
 COMMANDS = {
     "zoo": ("training.zoo", "list the architectures with parameters and FLOPs, or summarise one"),
@@ -33,14 +35,20 @@ def main(argv: list[str] | None = None) -> int:
     for name, (module_name, help_text) in COMMANDS.items():
         # Only the chosen command's module is imported (the others may pull heavy dependencies).
         if argv and argv[0] == name:
-            module = importlib.import_module(module_name)
-            p = sub.add_parser(name, help=help_text, description=module.__doc__)
+            module = quiet.quiet_import(module_name)
+            # The module's docstring as written: its example commands keep their lines.
+            p = sub.add_parser(
+                name,
+                help=help_text,
+                description=module.__doc__,
+                formatter_class=argparse.RawDescriptionHelpFormatter,
+            )
             module.add_arguments(p)
             p.set_defaults(_main=module.main)
         else:
             sub.add_parser(name, help=help_text)
     args = parser.parse_args(argv)
-    return int(args._main(args) or 0)
+    return int(quiet.one_line_errors(lambda: args._main(args)) or 0)
 
 
 if __name__ == "__main__":

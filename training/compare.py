@@ -24,7 +24,7 @@ with TensorFlow's default thread pools (every core of this machine).
 
 Resumable: run the same command again after a crash, a Ctrl-C or a kill. Finished architectures
 (run.json with test metrics, and an export) are skipped; an interrupted one resumes from its last
-finished epoch (fit's BackupAndRestore); measurements are kept in ``measurements.json`` and reused
+finished epoch (``training.backup``); measurements are kept in ``measurements.json`` and reused
 (``--remeasure`` takes them again, e.g. on a quiet machine). A folder holding runs of another
 recipe is refused rather than mixed into one table. More architectures can be added later with
 the same recipe: only the new ones train.
@@ -47,7 +47,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import json
 import os
 import platform
 import shlex
@@ -360,7 +359,7 @@ def measurements(run_dir: Path, export: Path, size: tuple, repeats: int, again: 
         "cpu_count": speed["cpus"],
         "measured": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    path.write_text(json.dumps(measured, indent=2) + "\n")
+    write_json(path, measured)  # atomic: a kill while it writes must not break the rerun
     return measured
 
 

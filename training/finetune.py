@@ -12,7 +12,7 @@ The recipe of Keras' transfer-learning guide (https://keras.io/guides/transfer_l
    a new dataset would otherwise overwrite the statistics the weights were trained with.
 
 The switch is a callback (``FineTuneSchedule``) that sets each epoch's phase at its start, so a
-resumed run (``BackupAndRestore``) continues in the right phase. The per-group learning rates are an
+resumed run (``training.backup``) continues in the right phase. The per-group learning rates are an
 optimizer subclass per Keras optimizer (``FineTuneAdamW`` ...) whose ``update_step`` scales the rate
 of every variable outside the head; ``training.runs.load_checkpoint`` loads checkpoints with them
 (``custom_objects``). Decoupled weight decay (AdamW) stays at the head's rate. Dropout / stochastic

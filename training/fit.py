@@ -42,6 +42,7 @@ from training import distribute
 from training.cli import command_line
 from training.end_to_end import Augmentation
 from training.kit import Session, compile_model
+from training.quiet import progress_verbosity
 from training.recipe import Recipe
 from training.runs import (
     RunStateError,
@@ -104,7 +105,7 @@ def fit(recipe: Recipe) -> dict:
         validation_data=batches["validation"],
         epochs=recipe.epochs,
         shuffle=False,  # the tf.data pipeline shuffles (Keras cannot shuffle a dataset itself)
-        verbose=1,
+        verbose=progress_verbosity(),  # progress bars on a terminal only (training.quiet)
     )
 
     with strategy.scope():

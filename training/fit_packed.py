@@ -10,7 +10,7 @@
 For a GPU machine that has JAX or PyTorch but no TensorFlow. It takes ``python -m training fit``'s
 flags and builds the same run from them: the same end-to-end model (``runs.build_model``, Keras'
 augmentation layers inside it), optimizer, learning-rate schedule, label smoothing and metrics
-(``training.kit``), CSV log, time limit and crash safety (BackupAndRestore: run the same
+(``training.kit``), CSV log, time limit and crash safety (``training.backup``: run the same
 command again to resume). What differs is the input: the pack's images, decoded once into memory
 (already at the training size, so the model's resize is the identity), shuffled every epoch, with
 MixUp / CutMix by the same Keras layers as ``fit`` (``training.mixing``), applied to NumPy batches.
@@ -38,6 +38,7 @@ from training.end_to_end import Augmentation
 from training.kit import Session, compile_model
 from training.mixing import batch_mixers, mix_one
 from training.pack import Pack
+from training.quiet import progress_verbosity
 from training.recipe import Recipe
 from training.runs import RunStateError, build_model, check_run_dir, float32_model, new_run, write_json
 
@@ -154,7 +155,9 @@ def fit_packed(recipe: Recipe, *, workers: int = DEFAULTS["workers"], train_spli
         tensorboard=False,
     )
     # Ctrl-C or SIGTERM: keep what was learnt (the backup can resume it).
-    history = session.fit(model, batches, epochs=recipe.epochs, verbose=2, interruptible=True)
+    history = session.fit(
+        model, batches, epochs=recipe.epochs, verbose=progress_verbosity(), interruptible=True
+    )
     save_final(model, config, len(pack.labels), run_dir / "best.keras")
     final_top1 = float(history.history["top1"][-1]) if history.history.get("top1") else None
     run["training"] = {

@@ -21,6 +21,7 @@ from pathlib import Path
 import keras
 
 from training import finetune
+from training.backup import CrashSafeBackup, CrashSafeCheckpoint
 from training.runs import MONITOR, best_logged, logged_seconds
 
 
@@ -83,7 +84,7 @@ def make_callbacks(
     callbacks: list[keras.callbacks.Callback] = []
     if validated:
         callbacks.append(
-            keras.callbacks.ModelCheckpoint(
+            CrashSafeCheckpoint(  # keras' ModelCheckpoint, written aside and renamed (training.backup)
                 run_dir / "best.keras",
                 monitor=MONITOR,
                 mode="max",
@@ -96,7 +97,7 @@ def make_callbacks(
         callbacks.append(keras.callbacks.TensorBoard(run_dir / "tensorboard"))
     if validated and patience > 0:
         callbacks.append(keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=patience))
-    callbacks.append(keras.callbacks.BackupAndRestore(run_dir / "backup", delete_checkpoint=False))
+    callbacks.append(CrashSafeBackup(run_dir / "backup"))  # survives a kill at any instant (training.backup)
     return callbacks
 
 

@@ -20,12 +20,16 @@ import keras
 
 
 def batch_mixers(mixup: float, cutmix: float, seed: int = 0) -> list[keras.layers.Layer]:
-    """The enabled mixers, MixUp first: ``mixup`` is MixUp's alpha, ``cutmix`` CutMix's factor."""
+    """The enabled mixers, MixUp first: ``mixup`` is MixUp's alpha, ``cutmix`` CutMix's factor.
+
+    They compute in float32 whatever the global policy (``fit-packed --mixed-precision`` sets
+    ``mixed_bfloat16``, under which Keras' MixUp and CutMix fail on their own float32 inputs);
+    the model casts their output to its compute dtype."""
     mixers = []
     if mixup:
-        mixers.append(keras.layers.MixUp(alpha=mixup, seed=seed))
+        mixers.append(keras.layers.MixUp(alpha=mixup, seed=seed, dtype="float32"))
     if cutmix:
-        mixers.append(keras.layers.CutMix(factor=cutmix, seed=seed + 1))
+        mixers.append(keras.layers.CutMix(factor=cutmix, seed=seed + 1, dtype="float32"))
     if not mixers:
         raise ValueError("batch mixing needs mixup or cutmix > 0")
     return mixers

@@ -41,7 +41,11 @@ class Recipe:
     )
     epochs: int = _f(30, type=int)
     batch_size: int = _f(64, "global batch size (split across GPUs)", type=int)
-    optimizer: str = _f("adamw", choices=OPTIMIZERS)
+    optimizer: str = _f(
+        "adamw",
+        "adam; adamw (decoupled weight decay); sgd (momentum 0.9, Nesterov); rmsprop (rho 0.9, momentum 0.9)",
+        choices=OPTIMIZERS,
+    )
     lr: float = _f(1e-3, "peak learning rate (before --scale-lr)", type=float)
     weight_decay: float | None = _f(
         None, "decoupled weight decay (default: 0.05 for adamw, none otherwise)", type=float
@@ -49,7 +53,12 @@ class Recipe:
     scale_lr: bool = _f(False, "linear scaling rule: lr = lr * batch_size / 256")
     warmup_epochs: float = _f(0.0, "linear warm-up before the cosine decay", type=float)
     label_smoothing: float = _f(0.0, type=float)
-    augment: str = _f("light", "augmentation preset", choices=sorted(AUGMENTATION_PRESETS))
+    augment: str = _f(
+        "light",
+        "augmentation preset: none; light (flip, zoom 0.1, translation 0.1); medium (light + rotation "
+        "and RandAugment); strong (medium + MixUp 0.2 / CutMix 1.0 on whole batches)",
+        choices=sorted(AUGMENTATION_PRESETS),
+    )
     mixup: float | None = _f(None, "MixUp alpha (overrides the preset; 0 disables)", type=float)
     cutmix: float | None = _f(None, "CutMix alpha (overrides the preset; 0 disables)", type=float)
     width: float | None = _f(None, "width multiplier, for architectures that take one", type=float)

@@ -3,7 +3,7 @@ read and write them.
 
 A run folder holds ``run.json`` (the run record: configuration, labels, command and, once
 evaluated, the held-out ``metrics``), ``log.csv`` (one row per epoch, Keras' ``CSVLogger``),
-``best.keras``, ``backup/`` (Keras' ``BackupAndRestore``, while unfinished) and ``tensorboard/``.
+``best.keras``, ``backup/`` (``training.backup.CrashSafeBackup``, while unfinished) and ``tensorboard/``.
 
 Everything about the folder lives here: creating the record (``new_run``, ``write_json``), the
 resume check (``check_run_dir``), reading it back (``read_run``, ``read_log``), the time accounting

@@ -83,9 +83,13 @@ def main(args: argparse.Namespace) -> int:
         print(f"\r[{done}/{len(names)}] building {name:<24}", end="", file=sys.stderr, flush=True)
 
     rows: list[dict] = []
-    for row in zoo_rows(args.pattern, args.size, args.num_classes, progress):
-        rows.append(row)
-    print(f"\r{' ' * 60}\r", end="", file=sys.stderr)
+    terminal = sys.stderr.isatty()  # the "[3/34] building ..." line: on a terminal only
+    try:
+        for row in zoo_rows(args.pattern, args.size, args.num_classes, progress if terminal else None):
+            rows.append(row)
+    finally:  # an error (a --size too small for one of them) is printed on a clean line
+        if terminal:
+            print(f"\r{' ' * 60}\r", end="", file=sys.stderr)
     print(markdown_table(rows))
     print(
         f"\n{len(rows)} architectures, {args.num_classes} classes; FLOPs are multiply-adds for one "
