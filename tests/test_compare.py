@@ -39,6 +39,7 @@ def compare_argv(folder: Path, out: Path, *options: str, archs=ARCHS) -> list[st
         "off",
         "--repeats",
         "3",
+        "--no-optimize",  # the OpenVINO forms are test_runtimes' subject
         "--out",
         str(out),
         *options,

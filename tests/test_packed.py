@@ -242,7 +242,7 @@ def test_fit_packed_imports_no_tensorflow():
         if module == "training.architectures":  # the package registers every family on import
             family_files = (REPO / "training" / "architectures").glob("*.py")
             todo.extend(f"training.architectures.{p.stem}" for p in family_files)
-    assert {"training.fit", "training.end_to_end", "training.pack", "training.architectures.resnet"} <= seen
+    assert {"training.kit", "training.end_to_end", "training.pack", "training.architectures.resnet"} <= seen
     assert "training.data" not in seen and "training.export" not in seen
 
 

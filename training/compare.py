@@ -98,6 +98,7 @@ RECIPE = (
     "seed",
     "jit_compile",
     "mixed_precision",
+    "no_optimize",
 )
 COLUMNS = (
     "arch",
