@@ -222,12 +222,17 @@ def write_json(path: str | Path, data: dict) -> None:
     """Replace the JSON file ``path`` atomically (a sibling, fsynced, then renamed over it)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(data, indent=2) + "\n")
-        f.flush()
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    replace_file(tmp, path)
+
+
+def replace_file(source: str | Path, target: str | Path) -> None:
+    """Publish the finished file ``source`` (a sibling of ``target``) as ``target``: fsync it,
+    rename it over ``target``, fsync the folder. A crash leaves the old file or the new one."""
+    with open(source, "rb") as f:
         os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    os.replace(source, target)
+    fsync_dir(Path(target).parent)
 
 
 def fsync_tree(root: str | Path) -> None:

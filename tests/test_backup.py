@@ -104,7 +104,7 @@ def kill_at(monkeypatch, where: str):
     class Killed(Exception):
         pass
 
-    real_replace, real_save = backup.replace, keras.Model.save_weights
+    real_replace, real_save = backup.replace_file, keras.Model.save_weights
 
     def replace(source, target):
         if where == "weights-rename" and target.suffix == ".h5":
@@ -120,7 +120,7 @@ def kill_at(monkeypatch, where: str):
             path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
             raise Killed
 
-    monkeypatch.setattr(backup, "replace", replace)
+    monkeypatch.setattr(backup, "replace_file", replace)
     monkeypatch.setattr(keras.Model, "save_weights", save_weights)
     return Killed
 

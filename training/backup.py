@@ -27,12 +27,13 @@ that cannot be loaded.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
 
 import keras
+
+from service.repository import replace_file
 
 METADATA = "training_metadata.json"  # Keras' name for it
 LEGACY_WEIGHTS = "latest.weights.h5"  # what keras.callbacks.BackupAndRestore writes
@@ -44,31 +45,11 @@ def weights_name(epoch: int, batch: int = 0) -> str:
     return f"epoch-{epoch:04d}" + (f"-batch-{batch}" if batch else "") + ".weights.h5"
 
 
-def fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def fsync_dir(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def replace(source: Path, target: Path) -> None:
-    """Publish ``source`` (complete, not yet flushed) as ``target``: fsync, rename, fsync the folder."""
-    fsync_file(source)
-    os.replace(source, target)
-    fsync_dir(target.parent)
-
-
 def write_json(path: Path, data: dict) -> None:
-    """Replace ``path`` atomically: a sibling, fsynced, renamed over it."""
+    """Replace ``path`` atomically: a ``.partial-`` sibling, fsynced, renamed over it."""
     partial = path.with_name(PARTIAL + path.name)
     partial.write_text(json.dumps(data) + "\n", encoding="utf-8")
-    replace(partial, path)
+    replace_file(partial, path)
 
 
 def read_metadata(backup_dir: Path) -> dict | None:
@@ -106,7 +87,7 @@ class CrashSafeBackup(keras.callbacks.BackupAndRestore):
         name = weights_name(epoch, batch)
         partial = folder / (PARTIAL + name)
         self.model.save_weights(str(partial), overwrite=True)
-        replace(partial, folder / name)
+        replace_file(partial, folder / name)
         try:
             committed = read_metadata(folder)
         except ValueError:
@@ -208,4 +189,4 @@ class CrashSafeCheckpoint(keras.callbacks.ModelCheckpoint):
         finally:
             self.filepath = str(final)
         if partial.is_file():
-            replace(partial, final)
+            replace_file(partial, final)
