@@ -27,7 +27,7 @@ from pathlib import Path
 
 import psutil
 
-from benchmarks.images import build_image_set
+from benchmarks.images import add_image_set_argument, image_set
 from benchmarks.ladder import run_step
 from benchmarks.modelrepo import DEFAULT_MODEL, DEFAULT_MODELS_DIR, REPO, resolve
 from benchmarks.servers import SERVERS, RunningServer, warm_up
@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("variants", nargs="+", help="NAME[@CHECKOUT]:[VAR=VALUE,...]")
     parser.add_argument("--server", choices=sorted(SERVERS), default="bentoml")
     parser.add_argument("--model", default=os.environ.get("CONVZOO_MODEL") or DEFAULT_MODEL)
+    add_image_set_argument(parser)
     parser.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=2, help="measured steps per server start")
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     if len({v.name for v in variants}) != len(variants):
         parser.error("variant names must differ")
     ref = resolve(args.model, args.models_dir)
-    images = list(build_image_set().paths)
+    images = list(image_set(args.image_set).paths)
     for round_index in range(1, args.rounds + 1):
         for variant in variants:
             measure(variant, round_index, ref, args, images)

@@ -33,7 +33,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from benchmarks.images import ImageMix, build_image_set
+from benchmarks.images import add_image_set_argument, image_set
 from benchmarks.ladder import LocustError, Step, run_step
 from benchmarks.modelrepo import DEFAULT_MODEL, DEFAULT_MODELS_DIR, REPO, ModelRef, read_metadata, resolve
 from benchmarks.report import (
@@ -80,6 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="untimed Locust run at the top of the ladder before it (0: none)",
     )
     parser.add_argument("--images-per-request", type=int, default=1)
+    add_image_set_argument(parser)
     parser.add_argument(
         "--server-cpus",
         default="1",
@@ -117,10 +118,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     ref = None if args.host and args.no_ceiling else resolve(args.model, args.models_dir)
     out = args.out or RESULTS_DIR / datetime.now().strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
-    image_set = build_image_set(ImageMix())
-    images = list(image_set.paths)
+    images_used = image_set(args.image_set)
+    images = list(images_used.paths)
     command = shlex.join(["python", "-m", "benchmarks.load", *argv])
-    header = _header(ref, args, image_set.description, server_cpus, locust_cpus, users, command)
+    header = _header(ref, args, images_used.description, server_cpus, locust_cpus, users, command)
     print("\n".join(header), f"\nresults: {out}", sep="\n", flush=True)
 
     ceilings = (

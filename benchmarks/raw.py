@@ -9,8 +9,8 @@ what the service would pick on this CPU: the fastest OpenVINO form that passed i
 loaded and warmed up at every batch size exactly as the service does.
 
 For each batch size (1, 2, 4 ... 64) and each mode: ``--warmup`` untimed runs, then ``--repeats``
-timed runs; one run classifies the whole image mix (32 images) in batches of that size. Reported:
-the median over runs of images/s, and the p50/p95 latency of one batch call. Modes:
+timed runs; one run classifies the whole image set (``--image-set``) in batches of that size.
+Reported: the median over runs of images/s, and the p50/p95 latency of one batch call. Modes:
 
 - ``tensor``: uint8 images already decoded and resized to the model's input size, through the
   runtime (the model alone: the upper bound no server can pass);
@@ -26,7 +26,7 @@ the median over runs of images/s, and the p50/p95 latency of one batch call. Mod
 own decoding or the usual PIL one; the end-to-end ceiling is the better of the two at its best
 batch size. The ``service`` mode tells how much of the service's distance to the ceiling is its
 decoding and how much is serving (``service_images_per_s`` in the summary). Batches cycle through
-the benchmark's image mix (``benchmarks.images``), so every batch holds a mix of sizes.
+the benchmark's image set (``benchmarks.images``), so every batch holds a mix of sizes.
 
 ``--cpus`` pins this process (and TensorFlow's thread pools, sized from the affinity) to the
 given CPUs before TensorFlow is imported; the load runner uses the same CPUs for every server.
@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.images import ImageMix, build_image_set
+from benchmarks.images import add_image_set_argument, image_set
 from benchmarks.modelrepo import DEFAULT_MODEL, DEFAULT_MODELS_DIR, read_metadata, resolve
 from benchmarks.peers.common import decode
 from service import runtimes
@@ -86,7 +86,7 @@ def pin(cpus: list[int]) -> None:
 
 
 def measure(call, batch_size: int, image_count: int, warmup: int, repeats: int, max_seconds: float) -> Point:
-    """Time runs of ``call(step)`` (batch number ``step``); one run covers the whole image mix.
+    """Time runs of ``call(step)`` (batch number ``step``); one run covers the whole image set.
 
     ``warmup`` runs are untimed; then up to ``repeats`` timed runs, stopping early once
     ``max_seconds`` have been spent (at least 3 runs always, so a median means something).
@@ -211,6 +211,7 @@ def markdown_table(points: list[Point]) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help="NAME or NAME:VERSION (default: %(default)s)")
+    add_image_set_argument(parser)
     parser.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
     parser.add_argument(
         "--batch-sizes",
@@ -225,7 +226,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="as CONVZOO_RUNTIME: auto is what the service picks on this CPU",
     )
     parser.add_argument(
-        "--warmup", type=int, default=1, help="untimed runs per point (a run covers the whole image mix)"
+        "--warmup", type=int, default=1, help="untimed runs per point (a run covers the whole image set)"
     )
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per point (median)")
     parser.add_argument(
@@ -245,8 +246,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
     ref = resolve(args.model, args.models_dir)
     metadata = read_metadata(ref)
     size = tuple(metadata["input_size"])
-    image_set = build_image_set(ImageMix())
-    images = image_set.read_all()
+    images_used = image_set(args.image_set)
+    images = images_used.read_all()
     modes = [m.strip() for m in args.modes.split(",")]
     unknown = set(modes) - set(MODES)
     if unknown:
@@ -261,7 +262,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
     print(
         f"model {ref.spec} ({metadata.get('architecture')}, input {size[0]}x{size[1]}) on "
         f"{choice.runtime} {choice.precision} ({choice.key}), CPUs {sorted(os.sched_getaffinity(0))}; "
-        f"images: {image_set.description}",
+        f"images: {images_used.description}",
         flush=True,
     )
     points = []
@@ -285,7 +286,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
         "input_size": list(size),
         "runtime": runtimes.describe(choice),
         "cpus": sorted(os.sched_getaffinity(0)),
-        "images": image_set.description,
+        "images": images_used.description,
         "command": shlex.join([sys.executable, "-m", "benchmarks.raw", *argv]),
         "points": [asdict(p) for p in points],
         "ceiling": ceiling_summary(points),

@@ -50,7 +50,7 @@ from pathlib import Path
 import aiohttp
 import psutil
 
-from benchmarks.images import ImageMix, build_image_set
+from benchmarks.images import add_image_set_argument, image_set
 from benchmarks.ladder import run_step
 from benchmarks.modelrepo import DEFAULT_MODEL, DEFAULT_MODELS_DIR, REPO, resolve
 from benchmarks.servers import SERVERS, RunningServer, check_metadata, pin_prefix, warm_up
@@ -391,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("mode", choices=["soak", "overload", "kill-worker"])
     parser.add_argument("--model", default=DEFAULT_MODEL)
+    add_image_set_argument(parser)
     parser.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
     parser.add_argument("--saturation-rps", type=float, help="skip the probe; use this throughput")
     parser.add_argument("--probe-users", type=int, default=16)
@@ -416,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or RESULTS_DIR / f"reliability-{args.mode}-{datetime.now():%Y%m%d-%H%M%S}"
     out.mkdir(parents=True, exist_ok=True)
     ref = resolve(args.model, args.models_dir)
-    images = list(build_image_set(ImageMix()).paths)
+    images = list(image_set(args.image_set).paths)
     bodies = [multipart_body(p.name, p.read_bytes()) for p in images]
     os.environ.update(
         CONVZOO_MAX_CONCURRENCY=str(args.max_concurrency),
@@ -428,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Date: {datetime.now().isoformat(timespec='seconds')}; machine: {os.cpu_count()} CPUs, "
         f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}",
-        f"Model: {ref.spec}; {len(images)} images (benchmarks.images.ImageMix), 1 per request",
+        f"Model: {ref.spec}; {len(images)} images (--image-set {args.image_set}), 1 per request",
         f"Service: CONVZOO_WORKERS={args.workers}, CONVZOO_MAX_CONCURRENCY={args.max_concurrency}, "
         f"CONVZOO_TIMEOUT_S={args.timeout}; "
         f"server CPUs {args.server_cpus or 'all'}, client CPUs {args.client_cpus or 'all'}",

@@ -10,6 +10,7 @@ Serve peers, both ceilings) is marked slow.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from benchmarks import raw
+from benchmarks import images, load, raw
 from benchmarks.ladder import Step, parse_stats
 from benchmarks.report import evaluate_targets
 
@@ -130,6 +131,8 @@ def test_raw_measures_every_mode_and_batch_size(models_dir, tmp_path):
             str(result_path),
             "--runtime",
             "tensorflow",
+            "--image-set",
+            "thumbnails",  # 32 small files: every mode, TensorFlow's in-graph decoding included
         ]
     )
     assert code == 0
@@ -167,6 +170,8 @@ def test_raw_on_the_default_runtime_is_openvino_without_a_bytes_mode(models_dir,
             "none",
             "--json",
             str(result_path),
+            "--image-set",
+            "thumbnails",
         ]
     )
     assert code == 0
@@ -191,6 +196,8 @@ def test_raw_on_the_default_runtime_is_openvino_without_a_bytes_mode(models_dir,
                 "3",
                 "--cpus",
                 "none",
+                "--image-set",
+                "thumbnails",
             ]
         )
         == 0
@@ -215,6 +222,8 @@ def test_load_runner_against_fastapi_peer_writes_report(models_dir, tmp_path):
             "1",
             "--ceiling-batch-sizes",
             "1,2",
+            "--image-set",
+            "thumbnails",
             "--out",
             str(out),
         ],
@@ -309,6 +318,8 @@ def test_compare_runs_all_three_servers_and_the_ceiling(models_dir, tmp_path):
             "1",
             "--ceiling-batch-sizes",
             "1,2",
+            "--image-set",
+            "thumbnails",
             "--out",
             str(out),
         ],
@@ -347,6 +358,8 @@ def test_ab_runs_interleaved_rounds_and_summarizes(models_dir, tmp_path):
             "2",
             "--users",
             "2",
+            "--image-set",
+            "thumbnails",
             "--out",
             str(tmp_path),
             *pin,
@@ -369,3 +382,29 @@ def test_ab_runs_interleaved_rounds_and_summarizes(models_dir, tmp_path):
         [sys.executable, "-m", "benchmarks.ab", "nocolon"], cwd=REPO, capture_output=True, text=True
     )
     assert bad.returncode == 2 and "NAME[@CHECKOUT]" in bad.stderr
+
+
+def test_image_sets_are_real_uploads_of_varied_sizes(tmp_path):
+    photos = images.build_photo_set(cache_dir=tmp_path)
+    assert len(photos.paths) >= 20 and len(set(photos.sizes)) >= 5  # varied sizes, not thumbnails
+    if images.PHOTOS_DIR.is_dir():
+        assert len(photos.paths) == 397 and "real photos" in photos.description
+        assert all(images.PHOTOS_DIR in path.parents for path in photos.paths)  # read in place
+    phone = images.build_phone_set(cache_dir=tmp_path, count=2)
+    assert phone.sizes == (images.PHONE_SIZE, images.PHONE_SIZE)
+    orientations = []
+    for path in phone.paths:
+        with Image.open(path) as image:
+            assert image.format == "JPEG"
+            orientations.append(image.getexif().get(images.EXIF_ORIENTATION))
+    assert orientations == [None, 6]  # every other one as a phone held upright writes it
+    assert images.image_set("thumbnails").description.startswith("32 JPEGs")
+    with pytest.raises(ValueError, match="unknown image set"):
+        images.image_set("huge")
+
+
+@pytest.mark.parametrize("module", [raw, load])
+def test_benchmarks_default_to_real_photos(module):
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    assert parser.parse_args([]).image_set == "photos"
