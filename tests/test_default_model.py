@@ -92,7 +92,7 @@ def test_faster_forms_are_intact_and_passed_the_gate():
 def test_classifies_held_out_photos_through_both_signatures(saved_model, held_out):
     encoded = tf.constant([data for data, _ in held_out])
     from_bytes = saved_model.signatures["serve_bytes"](image_bytes=encoded)["probabilities"].numpy()
-    for (data, _), expected in zip(held_out[:5], from_bytes, strict=True):
+    for (data, _), expected in zip(held_out[:5], from_bytes[:5], strict=True):
         image = tf.io.decode_jpeg(data, channels=3)[tf.newaxis]
         got = saved_model.signatures["serving_default"](images=image)["probabilities"].numpy()[0]
         np.testing.assert_allclose(got, expected, atol=1e-5)
