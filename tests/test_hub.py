@@ -229,7 +229,10 @@ def test_fine_tune_a_new_head_for_one_epoch_then_export(feature_dir, tmp_path):
     probabilities = saved.signatures["serve_bytes"](image_bytes=tf.constant(blobs))["probabilities"].numpy()
     assert probabilities.shape == (2, 2)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
-    assert json.loads((folder / "metadata.json").read_text())["architecture"] == f"tfhub:{feature_dir}"
+    assert (
+        json.loads((folder / "metadata.json").read_text())["architecture"]
+        == f"tfhub:{portable_path(feature_dir)}"
+    )
 
 
 def test_labels_and_data_together_are_refused(feature_dir, tmp_path, capsys):

@@ -243,7 +243,7 @@ def test_fit_packed_imports_no_tensorflow():
             family_files = (REPO / "training" / "architectures").glob("*.py")
             todo.extend(f"training.architectures.{p.stem}" for p in family_files)
     assert {"training.kit", "training.end_to_end", "training.pack", "training.architectures.resnet"} <= seen
-    assert "training.data" not in seen and "training.export" not in seen
+    assert not {"training.data", "training.export", "training.fit"} & seen
 
 
 def test_fit_packed_killed_mid_epoch_then_the_same_command_resumes(packed, tmp_path):
@@ -281,3 +281,20 @@ def test_fit_packed_killed_mid_epoch_then_the_same_command_resumes(packed, tmp_p
     run = json.loads((tmp_path / "resume" / "run.json").read_text())
     assert run["trained_on"] == ["train", "validation"] and run["splits"] == {"train": 42}
     assert run["training"]["first_epoch"] == 2 and not (tmp_path / "resume" / "backup").exists()
+
+
+def test_mix_one_is_mixup_below_one_half_and_cutmix_above():
+    """``training.mixing.mix_one``: the one choice of MixUp or CutMix, for both trainers."""
+    import keras
+
+    from training.mixing import batch_mixers, mix_one
+
+    values = np.array([0.0, 100.0, 200.0, 50.0], np.float32)
+    images = np.stack([np.full((16, 16, 3), v, np.float32) for v in values])
+    labels = np.eye(4, dtype=np.float32)
+    mixers = batch_mixers(1.0, 1.0, seed=3)
+    mixup, _ = mix_one(mixers, images, labels, 0.2)
+    cutmix, _ = mix_one(mixers, images, labels, 0.7)
+    blended = ~np.isin(keras.ops.convert_to_numpy(mixup), values)
+    assert blended.any()  # MixUp blends pixels
+    assert np.isin(keras.ops.convert_to_numpy(cutmix), values).all()  # CutMix pastes them
