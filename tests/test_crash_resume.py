@@ -86,8 +86,13 @@ def partials(run_dir: Path) -> set[tuple[str, int]]:
 
 
 def finished(run_dir: Path) -> bool:
+    """fit / compare: held-out metrics recorded; fit-packed (no evaluation): its training recorded."""
     path = run_dir / "run.json"
-    return path.is_file() and bool(json.loads(path.read_text()).get("metrics"))
+    if not path.is_file():
+        return False
+    run = json.loads(path.read_text())
+    training = run.get("training") or {}
+    return bool(run.get("metrics")) or (bool(training) and not training.get("interrupted"))
 
 
 class Launch:
