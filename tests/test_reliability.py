@@ -40,13 +40,8 @@ from test_fuzz import BOUNDARY, bodies
 from test_service import BENTOML, MODEL_NAME, REPO, Server, server_env
 
 from service.config import ServiceConfig
-from service.model_store import (
-    InvalidModel,
-    check_export,
-    parse_model_spec,
-    repository_versions,
-    resolve_model,
-)
+from service.model_store import InvalidModel, check_export, resolve_model
+from service.repository import parse_model_spec, version_folders
 
 MiB = 1024 * 1024
 KEY = f"convzoo-test-{secrets.token_hex(12)}"
@@ -336,7 +331,7 @@ def test_a_leftover_temporary_export_folder_is_not_a_version(exported_model, tmp
     shutil.copytree(exported_model, models / MODEL_NAME / "1")
     shutil.copytree(exported_model, models / MODEL_NAME / ".tmp-2-12345")
     (models / MODEL_NAME / ".tmp-2-12345" / "saved_model.pb").unlink()
-    assert repository_versions(models, MODEL_NAME) == [1]
+    assert version_folders(models, MODEL_NAME) == [1]
 
 
 def test_the_service_refuses_to_start_on_a_corrupt_export_with_one_line(exported_model, tmp_path):
