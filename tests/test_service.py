@@ -30,7 +30,7 @@ import pytest
 import requests
 import service_files as files
 
-from service.images import decode_image
+from service.images import decode
 
 REPO = Path(__file__).resolve().parents[1]
 BENTOML = Path(sys.executable).parent / "bentoml"
@@ -114,7 +114,7 @@ def reference(exported_model):
     serving_default = tf.saved_model.load(str(exported_model)).signatures["serving_default"]
 
     def predict(data: bytes, name: str) -> np.ndarray:
-        image = decode_image(data, name)[None]
+        image = np.asarray(decode(data, name))[None]
         return serving_default(images=tf.constant(image))["probabilities"].numpy()[0]
 
     return predict
