@@ -33,13 +33,16 @@ Safety (the service refuses to start, with one line naming the folder and the re
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import bentoml
 import yaml
+from _bentoml_sdk.models import BentoModel, Model
 from bentoml.exceptions import BentoMLException, NotFound
 
 from service import repository
@@ -228,6 +231,44 @@ def resolve_model_or_exit(config: ServiceConfig) -> str:
     except (ModelNotFound, InvalidModel, ValueError) as error:
         print(f"convzoo: cannot serve a model: {error}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+
+
+class ServedModel(Model[bentoml.Model]):
+    """The model ``CONVZOO_MODEL`` names, as a BentoML model reference (``bentoml.models.BentoModel``)
+    that is resolved (``resolve_model_or_exit``) on first use, not when it is declared: when
+    ``bentoml serve`` starts (it resolves its services' models before the workers start), when a
+    worker constructs the service, when ``bentoml build`` packages it."""
+
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+
+    @functools.cached_property
+    def reference(self) -> BentoModel:
+        return BentoModel(resolve_model_or_exit(self.config))
+
+    @property
+    def tag(self) -> bentoml.Tag:
+        return self.reference.tag
+
+    @property
+    def stored(self) -> bentoml.Model | None:
+        return self.reference.stored
+
+    def to_info(self, alias: str | None = None) -> Any:
+        return self.reference.to_info(alias)
+
+    @classmethod
+    def from_info(cls, info: Any) -> BentoModel:
+        return BentoModel.from_info(info)
+
+    def to_create_schema(self) -> Any:
+        return self.reference.to_create_schema()
+
+    def resolve(self, base_path: Any = None) -> bentoml.Model:
+        return self.reference.resolve(base_path)
+
+    def __str__(self) -> str:
+        return str(self.tag)
 
 
 def _default_name(config: ServiceConfig) -> tuple[str, int | None]:
