@@ -71,12 +71,13 @@ def start(home: Path, log: Path, **settings: str) -> Server:
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
-    """Two servers on one host and one BENTOML_HOME (the second starts after the first)."""
+    """Two servers on one host and one BENTOML_HOME (the second starts after the first, without a
+    key, believing forwarded headers from 127.0.0.1)."""
     home = tmp_path_factory.mktemp("bentoml_home")
     logs = tmp_path_factory.mktemp("logs")
     first = start(home, logs / "first.log")
     try:
-        second = start(home, logs / "second.log", CONVZOO_API_KEY="")
+        second = start(home, logs / "second.log", CONVZOO_API_KEY="", CONVZOO_FORWARDED_ALLOW_IPS="127.0.0.1")
         try:
             yield first, second
         finally:
@@ -223,6 +224,40 @@ def test_forwarded_headers_are_not_believed_from_an_unconfigured_peer(servers):
         f"{server.url}/ui", headers={"Host": "evil.example"}, allow_redirects=False, timeout=30
     )
     assert page.status_code in (301, 307, 308) and page.headers["location"] == "/ui/"
+
+
+def test_forwarded_headers_are_believed_from_a_configured_proxy(servers):
+    _, second = servers
+    headers = {"X-Forwarded-Proto": "https", "Host": "models.example.org"}
+    description = requests.get(f"{second.url}/docs.json", headers=headers, timeout=30).json()["info"][
+        "description"
+    ]
+    assert "curl -F images=@photo.jpg https://models.example.org/classify" in description
+
+
+def test_the_upload_guard_and_the_parser_read_the_same_form(servers):
+    """Attack 3 over HTTP: a charset that renames a text field into ``images``, and two
+    Content-Type headers; each a 400 naming the problem, and no URL is ever fetched."""
+    server, _ = servers
+    url_part = multipart([("+AGk-mages", None, b"http://example.com/a.jpg")])
+    answer = requests.post(
+        f"{server.url}/classify",
+        data=url_part,
+        headers={**AUTH, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}; charset=utf-7"},
+        timeout=30,
+    )
+    assert answer.status_code == 400 and "charset" in answer.json()["error"]
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    body = multipart([("images", None, b"http://example.com/a.jpg")])
+    connection.putrequest("POST", "/classify")
+    connection.putheader("Authorization", AUTH["Authorization"])
+    connection.putheader("Content-Type", "application/x-www-form-urlencoded")
+    connection.putheader("Content-Type", f"multipart/form-data; boundary={BOUNDARY}")
+    connection.putheader("Content-Length", str(len(body)))
+    connection.endheaders(body)
+    response = connection.getresponse()
+    assert response.status == 400 and "more than one Content-Type" in json.loads(response.read())["error"]
+    connection.close()
 
 
 def test_metadata_over_http_shows_no_absolute_path(servers):
