@@ -265,6 +265,27 @@ def test_decoding_threads_default_to_none_on_one_cpu():
     assert refused.returncode != 0 and "CONVZOO_DECODE_THREADS must be at least 0" in refused.stderr
 
 
+def test_importing_the_service_does_no_work():
+    """The environment is read by service.config alone; the model is resolved and the runtime
+    chosen when the server starts, never when the module is imported: a model that exists nowhere
+    does not stop an import, and nothing is loaded."""
+    code = (
+        "import sys, service.service as s\n"
+        "loaded = any(m.startswith(('tensorflow', 'openvino')) for m in sys.modules)\n"
+        "print('reference' in vars(s.MODEL), loaded)"
+    )
+    imported = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "CONVZOO_MODEL": "no-such-model", "BENTOML_DO_NOT_TRACK": "true"},
+        timeout=120,
+    )
+    assert imported.returncode == 0, imported.stderr[-2000:]
+    assert imported.stdout.split() == ["False", "False"]
+
+
 def test_metadata_names_the_served_model(server, exported_model):
     metadata = expect(requests.post(f"{server.url}/metadata", json={}, timeout=30), 200, server)
     assert (metadata["name"], metadata["version"]) == (MODEL_NAME, int(exported_model.name))
