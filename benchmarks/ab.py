@@ -12,8 +12,8 @@ gives each variant's median images/s and the server's CPU milliseconds per reque
 processes, ``user + system``, read before and after each step, Locust's ramp-up included).
 
 This is how the rows of benchmarks/README.md "What we tried" are measured: on a shared machine
-throughput drifts by ±10 % within minutes, so only variants run in the same rounds are compared,
-and CPU per request is the steadier of the two figures.
+throughput drifts within minutes (by how much: that file's notes), so only variants run in the
+same rounds are compared, and CPU per request is the steadier of the two figures.
 """
 
 from __future__ import annotations

@@ -46,6 +46,7 @@ from benchmarks.report import (
 )
 from benchmarks.servers import SERVERS, RunningServer, ServerError, check_metadata, pin_prefix, warm_up
 from service import runtimes
+from service.config import cpu_count
 
 RESULTS_DIR = REPO / "benchmarks" / "results"
 DEFAULT_USERS = "1,2,4,8,16,32,64"
@@ -174,8 +175,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         out / "plot.png",
         by_server,
         {runtime: found["ceiling"] for runtime, found in ceilings.items()},
-        f"{ref.spec if ref else args.host}, {os.cpu_count()} CPUs, "
-        f"{args.images_per_request} image(s)/request",
+        f"{ref.spec if ref else args.host}, {cpu_count()} CPUs, {args.images_per_request} image(s)/request",
     )
     print(f"\nTargets (service under test: {subject}):")
     if not targets:
@@ -314,7 +314,7 @@ def _header(ref: ModelRef | None, args, images: str, server_cpus, locust_cpus, u
     )
     return [
         f"Date: {datetime.now().isoformat(timespec='seconds')}",
-        f"Machine: {os.cpu_count()} CPUs ({runtimes.cpu_name()}), {platform.system()} {platform.release()}; "
+        f"Machine: {cpu_count()} CPUs ({runtimes.cpu_name()}), {platform.system()} {platform.release()}; "
         f"load average at the start: {_load_average()}",
         model,
         f"Images: {images}; {args.images_per_request} image(s) per request",

@@ -5,7 +5,8 @@
 
 ``python -m benchmarks.load`` runs it for you (one Locust process per step of the user ladder).
 Settings come from environment variables, so no TensorFlow (and nothing of this project) is
-imported here; gevent and TensorFlow must never share a process:
+imported here but ``benchmarks.multipart`` (standard library only); gevent and TensorFlow must
+never share a process:
 
 | variable                           | meaning                                             |
 |------------------------------------|-----------------------------------------------------|
@@ -23,30 +24,14 @@ from __future__ import annotations
 
 import itertools
 import os
-import uuid
 from pathlib import Path
 
 from locust import FastHttpUser, constant, task
 
+from benchmarks.multipart import encode_multipart
+
 IMAGES_VAR = "CONVZOO_BENCH_IMAGES"
 PER_REQUEST_VAR = "CONVZOO_BENCH_IMAGES_PER_REQUEST"
-
-
-def encode_multipart(files: list[tuple[str, bytes]], field: str = "images") -> tuple[bytes, str]:
-    """A multipart/form-data body with one part per (filename, bytes) in ``field``; and its type."""
-    boundary = uuid.uuid4().hex
-    parts = []
-    for filename, data in files:
-        suffix = Path(filename).suffix.lower().lstrip(".")
-        content_type = "image/jpeg" if suffix in ("jpg", "jpeg") else f"image/{suffix or 'octet-stream'}"
-        parts.append(
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; '
-            f'filename="{filename}"\r\nContent-Type: {content_type}\r\n\r\n'.encode()
-            + data
-            + b"\r\n"
-        )
-    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-    return body, f"multipart/form-data; boundary={boundary}"
 
 
 def build_requests(paths: list[Path], per_request: int) -> list[tuple[bytes, str, int]]:

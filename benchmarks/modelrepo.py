@@ -36,21 +36,19 @@ def versions(models_dir: Path, name: str) -> list[int]:
 
 
 def resolve(spec: str, models_dir: Path = DEFAULT_MODELS_DIR) -> ModelRef:
-    """``"name"`` (latest version) or ``"name:version"`` to the exported folder; clear error if absent."""
-    name, _, version = spec.strip().partition(":")
+    """``"name"`` (latest version) or ``"name:version"`` (``repository.parse_model_spec``) to the
+    exported folder; clear error if absent."""
+    name, version = repository.parse_model_spec(spec)
     available = versions(models_dir, name)
     if not available:
-        names = sorted(p.name for p in Path(models_dir).glob("*") if versions(models_dir, p.name))
+        names = repository.model_names(models_dir)
         raise FileNotFoundError(
             f"no exported model {name!r} in {models_dir}; models there: {names or 'none'} "
             "(export one with `python -m training fit ...`, or pass --model / --models-dir)"
         )
-    if version in ("", "latest"):
-        chosen = available[-1]
-    elif version.isdigit() and int(version) in available:
-        chosen = int(version)
-    else:
-        raise FileNotFoundError(f"{name} has versions {available} in {models_dir}, not {version!r}")
+    if version is not None and version not in available:
+        raise FileNotFoundError(f"{name} has versions {available} in {models_dir}, not {version}")
+    chosen = available[-1] if version is None else version
     return ModelRef(name, chosen, Path(models_dir) / name / str(chosen))
 
 

@@ -42,7 +42,6 @@ import statistics
 import subprocess
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -53,7 +52,9 @@ import psutil
 from benchmarks.images import add_image_set_argument, image_set
 from benchmarks.ladder import run_step
 from benchmarks.modelrepo import DEFAULT_MODEL, DEFAULT_MODELS_DIR, REPO, resolve
+from benchmarks.multipart import encode_multipart
 from benchmarks.servers import SERVERS, RunningServer, check_metadata, pin_prefix, warm_up
+from service.config import cpu_count
 
 RESULTS_DIR = REPO / "benchmarks" / "results"
 SOAK_LOCUSTFILE = REPO / "benchmarks" / "soak_locustfile.py"
@@ -74,15 +75,6 @@ class Record:
 
 
 # ------------------------------------------------------------------------------ the load drivers
-
-
-def multipart_body(filename: str, data: bytes) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    body = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="images"; '
-        f'filename="{filename}"\r\nContent-Type: image/jpeg\r\n\r\n'
-    ).encode() + data
-    return body + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
 async def open_loop(
@@ -418,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     ref = resolve(args.model, args.models_dir)
     images = list(image_set(args.image_set).paths)
-    bodies = [multipart_body(p.name, p.read_bytes()) for p in images]
+    bodies = [encode_multipart([(p.name, p.read_bytes())]) for p in images]
     os.environ.update(
         CONVZOO_MAX_CONCURRENCY=str(args.max_concurrency),
         CONVZOO_TIMEOUT_S=str(args.timeout),
@@ -427,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     header = [
         f"# Reliability: {args.mode}",
         "",
-        f"Date: {datetime.now().isoformat(timespec='seconds')}; machine: {os.cpu_count()} CPUs, "
+        f"Date: {datetime.now().isoformat(timespec='seconds')}; machine: {cpu_count()} CPUs, "
         f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}",
         f"Model: {ref.spec}; {len(images)} images (--image-set {args.image_set}), 1 per request",
         f"Service: CONVZOO_WORKERS={args.workers}, CONVZOO_MAX_CONCURRENCY={args.max_concurrency}, "

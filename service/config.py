@@ -1,35 +1,49 @@
 """Service settings, read once from environment variables (all optional).
 
-| variable                   | default                  | meaning                                            |
-|----------------------------|--------------------------|----------------------------------------------------|
-| CONVZOO_MODEL              | imagenette               | model to serve, ``name`` or ``name:version``       |
-| CONVZOO_MODELS_DIR         | <repo>/models            | the model repository (``models/<name>/<version>``) |
-| CONVZOO_MAX_IMAGES         | 32                       | images per request                                 |
-| CONVZOO_MAX_REQUEST_BYTES  | 64 MiB                   | body size of one request (larger: 413)             |
-| CONVZOO_MAX_FILE_BYTES     | 32 MiB                   | size of one uploaded file                          |
-| CONVZOO_MAX_PIXELS         | 40 000 000               | width x height of one image (checked pre-decode)   |
-| CONVZOO_TOP_K              | 5                        | ``top_k`` when the request does not say            |
-| CONVZOO_MAX_TOP_K          | 100                      | largest ``top_k`` a request may ask for            |
-| CONVZOO_MAX_BATCH_SIZE     | 32                       | batching: most images per model call               |
-| CONVZOO_WORKERS            | one per GPU, else 1      | processes, each with its own copy of the model     |
-| CONVZOO_DECODE_THREADS     | 0 on one CPU, else 4     | decoding threads per process; 0: on the event loop |
-| CONVZOO_TIMEOUT_S          | 60                       | request timeout                                    |
-| CONVZOO_MAX_CONCURRENCY    | 512                      | requests in flight before the server answers 429   |
-| CONVZOO_API_KEY            | (none: no authentication)| clients must send ``Authorization: Bearer <key>`` |
-| CONVZOO_RUNTIME            | auto                     | tensorflow, openvino-int8, ... (service.runtimes)  |
+| variable                         | default              | meaning                                          |
+|----------------------------------|----------------------|--------------------------------------------------|
+| CONVZOO_MODEL                    | imagenette           | model to serve, ``name`` or ``name:version``     |
+| CONVZOO_MODELS_DIR               | <repo>/models        | the model repository (``<name>/<version>/``)     |
+| CONVZOO_MAX_IMAGES               | 32                   | images per request                               |
+| CONVZOO_MAX_REQUEST_BYTES        | 64 MiB               | body size of one request (larger: 413)           |
+| CONVZOO_MAX_FILE_BYTES           | 32 MiB               | size of one uploaded file                        |
+| CONVZOO_MAX_PIXELS               | 40 000 000           | width x height of one image (checked pre-decode) |
+| CONVZOO_TOP_K                    | 5                    | ``top_k`` when the request does not say          |
+| CONVZOO_MAX_TOP_K                | 100                  | largest ``top_k`` a request may ask for          |
+| CONVZOO_MAX_BATCH_SIZE           | 32                   | batching: most images per model call             |
+| CONVZOO_WORKERS                  | one per GPU, else 1  | processes, each with its own copy of the model   |
+| CONVZOO_DECODE_THREADS           | 0 on one CPU, else 4 | decoding threads per process (0: event loop)     |
+| CONVZOO_TIMEOUT_S                | 60                   | request timeout                                  |
+| CONVZOO_MAX_CONCURRENCY          | 512                  | requests in flight before the server answers 429 |
+| CONVZOO_API_KEY                  | (none: no auth)      | clients send ``Authorization: Bearer <key>``     |
+| CONVZOO_RUNTIME                  | auto                 | tensorflow, openvino-int8... (service.runtimes)  |
+| CONVZOO_MAX_IMAGE_DECODE_BYTES   | 384 MiB              | memory decoding one image may take (larger: 413) |
+| CONVZOO_MAX_REQUEST_DECODE_BYTES | 1 GiB                | decoding memory of all images of one request     |
+| CONVZOO_DECODE_MEMORY_BYTES      | 512 MiB              | decoding memory of one process, all requests     |
+| CONVZOO_MAX_BODY_BYTES           | 64 KiB               | body of a request to any other route             |
+| CONVZOO_MAX_BUFFERED_BYTES       | 256 MiB              | request bodies held at once by one process       |
+| CONVZOO_BODY_TIMEOUT_S           | 10                   | longest wait for the next piece of a body (408)  |
+| CONVZOO_FORWARDED_ALLOW_IPS      | (none)               | proxies whose X-Forwarded-* are believed         |
+| CONVZOO_METRICS_DIR              | own per server       | this server's Prometheus multiprocess folder     |
 
 The same settings apply to ``bentoml serve`` from the repository root and to a built Bento.
+``settings()`` reads them once per process; nothing else in ``service/`` reads the environment.
+The decoding memory of an image is its pixels times the bytes per pixel its decoding holds at once
+(``service.images.decode_cost``: the decoded mode, 16-bit, alpha, and the 8-bit RGB result).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-MiB = 1024 * 1024
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
 REPO_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 DEFAULT_MODEL = "imagenette"
 
@@ -42,6 +56,10 @@ class Limits:
     max_request_bytes: int = 64 * MiB
     max_file_bytes: int = 32 * MiB
     max_pixels: int = 40_000_000
+    max_image_decode_bytes: int = 384 * MiB
+    max_request_decode_bytes: int = 1 * GiB
+    max_body_bytes: int = 64 * KiB
+    """Every route but ``/classify`` takes JSON (``{}``) or nothing."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +76,17 @@ class ServiceConfig:
     max_concurrency: int = 512
     api_key: str | None = field(default=None, repr=False)  # never printed
     runtime: str = "auto"
+    gpus: int = 0
+    decode_memory_bytes: int = 512 * MiB
+    body_timeout_s: int = 10
+    max_buffered_bytes: int = 256 * MiB
+    forwarded_allow_ips: str = ""
+    metrics_dir: str | None = None
+    bentoml_metrics_dir: str | None = None
+    """``PROMETHEUS_MULTIPROC_DIR`` as ``bentoml serve`` hands it to its workers (shared by every
+    server under one ``BENTOML_HOME``)."""
+    otel_sdk_disabled: str | None = None
+    """``OTEL_SDK_DISABLED`` as the user set it (None: unset, the service decides)."""
 
 
 def _int(name: str, default: int, minimum: int = 1) -> int:
@@ -77,7 +106,7 @@ def default_decode_threads() -> int:
     """0 (decode on the event loop) when this process may run on one CPU only, else 4.
 
     On one CPU a thread cannot decode in parallel with anything, and handing every image to one
-    costs more than it gains (benchmarks/README.md, "What we tried", row 20); with more CPUs,
+    costs more than it gains (measured in benchmarks/README.md, "What we tried"); with more CPUs,
     threads decode in parallel with the event loop and the model.
     """
     return 0 if cpu_count() == 1 else ServiceConfig.decode_threads
@@ -113,7 +142,11 @@ def load_config() -> ServiceConfig:
         max_request_bytes=_int("CONVZOO_MAX_REQUEST_BYTES", Limits.max_request_bytes),
         max_file_bytes=_int("CONVZOO_MAX_FILE_BYTES", Limits.max_file_bytes),
         max_pixels=_int("CONVZOO_MAX_PIXELS", Limits.max_pixels),
+        max_image_decode_bytes=_int("CONVZOO_MAX_IMAGE_DECODE_BYTES", Limits.max_image_decode_bytes),
+        max_request_decode_bytes=_int("CONVZOO_MAX_REQUEST_DECODE_BYTES", Limits.max_request_decode_bytes),
+        max_body_bytes=_int("CONVZOO_MAX_BODY_BYTES", Limits.max_body_bytes),
     )
+    gpus = count_gpus()
     config = ServiceConfig(
         model=os.environ.get("CONVZOO_MODEL") or DEFAULT_MODEL,
         models_dir=Path(os.environ.get("CONVZOO_MODELS_DIR") or REPO_MODELS_DIR),
@@ -121,13 +154,38 @@ def load_config() -> ServiceConfig:
         top_k=_int("CONVZOO_TOP_K", ServiceConfig.top_k),
         max_top_k=_int("CONVZOO_MAX_TOP_K", ServiceConfig.max_top_k),
         max_batch_size=_int("CONVZOO_MAX_BATCH_SIZE", ServiceConfig.max_batch_size),
-        workers=_int("CONVZOO_WORKERS", max(1, count_gpus())),
+        workers=_int("CONVZOO_WORKERS", max(1, gpus)),
         decode_threads=_int("CONVZOO_DECODE_THREADS", default_decode_threads(), minimum=0),
         timeout_s=_int("CONVZOO_TIMEOUT_S", ServiceConfig.timeout_s),
         max_concurrency=_int("CONVZOO_MAX_CONCURRENCY", ServiceConfig.max_concurrency),
         api_key=os.environ.get("CONVZOO_API_KEY") or None,
         runtime=(os.environ.get("CONVZOO_RUNTIME") or "auto").strip().lower(),
+        gpus=gpus,
+        decode_memory_bytes=_int("CONVZOO_DECODE_MEMORY_BYTES", ServiceConfig.decode_memory_bytes),
+        body_timeout_s=_int("CONVZOO_BODY_TIMEOUT_S", ServiceConfig.body_timeout_s),
+        max_buffered_bytes=_int("CONVZOO_MAX_BUFFERED_BYTES", ServiceConfig.max_buffered_bytes),
+        forwarded_allow_ips=os.environ.get("CONVZOO_FORWARDED_ALLOW_IPS", "").strip(),
+        metrics_dir=os.environ.get("CONVZOO_METRICS_DIR") or None,
+        bentoml_metrics_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None,
+        otel_sdk_disabled=os.environ.get("OTEL_SDK_DISABLED"),
     )
     if config.top_k > config.max_top_k:
         raise ValueError(f"CONVZOO_TOP_K ({config.top_k}) exceeds CONVZOO_MAX_TOP_K ({config.max_top_k})")
+    if limits.max_request_bytes > config.max_buffered_bytes:
+        raise ValueError(
+            f"CONVZOO_MAX_REQUEST_BYTES ({limits.max_request_bytes}) exceeds CONVZOO_MAX_BUFFERED_BYTES "
+            f"({config.max_buffered_bytes}): such a request could never be read"
+        )
+    if limits.max_image_decode_bytes > config.decode_memory_bytes:
+        raise ValueError(
+            f"CONVZOO_MAX_IMAGE_DECODE_BYTES ({limits.max_image_decode_bytes}) exceeds "
+            f"CONVZOO_DECODE_MEMORY_BYTES ({config.decode_memory_bytes}): such an image could never "
+            "be decoded"
+        )
     return config
+
+
+@functools.cache
+def settings() -> ServiceConfig:
+    """This process's settings, read from the environment on the first call (``load_config``)."""
+    return load_config()

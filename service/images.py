@@ -77,14 +77,9 @@ class Resize:
         return cls(int(height), int(width), interpolation, crop)
 
 
-def decode_image(data: bytes, filename: str, limits: Limits = Limits()) -> np.ndarray:
-    """The upload as uint8 RGB ``[height, width, 3]``, upright; raises ``InvalidImage``."""
-    return np.asarray(_decode(data, filename, limits))
-
-
 def prepare_image(data: bytes, filename: str, resize: Resize, limits: Limits = Limits()) -> np.ndarray:
     """Decode, crop and resize one upload: uint8 RGB ``[resize.height, resize.width, 3]``."""
-    image = _decode(data, filename, limits, draft_side=max(resize.height, resize.width))
+    image = decode(data, filename, limits, draft_side=max(resize.height, resize.width))
     box = crop_box(image.height, image.width, resize) if resize.crop_to_aspect_ratio else None
     resized = image.resize((resize.width, resize.height), resample=RESAMPLING[resize.interpolation], box=box)
     return np.asarray(resized)
@@ -99,9 +94,9 @@ def crop_box(height: int, width: int, resize: Resize) -> tuple[int, int, int, in
     return (left, top, left + crop_width, top + crop_height)
 
 
-def _decode(data: bytes, filename: str, limits: Limits, draft_side: int = 0) -> Image.Image:
-    """The upload as an RGB image; with ``draft_side``, a JPEG may be decoded at a reduced scale
-    that keeps its shorter side at least ``draft_side`` pixels."""
+def decode(data: bytes, filename: str, limits: Limits = Limits(), draft_side: int = 0) -> Image.Image:
+    """The upload as an 8-bit RGB image, upright; raises ``InvalidImage``. With ``draft_side``, a
+    JPEG may be decoded at a reduced scale that keeps both sides at least ``draft_side`` pixels."""
     if not data:
         raise InvalidImage(filename, "the file is empty")
     if len(data) > limits.max_file_bytes:
@@ -110,12 +105,7 @@ def _decode(data: bytes, filename: str, limits: Limits, draft_side: int = 0) -> 
         with Image.open(io.BytesIO(data), formats=FORMATS) as image:
             _check_pixels(image, filename, limits)
             orientation = image.getexif().get(EXIF_ORIENTATION, 1)
-            if (
-                draft_side
-                and image.format in ("JPEG", "MPO")
-                and image.mode in ("RGB", "L")
-                and (orientation not in range(2, 9))
-            ):
+            if _libjpeg_scalable(image, orientation, draft_side):
                 scaled = _decode_jpeg_scaled(data, draft_side)
                 if scaled is not None:
                     return scaled
@@ -132,6 +122,87 @@ def _decode(data: bytes, filename: str, limits: Limits, draft_side: int = 0) -> 
         raise InvalidImage(filename, f"decompression bomb refused: {error}") from None
     except Exception as error:
         raise InvalidImage(filename, f"the image cannot be decoded ({error})") from None
+
+
+def _libjpeg_scalable(image: Image.Image, orientation: int, draft_side: int) -> bool:
+    """Whether ``decode`` hands this image to libjpeg-turbo at a reduced scale."""
+    return (
+        bool(draft_side)
+        and image.format in ("JPEG", "MPO")
+        and image.mode in ("RGB", "L")
+        and orientation not in range(2, 9)
+    )
+
+
+BYTES_PER_PIXEL = {
+    "1": 5,
+    "L": 5,
+    "P": 5,
+    "I;16": 8,
+    "I;16B": 8,
+    "I;16L": 8,
+    "I;16N": 8,
+    "I": 9,
+    "RGB": 5,
+    "RGBA": 9,
+    "CMYK": 8,
+    "YCbCr": 8,
+    "LA": 13,
+    "La": 13,
+    "PA": 13,
+    "RGBa": 13,
+}
+"""Memory that decoding one pixel of each mode to 8-bit RGB holds at once, in bytes: the decoded
+pixel as Pillow stores it (1, 2 for 16-bit, 4 for three or four channels), the RGB result (4), and
+what the conversion needs beside them (an alpha channel, a composited copy), rounded up from the
+peak memory of decoding large images of each mode (tests/test_images.py checks the estimate). An
+upright copy of an EXIF-rotated photo adds its decoded pixel again; a palette with a transparent
+colour is decoded like ``PA``."""
+UNKNOWN_MODE_BYTES_PER_PIXEL = 16
+
+
+def decode_cost(data: bytes, resize: Resize, limits: Limits = Limits()) -> int:
+    """The bytes ``prepare_image`` will hold at once to decode ``data`` (``BYTES_PER_PIXEL`` times
+    the pixels actually decoded: a JPEG that libjpeg-turbo scales counts at its reduced size),
+    read from the header alone; 0 for a file that ``prepare_image`` refuses before decoding it (not
+    an image, too many bytes or pixels: it says why)."""
+    draft_side = max(resize.height, resize.width)
+    if len(data) > limits.max_file_bytes:
+        return 0
+    try:
+        with Image.open(io.BytesIO(data), formats=FORMATS) as image:
+            width, height = image.size
+            if width * height > limits.max_pixels:
+                return 0
+            orientation = _header_orientation(image)
+            mode = "PA" if image.mode == "P" and "transparency" in image.info else image.mode
+            if _libjpeg_scalable(image, orientation, draft_side):
+                width, height = _jpeg_scaled_size(width, height, draft_side)
+                return width * height * 7  # libjpeg-turbo's RGB array (3) and its image (4)
+    except Exception:
+        return 0
+    per_pixel = BYTES_PER_PIXEL.get(mode, UNKNOWN_MODE_BYTES_PER_PIXEL)
+    if orientation in range(2, 9):
+        per_pixel += BYTES_PER_PIXEL.get(mode, UNKNOWN_MODE_BYTES_PER_PIXEL)
+    return width * height * per_pixel
+
+
+def _header_orientation(image: Image.Image) -> int:
+    """The EXIF orientation, read without decoding any pixel: JPEG and WebP carry EXIF before
+    their pixels; for other formats (Pillow's ``getexif`` would decode a whole PNG to look for
+    EXIF after its pixels) any EXIF seen in the header counts as a rotation (8, the costlier)."""
+    if image.format in ("JPEG", "MPO", "WEBP"):
+        return image.getexif().get(EXIF_ORIENTATION, 1)
+    return 8 if "exif" in image.info else 1
+
+
+def _jpeg_scaled_size(width: int, height: int, min_side: int) -> tuple[int, int]:
+    """The size libjpeg-turbo decodes at: the smallest scale n/8 keeping both sides >= min_side."""
+    for eighths in range(1, 9):
+        scaled = (-(-width * eighths // 8), -(-height * eighths // 8))
+        if min(scaled) >= min_side:
+            return scaled
+    return width, height
 
 
 def _check_pixels(image: Image.Image, filename: str, limits: Limits) -> None:
@@ -177,15 +248,23 @@ def _to_rgb(image: Image.Image, filename: str) -> Image.Image:
     if mode == "P" and "transparency" not in image.info:
         return image.convert("RGB")
     if mode in ("RGBA", "LA", "PA", "P", "La", "RGBa"):
-        rgba = image.convert("RGBA")
+        rgba = image if mode == "RGBA" else image.convert("RGBA")
         background = Image.new("RGB", rgba.size, WHITE)
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
     raise InvalidImage(filename, f"unsupported image mode {mode!r}")
 
 
+SIXTEEN_BIT_ROWS = 256
+"""Rows converted at a time, so no full-size wider copy of a 16-bit image is ever made."""
+
+
 def _sixteen_bit_to_rgb(image: Image.Image) -> Image.Image:
-    """16-bit grayscale (PNG) scaled to 8 bits: 65535 -> 255."""
-    values = np.asarray(image).astype(np.uint32)
-    gray = ((values * 255 + 32767) // 65535).clip(0, 255).astype(np.uint8)
+    """16-bit (or 32-bit integer) grayscale scaled to 8 bits, 65535 -> 255, a band of rows at a time."""
+    width, height = image.size
+    gray = np.empty((height, width), np.uint8)
+    for top in range(0, height, SIXTEEN_BIT_ROWS):
+        bottom = min(top + SIXTEEN_BIT_ROWS, height)
+        values = np.asarray(image.crop((0, top, width, bottom))).astype(np.int64)
+        gray[top:bottom] = ((values * 255 + 32767) // 65535).clip(0, 255)
     return Image.fromarray(gray).convert("RGB")

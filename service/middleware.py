@@ -1,18 +1,32 @@
-"""An ASGI middleware that refuses malformed, mistyped or oversized uploads with a clear JSON answer.
+"""The guards in front of every route: API key, body size and time, and a well-formed upload.
 
-BentoML 1.4 has no request-size setting, and it parses a multipart body fully before the API
-function runs, answering 500 for some malformed forms (a file in an unknown field) and fetching a
-*text* value of a file field as a URL. ``UploadGuard`` sits in front of the upload route and
-watches the body as BentoML reads it (no buffering, no second copy):
+BentoML 1.4 has no request-size setting, reads a body with no time limit, and parses a multipart
+body fully before the API function runs, answering 500 for some malformed forms (a file in an
+unknown field) and fetching a *text* value of a file field as a URL. ``RequestGuard`` reads every
+request's body itself, bounded in size and time, checks it, and only then hands it to the app in
+one piece (a refused body never reaches BentoML, so nothing there logs a traceback for it):
 
-- 415 when the Content-Type is not ``multipart/form-data``;
-- 413 when the Content-Length exceeds ``max_bytes`` (nothing of the body is read), or when a
-  body without Content-Length (chunked) grows past it (reading stops there);
-- 400 when the form is malformed, has no ``file_field`` part, has a text value in ``file_field``,
-  a file in another field, a part without a name, a text value over 1 MiB or more than 1000
-  parts (what Starlette's parser, called by BentoML, would fail on with a 500). The check ends
-  with the last body chunk, which BentoML then never receives: it stops with a disconnect, and its
-  own answer is replaced by ours.
+- 413 when the Content-Length exceeds the route's limit (nothing of the body is read), or when a
+  body without Content-Length (chunked) grows past it (reading stops there): ``max_upload_bytes``
+  for the upload route, ``max_body_bytes`` (a JSON ``{}``) for every other route;
+- 408 when the client sends no part of the body for ``body_timeout_s``, or not all of it within
+  ``body_deadline_s`` (the request timeout; the connection closes). While it waits for a body, a
+  request holds no concurrency slot of BentoML (``service.app`` puts the guards in front);
+- 503 when the bodies held by all requests of the process would pass ``max_buffered_bytes``
+  (a request waiting for its body holds only what it sent, so many slow clients cost little);
+- 400 for a request with two Content-Type headers (Starlette, BentoML and a guard could each read
+  another one);
+- on the upload route: 415 when the Content-Type is not ``multipart/form-data`` with a boundary,
+  400 with a ``charset`` parameter (Starlette would decode the field names with it, so a part
+  named ``+AGk-mages`` in UTF-7 would become ``images``), and 400 when the form is malformed, has
+  no ``file_field`` part, has a text value in ``file_field`` (BentoML would fetch it as a URL), a
+  file in another field, a part without a name, a text value over 1 MiB or more than 1000 parts
+  (what Starlette's parser, called by BentoML, would fail on with a 500). A form refused in the
+  middle is read to its end (within the limit) before the answer, so the client, still sending,
+  gets the JSON answer and not a connection reset.
+
+Every refusal is one log line: status, reason, client and route. Redirects are relative
+(``Location: /ui/``, never built from the client's Host header).
 
 ``ApiKeyGuard`` (on when ``CONVZOO_API_KEY`` is set) answers 401 to every request, on every path
 but the health probes and the static browser page (``GET /ui/...``, which then asks for the key
@@ -24,9 +38,12 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
+import anyio
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 Scope = dict[str, Any]
@@ -35,7 +52,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-DISCONNECT: Message = {"type": "http.disconnect"}
+logger = logging.getLogger("bentoml.convzoo")  # under "bentoml" so BentoML's log config shows it
 MAX_FORM_PARTS = 1000
 MAX_TEXT_BYTES = 1024 * 1024
 """What Starlette's form parser (which BentoML calls with its defaults) accepts: 1000 files, 1000
@@ -49,6 +66,10 @@ class ApiKeyGuard:
     OPEN_PAGE = "/ui"
     """The browser page (static files, ``service.ui``) loads without a key (GET and HEAD only):
     a browser cannot send the header before the page has asked for the key."""
+    OPEN_DOCS = ("/", "/static_content")
+    """The API page (``static/api.html``) and BentoML's Swagger UI files load without a key too
+    (GET and HEAD; static files, nothing about the model): the page then asks ``/docs.json`` with
+    the key the browser page keeps (``static/api.js``)."""
 
     def __init__(self, app: ASGIApp, *, key: str) -> None:
         if not key:
@@ -67,22 +88,26 @@ class ApiKeyGuard:
         elif scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})  # policy violation
         else:
-            await _send_json(
-                send,
+            refusal = Refusal(
                 401,
-                (
-                    "missing or wrong API key: send the header 'Authorization: Bearer <key>' "
-                    "(the key the server was started with, CONVZOO_API_KEY)"
-                ),
-                headers=[(b"www-authenticate", b"Bearer")],
+                "missing or wrong API key: send the header 'Authorization: Bearer <key>' "
+                "(the key the server was started with, CONVZOO_API_KEY)",
+                [(b"www-authenticate", b"Bearer")],
             )
+            _log_refusal(scope, refusal)
+            await _send_json(send, refusal.status, refusal.reason, headers=refusal.headers)
 
     def _is_page(self, scope: Scope) -> bool:
         path = scope["path"]
+        root, docs_files = self.OPEN_DOCS
         return (
             scope["type"] == "http"
             and scope["method"] in ("GET", "HEAD")
-            and (path == self.OPEN_PAGE or path.startswith(self.OPEN_PAGE + "/"))
+            and (
+                path in (self.OPEN_PAGE, root)
+                or path.startswith(self.OPEN_PAGE + "/")
+                or path.startswith(docs_files + "/")
+            )
         )
 
     def _allowed(self, scope: Scope) -> bool:
@@ -91,73 +116,188 @@ class ApiKeyGuard:
         return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key)
 
 
-class UploadGuard:
-    def __init__(self, app: ASGIApp, *, path: str, file_field: str, max_bytes: int) -> None:
+class Refusal(Exception):
+    """A request the guard answers itself: ``status`` and the reason, in words a user understands."""
+
+    def __init__(self, status: int, reason: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.headers = headers or []
+
+
+class RequestGuard:
+    """Reads, bounds and checks every HTTP request's body before the app sees it (module docstring)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        upload_path: str,
+        file_field: str,
+        max_upload_bytes: int,
+        max_body_bytes: int,
+        body_timeout_s: float,
+        body_deadline_s: float = 60,
+        max_buffered_bytes: int = 256 * 1024 * 1024,
+    ) -> None:
         self.app = app
-        self.path = path
+        self.upload_path = upload_path
         self.file_field = file_field
-        self.max_bytes = max_bytes
+        self.max_upload_bytes = max_upload_bytes
+        self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
+        self.body_deadline_s = body_deadline_s
+        self.max_buffered_bytes = max_buffered_bytes
+        self.buffered = 0  # bytes of bodies held now, all requests together
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        content_type, options = parse_options_header(headers.get("content-type", ""))
-        if content_type != b"multipart/form-data" or not options.get(b"boundary"):
-            await _send_json(
-                send,
-                415,
-                (
-                    f"unsupported content type {headers.get('content-type') or '(none)'!r}: send the "
-                    f"images as multipart/form-data in the field '{self.file_field}'"
-                ),
-            )
-            return
-        length = headers.get("content-length", "")
-        if length.isdigit() and int(length) > self.max_bytes:
-            await _send_json(send, 413, self._too_large(int(length)))
-            return
-        form = FormInspector(options[b"boundary"], self.file_field)
-        await self._watched(scope, receive, send, form)
-
-    async def _watched(self, scope: Scope, receive: Receive, send: Send, form: FormInspector) -> None:
-        """Run the app on the body while counting and inspecting it; answer for it if needed."""
-        received = 0
-        refusal: tuple[int, str] | None = None
-
-        async def watched_receive() -> Message:
-            nonlocal received, refusal
-            if refusal:
-                return DISCONNECT
-            message = await receive()
-            if message["type"] != "http.request":
-                return message
-            chunk = message.get("body", b"")
-            received += len(chunk)
-            if received > self.max_bytes:
-                refusal = (413, self._too_large(received))
-            elif problem := form.feed(chunk, last=not message.get("more_body", False)):
-                refusal = (400, problem)
-            return DISCONNECT if refusal else message
-
-        async def guarded_send(message: Message) -> None:
-            if not refusal:  # after a refusal the app's own (error) answer is dropped
-                await send(message)
-
+        send = relative_redirects(send)
+        held = [0]  # bytes of this request's body counted in self.buffered, until it is answered
         try:
-            await self.app(scope, watched_receive, guarded_send)
-        except Exception:
-            if not refusal:  # an app that raises on the disconnect we fed it: answer for it
-                raise
-        if refusal:
-            await _send_json(send, *refusal)
+            try:
+                body = await self._read(scope, receive, held)
+            except Refusal as refusal:
+                _log_refusal(scope, refusal)
+                await _send_json(send, refusal.status, refusal.reason, headers=refusal.headers)
+                return
+            await self.app(scope, _replay(body, receive), send)
+        finally:
+            self.buffered -= held[0]
 
-    def _too_large(self, size: int) -> str:
-        return (
-            f"request body of {size}+ bytes exceeds the limit of {self.max_bytes} bytes "
-            "(CONVZOO_MAX_REQUEST_BYTES)"
+    async def _read(self, scope: Scope, receive: Receive, held: list[int]) -> bytes:
+        """The whole body, once it passed every check; ``Refusal`` otherwise."""
+        content_types = [v for k, v in scope["headers"] if k.lower() == b"content-type"]
+        if len(content_types) > 1:
+            raise Refusal(400, "more than one Content-Type header: send exactly one")
+        upload = scope["method"] == "POST" and scope["path"] == self.upload_path
+        limit = self.max_upload_bytes if upload else self.max_body_bytes
+        form = self._form(content_types[0] if content_types else b"") if upload else None
+        length = next((v for k, v in scope["headers"] if k.lower() == b"content-length"), b"")
+        if length.isdigit() and int(length) > limit:
+            raise Refusal(413, self._too_large(int(length), upload), [(b"connection", b"close")])
+        chunks: list[bytes] = []
+        received = 0
+        problem: str | None = None
+        more = True
+        deadline = anyio.current_time() + self.body_deadline_s
+        while more:
+            message = await self._next(receive, deadline)
+            if message["type"] != "http.request":  # the client went away
+                raise Refusal(400, "the client closed the connection before the end of the body")
+            chunk = message.get("body", b"")
+            more = message.get("more_body", False)
+            received += len(chunk)
+            if received > limit:
+                raise Refusal(413, self._too_large(received, upload), [(b"connection", b"close")])
+            if problem is None:  # after a problem, the rest is read and dropped
+                if self.buffered + len(chunk) > self.max_buffered_bytes:
+                    raise Refusal(
+                        503,
+                        f"the server holds {self.buffered} bytes of request bodies already, its limit "
+                        f"is {self.max_buffered_bytes} (CONVZOO_MAX_BUFFERED_BYTES): try again shortly",
+                        [(b"connection", b"close"), (b"retry-after", b"1")],
+                    )
+                self.buffered += len(chunk)
+                held[0] += len(chunk)
+                chunks.append(chunk)
+                problem = form.feed(chunk, last=not more) if form else None
+        if problem:
+            raise Refusal(400, problem)
+        return b"".join(chunks)
+
+    async def _next(self, receive: Receive, deadline: float) -> Message:
+        """The next message of the body; 408 when none comes within ``body_timeout_s``, or when the
+        whole body has not come within ``body_deadline_s`` (a client trickling it)."""
+        wait = min(self.body_timeout_s, deadline - anyio.current_time())
+        with anyio.move_on_after(max(wait, 0)):
+            return await receive()
+        if wait < self.body_timeout_s:
+            reason = f"the request body took longer than {self.body_deadline_s:g} s (CONVZOO_TIMEOUT_S)"
+        else:
+            reason = (
+                f"no part of the request body arrived for {self.body_timeout_s:g} s (CONVZOO_BODY_TIMEOUT_S)"
+            )
+        raise Refusal(408, reason, [(b"connection", b"close")])
+
+    def _form(self, content_type_header: bytes) -> FormInspector:
+        content_type, options = parse_options_header(content_type_header)
+        if content_type != b"multipart/form-data" or not options.get(b"boundary"):
+            shown = content_type_header.decode("latin-1") or "(none)"
+            raise Refusal(
+                415,
+                f"unsupported content type {shown!r}: send the images as multipart/form-data "
+                f"in the field '{self.file_field}'",
+            )
+        if set(options) - {b"boundary"}:
+            names = ", ".join(sorted(o.decode("latin-1") for o in options if o != b"boundary"))
+            raise Refusal(
+                400,
+                f"multipart/form-data takes a boundary and nothing else (got {names}); "
+                "field names are read as UTF-8",
+            )
+        return FormInspector(options[b"boundary"], self.file_field)
+
+    def _too_large(self, size: int, upload: bool) -> str:
+        limit, setting = (
+            (self.max_upload_bytes, "CONVZOO_MAX_REQUEST_BYTES")
+            if upload
+            else (self.max_body_bytes, "CONVZOO_MAX_BODY_BYTES")
         )
+        return f"request body of {size}+ bytes exceeds the limit of {limit} bytes ({setting})"
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """``receive`` for the app: the whole body at once, then whatever the client does next."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+def relative_redirects(send: Send) -> Send:
+    """``send`` that turns an absolute ``Location`` (Starlette builds ``http://<Host>/ui/`` from the
+    client's Host header when it adds a slash) into the path alone."""
+
+    async def send_relative(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = [
+                (k, _path_of(v) if k.lower() == b"location" else v) for k, v in message.get("headers", [])
+            ]
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return send_relative
+
+
+def _path_of(location: bytes) -> bytes:
+    parts = urlsplit(location.decode("latin-1"))
+    path = parts.path or "/"
+    if not path.startswith("/") or path.startswith("//"):
+        path = "/" + path.lstrip("/")
+    return (path + (f"?{parts.query}" if parts.query else "")).encode("latin-1")
+
+
+def _log_refusal(scope: Scope, refusal: Refusal) -> None:
+    client = scope.get("client") or ("?", 0)
+    logger.warning(
+        "refused %s %s from %s:%s: %s %s",
+        scope["method"],
+        scope["path"][:200],
+        client[0],
+        client[1],
+        refusal.status,
+        refusal.reason,
+    )
 
 
 class FormInspector:
@@ -218,7 +358,7 @@ class FormInspector:
         if b"name" not in options:
             self._refuse("a part without a field name (Content-Disposition: form-data; name=...)")
             return
-        name = options[b"name"].decode("utf-8", "replace")
+        name = _user_safe_decode(options[b"name"])
         is_file = b"filename" in options
         self._text_bytes = None if is_file else 0
         if name == self.file_field and is_file:
@@ -240,6 +380,14 @@ class FormInspector:
 
     def _refuse(self, problem: str) -> None:
         self.problem = self.problem or problem
+
+
+def _user_safe_decode(value: bytes) -> str:
+    """A field name as Starlette decodes it (UTF-8, else Latin-1; the guard refuses other charsets)."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
 
 
 async def _send_json(

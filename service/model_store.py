@@ -33,13 +33,16 @@ Safety (the service refuses to start, with one line naming the folder and the re
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import bentoml
 import yaml
+from _bentoml_sdk.models import BentoModel, Model
 from bentoml.exceptions import BentoMLException, NotFound
 
 from service import repository
@@ -59,23 +62,6 @@ class InvalidModel(ValueError):
     """A model folder that must not be served: incomplete, corrupt, or outside the repository."""
 
 
-def parse_model_spec(spec: str) -> tuple[str, str | None]:
-    """``"resnet50"`` -> ``("resnet50", None)``; ``"resnet50:3"`` -> ``("resnet50", "3")``."""
-    name, _, version = spec.strip().partition(":")
-    if not name:
-        raise ValueError(f"model must be NAME or NAME:VERSION, got {spec!r}")
-    if not repository.is_valid_name(name):
-        raise ValueError(
-            f"model name {name!r} is not allowed: letters, digits, '_', '.' and '-' only, "
-            "starting with a letter or digit (a name, never a path)"
-        )
-    if version in ("", "latest"):
-        return name, None
-    if not version.isdigit() or int(version) < 1:
-        raise ValueError(f"model version must be a positive integer, got {spec!r}")
-    return name, str(int(version))
-
-
 def model_folder(models_dir: Path, name: str, version: str | int | None = None) -> Path:
     """``models_dir/name[/version]``, refused when it resolves outside ``models_dir``."""
     if not repository.is_valid_name(name) or (version is not None and not str(version).isdigit()):
@@ -88,12 +74,6 @@ def model_folder(models_dir: Path, name: str, version: str | int | None = None) 
             "models are served only from inside it"
         )
     return folder
-
-
-repository_versions = repository.version_folders
-"""Version folders (digits only) of ``name`` in the repository, complete or not."""
-repository_names = repository.model_names
-"""Model names with at least one version folder in the repository."""
 
 
 def check_export(folder: Path) -> dict:
@@ -225,8 +205,8 @@ def resolve_model(config: ServiceConfig) -> str:
         return _packaged_model(config)
     name, version = _default_name(config)
     model_folder(config.models_dir, name)  # refuses a name that resolves outside the repository
-    if repository_versions(config.models_dir, name):
-        version = version or str(repository_versions(config.models_dir, name)[-1])
+    if repository.version_folders(config.models_dir, name):
+        version = version or str(repository.version_folders(config.models_dir, name)[-1])
         model = import_export(config.models_dir, name, version)
     else:
         if version is None and store_versions(name):
@@ -253,11 +233,49 @@ def resolve_model_or_exit(config: ServiceConfig) -> str:
         raise SystemExit(2) from None
 
 
-def _default_name(config: ServiceConfig) -> tuple[str, str | None]:
-    name, version = parse_model_spec(config.model)
-    if name != DEFAULT_MODEL or repository_versions(config.models_dir, name) or store_versions(name):
+class ServedModel(Model[bentoml.Model]):
+    """The model ``CONVZOO_MODEL`` names, as a BentoML model reference (``bentoml.models.BentoModel``)
+    that is resolved (``resolve_model_or_exit``) on first use, not when it is declared: when
+    ``bentoml serve`` starts (it resolves its services' models before the workers start), when a
+    worker constructs the service, when ``bentoml build`` packages it."""
+
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+
+    @functools.cached_property
+    def reference(self) -> BentoModel:
+        return BentoModel(resolve_model_or_exit(self.config))
+
+    @property
+    def tag(self) -> bentoml.Tag:
+        return self.reference.tag
+
+    @property
+    def stored(self) -> bentoml.Model | None:
+        return self.reference.stored
+
+    def to_info(self, alias: str | None = None) -> Any:
+        return self.reference.to_info(alias)
+
+    @classmethod
+    def from_info(cls, info: Any) -> BentoModel:
+        return BentoModel.from_info(info)
+
+    def to_create_schema(self) -> Any:
+        return self.reference.to_create_schema()
+
+    def resolve(self, base_path: Any = None) -> bentoml.Model:
+        return self.reference.resolve(base_path)
+
+    def __str__(self) -> str:
+        return str(self.tag)
+
+
+def _default_name(config: ServiceConfig) -> tuple[str, int | None]:
+    name, version = repository.parse_model_spec(config.model)
+    if name != DEFAULT_MODEL or repository.version_folders(config.models_dir, name) or store_versions(name):
         return name, version
-    available = repository_names(config.models_dir)
+    available = repository.model_names(config.models_dir)
     if len(available) == 1:
         logger.warning(
             "default model %r not found; serving the only model in %s: %r",
@@ -274,9 +292,11 @@ def _packaged_model(config: ServiceConfig) -> str:
     tags = sorted({model["tag"] for svc in info["services"] for model in svc.get("models", [])})
     if len(tags) != 1:
         raise ModelNotFound(f"{BENTO_YAML} should list exactly one model, found {tags}")
-    name, version = parse_model_spec(config.model)
+    name, version = repository.parse_model_spec(config.model)
     packaged_name, _, packaged_version = tags[0].partition(":")
-    if config.model != DEFAULT_MODEL and (name != packaged_name or version not in (None, packaged_version)):
+    if config.model != DEFAULT_MODEL and (
+        name != packaged_name or (version is not None and str(version) != packaged_version)
+    ):
         raise ModelNotFound(
             f"this Bento packages {tags[0]}, but CONVZOO_MODEL={config.model}; "
             "build another Bento for that model"
@@ -285,7 +305,7 @@ def _packaged_model(config: ServiceConfig) -> str:
 
 
 def _not_found_message(config: ServiceConfig, wanted: str) -> str:
-    available = repository_names(config.models_dir)
+    available = repository.model_names(config.models_dir)
     return (
         f"model {wanted!r} is neither in {config.models_dir} nor in the BentoML model store. "
         f"Models in the repository: {available or 'none'}. Train and export one "

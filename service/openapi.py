@@ -2,25 +2,28 @@
 
 BentoML 1.4 titles the spec with the service name, versions it ``None`` outside a Bento and
 describes it with a placeholder README ("This is a Machine Learning Service created with
-BentoML"). ``ConvzooService`` (passed as ``service_class`` to ``@bentoml.service``) replaces that
-``info`` block with convzoo's: what is served, how to call it with curl, and the page at ``/ui/``.
-Everything else in the spec (paths, schemas) stays BentoML's.
+BentoML"). ``service.app.ConvzooService`` replaces that ``info`` block with convzoo's: what is
+served, how to call it with curl, and the page at ``/ui/``. Everything else in the spec (paths,
+schemas) stays BentoML's. ``ApiDescription`` answers ``GET /docs.json`` itself, so the curl
+examples name the address the client used (scheme, host and port), not a fixed localhost:3000.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import logging
-import os
+import re
 from typing import Any
 
-import attrs
-import bentoml
-from bentoml._internal.service.openapi.specification import Info, OpenAPISpecification
+from service.middleware import ASGIApp, Receive, Scope, Send
 
 logger = logging.getLogger("bentoml.convzoo")
 
 TITLE = "convzoo image classifier"
+DEFAULT_URL = "http://localhost:3000"
+HOST = re.compile(r"(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+"""A Host header that may be shown in the examples (a name or an address, and a port)."""
 
 DESCRIPTION = """\
 Raw images in, class probabilities out. {model}
@@ -39,8 +42,9 @@ curl -X POST -H 'Content-Type: application/json' -d '{{}}' {url}/metadata
 optional `top_k`, and answers `[{{"label", "score", "top_k": [{{"label", "score"}}, ...]}}, ...]`.
 A refused request answers 4xx with `{{"error": ..., "files": [{{"index", "file", "reason"}}]}}`:
 400 for a file that is not an image (nothing of that request is classified), 413 for too many
-or too large files, 415 for a body that is not multipart. `POST /metadata` (body `{{}}`) describes
-the model and the request limits.
+or too large files or images that take too much memory to decode, 415 for a body that is not
+multipart, 408 for a body that stops arriving. `POST /metadata` (body `{{}}`) describes the model
+and the request limits.
 """
 
 AUTH = """
@@ -58,30 +62,39 @@ def convzoo_version(bento: Any = None) -> str:
         return f"bento {bento.tag.version}" if bento is not None else "dev"
 
 
-class ConvzooService(bentoml.Service):
-    """A ``bentoml.Service`` whose OpenAPI ``info`` describes convzoo."""
-
-    @property
-    def openapi_spec(self) -> OpenAPISpecification:
-        spec = super().openapi_spec
-        return attrs.evolve(
-            spec,
-            info=Info(
-                title=TITLE,
-                version=convzoo_version(self.bento),
-                description=describe(self),
-            ),
-        )
+def describe(service: Any, url: str = DEFAULT_URL, auth: bool = False) -> str:
+    """The Markdown description of ``service``: the served model, curl calls to ``url``, the page;
+    with ``auth``, how to send the API key."""
+    return DESCRIPTION.format(model=_model_line(service), ui="./ui/", url=url, auth=AUTH if auth else "")
 
 
-def describe(service: Any, url: str = "localhost:3000") -> str:
-    """The Markdown description of ``service``: the served model, curl calls, the page."""
-    return DESCRIPTION.format(
-        model=_model_line(service),
-        ui="./ui/",
-        url=url,
-        auth=AUTH if os.environ.get("CONVZOO_API_KEY") else "",  # as service.config reads it
-    )
+def request_url(scope: Scope) -> str:
+    """``scheme://host:port`` the client addressed: its Host header when it is a plain host (and
+    port), else the address the server listens on."""
+    host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
+    if not HOST.fullmatch(host):
+        server = scope.get("server")
+        host = f"{server[0]}:{server[1]}" if server else DEFAULT_URL.split("://")[1]
+    return f"{scope.get('scheme', 'http')}://{host}"
+
+
+class ApiDescription:
+    """``GET /docs.json``: ``service``'s OpenAPI spec, its examples addressed to ``request_url``."""
+
+    PATH = "/docs.json"
+
+    def __init__(self, app: ASGIApp, *, service: Any) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != self.PATH or scope["method"] not in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        body = json.dumps(self.service.openapi_spec_for(request_url(scope)).asdict()).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
 
 
 def _model_line(service: Any) -> str:

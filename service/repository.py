@@ -65,6 +65,25 @@ def is_valid_name(name: str) -> bool:
     return bool(NAME_PATTERN.fullmatch(name))
 
 
+def parse_model_spec(spec: str) -> tuple[str, int | None]:
+    """``"resnet50"`` -> ``("resnet50", None)``; ``"resnet50:3"`` -> ``("resnet50", 3)``;
+    ``"resnet50:latest"`` -> ``("resnet50", None)``. ``ValueError`` for anything else (a path, an
+    empty name, a version that is not a positive integer)."""
+    name, _, version = spec.strip().partition(":")
+    if not name:
+        raise ValueError(f"model must be NAME or NAME:VERSION, got {spec!r}")
+    if not is_valid_name(name):
+        raise ValueError(
+            f"model name {name!r} is not allowed: letters, digits, '_', '.' and '-' only, "
+            "starting with a letter or digit (a name, never a path)"
+        )
+    if version in ("", "latest"):
+        return name, None
+    if not version.isdigit() or int(version) < 1:
+        raise ValueError(f"model version must be a positive integer, got {spec!r}")
+    return name, int(version)
+
+
 def version_folders(models_dir: str | Path, name: str) -> list[int]:
     """Version folders (digits only) of ``name``, complete or not, in increasing order."""
     folder = Path(models_dir) / name

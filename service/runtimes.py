@@ -59,7 +59,6 @@ logger = logging.getLogger("bentoml.convzoo")
 Predict = Callable[[np.ndarray], np.ndarray]
 """uint8 images ``[n, height, width, 3]`` at the model's input size -> float32 ``[n, classes]``."""
 
-RUNTIMES = ("tensorflow", "openvino")
 KEYS = ("tensorflow", "tensorflow-bf16", "openvino-fp32", "openvino-bf16", "openvino-int8")
 CHOICES = (
     "auto",
@@ -245,14 +244,29 @@ def cpu_name() -> str:
 # ------------------------------------------------------------------------------- loading
 
 
-def load(choice: Choice, folder: str | Path) -> Predict:
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model loaded on a runtime, called like a ``Predict``. It holds what owns the weights, so
+    they live as long as the function that uses them."""
+
+    predict: Predict
+    saved_model: Any = None
+    """TensorFlow: the loaded SavedModel (its other signatures, e.g. ``serve_bytes``, too)."""
+    compiled: Any = None
+    """OpenVINO: the compiled model."""
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return self.predict(images)
+
+
+def load(choice: Choice, folder: str | Path) -> LoadedModel:
     """A numpy function for the chosen runtime (the export in ``folder``)."""
     if choice.runtime == "tensorflow":
         return load_tensorflow(Path(folder), bf16=choice.precision == "bf16")
     return load_openvino(choice.path / "model.xml", choice.config)
 
 
-def load_tensorflow(folder: Path, *, bf16: bool = False) -> Predict:
+def load_tensorflow(folder: Path, *, bf16: bool = False) -> LoadedModel:
     """The SavedModel's ``serving_default`` (any input size); with ``bf16``, TensorFlow's oneDNN
     automatic mixed precision (a process-wide setting, made before the model is loaded)."""
     import tensorflow as tf
@@ -265,11 +279,10 @@ def load_tensorflow(folder: Path, *, bf16: bool = False) -> Predict:
     def predict(images: np.ndarray) -> np.ndarray:
         return serving_default(images=tf.constant(images))["probabilities"].numpy()
 
-    predict.saved_model = saved_model  # kept referenced: it owns the variables
-    return predict
+    return LoadedModel(predict, saved_model=saved_model)
 
 
-def load_openvino(model_xml: Path, config: dict | None = None, threads: int | None = None) -> Predict:
+def load_openvino(model_xml: Path, config: dict | None = None, threads: int | None = None) -> LoadedModel:
     """An OpenVINO IR compiled for this CPU: one stream, as many threads as this process has CPUs
     (``threads`` to override), latency-first; ``config`` adds compile settings (precision)."""
     import openvino as ov
@@ -288,13 +301,12 @@ def load_openvino(model_xml: Path, config: dict | None = None, threads: int | No
         with lock:  # one request object: its output buffer is reused by the next call
             return np.array(request.infer({0: np.ascontiguousarray(images)})[0], copy=True)
 
-    predict.compiled = compiled
-    return predict
+    return LoadedModel(predict, compiled=compiled)
 
 
 def warm_up(predict: Predict, input_size: tuple[int, int], max_batch_size: int) -> None:
     """Run every batch size the batcher can form once, so no request pays for the first call at a
-    new shape (15-40 ms each with TensorFlow: oneDNN builds its kernels per shape)."""
+    new shape (oneDNN, under TensorFlow and OpenVINO, builds its kernels per shape)."""
     height, width = input_size
     for size in range(1, max_batch_size + 1):
         predict(np.zeros((size, height, width, 3), np.uint8))

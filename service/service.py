@@ -16,18 +16,29 @@ One BentoML service, ``Classifier`` (``bentoml serve``; ``bentofile.yaml`` names
 The model lives in the API process on purpose: no second service, no pickling, no local HTTP hop
 per batch, no batching window to wait for (measured in benchmarks/README.md, "What we tried").
 
-The model is declared at class level (``bentoml.models.BentoModel``), so ``bentoml build``
-packages it. Which model: ``CONVZOO_MODEL`` (see ``service.model_store``); every setting:
-``service.config``.
+The model is declared at class level (``service.model_store.ServedModel``, a BentoML model
+reference), so ``bentoml build`` packages it; it is resolved, and the runtime chosen, when the
+server starts and when a worker constructs ``Classifier``, never when this module is imported
+(a model or runtime that cannot serve stops the server with one line). Which model:
+``CONVZOO_MODEL`` (see ``service.model_store``); every setting: ``service.config``; the app around
+the API (metrics, library settings, OpenAPI): ``service.app``.
+
+Decoding is bounded by memory, not only by pixels (``service.images.decode_cost``: the bytes per
+pixel each mode really takes, 16-bit and alpha included): a request whose images would need more
+than ``CONVZOO_MAX_IMAGE_DECODE_BYTES`` for one of them or ``CONVZOO_MAX_REQUEST_DECODE_BYTES`` for
+all is refused with 413 before anything is decoded, and all decodes of a process together hold at
+most ``CONVZOO_DECODE_MEMORY_BYTES`` (``DecodeMemory``): a costly request waits for memory, the
+others go on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
-import os
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -40,61 +51,37 @@ from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse
 
 from service import runtimes
+from service.answers import public_metadata, top_k_answer
+from service.app import ConvzooService
 from service.batching import Batcher
-from service.config import count_gpus, load_config
-from service.images import InvalidImage, Resize, prepare_image
-from service.middleware import ApiKeyGuard, UploadGuard
-from service.model_store import resolve_model_or_exit
-from service.openapi import ConvzooService
+from service.config import ServiceConfig, settings
+from service.images import InvalidImage, Resize, decode_cost, prepare_image
+from service.middleware import ApiKeyGuard, RequestGuard
+from service.model_store import ServedModel
+from service.openapi import ApiDescription
 from service.ui import mount_ui
 
 logger = logging.getLogger("bentoml.convzoo")  # under "bentoml" so BentoML's log config shows it
 
-CONFIG = load_config()
-MODEL_TAG = resolve_model_or_exit(CONFIG)
-GPUS = count_gpus()
+CONFIG = settings()
+MODEL = ServedModel(CONFIG)
+INLINE_DECODE_BYTES = 64 * 1024 * 1024
+"""Without decode threads (one CPU), images whose decoding takes more memory than this (some 10
+megapixels and up, ~0.3 s and more of decoding) still go to a thread, one at a time, so that the
+event loop keeps answering meanwhile."""
 
 
-def _choose_runtime_or_exit() -> runtimes.Choice:
-    """The runtime for ``MODEL_TAG`` (``service.runtimes.choose``); a requested runtime that
-    cannot serve stops the service with one line, ``auto``'s fallback to TensorFlow is a warning."""
-    model = bentoml.models.get(MODEL_TAG)
+def choose_runtime_or_exit(model: bentoml.Model, config: ServiceConfig) -> runtimes.Choice:
+    """The runtime for ``model`` (``service.runtimes.choose``); a requested runtime that cannot
+    serve stops the service with one line, ``auto``'s fallback to TensorFlow is a warning."""
     try:
-        choice = runtimes.choose(CONFIG.runtime, model.info.metadata, model.path, gpus=GPUS)
+        choice = runtimes.choose(config.runtime, model.info.metadata, model.path, gpus=config.gpus)
     except runtimes.RuntimeUnavailable as error:
-        print(f"convzoo: cannot serve {MODEL_TAG}: {error}", file=sys.stderr, flush=True)
+        print(f"convzoo: cannot serve {model.tag}: {error}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
-    if CONFIG.runtime == "auto" and not GPUS and (choice.key == "tensorflow" or choice.skipped):
-        logger.warning("%s: %s", MODEL_TAG, choice.reason)
+    if config.runtime == "auto" and not config.gpus and (choice.key == "tensorflow" or choice.skipped):
+        logger.warning("%s: %s", model.tag, choice.reason)
     return choice
-
-
-RUNTIME = _choose_runtime_or_exit()
-
-
-def _spans_off_unless_exported() -> None:
-    """Turn the OpenTelemetry SDK off (``OTEL_SDK_DISABLED=true``) when BentoML exports no traces.
-
-    BentoML opens OpenTelemetry spans around every request, and around every ``receive`` and
-    ``send`` of it, even with no trace exporter configured (its default), where they go nowhere;
-    they cost 4 % of the service's throughput (benchmarks/README.md, "What we tried", row 22).
-    A configured ``tracing.exporter_type``, or ``OTEL_SDK_DISABLED`` set by the user either way,
-    leaves everything as it is. Runs when BentoML imports this module, before it builds the
-    server's tracer, in the server and in each worker.
-    """
-    if "OTEL_SDK_DISABLED" in os.environ:
-        return
-    try:
-        from bentoml._internal.configuration.containers import BentoMLContainer
-
-        exporter = BentoMLContainer.tracing.exporter_type.get()
-    except Exception:
-        return
-    if not exporter:
-        os.environ["OTEL_SDK_DISABLED"] = "true"
-
-
-_spans_off_unless_exported()
 
 
 @dataclass(frozen=True)
@@ -106,7 +93,8 @@ class Upload:
 
 
 def _read_upload(value: Any, handler: Any) -> Upload:
-    """Keep the client's filename and bytes (BentoML's own ``Path`` handling drops the name)."""
+    """Keep the client's filename and bytes (BentoML's own ``Path`` handling drops the name).
+    Only an uploaded file is taken: never a text value, which BentoML would treat as a URL."""
     if isinstance(value, UploadFile):
         value.file.seek(0)
         return Upload(value.filename or "", value.file.read())
@@ -134,40 +122,71 @@ class Prediction(BaseModel):
     """The ``top_k`` best classes, best first."""
 
 
+class DecodeMemory:
+    """Bytes that the decodes of one process may hold at once: ``async with memory.hold(n)`` waits
+    until ``n`` bytes are free (any waiter that fits goes first, so small images pass big ones)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.free = capacity
+        self._changed: asyncio.Condition | None = None  # made inside the server's event loop
+
+    @contextlib.asynccontextmanager
+    async def hold(self, size: int) -> AsyncIterator[None]:
+        size = min(size, self.capacity)
+        if self._changed is None:
+            self._changed = asyncio.Condition()
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.free >= size)
+            self.free -= size
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self.free += size
+                self._changed.notify_all()
+
+
 @bentoml.service(
     name="convzoo",
     workers=CONFIG.workers,
-    resources={"gpu": GPUS} if GPUS else None,
+    resources={"gpu": CONFIG.gpus} if CONFIG.gpus else None,
     traffic={"timeout": CONFIG.timeout_s, "max_concurrency": CONFIG.max_concurrency},
-    service_class=ConvzooService,  # convzoo's OpenAPI title, version and description
+    service_class=ConvzooService,  # convzoo's app and OpenAPI description (service/app.py)
 )
 class Classifier:
     """Image classification over HTTP (see README, "Service")."""
 
-    bento_model = bentoml.models.BentoModel(MODEL_TAG)
+    bento_model = MODEL
+
+    @bentoml.on_deployment
+    def check_runtime() -> None:
+        """In the server process, before any worker starts: a runtime that cannot serve stops it."""
+        choose_runtime_or_exit(MODEL.resolve(), CONFIG)
 
     def __init__(self) -> None:
-        metadata = self.bento_model.info.metadata
+        model: bentoml.Model = self.bento_model
+        metadata = model.info.metadata
+        self.tag = str(model.tag)
+        self.runtime = choose_runtime_or_exit(model, CONFIG)
         self.labels: list[str] = list(metadata["labels"])
         self.resize = Resize.from_metadata(metadata)
         # None: decode on the event loop (CONVZOO_DECODE_THREADS=0, the default on one CPU)
         self.decoders = anyio.CapacityLimiter(CONFIG.decode_threads) if CONFIG.decode_threads else None
-        self.model = _load_model(self.bento_model.path, self.resize, CONFIG.max_batch_size)
+        self.decode_memory = DecodeMemory(CONFIG.decode_memory_bytes)
+        # without decode threads, images too large to decode inline (INLINE_DECODE_BYTES)
+        self.large_decoder = anyio.CapacityLimiter(1)
+        self.model = self._load_model(model.path)
         self.batcher = Batcher(self.model, CONFIG.max_batch_size, _batch_size_histogram().observe)
         _freeze_startup_objects()
-        self.model_metadata = {
-            **metadata,
-            "bentoml_tag": MODEL_TAG,
-            "runtime": runtimes.describe(RUNTIME),
-            "limits": {
-                "max_images": CONFIG.limits.max_images,
-                "max_request_bytes": CONFIG.limits.max_request_bytes,
-                "max_file_bytes": CONFIG.limits.max_file_bytes,
-                "max_pixels": CONFIG.limits.max_pixels,
-                "top_k_default": CONFIG.top_k,
-                "top_k_max": CONFIG.max_top_k,
-            },
-        }
+        self.model_metadata = public_metadata(
+            {
+                **metadata,
+                "bentoml_tag": self.tag,
+                "runtime": runtimes.describe(self.runtime),
+                "limits": _public_limits(CONFIG),
+            }
+        )
 
     @bentoml.api
     async def classify(
@@ -183,7 +202,12 @@ class Classifier:
                 f"{len(uploads)} images in one request; the limit is "
                 f"{CONFIG.limits.max_images} (CONVZOO_MAX_IMAGES)",
             )
-        prepared = await asyncio.gather(*(self._prepare(i, u) for i, u in enumerate(uploads)))
+        costs = [decode_cost(upload.data, self.resize, CONFIG.limits) for upload in uploads]
+        if refusal := _over_decode_budget(uploads, costs, CONFIG):
+            return refusal
+        prepared = await asyncio.gather(
+            *(self._prepare(i, u, c) for i, (u, c) in enumerate(zip(uploads, costs, strict=True)))
+        )
         refused = [p for p in prepared if isinstance(p, dict)]
         if refused:
             return _error(
@@ -193,59 +217,97 @@ class Classifier:
             )
         probabilities = await self.batcher(np.stack(prepared))
         top_k = min(top_k, len(self.labels))
-        return JSONResponse([self._prediction(p, top_k) for p in probabilities])
+        return JSONResponse([top_k_answer(p, self.labels, top_k) for p in probabilities])
 
     @bentoml.api
     async def metadata(self) -> dict[str, Any]:
         """The model served (name, version, labels, input_size, ...) and the request limits."""
         return self.model_metadata
 
-    async def _prepare(self, index: int, upload: Upload) -> np.ndarray | dict[str, Any]:
-        """The model-ready array, or the refusal ``{"index", "file", "reason"}``."""
+    async def _prepare(self, index: int, upload: Upload, cost: int) -> np.ndarray | dict[str, Any]:
+        """The model-ready array, or the refusal ``{"index", "file", "reason"}``; decoded once
+        ``cost`` bytes of the process's decoding memory are free."""
         filename = upload.filename or f"images[{index}]"
         try:
-            if self.decoders is None:
-                return prepare_image(upload.data, filename, self.resize, CONFIG.limits)
-            return await anyio.to_thread.run_sync(
-                prepare_image,
-                upload.data,
-                filename,
-                self.resize,
-                CONFIG.limits,
-                limiter=self.decoders,
-            )
+            async with self.decode_memory.hold(cost):
+                if self.decoders is None and cost <= INLINE_DECODE_BYTES:
+                    return prepare_image(upload.data, filename, self.resize, CONFIG.limits)
+                return await anyio.to_thread.run_sync(
+                    prepare_image,
+                    upload.data,
+                    filename,
+                    self.resize,
+                    CONFIG.limits,
+                    limiter=self.decoders or self.large_decoder,
+                )
         except InvalidImage as error:
             return {"index": index, "file": error.filename, "reason": error.reason}
 
-    def _prediction(self, probabilities: np.ndarray, top_k: int) -> dict[str, Any]:
-        """One image's ``Prediction`` as plain JSON data. ``classify`` answers with a ready
-        ``JSONResponse``: left to BentoML, every answer would first rebuild the JSON schema of
-        ``list[Prediction]`` (to pick the media type), a fifth of the event loop's time."""
-        best = np.argsort(probabilities)[::-1][:top_k]
-        ranked = [{"label": self.labels[i], "score": float(probabilities[i])} for i in best]
-        return {"label": ranked[0]["label"], "score": ranked[0]["score"], "top_k": ranked}
+    def _load_model(self, path: str) -> runtimes.LoadedModel:
+        """The model on ``self.runtime``, warmed up at every batch size the batcher can form:
+        uint8 images ``[n, height, width, 3]`` -> float32 probabilities ``[n, classes]``."""
+        where = "CPU"
+        if self.runtime.runtime == "tensorflow":
+            import tensorflow as tf  # only here: an OpenVINO worker never loads TensorFlow
+
+            where = _select_device(tf)
+        loaded = runtimes.load(self.runtime, path)
+        runtimes.warm_up(loaded, (self.resize.height, self.resize.width), CONFIG.max_batch_size)
+        logger.info(
+            "serving %s with %s %s on %s (%s; worker %s)",
+            self.tag,
+            self.runtime.runtime,
+            self.runtime.precision,
+            where,
+            self.runtime.reason,
+            _worker_index(),
+        )
+        return loaded
 
 
-def _load_model(path: str, resize: Resize, max_batch_size: int) -> runtimes.Predict:
-    """The model on ``RUNTIME`` as a numpy function, warmed up at every batch size the batcher
-    can form: uint8 images ``[n, height, width, 3]`` -> float32 probabilities ``[n, classes]``."""
-    where = "CPU"
-    if RUNTIME.runtime == "tensorflow":
-        import tensorflow as tf  # only here: an OpenVINO worker never loads TensorFlow
+def _over_decode_budget(
+    uploads: list[Upload], costs: list[int], config: ServiceConfig
+) -> JSONResponse | None:
+    """The 413 for a request whose images would take more decoding memory than allowed, or None."""
+    limits = config.limits
+    over = [
+        {
+            "index": i,
+            "file": upload.filename or f"images[{i}]",
+            "reason": f"decoding it takes {cost} bytes; the limit is {limits.max_image_decode_bytes} "
+            "(CONVZOO_MAX_IMAGE_DECODE_BYTES)",
+        }
+        for i, (upload, cost) in enumerate(zip(uploads, costs, strict=True))
+        if cost > limits.max_image_decode_bytes
+    ]
+    if over:
+        return _error(
+            413, "an image takes more memory to decode than one image may (decode budget)", files=over
+        )
+    if sum(costs) > limits.max_request_decode_bytes:
+        return _error(
+            413,
+            f"decoding these {len(uploads)} images takes {sum(costs)} bytes; the limit of one request "
+            f"is {limits.max_request_decode_bytes} (CONVZOO_MAX_REQUEST_DECODE_BYTES): send fewer or "
+            "smaller images",
+        )
+    return None
 
-        where = _select_device(tf)
-    predict = runtimes.load(RUNTIME, path)
-    runtimes.warm_up(predict, (resize.height, resize.width), max_batch_size)
-    logger.info(
-        "serving %s with %s %s on %s (%s; worker %s)",
-        MODEL_TAG,
-        RUNTIME.runtime,
-        RUNTIME.precision,
-        where,
-        RUNTIME.reason,
-        _worker_index(),
-    )
-    return predict
+
+def _public_limits(config: ServiceConfig) -> dict[str, int]:
+    """What ``/metadata`` says under ``limits``."""
+    limits = config.limits
+    return {
+        "max_images": limits.max_images,
+        "max_request_bytes": limits.max_request_bytes,
+        "max_file_bytes": limits.max_file_bytes,
+        "max_pixels": limits.max_pixels,
+        "max_image_decode_bytes": limits.max_image_decode_bytes,
+        "max_request_decode_bytes": limits.max_request_decode_bytes,
+        "max_body_bytes": limits.max_body_bytes,
+        "top_k_default": config.top_k,
+        "top_k_max": config.max_top_k,
+    }
 
 
 GC_THRESHOLDS = (10_000, 50, 100)
@@ -260,8 +322,8 @@ def _freeze_startup_objects() -> None:
     Serving allocates many short-lived containers per request, and the collections they trigger
     kept walking the objects loaded at startup (a profile shows it as time spent on allocating
     lines all over the request path). Frozen, those are never scanned (nor freed, which they
-    would not be anyway); collections touch only what requests allocate. Measured: 4 % more
-    images/s (benchmarks/README.md, "What we tried", row 21).
+    would not be anyway); collections touch only what requests allocate (measured in
+    benchmarks/README.md, "What we tried").
     """
     gc.collect()
     gc.freeze()
@@ -301,6 +363,14 @@ def _error(status: int, message: str, **details: Any) -> JSONResponse:
 if CONFIG.api_key:  # added first, so it runs before anything reads the body
     Classifier.add_asgi_middleware(ApiKeyGuard, key=CONFIG.api_key)
 Classifier.add_asgi_middleware(
-    UploadGuard, path="/classify", file_field="images", max_bytes=CONFIG.limits.max_request_bytes
+    RequestGuard,
+    upload_path="/classify",
+    file_field="images",
+    max_upload_bytes=CONFIG.limits.max_request_bytes,
+    max_body_bytes=CONFIG.limits.max_body_bytes,
+    body_timeout_s=CONFIG.body_timeout_s,
+    body_deadline_s=CONFIG.timeout_s,
+    max_buffered_bytes=CONFIG.max_buffered_bytes,
 )
+Classifier.add_asgi_middleware(ApiDescription, service=Classifier)  # /docs.json for the request's host
 mount_ui(Classifier)  # the browser page at /ui/ (service/ui.py)

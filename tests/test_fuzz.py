@@ -6,7 +6,7 @@
   a separate process decodes a seeded corpus of the same mutations and must not grow its peak
   memory beyond what the pixel limit allows.
 - Decompression bombs of every format are refused from the header, at once.
-- ``service.middleware.UploadGuard`` in front of Starlette's own form parser (what BentoML uses,
+- ``service.middleware.RequestGuard`` in front of Starlette's own form parser (what BentoML uses,
   answering 500 when it fails) on random and mutated multipart bodies: a 2xx/4xx answer, never a
   5xx or an exception.
 
@@ -38,7 +38,7 @@ from starlette.routing import Route
 
 from service.config import Limits
 from service.images import InvalidImage, Resize, prepare_image
-from service.middleware import UploadGuard
+from service.middleware import RequestGuard
 
 REPO = Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024
@@ -234,9 +234,16 @@ async def _read_form(request: Request) -> JSONResponse:
         return JSONResponse({"error": f"parser failed: {error.detail}"}, status_code=500)
 
 
-def guarded_app(max_bytes: int) -> UploadGuard:
+def guarded_app(max_bytes: int) -> RequestGuard:
     app = Starlette(routes=[Route("/classify", _read_form, methods=["POST"])])
-    return UploadGuard(app, path="/classify", file_field="images", max_bytes=max_bytes)
+    return RequestGuard(
+        app,
+        upload_path="/classify",
+        file_field="images",
+        max_upload_bytes=max_bytes,
+        max_body_bytes=64 * 1024,
+        body_timeout_s=10,
+    )
 
 
 GUARDED_APP = guarded_app(max_bytes=64 * 1024)
@@ -310,7 +317,7 @@ def test_forms_the_parser_would_fail_on_are_refused_first(case):
     assert response.status_code == 400 and response.json()["error"], response.text
 
 
-async def _post(app: UploadGuard, body: bytes, chunked: bool) -> httpx.Response:
+async def _post(app: RequestGuard, body: bytes, chunked: bool) -> httpx.Response:
     """POST ``body`` to the guarded ``app`` in process; an exception in the app propagates."""
 
     async def chunks():

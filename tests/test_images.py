@@ -6,16 +6,24 @@ All files are generated here (``tests/service_files.py``) and decoded in-process
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
 import service_files as files
 
+from service import images
 from service.config import Limits
-from service.images import InvalidImage, Resize, crop_box, decode_image, prepare_image
+from service.images import InvalidImage, Resize, crop_box, decode, decode_cost, prepare_image
 
+REPO = Path(__file__).resolve().parents[1]
 VALID = files.valid_files()
 REFUSED = files.refused_files()
+
+
+def decode_image(data: bytes, name: str, limits: Limits = Limits()) -> np.ndarray:
+    """``service.images.decode`` as an array."""
+    return np.asarray(decode(data, name, limits))
 
 
 @pytest.mark.parametrize("name", sorted(VALID))
@@ -154,3 +162,70 @@ def test_reduced_scale_keeps_gray_and_orientation():
     rotated = prepare_image(files.exif_rotated_jpeg(upright), "phone.jpg", Resize(32, 64))
     reference = prepare_image(files.encode(upright, "JPEG", quality=95), "u.jpg", Resize(32, 64))
     assert np.abs(rotated.astype(int) - reference.astype(int)).mean() < 3
+
+
+def _peak_script(code: str) -> str:
+    """A script that prints how much its peak memory (VmHWM: its own, where ru_maxrss would include
+    its parent's) grows, in MiB, while it runs ``code``, which may use ``data``, the bytes of the
+    file named by its argument."""
+    return (
+        "import re, sys\n"
+        "from pathlib import Path\n"
+        "from service.images import Resize, decode, decode_cost, prepare_image\n"
+        "from service.config import Limits\n"
+        "def peak():\n"
+        "    status = Path('/proc/self/status').read_text()\n"
+        "    return int(re.search(r'VmHWM:\\s+(\\d+) kB', status).group(1)) / 1024\n"
+        "data = open(sys.argv[1], 'rb').read()\n"
+        "before = peak()\n"
+        f"{code}\n"
+        "print(peak() - before)\n"
+    )
+
+
+LARGE_IMAGES = {
+    "gray16": lambda: files.sixteen_bit_gray_png(6000, 6000, value=0),
+    "rgba": lambda: files.encode(files.solid("RGBA", (6000, 6000), (1, 2, 3, 4)), "PNG"),
+    "gray_alpha": lambda: files.encode(files.solid("LA", (6000, 6000), (1, 2)), "PNG"),
+    "rgb": lambda: files.encode(files.solid("RGB", (6000, 6000), (1, 2, 3)), "PNG"),
+    "gray": lambda: files.encode(files.solid("L", (6000, 6000), 7), "PNG"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LARGE_IMAGES))
+def test_decode_cost_covers_the_memory_decoding_really_takes(name, tmp_path):
+    """The decode budget counts what decoding holds (16-bit, alpha), not pixels alone: the
+    estimate is at least the measured peak, and not far above it."""
+    import subprocess
+    import sys
+
+    path = tmp_path / f"{name}.png"
+    path.write_bytes(LARGE_IMAGES[name]())
+    script = _peak_script("prepare_image(data, 'x', Resize(64, 64), Limits(max_file_bytes=1 << 30))")
+    measured_mib = float(
+        subprocess.run(
+            [sys.executable, "-c", script, str(path)], capture_output=True, text=True, check=True, cwd=REPO
+        ).stdout
+    )
+    estimate_mib = decode_cost(path.read_bytes(), Resize(64, 64), Limits(max_file_bytes=1 << 30)) / 2**20
+    assert measured_mib <= estimate_mib * 1.05 + 2, (measured_mib, estimate_mib)
+    assert estimate_mib <= measured_mib * 1.6 + 8, (measured_mib, estimate_mib)
+
+
+def test_decode_cost_counts_a_scaled_jpeg_at_its_decoded_size():
+    photo = files.encode(files.photo((4000, 3000), seed=2), "JPEG", quality=85)
+    width, height = images._jpeg_scaled_size(4000, 3000, 128)
+    assert (width, height) == (500, 375)
+    assert decode_cost(photo, Resize(128, 128)) == width * height * 7
+    assert decode_cost(b"not an image", Resize(128, 128)) == 0
+    bomb = files.png_bomb(50_000, 50_000)  # refused by the pixel limit (400) before any budget
+    assert decode_cost(bomb, Resize(128, 128)) == 0
+
+
+def test_sixteen_bit_values_scale_exactly_as_before():
+    """The banded conversion gives the values of the one-shot formula (65535 -> 255, rounded)."""
+    ramp = files.sixteen_bit_gray_png(65536 // 64, 600)
+    values = np.linspace(0, 65535, 65536 // 64).astype(np.uint32)
+    expected = ((values * 255 + 32767) // 65535).astype(np.uint8)
+    decoded = decode_image(ramp, "ramp16.png")
+    assert (decoded[:, :, 0] == expected).all() and (decoded[:, :, 2] == expected).all()

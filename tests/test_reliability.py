@@ -40,13 +40,8 @@ from test_fuzz import BOUNDARY, bodies
 from test_service import BENTOML, MODEL_NAME, REPO, Server, server_env
 
 from service.config import ServiceConfig
-from service.model_store import (
-    InvalidModel,
-    check_export,
-    parse_model_spec,
-    repository_versions,
-    resolve_model,
-)
+from service.model_store import InvalidModel, check_export, resolve_model
+from service.repository import parse_model_spec, version_folders
 
 MiB = 1024 * 1024
 KEY = f"convzoo-test-{secrets.token_hex(12)}"
@@ -112,7 +107,7 @@ def test_health_probes_are_open_everything_else_needs_the_key(guarded):
         answers = [
             requests.get(f"{guarded.url}/metrics", headers=headers, timeout=10),
             requests.get(f"{guarded.url}/docs.json", headers=headers, timeout=10),
-            requests.get(f"{guarded.url}/", headers=headers, timeout=10),
+            requests.post(f"{guarded.url}/", headers=headers, timeout=10),
             requests.post(f"{guarded.url}/metadata", json={}, headers=headers, timeout=10),
             post_photo(guarded, headers),
         ]
@@ -122,6 +117,9 @@ def test_health_probes_are_open_everything_else_needs_the_key(guarded):
             assert "API key" in answer.json()["error"] and KEY not in answer.text
     assert requests.get(f"{guarded.url}/metrics", headers=AUTH, timeout=10).status_code == 200
     assert requests.get(f"{guarded.url}/docs.json", headers=AUTH, timeout=10).status_code == 200
+    # the API page (static; it asks /docs.json with the key the browser page keeps) is open
+    page = requests.get(f"{guarded.url}/", timeout=10)
+    assert page.status_code == 200 and MODEL_NAME not in page.text
     metadata = requests.post(f"{guarded.url}/metadata", json={}, headers=AUTH, timeout=10)
     assert metadata.json()["name"] == MODEL_NAME and KEY not in metadata.text
     assert post_photo(guarded).status_code == 200
@@ -341,7 +339,7 @@ def test_a_leftover_temporary_export_folder_is_not_a_version(exported_model, tmp
     shutil.copytree(exported_model, models / MODEL_NAME / "1")
     shutil.copytree(exported_model, models / MODEL_NAME / ".tmp-2-12345")
     (models / MODEL_NAME / ".tmp-2-12345" / "saved_model.pb").unlink()
-    assert repository_versions(models, MODEL_NAME) == [1]
+    assert version_folders(models, MODEL_NAME) == [1]
 
 
 def test_the_service_refuses_to_start_on_a_corrupt_export_with_one_line(exported_model, tmp_path):

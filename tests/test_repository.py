@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -121,3 +123,19 @@ def test_replace_folder_publishes_a_hidden_sibling_in_place(tmp_path):
         repository.replace_folder(tmp, folder)
         assert (folder / "model.xml").read_text() == value
         assert [p.name for p in tmp_path.iterdir()] == ["fp32"]  # nothing hidden left behind
+
+
+def test_the_repository_contract_needs_neither_bentoml_nor_the_rest_of_service():
+    """``service.repository`` and ``service.runtimes`` are the model-repository contract that
+    ``training`` uses too (docs/design.md): importing them loads no BentoML, no TensorFlow, no
+    OpenVINO, and of ``service/`` only ``service.config`` (itself standard library only)."""
+    code = (
+        "import json, sys\n"
+        "import service.repository, service.runtimes\n"
+        "roots = ('bentoml', '_bentoml_sdk', '_bentoml_impl', 'service', 'tensorflow', 'openvino', 'keras')\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in roots)))\n"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
+    ).stdout
+    assert json.loads(loaded) == ["service", "service.config", "service.repository", "service.runtimes"]

@@ -30,7 +30,7 @@ import pytest
 import requests
 import service_files as files
 
-from service.images import decode_image
+from service.images import decode
 
 REPO = Path(__file__).resolve().parents[1]
 BENTOML = Path(sys.executable).parent / "bentoml"
@@ -114,7 +114,7 @@ def reference(exported_model):
     serving_default = tf.saved_model.load(str(exported_model)).signatures["serving_default"]
 
     def predict(data: bytes, name: str) -> np.ndarray:
-        image = decode_image(data, name)[None]
+        image = np.asarray(decode(data, name))[None]
         return serving_default(images=tf.constant(image))["probabilities"].numpy()[0]
 
     return predict
@@ -263,6 +263,27 @@ def test_decoding_threads_default_to_none_on_one_cpu():
         env={**os.environ, "CONVZOO_DECODE_THREADS": "-1"},
     )
     assert refused.returncode != 0 and "CONVZOO_DECODE_THREADS must be at least 0" in refused.stderr
+
+
+def test_importing_the_service_does_no_work():
+    """The environment is read by service.config alone; the model is resolved and the runtime
+    chosen when the server starts, never when the module is imported: a model that exists nowhere
+    does not stop an import, and nothing is loaded."""
+    code = (
+        "import sys, service.service as s\n"
+        "loaded = any(m.startswith(('tensorflow', 'openvino')) for m in sys.modules)\n"
+        "print('reference' in vars(s.MODEL), loaded)"
+    )
+    imported = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "CONVZOO_MODEL": "no-such-model", "BENTOML_DO_NOT_TRACK": "true"},
+        timeout=120,
+    )
+    assert imported.returncode == 0, imported.stderr[-2000:]
+    assert imported.stdout.split() == ["False", "False"]
 
 
 def test_metadata_names_the_served_model(server, exported_model):

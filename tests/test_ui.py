@@ -404,6 +404,14 @@ def test_page_asks_for_the_key_once_per_tab(browser, keyed_server, photos):
     )
     assert not browser.find_element("id", "key-form").is_displayed()
     assert browser.execute_script("return sessionStorage.getItem('convzoo-api-key')") == API_KEY
+
+    # the page's "API documentation" link opens the API page, which asks /docs.json with the key
+    browser.find_element("link text", "API documentation").click()
+    wait_for(
+        browser,
+        lambda d: "convzoo image classifier" in d.find_element("id", "swagger-ui").text,
+        "the API page could not load /docs.json with the key",
+    )
     browser.execute_script("sessionStorage.clear()")
 
 

@@ -23,7 +23,8 @@ import uvicorn
 from fastapi import FastAPI, File, HTTPException, UploadFile
 
 from benchmarks.modelrepo import DEFAULT_MODEL, DEFAULT_MODELS_DIR, read_metadata, resolve
-from benchmarks.peers.common import answer, decode
+from benchmarks.peers.common import TOP_K, decode
+from service.answers import top_k_answer
 
 
 def create_app(model: str, models_dir: Path) -> FastAPI:
@@ -50,7 +51,7 @@ def create_app(model: str, models_dir: Path) -> FastAPI:
             except OSError as error:
                 raise HTTPException(400, f"{upload.filename}: not a readable image ({error})") from error
         probabilities = serving(images=tf.constant(np.stack(arrays)))["probabilities"].numpy()
-        return [answer(row, labels) for row in probabilities]
+        return [top_k_answer(row, labels, TOP_K) for row in probabilities]
 
     return app
 

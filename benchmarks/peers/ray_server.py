@@ -30,7 +30,8 @@ from fastapi import FastAPI, File, HTTPException, UploadFile
 from ray import serve
 
 from benchmarks.modelrepo import DEFAULT_MODEL, DEFAULT_MODELS_DIR, read_metadata, resolve
-from benchmarks.peers.common import answer, decode
+from benchmarks.peers.common import TOP_K, decode
+from service.answers import top_k_answer
 
 OBJECT_STORE_BYTES = 256 * 1024 * 1024
 app = FastAPI(title="convzoo (Ray Serve peer)")
@@ -71,7 +72,7 @@ class Classifier:
             except OSError as error:
                 raise HTTPException(400, f"{upload.filename}: not a readable image ({error})") from error
         rows = await asyncio.gather(*(self.predict(array) for array in arrays))
-        return [answer(row, self.labels) for row in rows]
+        return [top_k_answer(row, self.labels, TOP_K) for row in rows]
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def predict(self, arrays: list[np.ndarray]) -> list[np.ndarray]:

@@ -1,0 +1,178 @@
+"""How convzoo's BentoML service becomes the ASGI app a worker serves (``ConvzooService``).
+
+``@bentoml.service(service_class=ConvzooService)`` in ``service.service``. In each worker process,
+just before BentoML builds the app and uvicorn starts, ``ConvzooService.to_asgi``:
+
+- sets what the libraries read from the environment, from ``service.config.settings()``:
+  ``OTEL_SDK_DISABLED=true`` when BentoML exports no traces (its spans would go nowhere, and cost
+  throughput: benchmarks/README.md, "What we tried") unless the user set it either way;
+  ``FORWARDED_ALLOW_IPS`` (uvicorn's ``forwarded_allow_ips``) to ``CONVZOO_FORWARDED_ALLOW_IPS``,
+  so ``X-Forwarded-For`` / ``-Proto`` are believed from those proxies only (by default from none:
+  uvicorn alone would believe any peer on 127.0.0.1); and ``PROMETHEUS_MULTIPROC_DIR`` to this
+  server's own folder (``metrics_folder``): BentoML gives every server on a host the same folder
+  under ``$BENTOML_HOME`` and empties it when one starts, so two servers would serve each other's
+  metrics;
+- labels BentoML's HTTP metrics with the route (``/classify``, ``/ui``, ...) or ``other``, never
+  the raw path (``RouteLabels``): a label value per path requested, 401s included, would grow the
+  memory of every worker with each new URL, for good;
+- moves convzoo's guards (``service.middleware``: the API key, then the body's size, time and
+  form) right behind the metrics, in front of BentoML's own middlewares: a request waiting for
+  its body does not hold one of the ``CONVZOO_MAX_CONCURRENCY`` slots nor count against the
+  request timeout, and a refused request is logged once, by the guard (not again by the access
+  log), and never reaches a BentoML handler.
+
+``openapi_spec`` gives ``/docs.json`` convzoo's title, version and description (``service.openapi``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+import attrs
+import bentoml
+import psutil
+from bentoml._internal.service.openapi.specification import Info, OpenAPISpecification
+from starlette.middleware import Middleware
+from starlette.routing import Match
+
+from service import openapi
+from service.config import ServiceConfig, settings
+from service.middleware import ApiKeyGuard, ASGIApp, Receive, RequestGuard, Scope, Send
+
+OTHER = "other"
+"""The metrics label of every path that no route serves."""
+REAL_PATH = "convzoo.path"
+METRICS_MIDDLEWARES = ("HTTPTrafficMetricsMiddleware", "RunnerTrafficMetricsMiddleware")
+"""BentoML's HTTP metrics middlewares (``bentoml._internal.server.http.instruments``), which
+label ``endpoint`` with ``scope["path"]``."""
+
+
+class ConvzooService(bentoml.Service):
+    """A ``bentoml.Service`` with convzoo's OpenAPI ``info`` and app (module docstring)."""
+
+    @property
+    def openapi_spec(self) -> OpenAPISpecification:
+        return self.openapi_spec_for()
+
+    def openapi_spec_for(self, url: str = openapi.DEFAULT_URL) -> OpenAPISpecification:
+        """The spec, its curl examples addressed to ``url`` (``scheme://host:port``)."""
+        spec = super().openapi_spec
+        return attrs.evolve(
+            spec,
+            info=Info(
+                title=openapi.TITLE,
+                version=openapi.convzoo_version(self.bento),
+                description=openapi.describe(self, url, auth=settings().api_key is not None),
+            ),
+        )
+
+    def to_asgi(self, is_main: bool = True) -> Any:
+        set_library_environment(settings())
+        app = super().to_asgi(is_main)
+        label_metrics_by_route(app)
+        guards_first(app)
+        return app
+
+
+def set_library_environment(config: ServiceConfig) -> None:
+    """What OpenTelemetry, uvicorn and prometheus_client read from the environment (module docstring)."""
+    if config.otel_sdk_disabled is None and not _trace_exporter():
+        os.environ["OTEL_SDK_DISABLED"] = "true"
+    os.environ["FORWARDED_ALLOW_IPS"] = config.forwarded_allow_ips
+    if folder := metrics_folder(config):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+
+
+def _trace_exporter() -> str | None:
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    try:
+        return BentoMLContainer.tracing.exporter_type.get()
+    except Exception:  # no BentoML configuration loaded: nothing exports
+        return None
+
+
+def metrics_folder(config: ServiceConfig) -> Path | None:
+    """This server's Prometheus multiprocess folder: ``CONVZOO_METRICS_DIR``, else a sibling of
+    BentoML's shared one named after the server's main process (its pid and start time, so a
+    restarted server never reads a dead one's files); folders of servers no longer running are
+    removed. None outside ``bentoml serve`` (no multiprocess metrics)."""
+    if config.metrics_dir:
+        folder = Path(config.metrics_dir)
+    elif config.bentoml_metrics_dir:
+        shared = Path(config.bentoml_metrics_dir)
+        server = psutil.Process(os.getppid())
+        _remove_dead_servers_folders(shared)
+        folder = shared.with_name(f"{shared.name}.convzoo-{server.pid}-{int(server.create_time())}")
+    else:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _remove_dead_servers_folders(shared: Path) -> None:
+    for folder in shared.parent.glob(f"{shared.name}.convzoo-*"):
+        pid = folder.name.rsplit("-", 2)[-2]
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+            for file in folder.glob("*.db"):
+                file.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # something else lives there, or it is gone already
+                folder.rmdir()
+
+
+def label_metrics_by_route(app: Any) -> None:
+    """Wrap BentoML's HTTP metrics middleware of the Starlette ``app`` (before its first request)
+    in ``RouteLabels``."""
+    for index, middleware in enumerate(app.user_middleware):
+        if getattr(middleware.cls, "__name__", "") in METRICS_MIDDLEWARES:
+            app.user_middleware[index] = Middleware(
+                RouteLabels, metrics=middleware.cls, router=app.router, **middleware.kwargs
+            )
+
+
+GUARDS = (ApiKeyGuard, RequestGuard)
+
+
+def guards_first(app: Any) -> None:
+    """Move the ``GUARDS`` (added with ``add_asgi_middleware``, which puts them behind BentoML's
+    middlewares) right behind the metrics middleware of the Starlette ``app``, in their order."""
+    guards = [m for m in app.user_middleware if m.cls in GUARDS]
+    others = [m for m in app.user_middleware if m.cls not in GUARDS]
+    at = next((i + 1 for i, m in enumerate(others) if m.cls is RouteLabels), 0)
+    app.user_middleware[:] = [*others[:at], *guards, *others[at:]]
+
+
+class RouteLabels:
+    """Runs BentoML's metrics middleware on a scope whose ``path`` is the route's own path
+    (``/classify``; a mount's prefix, ``/ui``) or ``other``; the app behind it sees the real path."""
+
+    def __init__(self, app: ASGIApp, *, metrics: type, router: Any, **options: Any) -> None:
+        self.metrics = metrics(_real_path(app), **options)
+        self.router = router
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.metrics(scope, receive, send)
+            return
+        await self.metrics({**scope, "path": self.label(scope), REAL_PATH: scope["path"]}, receive, send)
+
+    def label(self, scope: Scope) -> str:
+        for route in self.router.routes:
+            match, _ = route.matches(scope)
+            if match != Match.NONE:
+                return route.path or "/"
+        return OTHER
+
+
+def _real_path(app: ASGIApp) -> ASGIApp:
+    async def with_real_path(scope: Scope, receive: Receive, send: Send) -> None:
+        if REAL_PATH in scope:
+            real = scope[REAL_PATH]
+            scope = {key: value for key, value in scope.items() if key != REAL_PATH}
+            scope["path"] = real
+        await app(scope, receive, send)
+
+    return with_real_path
