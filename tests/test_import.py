@@ -234,6 +234,7 @@ def not_an_image_model(tmp_path_factory) -> Path:
         ("labels", "4 labels for a model with 3 outputs"),
         ("not-image", "not an image tensor"),
         ("name", "model name '../escape' must be letters"),
+        ("data", "are not the labels in output order"),
     ],
 )
 def test_refusals_are_one_line_with_status_2(
@@ -249,8 +250,12 @@ def test_refusals_are_one_line_with_status_2(
         argv[2].write_text("a\nb\nc\nd\n", encoding="utf-8")
     elif case == "not-image":
         argv[0] = not_an_image_model
-    else:
+    elif case == "name":
         argv[4] = "../escape"
+    else:  # class folders that are not the labels: refused before anything is written
+        for label in ("one", "two", "three"):
+            (tmp_path / "data" / label).mkdir(parents=True)
+        argv += ["--data", tmp_path / "data"]
     code, out, err = run_cli(argv, capsys)
     assert code == 2
     lines = err.strip().splitlines()
@@ -302,3 +307,32 @@ def test_bentoml_serves_the_imported_model(sources, photos, bentoml_home, tmp_pa
         assert (metadata["name"], metadata["version"], metadata["labels"]) == ("byom", 1, LABELS)
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_data_gives_held_out_metrics_and_gated_cpu_forms(shared_imagenette, tmp_path, capsys):
+    """With --data: the test split's metrics instead of unknown ones, and the OpenVINO forms
+    measured against the SavedModel with the gate's verdict (what the service's auto reads)."""
+    import keras
+
+    classes = sorted(p.name for p in shared_imagenette.iterdir() if p.is_dir())
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((*FLOAT_SIZE, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(8, 5, strides=2)(inputs))
+    keras.Model(inputs, keras.layers.Dense(len(classes))(x), name="ten").save(tmp_path / "ten.keras")
+    (tmp_path / "labels.txt").write_text("\n".join(classes) + "\n", encoding="utf-8")
+    code, out, err = run_cli(
+        [tmp_path / "ten.keras", "--labels", tmp_path / "labels.txt", "--name", "ten"]
+        + ["--preprocessing", "unit", "--models-dir", tmp_path / "models", "--data", shared_imagenette]
+        + ["--limit", "40", "--calibration", "10", "--precisions", "fp32"],
+        capsys,
+    )
+    assert code == 0, err
+    metadata = read_metadata(tmp_path / "models" / "ten" / "1")
+    assert 0 <= metadata["metrics"]["top1"] <= metadata["metrics"]["top5"] <= 1
+    assert metadata["metrics"]["images"] == 40
+    assert "test split" in metadata["unknown"]["metrics"]
+    assert {"tensorflow", "openvino-fp32"} <= set(metadata["runtimes"])
+    assert metadata["runtimes"]["openvino-fp32"]["test"]["agreement"] > 0.9
+    assert "passed" in metadata["runtimes"]["openvino-fp32"]["gate"]
+    assert "gate" in out and "held-out top-1" in out

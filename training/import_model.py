@@ -332,21 +332,27 @@ def import_model(
     )
 
 
+def check_data(data: str, labels: list[str]) -> None:
+    """``--data`` must be class folders named like the labels, in output order (sorted)."""
+    if not Path(data).is_dir():
+        raise ImportRefused(f"--data {data} is not a folder of class sub-folders")
+    classes = sorted(p.name for p in Path(data).iterdir() if p.is_dir())
+    if classes != labels:
+        raise ImportRefused(
+            f"--data {data}: its class folders ({', '.join(classes[:3])}...) are not the labels in "
+            f"output order ({', '.join(labels[:3])}...), so its scores would mean nothing"
+        )
+
+
 def evaluate_and_optimize(
     version_dir: Path, data: str, *, calibration: int, limit: int | None, precisions, log
 ):
     """With ``--data``: the held-out metrics from its test split, then the gated CPU forms."""
+    from service.runtimes import GATE
     from training.optimize import available, held_out_for_export, optimize_export, summary_line
 
     metadata = read_metadata(version_dir)
-    if not Path(data).is_dir():
-        raise ImportRefused(f"--data {data} is not a folder of class sub-folders")
-    classes = sorted(p.name for p in Path(data).iterdir() if p.is_dir())
-    if classes != metadata["labels"]:
-        raise ImportRefused(
-            f"{data}'s class folders ({', '.join(classes[:3])}...) are not the labels in output order "
-            f"({', '.join(metadata['labels'][:3])}...): the scores would be meaningless"
-        )
+    check_data(data, metadata["labels"])
     log(f"loading held-out images from {data}")
     held_out = held_out_for_export(version_dir, metadata, data=data, calibration=calibration, limit=limit)
     missing = available()
@@ -366,6 +372,7 @@ def evaluate_and_optimize(
         f"the test split of {portable_path(data)}: whether the model saw these images in training is unknown"
     )
     write_json(version_dir / "metadata.json", metadata)
+    log(f"runtimes of {version_dir} (gate: {GATE.rule}; the service's auto uses only those that passed):")
     for key, found in runtimes.items():
         log("  " + summary_line(key, found))
     return runtimes
@@ -396,6 +403,8 @@ def main(args: argparse.Namespace) -> int:
     if not args.labels.is_file():
         raise ImportRefused(f"labels file {args.labels} not found")
     labels = read_labels(args.labels)
+    if args.data:  # before anything is written
+        check_data(args.data, labels)
     path = import_model(
         args.path,
         labels=labels,
