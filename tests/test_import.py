@@ -235,6 +235,7 @@ def not_an_image_model(tmp_path_factory) -> Path:
         ("not-image", "not an image tensor"),
         ("name", "model name '../escape' must be letters"),
         ("data", "are not the labels in output order"),
+        ("version", "already exists and versions are never overwritten"),
     ],
 )
 def test_refusals_are_one_line_with_status_2(
@@ -252,6 +253,9 @@ def test_refusals_are_one_line_with_status_2(
         argv[0] = not_an_image_model
     elif case == "name":
         argv[4] = "../escape"
+    elif case == "version":
+        (tmp_path / "models" / "refused" / "1").mkdir(parents=True)
+        argv += ["--version", "1"]
     else:  # class folders that are not the labels: refused before anything is written
         for label in ("one", "two", "three"):
             (tmp_path / "data" / label).mkdir(parents=True)

@@ -405,17 +405,20 @@ def main(args: argparse.Namespace) -> int:
     labels = read_labels(args.labels)
     if args.data:  # before anything is written
         check_data(args.data, labels)
-    path = import_model(
-        args.path,
-        labels=labels,
-        name=args.name,
-        image_size=args.image_size,
-        preprocessing=args.preprocessing,
-        outputs=args.outputs,
-        models_dir=args.models_dir,
-        version=args.version,
-        command=command_line("import", [args.path, "--labels", args.labels, "--name", args.name]),
-    )
+    try:
+        path = import_model(
+            args.path,
+            labels=labels,
+            name=args.name,
+            image_size=args.image_size,
+            preprocessing=args.preprocessing,
+            outputs=args.outputs,
+            models_dir=args.models_dir,
+            version=args.version,
+            command=command_line("import", [args.path, "--labels", args.labels, "--name", args.name]),
+        )
+    except FileExistsError as error:  # --version of an existing version: never overwritten
+        raise ImportRefused(str(error)) from None
     metadata = read_metadata(path)
     print(
         f"imported {args.path} to {path}: {len(labels)} classes, {format_count(metadata['params'])} "
