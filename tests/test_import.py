@@ -189,15 +189,40 @@ def _decode(data: bytes) -> np.ndarray:
     return tf.io.decode_image(data, channels=3, expand_animations=False).numpy()
 
 
-def test_keras_applications_preprocessing_is_detected():
+@pytest.mark.slow  # ~20 s on 2 shared cores: MobileNetV2's export and FLOP count
+def test_a_keras_applications_model_is_imported_with_its_own_preprocess_input(photos, tmp_path):
+    """MobileNetV2 (random weights, 32 px): "tf" scaling detected from its name, its softmax
+    detected from its answers; the import answers as keras' own ``preprocess_input`` + the model."""
+    import keras
+    import tensorflow as tf
+
+    from training.end_to_end import resize_images
+    from training.import_model import import_model
+
+    keras.utils.set_random_seed(4)
+    model = keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3), alpha=0.35, classes=3)
+    model.save(tmp_path / "mobilenet.keras")
+    version = import_model(
+        tmp_path / "mobilenet.keras", labels=LABELS, name="mobile", models_dir=tmp_path, log=lambda _: None
+    )
+    details = read_metadata(version)["imported"]
+    assert (details["scaling"], details["outputs"]) == ("tf", "probabilities")
+    assert details["scaling_how"].startswith("detected: keras.applications mobilenet_v2")
+    serve_bytes = tf.saved_model.load(str(version)).signatures["serve_bytes"]
+    for data in photos:
+        resized = keras.ops.convert_to_numpy(resize_images(_decode(data)[None], (32, 32)))
+        expected = keras.ops.convert_to_numpy(
+            model(keras.applications.mobilenet_v2.preprocess_input(resized))
+        )
+        found = serve_bytes(image_bytes=tf.constant([data]))["probabilities"].numpy()
+        np.testing.assert_allclose(found, expected, atol=2e-4)
+
+
+def test_keras_applications_preprocessing_is_detected_by_name():
     import keras
 
     from training.import_model import choose_preprocessing
 
-    mobilenet = keras.applications.MobileNetV2(
-        weights=None, input_shape=(32, 32, 3), alpha=0.35, classes=len(LABELS)
-    )
-    assert choose_preprocessing(mobilenet, "float32", "auto")[0] == "tf"
     resnet_like = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten()], name="resnet50")
     assert choose_preprocessing(resnet_like, "float32", "auto") == (
         "caffe",
@@ -340,3 +365,15 @@ def test_data_gives_held_out_metrics_and_gated_cpu_forms(shared_imagenette, tmp_
     assert metadata["runtimes"]["openvino-fp32"]["test"]["agreement"] > 0.9
     assert "passed" in metadata["runtimes"]["openvino-fp32"]["gate"]
     assert "gate" in out and "held-out top-1" in out
+
+
+def test_unknowns_are_validated_and_left_out_of_bentomls_metadata():
+    from service.model_store import without_nulls
+    from service.repository import InvalidExport, validate_metadata
+
+    metadata = {"labels": ["a"], "metrics": {"top1": None, "top5": None}, "dataset": None}
+    validate_metadata({**metadata, "unknown": {"metrics": "no held-out data"}}, "here", required=())
+    for bad in ({"metrics": ""}, ["metrics"], {"metrics": None}):
+        with pytest.raises(InvalidExport, match="'unknown' is not"):
+            validate_metadata({**metadata, "unknown": bad}, "here", required=())
+    assert without_nulls({**metadata, "runs": [None, 1]}) == {"labels": ["a"], "metrics": {}, "runs": [1]}
