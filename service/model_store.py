@@ -181,13 +181,26 @@ def import_export(models_dir: Path, name: str, version: str | int) -> bentoml.Mo
         logger.warning("the model store's %s differs from %s: importing it again", tag, source)
         bentoml.models.delete(tag)
     try:
-        with bentoml.models.create(tag, labels={"project": "convzoo"}, metadata=metadata) as model:
+        with bentoml.models.create(
+            tag, labels={"project": "convzoo"}, metadata=without_nulls(metadata)
+        ) as model:
             shutil.copytree(source, model.path, dirs_exist_ok=True)
     except BentoMLException:
         # Another process imported the same export meanwhile: that copy is as good as ours.
         return bentoml.models.get(tag)
     logger.info("imported %s into the BentoML model store as %s", source, tag)
     return bentoml.models.get(tag)
+
+
+def without_nulls(value):
+    """``metadata.json`` as BentoML's model metadata, which refuses null: every null entry left out
+    (an unknown value, e.g. an imported model's metrics without held-out data, is then absent from
+    the store's metadata; the copied ``metadata.json`` keeps it, with ``unknown`` saying why)."""
+    if isinstance(value, dict):
+        return {key: without_nulls(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list):
+        return [without_nulls(item) for item in value if item is not None]
+    return value
 
 
 def same_export(a: Path, b: Path) -> bool:

@@ -49,7 +49,10 @@ REQUIRED_KEYS = (
     "signatures",
     "preprocessing",
 )
-"""What every export's ``metadata.json`` holds (``training.export`` writes them all)."""
+"""What every export's ``metadata.json`` holds (``training.export`` writes them all). What an export
+cannot know (an imported model's dataset, its held-out metrics without data: ``training.import_model``)
+is ``null`` (metrics: ``top1`` / ``top5`` null) and named, with the reason, in the optional
+``"unknown": {key: why}``."""
 SERVING_KEYS = ("labels", "input_size")
 """What a server needs at the least (an export of an older convzoo may lack the rest)."""
 
@@ -168,6 +171,12 @@ def validate_metadata(metadata: object, where: str | Path, required: tuple[str, 
             and not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0)
         ):
             raise InvalidExport(f"{where}: metadata.json metrics[{key!r}] = {value!r} is not a fraction")
+    unknown = metadata.get("unknown")
+    if unknown is not None and not (
+        isinstance(unknown, dict)
+        and all(isinstance(k, str) and isinstance(v, str) and v for k, v in unknown.items())
+    ):
+        raise InvalidExport(f"{where}: metadata.json 'unknown' is not {{key: why it is unknown}}")
     files = metadata.get("files")
     if files is not None and not (
         isinstance(files, dict)

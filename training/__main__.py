@@ -25,6 +25,7 @@ COMMANDS = {
     "fit-packed": ("training.fit_packed", "train from a pack on any Keras backend (JAX/PyTorch GPUs)"),
     "evaluate": ("training.evaluate", "evaluate a run on its validation and test splits into run.json"),
     "optimize": ("training.optimize", "add OpenVINO fp32/bf16/int8 forms of an export, measured and gated"),
+    "import": ("training.import_model", "bring your own .keras / SavedModel classifier into models/"),
 }
 
 

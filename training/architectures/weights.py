@@ -308,12 +308,9 @@ class ReverseChannels(layers.Layer):
         return keras.ops.flip(x, axis=-1)
 
 
-def preprocessing_layers(name: str, twin: keras.Model | None = None) -> list[keras.layers.Layer]:
-    """Layers taking 0..255 RGB pixels to what the twin's weights expect (``twin_preprocessing``).
-
-    ``in_model`` needs the loaded ``twin``: its leading Rescaling / Normalization layers are copied.
-    """
-    mode = twin_preprocessing(name)
+def mode_layers(mode: str) -> list[keras.layers.Layer]:
+    """Layers taking 0..255 RGB pixels to what keras' ``preprocess_input`` gives in ``mode``:
+    ``caffe``, ``tf`` or ``torch`` (``in_model``: the model scales by itself, no layers)."""
     if mode == "caffe":
         return [
             ReverseChannels(name="bgr"),
@@ -323,6 +320,19 @@ def preprocessing_layers(name: str, twin: keras.Model | None = None) -> list[ker
         return scaling_layers("tf")
     if mode == "torch":
         return scaling_layers("imagenet")
+    if mode == "in_model":
+        return []
+    raise ValueError(f"unknown keras preprocess_input mode {mode!r}")
+
+
+def preprocessing_layers(name: str, twin: keras.Model | None = None) -> list[keras.layers.Layer]:
+    """Layers taking 0..255 RGB pixels to what the twin's weights expect (``twin_preprocessing``).
+
+    ``in_model`` needs the loaded ``twin``: its leading Rescaling / Normalization layers are copied.
+    """
+    mode = twin_preprocessing(name)
+    if mode != "in_model":
+        return mode_layers(mode)
     if twin is None:
         raise ValueError(f"{name}'s preprocessing is inside its twin: pass the loaded twin")
     copied = []
