@@ -284,6 +284,8 @@ def _ceiling(ref: ModelRef, args, server_cpus: str | None, out: Path, runtime: s
         str(args.models_dir),
         "--batch-sizes",
         args.ceiling_batch_sizes,
+        "--image-set",
+        args.image_set,  # the very images the servers get
         "--cpus",
         "none",
         "--json",

@@ -234,6 +234,10 @@ def test_load_runner_against_fastapi_peer_writes_report(models_dir, tmp_path):
     report = check_report(out, ["fastapi"], [1, 2])
     assert "| efficiency |" in report and "| overhead at one user |" in report
     assert "Targets" in finished.stdout and "step 2/2" in finished.stdout
+    ceilings = list(out.glob("ceiling-*.json"))
+    assert ceilings  # measured on the very images the servers got
+    for path in ceilings:
+        assert json.loads(path.read_text())["images"] == images.image_set("thumbnails").description
 
 
 def test_load_runner_refuses_bad_arguments_clearly(models_dir, tmp_path):
