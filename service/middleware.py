@@ -292,12 +292,19 @@ def _log_refusal(scope: Scope, refusal: Refusal) -> None:
     logger.warning(
         "refused %s %s from %s:%s: %s %s",
         scope["method"],
-        scope["path"][:200],
+        _printable(scope["path"]),
         client[0],
         client[1],
         refusal.status,
-        refusal.reason,
+        _printable(str(refusal.reason), 500),
     )
+
+
+def _printable(text: str, limit: int = 200) -> str:
+    """``text`` cut to ``limit`` characters, control characters escaped: one log line, whatever the
+    client sent (a path may hold a percent-encoded newline)."""
+    cut = text[:limit] + ("..." if len(text) > limit else "")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in cut)
 
 
 class FormInspector:

@@ -236,6 +236,18 @@ def test_a_refusal_is_one_log_line_with_reason_client_and_route(caplog):
     )
 
 
+def test_a_refusal_line_escapes_and_cuts_what_the_client_sent(caplog):
+    """A percent-encoded newline in the path cannot forge a second log line; a long path is cut."""
+    app = Recorder()
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"100000000")]
+    with caplog.at_level(logging.INFO, logger="bentoml.convzoo"):
+        status, *_ = run(call(guard(app), "POST", "/x\nFAKE refused line" + "a" * 5000, headers, [b"{}"]))
+    assert status == 413
+    [record] = [r for r in caplog.records if r.name == "bentoml.convzoo"]
+    line = record.getMessage()
+    assert "\n" not in line and "\\nFAKE" in line and len(line) < 1000
+
+
 def test_redirects_are_relative_whatever_the_host_header():
     """Attack 7: ``GET /ui`` with ``Host: evil.example`` redirected to http://evil.example/ui/."""
     page = Starlette(routes=[Route("/", lambda request: PlainTextResponse("page"))])
