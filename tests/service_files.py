@@ -142,3 +142,15 @@ def refused_files() -> dict[str, tuple[bytes, str]]:
         "oversized.jpg": (jpeg + rng.bytes(3 * MiB), "bytes"),
         "scan.tiff": (encode(photo((32, 32)), "TIFF"), "not an image"),
     }
+
+
+BOUNDARY = "XB"
+
+
+def multipart(parts: list[tuple[str, str | None, bytes]], boundary: str = BOUNDARY) -> bytes:
+    """A multipart body from (field name, filename or None, content)."""
+    body = b""
+    for name, filename, content in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        body += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + content + b"\r\n"
+    return body + f"--{boundary}--\r\n".encode()

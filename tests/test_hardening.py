@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import service_files as files
+from service_files import BOUNDARY, multipart
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
@@ -37,19 +38,9 @@ from service.service import DecodeMemory, Upload, _over_decode_budget
 MiB = 1024 * 1024
 KEY = f"hardening-{secrets.token_hex(8)}"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-BOUNDARY = "XB"
 
 
 # ---------------------------------------------------------------------------------- in process
-
-
-def multipart(parts: list[tuple[str, str | None, bytes]], boundary: str = BOUNDARY) -> bytes:
-    """A multipart body from (field name, filename or None, content)."""
-    body = b""
-    for name, filename, content in parts:
-        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
-        body += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + content + b"\r\n"
-    return body + f"--{boundary}--\r\n".encode()
 
 
 class Recorder:

@@ -28,22 +28,13 @@ import psutil
 import pytest
 import requests
 import service_files as files
+from service_files import BOUNDARY, multipart
 from test_service import REPO, Server
 
 MiB = 1024 * 1024
 KEY = f"hardening-{secrets.token_hex(8)}"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-BOUNDARY = "XB"
 MAX_REQUEST_DECODE_BYTES = 1024 * MiB
-
-
-def multipart(parts: list[tuple[str, str | None, bytes]], boundary: str = BOUNDARY) -> bytes:
-    """A multipart body from (field name, filename or None, content)."""
-    body = b""
-    for name, filename, content in parts:
-        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
-        body += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + content + b"\r\n"
-    return body + f"--{boundary}--\r\n".encode()
 
 
 # ------------------------------------------------------------------------------- real servers
@@ -61,13 +52,7 @@ SETTINGS = {
 
 def start(home: Path, log: Path, **settings: str) -> Server:
     env = {**os.environ, **SETTINGS, "BENTOML_HOME": str(home), **settings}
-    server = Server([], env, log)
-    try:
-        server.wait_ready()
-    except Exception:
-        server.stop()
-        raise
-    return server
+    return Server.started([], env, log)
 
 
 @pytest.fixture(scope="module")

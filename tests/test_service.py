@@ -148,6 +148,17 @@ class Server:
                 start_new_session=True,
             )
 
+    @classmethod
+    def started(cls, args: list[str], env: dict[str, str], log: Path) -> Server:
+        """A server that answers ``/readyz``; stopped again if it never does."""
+        server = cls(args, env, log)
+        try:
+            server.wait_ready()
+        except BaseException:
+            server.stop()
+            raise
+        return server
+
     def wait_ready(self, timeout: float = 240) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -158,13 +158,7 @@ def same_classes(page: list[list[str]], answer: dict) -> bool:
 
 
 def start_server(exported_model, bentoml_home, log: Path, **settings: str) -> Server:
-    server = Server([], {**server_env(exported_model, bentoml_home), **settings}, log)
-    try:
-        server.wait_ready()
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    return Server.started([], {**server_env(exported_model, bentoml_home), **settings}, log)
 
 
 @pytest.fixture(scope="module")
