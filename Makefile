@@ -31,7 +31,9 @@ TEST_WORKERS ?= auto
 test: lint
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
+# The heavy tests; the three-server benchmark test needs the bench extra (Ray Serve, FastAPI).
 test-slow: venv
+	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m 'slow or container'
 
 # The container tests alone (need a running Docker; skipped without one).
