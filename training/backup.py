@@ -34,6 +34,7 @@ from pathlib import Path
 import keras
 
 from service.repository import replace_file
+from training.quiet import error_line
 
 METADATA = "training_metadata.json"  # Keras' name for it
 LEGACY_WEIGHTS = "latest.weights.h5"  # what keras.callbacks.BackupAndRestore writes
@@ -66,7 +67,8 @@ def read_metadata(backup_dir: Path) -> dict | None:
 
 
 def first_line(error: BaseException, limit: int = 160) -> str:
-    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    """``error`` as one line (``training.quiet.error_line``), cut to ``limit`` characters."""
+    text = error_line(error)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

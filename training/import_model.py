@@ -52,6 +52,7 @@ from training.export import export_model
 from training.flops import format_count
 from training.hub import read_labels
 from training.portable import portable_path
+from training.quiet import error_line
 
 PREPROCESSINGS = ("auto", "imagenet", "tf", "unit", "caffe", "torch", "none")
 OUTPUTS = ("auto", "logits", "probabilities")
@@ -88,13 +89,13 @@ def load_classifier(path: str | Path):
         try:
             return keras.saving.load_model(path, compile=False), "keras"
         except Exception as error:
-            raise ImportRefused(f"{path} is not a loadable .keras model ({error_text(error)})") from None
+            raise ImportRefused(f"{path} is not a loadable .keras model ({error_line(error)})") from None
     if path.is_dir() and (path / "saved_model.pb").is_file():
         try:
             layer = SavedModelLayer(str(path), call_endpoint="serving_default", name="saved_model")
         except Exception as error:
             raise ImportRefused(
-                f"{path}: no usable serving_default signature ({error_text(error)})"
+                f"{path}: no usable serving_default signature ({error_line(error)})"
             ) from None
         return layer, "saved_model"
     raise ImportRefused(f"{path} is neither a .keras file nor a SavedModel folder (with saved_model.pb)")
@@ -114,11 +115,6 @@ class SavedModelLayer(layers.TFSMLayer):
                 f"the signature takes {len(self.input_specs)} inputs; expected one image batch"
             )
         return self.call_endpoint_fn(**{next(iter(self.input_specs)): inputs})
-
-
-def error_text(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
 
 
 def input_spec(model, path) -> tuple[tuple, str]:
