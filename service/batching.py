@@ -18,6 +18,7 @@ the model itself fails exactly the requests of that call.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ class Pending:
 
     images: np.ndarray
     result: asyncio.Future
+    queued_at: float
 
 
 class Batcher:
@@ -41,26 +43,36 @@ class Batcher:
         self,
         model: Callable[[np.ndarray], np.ndarray],
         max_batch_size: int,
-        on_batch: Callable[[int], None] = lambda size: None,
+        on_batch: Callable[[int, float], None] = lambda size, seconds: None,
+        on_wait: Callable[[float], None] = lambda seconds: None,
     ) -> None:
         self.model = model
         self.max_batch_size = max_batch_size
-        self.on_batch = on_batch  # called with the size of every model call (metrics)
+        self.on_batch = on_batch  # every model call: its size and seconds (metrics)
+        self.on_wait = on_wait  # every request: seconds queued before its batch started
         self.queue: deque[Pending] = deque()
         self.wakeup: asyncio.Event | None = None
         self.runner: asyncio.Task | None = None
+        self.closed = False
 
     async def __call__(self, images: np.ndarray) -> np.ndarray:
-        if self.runner is None:  # started lazily, inside the server's event loop
+        if self.runner is None or self.runner.done():  # started lazily, inside the event loop
             self.wakeup = asyncio.Event()
             self.runner = asyncio.create_task(self._run(), name="convzoo-batcher")
-        pending = Pending(images, asyncio.get_running_loop().create_future())
+        pending = Pending(images, asyncio.get_running_loop().create_future(), time.perf_counter())
         self.queue.append(pending)
         self.wakeup.set()
         return await pending.result
 
+    def close(self) -> None:
+        """Stop the runner once the queue is empty (a retired model version: the runner's task
+        would otherwise keep the model alive); a later call starts it again."""
+        self.closed = True
+        if self.runner is not None and not self.runner.done():
+            self.runner.get_loop().call_soon_threadsafe(self.wakeup.set)
+
     async def _run(self) -> None:
-        while True:
+        while not self.closed or self.queue:
             await self.wakeup.wait()
             self.wakeup.clear()
             while self.queue:
@@ -86,9 +98,12 @@ class Batcher:
         if not taken:
             return
         batch = taken[0].images if len(taken) == 1 else np.concatenate([p.images for p in taken])
-        self.on_batch(len(batch))
+        started = time.perf_counter()
+        for pending in taken:
+            self.on_wait(started - pending.queued_at)
         try:
             outputs = await anyio.to_thread.run_sync(self.model, batch)
+            self.on_batch(len(batch), time.perf_counter() - started)
         except Exception as error:
             for pending in taken:
                 if not pending.result.done():

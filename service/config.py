@@ -4,6 +4,8 @@
 |----------------------------------|----------------------|--------------------------------------------------|
 | CONVZOO_MODEL                    | imagenette           | model to serve, ``name`` or ``name:version``     |
 | CONVZOO_MODELS_DIR               | <repo>/models        | the model repository (``<name>/<version>/``)     |
+| CONVZOO_MODELS                   | (every model there)  | models served and their versions: ``a,b:3``      |
+| CONVZOO_POLL_S                   | 5                    | seconds between two looks at the repository      |
 | CONVZOO_MAX_IMAGES               | 32                   | images per request                               |
 | CONVZOO_MAX_REQUEST_BYTES        | 64 MiB               | body size of one request (larger: 413)           |
 | CONVZOO_MAX_FILE_BYTES           | 32 MiB               | size of one uploaded file                        |
@@ -66,6 +68,11 @@ class Limits:
 class ServiceConfig:
     model: str = DEFAULT_MODEL
     models_dir: Path = REPO_MODELS_DIR
+    models: str | None = None
+    """``CONVZOO_MODELS``: ``name[:policy]`` items, policy ``latest`` (default), ``latest=N``,
+    ``all``, a version ``3`` or versions ``3+5`` (``service.registry.parse_models``); unset: every
+    model of the repository at its latest version."""
+    poll_s: int = 5
     limits: Limits = Limits()
     top_k: int = 5
     max_top_k: int = 100
@@ -150,6 +157,8 @@ def load_config() -> ServiceConfig:
     config = ServiceConfig(
         model=os.environ.get("CONVZOO_MODEL") or DEFAULT_MODEL,
         models_dir=Path(os.environ.get("CONVZOO_MODELS_DIR") or REPO_MODELS_DIR),
+        models=os.environ.get("CONVZOO_MODELS") or None,
+        poll_s=_int("CONVZOO_POLL_S", ServiceConfig.poll_s),
         limits=limits,
         top_k=_int("CONVZOO_TOP_K", ServiceConfig.top_k),
         max_top_k=_int("CONVZOO_MAX_TOP_K", ServiceConfig.max_top_k),

@@ -46,6 +46,8 @@ from urllib.parse import urlsplit
 import anyio
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from service.metrics import count_refusal
+
 Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -61,7 +63,7 @@ answers 500; the guard refuses first, with a 400."""
 
 
 class ApiKeyGuard:
-    OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz"})
+    OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/v2/health/live", "/v2/health/ready"})
     """Health probes stay open, so a load balancer or orchestrator needs no key."""
     OPEN_PAGE = "/ui"
     """The browser page (static files, ``service.ui``) loads without a key (GET and HEAD only):
@@ -135,6 +137,7 @@ class RequestGuard:
         *,
         upload_path: str,
         file_field: str,
+        tensor_paths: tuple[str, ...] = (),
         max_upload_bytes: int,
         max_body_bytes: int,
         body_timeout_s: float,
@@ -144,6 +147,7 @@ class RequestGuard:
         self.app = app
         self.upload_path = upload_path
         self.file_field = file_field
+        self.tensor_paths = tensor_paths
         self.max_upload_bytes = max_upload_bytes
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
@@ -173,9 +177,10 @@ class RequestGuard:
         content_types = [v for k, v in scope["headers"] if k.lower() == b"content-type"]
         if len(content_types) > 1:
             raise Refusal(400, "more than one Content-Type header: send exactly one")
-        upload = scope["method"] == "POST" and scope["path"] == self.upload_path
+        form_upload = scope["method"] == "POST" and scope["path"] == self.upload_path
+        upload = form_upload or (scope["method"] == "POST" and scope["path"].startswith(self.tensor_paths))
         limit = self.max_upload_bytes if upload else self.max_body_bytes
-        form = self._form(content_types[0] if content_types else b"") if upload else None
+        form = self._form(content_types[0] if content_types else b"") if form_upload else None
         length = next((v for k, v in scope["headers"] if k.lower() == b"content-length"), b"")
         if length.isdigit() and int(length) > limit:
             raise Refusal(413, self._too_large(int(length), upload), [(b"connection", b"close")])
@@ -288,6 +293,7 @@ def _path_of(location: bytes) -> bytes:
 
 
 def _log_refusal(scope: Scope, refusal: Refusal) -> None:
+    count_refusal(refusal.status, "bad_header" if "Content-Type" in refusal.reason else None)
     client = scope.get("client") or ("?", 0)
     logger.warning(
         "refused %s %s from %s:%s: %s %s",

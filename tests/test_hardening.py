@@ -18,6 +18,7 @@ import secrets
 import time
 from pathlib import Path
 
+import pytest
 import service_files as files
 from service_files import BOUNDARY, multipart
 from starlette.applications import Starlette
@@ -30,10 +31,10 @@ from service import repository
 from service.answers import public_metadata, strip_paths
 from service.app import OTHER, RouteLabels
 from service.config import Limits, ServiceConfig
+from service.core import ApiError, DecodeMemory, Upload, check_decode_budget
 from service.images import Resize, decode_cost
 from service.middleware import ApiKeyGuard, RequestGuard
 from service.openapi import request_url
-from service.service import DecodeMemory, Upload, _over_decode_budget
 
 MiB = 1024 * 1024
 KEY = f"hardening-{secrets.token_hex(8)}"
@@ -333,14 +334,18 @@ def test_the_decode_budget_refuses_costly_requests_before_decoding():
     assert len(gray16) < 100_000
     cost = decode_cost(gray16, Resize(128, 128))
     assert cost >= 6000 * 6000 * 2 * 3  # counted at 16 bits, plus the RGB result
-    config = ServiceConfig()
+    limits = ServiceConfig().limits
     uploads = [Upload(f"{i}.png", gray16) for i in range(32)]
-    refusal = _over_decode_budget(uploads, [cost] * 32, config)
-    assert refusal.status_code == 413 and b"CONVZOO_MAX_REQUEST_DECODE_BYTES" in refusal.body
-    small = ServiceConfig(limits=Limits(max_image_decode_bytes=cost - 1))
-    refusal = _over_decode_budget(uploads[:1], [cost], small)
-    assert refusal.status_code == 413 and b"CONVZOO_MAX_IMAGE_DECODE_BYTES" in refusal.body
-    assert _over_decode_budget(uploads[:2], [cost] * 2, config) is None
+    with pytest.raises(ApiError) as refusal:
+        check_decode_budget(uploads, [cost] * 32, limits)
+    assert refusal.value.status == 413 and "CONVZOO_MAX_REQUEST_DECODE_BYTES" in refusal.value.message
+    with pytest.raises(ApiError) as refusal:
+        check_decode_budget(uploads[:1], [cost], Limits(max_image_decode_bytes=cost - 1))
+    assert (
+        refusal.value.status == 413
+        and "CONVZOO_MAX_IMAGE_DECODE_BYTES" in refusal.value.details["files"][0]["reason"]
+    )
+    check_decode_budget(uploads[:2], [cost] * 2, limits)  # within both limits: no refusal
 
 
 def test_decode_memory_bounds_what_concurrent_decodes_hold():

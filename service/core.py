@@ -1,0 +1,318 @@
+"""What every protocol of the service shares (docs/design.md, "Serving a repository"): the served
+models (``service.registry``) kept in step with the repository (``service.watcher``), and turning
+what a client sent (encoded files, or uint8 pixels of any size) into model-ready arrays within the
+limits. The protocol modules (``service.service``: the convzoo API; ``service.oip``: the Open
+Inference Protocol; ``service.tfserving``: TensorFlow Serving's REST API) only translate requests,
+answers and ``ApiError`` into their own words.
+
+Decoding is bounded by memory, not only by pixels (``service.images.decode_cost``: the bytes per
+pixel each mode really takes, 16-bit and alpha included): a request whose images would need more
+than ``CONVZOO_MAX_IMAGE_DECODE_BYTES`` for one of them or ``CONVZOO_MAX_REQUEST_DECODE_BYTES`` for
+all is refused with 413 before anything is decoded, and all decodes of a process together hold at
+most ``CONVZOO_DECODE_MEMORY_BYTES`` (``DecodeMemory``): a costly request waits for memory, the
+others go on. Without decode threads (one CPU), images decode on the event loop, except those whose
+decoding takes more than ``INLINE_DECODE_BYTES``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+from PIL import Image
+
+from service import runtimes
+from service.config import ServiceConfig
+from service.images import RESAMPLING, InvalidImage, Resize, crop_box, decode_cost, prepare_image
+from service.metrics import metrics
+from service.registry import Policy, Registry, ServedVersion, UnknownModel, load_version, parse_models
+from service.repository import parse_model_spec
+from service.watcher import Watcher
+
+logger = logging.getLogger("bentoml.convzoo")
+
+INLINE_DECODE_BYTES = 64 * 1024 * 1024
+"""Without decode threads (one CPU), images whose decoding takes more memory than this (some 10
+megapixels and up, ~0.3 s and more of decoding) still go to a thread, one at a time, so that the
+event loop keeps answering meanwhile."""
+
+
+class ApiError(Exception):
+    """A request refused: HTTP ``status``, the reason in words a user understands, and details
+    (``files``: the refused images, each ``{"index", "file", "reason"}``)."""
+
+    def __init__(self, status: int, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.details = details
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One encoded image: the client's filename (or a name for it) and its bytes."""
+
+    filename: str
+    data: bytes
+
+
+class DecodeMemory:
+    """Bytes that the decodes of one process may hold at once: ``async with memory.hold(n)`` waits
+    until ``n`` bytes are free (any waiter that fits goes first, so small images pass big ones)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.free = capacity
+        self._changed: asyncio.Condition | None = None  # made inside the server's event loop
+
+    @contextlib.asynccontextmanager
+    async def hold(self, size: int) -> AsyncIterator[None]:
+        size = min(size, self.capacity)
+        if self._changed is None:
+            self._changed = asyncio.Condition()
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.free >= size)
+            self.free -= size
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self.free += size
+                self._changed.notify_all()
+
+
+class Core:
+    """The served models and the way in to them, one per worker process."""
+
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        self.registry: Registry | None = None
+        self.watcher: Watcher | None = None
+        # None: decode on the event loop (CONVZOO_DECODE_THREADS=0, the default on one CPU)
+        self.decoders = anyio.CapacityLimiter(config.decode_threads) if config.decode_threads else None
+        self.large_decoder = anyio.CapacityLimiter(1)
+        self.decode_memory = DecodeMemory(config.decode_memory_bytes)
+
+    def start(self, default_folder: Path, default_tag: str) -> None:
+        """Serve ``default_tag`` (``name:version``, the export in ``default_folder``: BentoML's copy)
+        and every version the policies want from the repository, then watch it (a failure of the
+        default model stops the worker with one line; any other model is refused and logged)."""
+        name, version = parse_model_spec(default_tag)
+        _, pinned = parse_model_spec(self.config.model)
+        self.registry = Registry(default=name)
+        try:
+            served = load_version(default_folder, name, int(version), self.config)
+        except (runtimes.RuntimeUnavailable, ValueError) as error:
+            print(f"convzoo: cannot serve {default_tag}: {error}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+        self.registry.add(served)
+        logger.info("serving %s with %s (%s)", served.key, served.choice.key, served.choice.reason)
+        default_policy = Policy("specific", versions=(pinned,)) if pinned else Policy()
+        self.watcher = Watcher(self.registry, self.config, parse_models(self.config.models), default_policy)
+        self.watcher.poll()  # the rest of the repository, before the worker says it is ready
+        self.watcher.start()
+
+    def model(self, name: str | None = None, version: int | str | None = None) -> ServedVersion:
+        """The version asked for; 404 naming what is served."""
+        try:
+            return self.registry.get(name, version)
+        except UnknownModel as error:
+            raise ApiError(404, str(error), served=self.registry.listing()) from None
+
+    async def decode(self, served: ServedVersion, uploads: list[Upload]) -> np.ndarray:
+        """Encoded images -> uint8 ``[n, height, width, 3]`` at ``served``'s input size, as
+        ``/classify`` decodes them; 413 over the limits, 400 naming every bad file."""
+        limits = self.config.limits
+        check_count(len(uploads), limits)
+        costs = [decode_cost(upload.data, served.resize, limits) for upload in uploads]
+        check_decode_budget(uploads, costs, limits)
+        prepared = await asyncio.gather(
+            *(self._prepare(served, i, u, c) for i, (u, c) in enumerate(zip(uploads, costs, strict=True)))
+        )
+        refused = [p for p in prepared if isinstance(p, dict)]
+        if refused:
+            raise ApiError(
+                400, f"{len(refused)} of {len(uploads)} images refused; nothing was classified", files=refused
+            )
+        return np.stack(prepared)
+
+    async def pixels(self, served: ServedVersion, images: np.ndarray) -> np.ndarray:
+        """uint8 ``[n, h, w, 3]`` of any size -> ``served``'s input size (cropped and resized as an
+        upload is; in a thread when that is work)."""
+        limits = self.config.limits
+        count, height, width = images.shape[:3]
+        check_count(count, limits)
+        resize = served.resize
+        if (height, width) == (resize.height, resize.width):
+            return images
+        if height * width > limits.max_pixels:
+            raise ApiError(
+                413,
+                f"{width}x{height} pixels per image; the limit is {limits.max_pixels} (CONVZOO_MAX_PIXELS)",
+            )
+        return await anyio.to_thread.run_sync(resize_pixels, images, resize)
+
+    async def _prepare(self, served: ServedVersion, index: int, upload: Upload, cost: int) -> Any:
+        """The model-ready array, or the refusal ``{"index", "file", "reason"}``; decoded once
+        ``cost`` bytes of the process's decoding memory are free."""
+        filename = upload.filename or f"images[{index}]"
+        limits = self.config.limits
+        try:
+            async with self.decode_memory.hold(cost):
+                started = time.perf_counter()
+                if self.decoders is None and cost <= INLINE_DECODE_BYTES:
+                    array = prepare_image(upload.data, filename, served.resize, limits)
+                else:
+                    array = await anyio.to_thread.run_sync(
+                        prepare_image,
+                        upload.data,
+                        filename,
+                        served.resize,
+                        limits,
+                        limiter=self.decoders or self.large_decoder,
+                    )
+                metrics().decode_seconds.labels(served.name).observe(time.perf_counter() - started)
+                return array
+        except InvalidImage as error:
+            return {"index": index, "file": error.filename, "reason": error.reason}
+
+    def record(
+        self, protocol: str, served: ServedVersion | None, outcome: str, images: int, seconds: float | None
+    ) -> None:
+        """One request answered: ``convzoo_requests_total``, ``convzoo_images_total`` and, when it
+        succeeded, its time and image count."""
+        m = metrics()
+        name, version = (served.name, str(served.version)) if served else ("", "")
+        m.requests.labels(name, version, protocol, outcome).inc()
+        if images:
+            m.images.labels(name, version, outcome).inc(images)
+        if outcome == "ok" and served is not None:
+            m.request_seconds.labels(name, version, protocol).observe(seconds or 0.0)
+            m.request_images.labels(name, version).observe(images)
+
+    def public_limits(self) -> dict[str, int]:
+        """What ``/metadata`` says under ``limits``."""
+        config, limits = self.config, self.config.limits
+        return {
+            "max_images": limits.max_images,
+            "max_request_bytes": limits.max_request_bytes,
+            "max_file_bytes": limits.max_file_bytes,
+            "max_pixels": limits.max_pixels,
+            "max_image_decode_bytes": limits.max_image_decode_bytes,
+            "max_request_decode_bytes": limits.max_request_decode_bytes,
+            "max_body_bytes": limits.max_body_bytes,
+            "top_k_default": config.top_k,
+            "top_k_max": config.max_top_k,
+        }
+
+
+def resize_pixels(images: np.ndarray, resize: Resize) -> np.ndarray:
+    """Each image cropped to the model's aspect ratio and resized as ``prepare_image`` does."""
+    out = np.empty((len(images), resize.height, resize.width, 3), np.uint8)
+    for i, pixels in enumerate(images):
+        image = Image.fromarray(np.ascontiguousarray(pixels), "RGB")
+        box = crop_box(image.height, image.width, resize) if resize.crop_to_aspect_ratio else None
+        out[i] = np.asarray(
+            image.resize((resize.width, resize.height), resample=RESAMPLING[resize.interpolation], box=box)
+        )
+    return out
+
+
+def check_decode_budget(uploads: list[Upload], costs: list[int], limits: Any) -> None:
+    """413 for a request whose images would take more decoding memory than allowed."""
+    over = [
+        {
+            "index": i,
+            "file": upload.filename or f"images[{i}]",
+            "reason": f"decoding it takes {cost} bytes; the limit is {limits.max_image_decode_bytes} "
+            "(CONVZOO_MAX_IMAGE_DECODE_BYTES)",
+        }
+        for i, (upload, cost) in enumerate(zip(uploads, costs, strict=True))
+        if cost > limits.max_image_decode_bytes
+    ]
+    if over:
+        raise ApiError(
+            413, "an image takes more memory to decode than one image may (decode budget)", files=over
+        )
+    if sum(costs) > limits.max_request_decode_bytes:
+        raise ApiError(
+            413,
+            f"decoding these {len(uploads)} images takes {sum(costs)} bytes; the limit of one request "
+            f"is {limits.max_request_decode_bytes} (CONVZOO_MAX_REQUEST_DECODE_BYTES): send fewer or "
+            "smaller images",
+        )
+
+
+def check_count(count: int, limits: Any) -> None:
+    """413 for more images in one request than ``CONVZOO_MAX_IMAGES``."""
+    if count > limits.max_images:
+        raise ApiError(
+            413, f"{count} images in one request; the limit is {limits.max_images} (CONVZOO_MAX_IMAGES)"
+        )
+
+
+def pixel_array(
+    shape: Any,
+    limits: Any,
+    *,
+    data: Any = None,
+    buffer: bytes | memoryview | None = None,
+    name: str = "images",
+) -> np.ndarray:
+    """uint8 images ``[n, h, w, 3]`` from a tensor a client declared (``shape``) and sent, either
+    as raw bytes (``buffer``) or as numbers (``data``, flat or nested); 413 when the shape is over
+    the limits, 400 when the shape, the byte count or a value is wrong, checked before anything
+    the size of the images is allocated."""
+    if not (
+        isinstance(shape, list | tuple)
+        and len(shape) == 4
+        and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    ):
+        raise ApiError(400, f"input '{name}' must have the shape [n, height, width, 3], got {shape!r}")
+    count, height, width, channels = shape
+    if channels != 3 or 0 in (count, height, width):
+        raise ApiError(
+            400,
+            f"input '{name}' must have the shape [n, height, width, 3], none of them 0; got {shape}",
+        )
+    check_count(count, limits)
+    if height * width > limits.max_pixels:
+        raise ApiError(
+            413, f"{width}x{height} pixels per image; the limit is {limits.max_pixels} (CONVZOO_MAX_PIXELS)"
+        )
+    size = count * height * width * 3
+    if buffer is not None:
+        if len(buffer) != size:
+            raise ApiError(
+                400,
+                f"input '{name}' of shape {list(shape)} takes {size} bytes as UINT8; {len(buffer)} were sent",
+            )
+        return np.frombuffer(buffer, np.uint8).reshape(shape)
+    return _numbers_to_pixels(data, list(shape), size, name)
+
+
+def _numbers_to_pixels(data: Any, shape: list[int], size: int, name: str) -> np.ndarray:
+    if not isinstance(data, list):
+        raise ApiError(400, f"input '{name}' has no data: send its values as a list (or as binary data)")
+    if len(data) not in (size, shape[0]):  # flat, or nested by image: anything else is wrong
+        raise ApiError(400, f"input '{name}' of shape {shape} has {size} values; the data does not match")
+    try:
+        array = np.asarray(data)
+    except (ValueError, TypeError):
+        raise ApiError(
+            400, f"input '{name}': the values do not form a regular array (ragged lists?)"
+        ) from None
+    if array.size != size:
+        raise ApiError(400, f"input '{name}' of shape {shape} has {size} values; {array.size} were sent")
+    if array.dtype.kind not in "iu" or (array.size and (array.min() < 0 or array.max() > 255)):
+        raise ApiError(400, f"input '{name}' must hold integers 0..255 (UINT8)")
+    return array.astype(np.uint8).reshape(shape)

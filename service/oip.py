@@ -1,0 +1,307 @@
+"""The Open Inference Protocol (v2) over HTTP, under ``/v2``, as Triton, OpenVINO Model Server,
+KServe and MLServer speak it (README, "Protocols"; contract 3 in docs/design.md). A thin adapter
+over ``service.core``: it translates requests, answers and errors, and nothing else.
+
+- ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready`` (the health routes need no API key);
+- ``GET /v2/models/{name}[/versions/{v}]``: the model's metadata (inputs, outputs, datatypes,
+  shapes, the versions served; ``parameters`` holds the labels and convzoo's metadata);
+- ``GET /v2/models/{name}[/versions/{v}]/ready``: 200 when served, 404 otherwise;
+- ``POST /v2/models/{name}[/versions/{v}]/infer``: one of two inputs, named as in the SavedModel's
+  signatures, ``image_bytes`` (``BYTES [n]``: encoded JPEG/PNG/WebP/BMP/GIF files, decoded exactly
+  as ``/classify`` decodes them) or ``images`` (``UINT8 [n, h, w, 3]``, any height and width:
+  cropped and resized as an upload is); one output, ``probabilities`` (``FP32 [n, classes]``).
+  JSON tensors and the binary data extension (``Inference-Header-Content-Length``: the JSON header,
+  then each binary tensor in input order; ``BYTES`` elements as 4-byte little-endian length +
+  bytes) both work, for inputs and for the output (``"binary_data": true`` on the output, or
+  ``binary_data_output`` in the request's parameters, as tritonclient sends it). ``BYTES`` in JSON
+  are strings: base64 when the input's parameters say ``"content_type": "base64"`` (MLServer's
+  convention), else the string's UTF-8 bytes (Triton's).
+
+Errors are ``{"error": "..."}``: 400 for a bad request (JSON or binary framing, an input's name,
+datatype, shape or byte count), 404 for a model or version not served (naming those that are), 413
+over the limits (checked from the declared shape and sizes, before anything is allocated).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import struct
+import time
+from typing import Any
+
+import numpy as np
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, Router
+
+from service.core import ApiError, Core, Upload, check_count, pixel_array
+from service.metrics import outcome_of
+from service.registry import ServedVersion
+
+PATH = "/v2"
+MODEL_PATH = re.compile(r"^(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<tail>/ready|/infer)?$")
+BYTES_INPUT, PIXELS_INPUT, OUTPUT = "image_bytes", "images", "probabilities"
+SERVER = {"name": "convzoo", "extensions": ["binary_tensor_data"]}
+
+
+def mount_oip(service: Any, core: Core) -> None:
+    """Serve the protocol at ``/v2`` from ``service`` (a ``bentoml.Service``)."""
+    service.mount_asgi_app(oip_app(core), path=PATH, name="oip")
+
+
+def oip_app(core: Core) -> Router:
+    async def server(request: Request) -> Response:
+        from service.openapi import convzoo_version
+
+        return JSONResponse({**SERVER, "version": convzoo_version(None)})
+
+    async def live(request: Request) -> Response:
+        return Response(status_code=200)
+
+    async def ready(request: Request) -> Response:
+        return Response(status_code=200 if core.registry and core.registry.models else 503)
+
+    async def model(request: Request) -> Response:
+        match = MODEL_PATH.match(request.path_params["rest"])
+        if match is None:
+            return _error(404, f"no such route: {request.url.path}")
+        tail = match["tail"] or ""
+        if (tail == "/infer") != (request.method == "POST"):
+            return _error(405, f"{request.method} is not allowed on {request.url.path}")
+        if tail == "/infer":
+            return await infer(core, request, match["name"], match["version"])
+        try:
+            served = core.model(match["name"], match["version"])
+        except ApiError as error:
+            return _error(error.status, error.message)
+        if tail == "/ready":
+            return Response(status_code=200)
+        return JSONResponse(model_metadata(core, served, match["version"] is None))
+
+    return Router(
+        routes=[
+            Route("/", server, methods=["GET"]),
+            Route("/health/live", live, methods=["GET"]),
+            Route("/health/ready", ready, methods=["GET"]),
+            Route("/models/{rest:path}", model, methods=["GET", "POST"]),
+        ]
+    )
+
+
+def model_metadata(core: Core, served: ServedVersion, all_versions: bool) -> dict[str, Any]:
+    """The protocol's model metadata (with convzoo's own under ``parameters``)."""
+    versions = sorted(core.registry.models.get(served.name, {})) if all_versions else [served.version]
+    return {
+        "name": served.name,
+        "versions": [str(v) for v in versions],
+        "platform": f"convzoo_{served.choice.runtime}",
+        "inputs": [
+            {"name": BYTES_INPUT, "datatype": "BYTES", "shape": [-1]},
+            {"name": PIXELS_INPUT, "datatype": "UINT8", "shape": [-1, -1, -1, 3]},
+        ],
+        "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, len(served.labels)]}],
+        "parameters": {"labels": served.labels, "convzoo": served.describe()},
+    }
+
+
+async def infer(core: Core, request: Request, name: str, version: str | None) -> Response:
+    started = time.perf_counter()
+    served = None
+    count = 0
+    try:
+        served = core.model(name, version)
+        body = await request.body()
+        header, binary = _split(body, request.headers.get("inference-header-content-length"))
+        inputs, binary_output, request_id = _parse(header, binary, core.config.limits)
+        ((input_name, tensor),) = inputs.items()
+        with served.hold():
+            if input_name == BYTES_INPUT:
+                count = len(tensor)
+                images = await core.decode(served, tensor)
+            else:
+                count = len(tensor)
+                images = await core.pixels(served, tensor)
+            probabilities = await served.infer(images)
+    except ApiError as error:
+        outcome = outcome_of(error.status)
+        if error.status == 400 and error.details.get("files"):
+            outcome = "invalid_image"
+        core.record("v2", served, outcome, count, None)
+        return _error(error.status, error.message, **error.details)
+    answer = _answer(served, probabilities, binary_output, request_id)
+    core.record("v2", served, "ok", count, time.perf_counter() - started)
+    return answer
+
+
+def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
+    """The JSON header and the binary data after it (binary data extension)."""
+    if header_length is None:
+        return body, memoryview(b"")
+    if not header_length.strip().isdigit() or int(header_length) > len(body):
+        raise ApiError(
+            400,
+            f"Inference-Header-Content-Length {header_length!r} is not a length within the body "
+            f"({len(body)} bytes)",
+        )
+    length = int(header_length)
+    return body[:length], memoryview(body)[length:]
+
+
+def _parse(header: bytes, binary: memoryview, limits: Any) -> tuple[dict[str, Any], bool, str | None]:
+    """({input name: list of Upload | uint8 array}, whether the output goes binary, the id)."""
+    try:
+        request = json.loads(header)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ApiError(400, f"the request is not valid JSON ({error})") from None
+    if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
+        raise ApiError(400, "the request must be a JSON object with a list of 'inputs'")
+    if len(request["inputs"]) != 1:
+        raise ApiError(
+            400,
+            f"send one input: '{BYTES_INPUT}' (BYTES, encoded files) or '{PIXELS_INPUT}' (UINT8 pixels)",
+        )
+    inputs: dict[str, Any] = {}
+    offset = 0
+    for tensor in request["inputs"]:
+        if not isinstance(tensor, dict):
+            raise ApiError(400, "each input must be a JSON object (name, datatype, shape, data)")
+        chunk, offset = _binary_part(tensor, binary, offset)
+        inputs[tensor.get("name")] = _input(tensor, chunk, limits)
+    if offset != len(binary):
+        raise ApiError(400, f"{len(binary) - offset} bytes of binary data after the last input's")
+    return inputs, _binary_output(request), _request_id(request)
+
+
+def _binary_part(tensor: dict, binary: memoryview, offset: int) -> tuple[memoryview | None, int]:
+    size = (
+        (tensor.get("parameters") or {}).get("binary_data_size")
+        if isinstance(tensor.get("parameters"), dict)
+        else None
+    )
+    if size is None:
+        return None, offset
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
+        raise ApiError(
+            400,
+            f"input {tensor.get('name')!r}: binary_data_size {size!r} does not fit the "
+            f"{len(binary) - offset} bytes of binary data left",
+        )
+    return binary[offset : offset + size], offset + size
+
+
+def _input(tensor: dict, chunk: memoryview | None, limits: Any) -> Any:
+    name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
+    if name not in (BYTES_INPUT, PIXELS_INPUT):
+        raise ApiError(
+            400, f"unknown input {name!r}: send '{BYTES_INPUT}' (BYTES) or '{PIXELS_INPUT}' (UINT8)"
+        )
+    wanted = "BYTES" if name == BYTES_INPUT else "UINT8"
+    if datatype != wanted:
+        raise ApiError(400, f"input '{name}' must be {wanted}, got {datatype!r}")
+    if name == PIXELS_INPUT:
+        return pixel_array(shape, limits, data=tensor.get("data"), buffer=chunk, name=name)
+    return _byte_strings(tensor, shape, chunk, limits)
+
+
+def _byte_strings(tensor: dict, shape: Any, chunk: memoryview | None, limits: Any) -> list[Upload]:
+    """The ``image_bytes`` elements as uploads named ``image_bytes[i]``."""
+    if not (
+        isinstance(shape, list)
+        and len(shape) in (1, 2)
+        and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+        and (len(shape) == 1 or shape[1] == 1)
+    ):
+        raise ApiError(400, f"input '{BYTES_INPUT}' must have the shape [n] (or [n, 1]), got {shape!r}")
+    count = shape[0]
+    check_count(count, limits)
+    elements = _unpack_bytes(chunk, count) if chunk is not None else _json_bytes(tensor, count)
+    return [Upload(f"{BYTES_INPUT}[{i}]", data) for i, data in enumerate(elements)]
+
+
+def _unpack_bytes(chunk: memoryview, count: int) -> list[bytes]:
+    """``count`` elements of 4-byte little-endian length + bytes, exactly filling ``chunk``."""
+    elements, offset = [], 0
+    for i in range(count):
+        if offset + 4 > len(chunk):
+            raise ApiError(400, f"'{BYTES_INPUT}': the binary data ends before element {i}'s length")
+        (length,) = struct.unpack_from("<I", chunk, offset)
+        offset += 4
+        if offset + length > len(chunk):
+            raise ApiError(
+                400, f"'{BYTES_INPUT}' element {i} claims {length} bytes; {len(chunk) - offset} are left"
+            )
+        elements.append(bytes(chunk[offset : offset + length]))
+        offset += length
+    if offset != len(chunk):
+        raise ApiError(400, f"'{BYTES_INPUT}': {len(chunk) - offset} bytes after its {count} elements")
+    return elements
+
+
+def _json_bytes(tensor: dict, count: int) -> list[bytes]:
+    data = tensor.get("data")
+    if isinstance(data, list) and len(data) == 1 and isinstance(data[0], list):
+        data = data[0]  # [[...]]: nested once
+    if not isinstance(data, list) or len(data) != count or not all(isinstance(d, str) for d in data):
+        raise ApiError(400, f"input '{BYTES_INPUT}' of shape [{count}] needs {count} strings in 'data'")
+    parameters = tensor.get("parameters") if isinstance(tensor.get("parameters"), dict) else {}
+    if parameters.get("content_type") == "base64":
+        try:
+            return [base64.b64decode(d, validate=True) for d in data]
+        except (binascii.Error, ValueError):
+            raise ApiError(400, f"input '{BYTES_INPUT}': an element is not valid base64") from None
+    return [d.encode("utf-8", "surrogatepass") for d in data]
+
+
+def _binary_output(request: dict) -> bool:
+    parameters = request.get("parameters") if isinstance(request.get("parameters"), dict) else {}
+    outputs = request.get("outputs")
+    if outputs is None:
+        return bool(parameters.get("binary_data_output", False))
+    if not isinstance(outputs, list) or any(
+        not isinstance(o, dict) or o.get("name") != OUTPUT for o in outputs
+    ):
+        raise ApiError(400, f"the only output is '{OUTPUT}'")
+    wanted = [
+        (o.get("parameters") or {}).get("binary_data")
+        for o in outputs
+        if isinstance(o.get("parameters"), dict)
+    ]
+    return bool(wanted and wanted[0]) or bool(parameters.get("binary_data_output", False))
+
+
+def _request_id(request: dict) -> str | None:
+    identifier = request.get("id")
+    return identifier if isinstance(identifier, str) else None
+
+
+def _answer(
+    served: ServedVersion, probabilities: np.ndarray, binary: bool, request_id: str | None
+) -> Response:
+    output: dict[str, Any] = {"name": OUTPUT, "datatype": "FP32", "shape": list(probabilities.shape)}
+    raw = np.ascontiguousarray(probabilities, dtype="<f4").tobytes() if binary else b""
+    if binary:
+        output["parameters"] = {"binary_data_size": len(raw)}
+    else:
+        output["data"] = probabilities.astype(np.float32).ravel().tolist()
+    answer: dict[str, Any] = {
+        "model_name": served.name,
+        "model_version": str(served.version),
+        "outputs": [output],
+    }
+    if request_id is not None:
+        answer["id"] = request_id
+    header = json.dumps(answer, separators=(",", ":")).encode()
+    if not binary:
+        return Response(header, media_type="application/json")
+    return Response(
+        header + raw,
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
+
+
+def _error(status: int, message: str, **details: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **details}, status_code=status)

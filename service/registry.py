@@ -1,0 +1,262 @@
+"""The served models: every model version a worker answers for, each with its runtime, its batcher
+and its counters; the core that every protocol (``service.service``, ``service.oip``,
+``service.tfserving``) shares (docs/design.md, "Serving a repository").
+
+- ``Policy``: which versions of a model are served, as TensorFlow Serving and Triton name it:
+  the latest N (default 1), specific versions, or all. ``parse_models`` reads ``CONVZOO_MODELS``.
+- ``load_version``: an export folder verified (``model_store.check_export``: schema, sizes and
+  SHA-256 of every file), its runtime chosen (``runtimes.choose``: the accuracy gate), loaded and
+  warmed up at every batch size: a ``ServedVersion``, ready before any request reaches it.
+- ``Registry``: name -> {version -> ServedVersion}. A lookup is one read of a dict that is only
+  ever replaced whole, never changed in place, so a request sees the versions before or after a
+  swap, never between; a request keeps the version it got until it is answered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service import runtimes
+from service.answers import public_metadata
+from service.batching import Batcher
+from service.config import ServiceConfig
+from service.images import Resize
+from service.metrics import metrics
+from service.model_store import check_export
+
+logger = logging.getLogger("bentoml.convzoo")
+
+
+class UnknownModel(LookupError):
+    """A model or version that is not served; the message names what is."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Which versions of a model are served: ``latest`` (the ``count`` highest), ``specific``
+    (``versions``) or ``all``."""
+
+    kind: str = "latest"
+    count: int = 1
+    versions: tuple[int, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> Policy:
+        """``latest``, ``latest=N``, ``all``, or versions ``3`` / ``3+5``."""
+        text = text.strip().lower()
+        if text in ("", "latest"):
+            return cls()
+        if text == "all":
+            return cls("all")
+        if text.startswith("latest="):
+            count = text.split("=", 1)[1]
+            if count.isdigit() and int(count) >= 1:
+                return cls("latest", int(count))
+        elif all(part.isdigit() and int(part) >= 1 for part in text.split("+")):
+            return cls("specific", versions=tuple(sorted({int(part) for part in text.split("+")})))
+        raise ValueError(
+            f"version policy {text!r} is not one of: latest, latest=N, all, a version (3) or versions (3+5)"
+        )
+
+    def select(self, available: list[int]) -> list[int]:
+        """The versions of ``available`` this policy serves, ascending."""
+        if self.kind == "all":
+            return sorted(available)
+        if self.kind == "specific":
+            return sorted(v for v in available if v in self.versions)
+        return sorted(available)[-self.count :]
+
+    def __str__(self) -> str:
+        if self.kind == "specific":
+            return "+".join(map(str, self.versions))
+        return "all" if self.kind == "all" else f"latest={self.count}"
+
+
+def parse_models(spec: str | None) -> dict[str, Policy] | None:
+    """``CONVZOO_MODELS`` (``a,b:3,c:latest=2,d:all``) as {name: Policy}; None (unset): every
+    model of the repository, each at its latest version."""
+    if not spec or not spec.strip():
+        return None
+    from service.repository import is_valid_name
+
+    policies: dict[str, Policy] = {}
+    for item in spec.split(","):
+        name, _, policy = item.strip().partition(":")
+        if not is_valid_name(name):
+            raise ValueError(f"CONVZOO_MODELS: {name!r} is not a model name (in {spec!r})")
+        try:
+            policies[name] = Policy.parse(policy)
+        except ValueError as error:
+            raise ValueError(f"CONVZOO_MODELS: {name}: {error}") from None
+    return policies
+
+
+class ServedVersion:
+    """One model version being served: its metadata, runtime, batcher and requests in flight."""
+
+    def __init__(
+        self,
+        name: str,
+        version: int,
+        metadata: dict[str, Any],
+        choice: runtimes.Choice,
+        model: runtimes.LoadedModel,
+        config: ServiceConfig,
+        source: Path,
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.metadata = metadata
+        self.choice = choice
+        self.model = model
+        self.source = source
+        self.labels: list[str] = list(metadata["labels"])
+        self.resize = Resize.from_metadata(metadata)
+        self.in_flight = 0
+        m, labels = metrics(), (name, str(version))
+        self.batcher = Batcher(
+            model,
+            config.max_batch_size,
+            on_batch=lambda size, seconds: (
+                m.batch_size.labels(*labels).observe(size),
+                m.inference_seconds.labels(*labels, choice.key).observe(seconds),
+            ),
+            on_wait=m.queue_seconds.labels(*labels).observe,
+        )
+        self._in_flight_gauge = m.in_flight.labels(*labels)
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    def describe(self, config: ServiceConfig | None = None) -> dict[str, Any]:
+        """The public metadata (``/metadata``, the protocols' model metadata): ``metadata.json``
+        without machine paths, plus the runtime that serves it."""
+        return public_metadata(
+            {
+                **self.metadata,
+                "name": self.name,
+                "version": self.version,
+                "runtime": runtimes.describe(self.choice),
+            }
+        )
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[ServedVersion]:
+        """A request uses this version: it is not unloaded before the request ends."""
+        self.in_flight += 1
+        self._in_flight_gauge.inc()
+        try:
+            yield self
+        finally:
+            self.in_flight -= 1
+            self._in_flight_gauge.dec()
+
+    async def infer(self, images: np.ndarray) -> np.ndarray:
+        """Probabilities ``[n, classes]`` for uint8 images ``[n, height, width, 3]`` at the input size."""
+        return await self.batcher(images)
+
+    def info_labels(self, default: bool) -> tuple[str, ...]:
+        return (
+            self.name,
+            str(self.version),
+            self.choice.key,
+            self.choice.precision,
+            str(self.metadata.get("architecture", "unknown")),
+            "true" if default else "false",
+        )
+
+
+def load_version(folder: Path, name: str, version: int, config: ServiceConfig) -> ServedVersion:
+    """``folder`` verified, its runtime chosen, loaded and warmed up (module docstring); raises
+    ``model_store.InvalidModel`` or ``runtimes.RuntimeUnavailable`` (or the runtime's own error)."""
+    metadata = check_export(folder)
+    choice = runtimes.choose(config.runtime, metadata, folder, gpus=config.gpus)
+    model = runtimes.load(choice, folder)
+    resize = Resize.from_metadata(metadata)
+    runtimes.warm_up(model, (resize.height, resize.width), config.max_batch_size)
+    return ServedVersion(name, version, metadata, choice, model, config, folder)
+
+
+class Registry:
+    """The versions served, by model name (module docstring). Changed by one thread at a time
+    (``lock``); read by any without a lock."""
+
+    def __init__(self, default: str) -> None:
+        self.default = default
+        self.models: dict[str, dict[int, ServedVersion]] = {}
+        self.lock = threading.Lock()
+
+    def get(self, name: str | None = None, version: int | str | None = None) -> ServedVersion:
+        """The version asked for (``None``: the default model, its highest version served)."""
+        name = name or self.default
+        versions = self.models.get(name)
+        if not versions:
+            raise UnknownModel(f"no model {name!r} is served; served: {self.summary()}")
+        if version in (None, ""):
+            return versions[max(versions)]
+        number = int(version) if str(version).isdigit() else None
+        if number not in versions:
+            raise UnknownModel(f"model {name!r} has no version {version!r} served; served: {self.summary()}")
+        return versions[number]
+
+    def add(self, served: ServedVersion) -> None:
+        with self.lock:
+            versions = dict(self.models.get(served.name, {}))
+            versions[served.version] = served
+            self.models = {**self.models, served.name: versions}
+        metrics().model_info.labels(*served.info_labels(served.name == self.default)).set(1)
+
+    def remove(self, name: str, version: int) -> ServedVersion | None:
+        """Stop handing out this version (requests holding it finish on it)."""
+        with self.lock:
+            versions = dict(self.models.get(name, {}))
+            served = versions.pop(version, None)
+            models = dict(self.models)
+            if versions:
+                models[name] = versions
+            else:
+                models.pop(name, None)
+            self.models = models
+        if served is not None:
+            metrics().model_info.labels(*served.info_labels(name == self.default)).set(0)
+        return served
+
+    def all(self) -> list[ServedVersion]:
+        """Every version served: the default model first, then by name and version."""
+        models = self.models
+        names = sorted(models, key=lambda n: (n != self.default, n))
+        return [models[n][v] for n in names for v in sorted(models[n])]
+
+    def summary(self) -> str:
+        """``imagenette:2 (default), resnet:1, resnet:3``: what is served, in one line."""
+        return (
+            ", ".join(
+                served.key + (" (default)" if served.name == self.default else "") for served in self.all()
+            )
+            or "nothing"
+        )
+
+    def listing(self) -> list[dict[str, Any]]:
+        """What is served, one entry per version (``/metadata``'s ``served``)."""
+        return [
+            {
+                "name": s.name,
+                "version": s.version,
+                "default": s.name == self.default,
+                "latest": s.version == max(self.models[s.name]),
+                "architecture": s.metadata.get("architecture"),
+                "runtime": s.choice.key,
+                "labels": len(s.labels),
+                "input_size": list(s.metadata["input_size"]),
+            }
+            for s in self.all()
+        ]
