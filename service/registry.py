@@ -183,6 +183,7 @@ def load_version(folder: Path, name: str, version: int, config: ServiceConfig) -
     model = runtimes.load(choice, folder)
     resize = Resize.from_metadata(metadata)
     runtimes.warm_up(model, (resize.height, resize.width), config.max_batch_size)
+    runtimes.release_free_memory()
     return ServedVersion(name, version, metadata, choice, model, config, folder)
 
 

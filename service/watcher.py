@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from service import repository
+from service import repository, runtimes
 from service.config import ServiceConfig
 from service.metrics import ProcessSampler, metrics
 from service.registry import Policy, Registry, ServedVersion, load_version
@@ -163,6 +163,7 @@ class Watcher:
             logger.info("unloaded %s", served.key)
         del done, served
         gc.collect()
+        runtimes.release_free_memory()
 
 
 def _files_state(folder: Path) -> tuple:
