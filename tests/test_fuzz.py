@@ -331,3 +331,78 @@ async def _post(app: RequestGuard, body: bytes, chunked: bool) -> httpx.Response
             content=chunks() if chunked else body,
             headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
         )
+
+
+# ----------------------------------------------------------------- the protocols' parsers
+
+V2_HEADER = json.dumps(
+    {
+        "inputs": [
+            {
+                "name": "images",
+                "datatype": "UINT8",
+                "shape": [1, 2, 2, 3],
+                "parameters": {"binary_data_size": 12},
+            }
+        ],
+        "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
+    }
+).encode()
+
+
+def _mutate(data: bytes, seed: int) -> bytes:
+    rng = random.Random(seed)
+    data = bytearray(data)
+    for _ in range(rng.randint(1, 6)):
+        at = rng.randrange(len(data)) if data else 0
+        choice = rng.random()
+        if choice < 0.4 and data:
+            data[at] = rng.randrange(256)
+        elif choice < 0.7:
+            data[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
+        elif data:
+            del data[at : at + rng.randint(1, 8)]
+    return bytes(data)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32), cut=st.integers(-20, 20), raw=st.binary(max_size=64))
+def test_v2_requests_parse_or_raise_only_api_errors(seed, cut, raw):
+    """Mutated Open Inference Protocol requests (JSON header and binary part): parsed, or an
+    ``ApiError`` 4xx; never another exception."""
+    from service.core import ApiError
+    from service.oip import _parse, _split
+
+    body = _mutate(V2_HEADER, seed) + bytes(12) + raw
+    length = str(len(V2_HEADER) + cut)
+    try:
+        header, binary = _split(body, length)
+        _parse(header, binary, LIMITS)
+    except ApiError as error:
+        assert 400 <= error.status < 500 and error.message
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    value=st.recursive(
+        st.none() | st.booleans() | st.integers(-300, 300) | st.floats() | st.text(max_size=5),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=3),
+        max_leaves=40,
+    ),
+    signature=st.sampled_from(["serving_default", "serve_bytes", "x"]),
+    rows=st.booleans(),
+)
+def test_tfserving_requests_parse_or_raise_only_api_errors(value, signature, rows):
+    """Arbitrary JSON values as TF Serving predict requests: parsed, or an ``ApiError`` 4xx."""
+    from service.core import ApiError
+    from service.tfserving import SIGNATURES, _pixels, _request, _uploads
+
+    body = {"signature_name": signature, "instances" if rows else "inputs": value}
+    try:
+        signature, _, values = _request(body)
+        if SIGNATURES[signature] == "image_bytes":
+            _uploads(values)
+        else:
+            _pixels(values, LIMITS)
+    except ApiError as error:
+        assert 400 <= error.status < 500 and error.message
