@@ -308,6 +308,58 @@ def test_photos_show_what_classify_answers_and_a_bad_file_says_why(browser, serv
     assert console_errors(browser) == []
 
 
+@pytest.fixture(scope="module")
+def two_model_server(exported_model, bentoml_home, tmp_path_factory):
+    """The small model (default) and the committed imagenette:2, served side by side."""
+    root = tmp_path_factory.mktemp("two_models")
+    shutil.copytree(exported_model, root / "servicetest" / "1")
+    shutil.copytree(REPO / "models" / "imagenette" / "2", root / "imagenette" / "2")
+    log = tmp_path_factory.mktemp("logs") / "ui_two_models.log"
+    server = start_server(exported_model, bentoml_home, log, CONVZOO_MODELS_DIR=str(root))
+    yield server
+    server.stop()
+
+
+def columns(driver) -> list[list[dict]]:
+    """Per card (newest first), per model column: ``{model, classes: [(label, percent)]}``."""
+    return driver.execute_script("""
+        return [...document.querySelectorAll('#results > .card')].map(card =>
+            [...card.querySelectorAll('.outcome')].map(outcome => ({
+                model: outcome.querySelector('.model-name').textContent,
+                classes: [...outcome.querySelectorAll('.class')].map(row =>
+                    [row.querySelector('.label').textContent, row.querySelector('.score').textContent]),
+            })));""")
+
+
+def test_choose_a_model_or_compare_two_on_the_same_photos(browser, two_model_server, photos):
+    from selenium.webdriver.support.ui import Select
+
+    server = two_model_server
+    open_page(browser, server)
+    wait_for(browser, lambda d: d.find_element("id", "model-choice").is_displayed(), "no model choice")
+    choice = Select(browser.find_element("id", "model-select"))
+    assert [o.get_attribute("value") for o in choice.options] == ["servicetest:1", "imagenette:2"]
+    assert choice.first_selected_option.get_attribute("value") == "servicetest:1"  # the default
+    choice.select_by_value("imagenette:2")
+    wait_for(browser, lambda d: model_facts(d)["model"] == "imagenette v2 (resnet18)", "model not switched")
+    assert model_facts(browser)["runtime"] == "openvino int8"
+    Select(browser.find_element("id", "compare-select")).select_by_value("servicetest:1")
+    upload(browser, photos[:2])
+    shown_columns = columns(browser)[:2]
+    for model in ("imagenette:2", "servicetest:1"):
+        parts = [("images", (p.name, p.read_bytes())) for p in photos[:2]]
+        answers = expect(
+            requests.post(f"{server.url}/classify", files=parts, data={"model": model}, timeout=120),
+            200,
+            server,
+        )
+        for card, answer in zip(shown_columns, answers, strict=True):
+            column = next(c for c in card if c["model"] == model)
+            assert same_classes(column["classes"], answer), (model, column, shown(answer))
+    assert [[c["model"] for c in card] for card in shown_columns] == [["imagenette:2", "servicetest:1"]] * 2
+    assert console_errors(browser) == []
+
+
 def test_too_many_files_are_explained_on_each(browser, server, tmp_path):
     paths = []
     for i in range(9):  # the server takes 8 (CONVZOO_MAX_IMAGES in test_service)

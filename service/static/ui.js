@@ -1,5 +1,6 @@
 // convzoo page (service/ui.py): pick or drop images, POST them to the service's own API
-// (`../classify`, `../metadata`), show each image's top classes. No framework, no external
+// (`../classify`, `../metadata`), show each image's top classes. With several models served,
+// choose one, or compare two side by side on the same images. No framework, no external
 // resources. With CONVZOO_API_KEY on the server, the key is asked once and kept in
 // sessionStorage (this tab only).
 "use strict";
@@ -41,11 +42,18 @@
 
   // ------------------------------------------------------------------------ model and key
 
+  /** The models to send the images to: the one chosen, and the one to compare with. */
+  function chosenModels() {
+    return [$("#model-select").value, $("#compare-select").value].filter(Boolean);
+  }
+
   async function loadModel() {
     let response;
+    const model = $("#model-select").value;
     try {
       response = await call("metadata", {
-        method: "POST", headers: { "Content-Type": "application/json" }, body: "{}",
+        method: "POST", headers: { "Content-Type": "application/json" },
+        body: JSON.stringify(model ? { model } : {}),
       });
     } catch {
       showModelError("Could not reach the server. Is it running?");
@@ -61,6 +69,7 @@
       return;
     }
     showModel(body);
+    showChoices(body.served || []);
     $("#key-form").hidden = true;
     for (const items of waitingForKey.splice(0)) classify(items);
   }
@@ -81,6 +90,23 @@
     fact("accuracy", `top-1 ${percent(metrics.top1)}, top-5 ${percent(metrics.top5)}`);
     $("#model-error").hidden = true;
   }
+
+  /** Fill the two model lists from /metadata's ``served`` (once), keeping what is chosen. */
+  function showChoices(served) {
+    const select = $("#model-select");
+    const compare = $("#compare-select");
+    if (served.length < 2 || select.options.length > 0) return;
+    for (const entry of served) {
+      const key = `${entry.name}:${entry.version}`;
+      const text = `${entry.name} v${entry.version}` +
+        (entry.architecture ? ` (${entry.architecture})` : "") + (entry.default ? ", default" : "");
+      select.append(new Option(text, key, entry.default, entry.default));
+      compare.append(new Option(text, key));
+    }
+    $("#model-choice").hidden = false;
+  }
+
+  $("#model-select").addEventListener("change", () => loadModel());
 
   function showModelError(text) {
     $("#model-error").textContent = text;
@@ -138,30 +164,28 @@
     return card;
   }
 
-  /** Send ``items`` ({file, card}) in one request and show the answer on each card. */
+  /** Send ``items`` ({file, card}) in one request per chosen model, show the answers on each card. */
   async function classify(items) {
     if (items.length === 0) return;
-    const form = new FormData();
-    for (const { file } of items) form.append("images", file, file.name);
-    form.append("top_k", String(TOP_K));
-    for (const { card } of items) setMessage(card, "pending", "Classifying…");
+    const models = chosenModels();
+    for (const { card } of items) prepareCard(card, models);
     setStatus(`Classifying ${count(items.length)}…`);
     const started = performance.now();
-    let response;
+    let results;
     try {
-      response = await call("classify", { method: "POST", body: form });
+      results = await Promise.all((models.length ? models : [""]).map((model) => send(items, model)));
     } catch {
       for (const { card } of items) setMessage(card, "error", "Could not reach the server. Is it running?");
       setStatus("");
       return;
     }
-    const body = await readJson(response);
     const seconds = (performance.now() - started) / 1000;
-    if (response.ok && Array.isArray(body)) {
+    const [{ response, body }] = results;
+    if (results.every((r) => r.response.ok && Array.isArray(r.body))) {
       const timing = `${seconds.toFixed(2)} s for ${items.length === 1 ? "this image" : `${items.length} images in one request`}`;
-      items.forEach(({ card }, i) => showClasses(card, body[i], timing));
+      items.forEach(({ card }, i) => results.forEach((r, j) => showClasses(card, r.body[i], timing, j)));
       setStatus(`${count(items.length)} classified in ${seconds.toFixed(2)} s.`);
-    } else if (response.status === 401) {
+    } else if (results.some((r) => r.response.status === 401)) {
       for (const { card } of items) setMessage(card, "waiting", "Waiting for the API key…");
       waitingForKey.push(items);
       setStatus("");
@@ -175,13 +199,41 @@
       setStatus(`${count(reasons.size)} refused.`);
       classify(items.filter((_, i) => !reasons.has(i)));
     } else {
-      for (const { card } of items) setMessage(card, "error", plainError(response.status, body));
+      const failed = results.find((r) => !r.response.ok) || results[0];
+      for (const { card } of items) setMessage(card, "error", plainError(failed.response.status, failed.body));
       setStatus("");
     }
   }
 
-  function showClasses(card, answer, timing) {
-    const list = card.querySelector(".classes");
+  async function send(items, model) {
+    const form = new FormData();
+    for (const { file } of items) form.append("images", file, file.name);
+    form.append("top_k", String(TOP_K));
+    if (model) form.append("model", model);
+    const response = await call("classify", { method: "POST", body: form });
+    return { response, body: await readJson(response) };
+  }
+
+  /** One outcome column per model (headed by its name when there are two). */
+  function prepareCard(card, models) {
+    const outcomes = card.querySelector(".outcomes");
+    const first = outcomes.querySelector(".outcome");
+    const columns = Math.max(models.length, 1);
+    outcomes.replaceChildren(first, ...Array.from({ length: columns - 1 }, () => first.cloneNode(true)));
+    outcomes.classList.toggle("compare", columns > 1);
+    outcomes.querySelectorAll(".outcome").forEach((outcome, j) => {
+      const name = outcome.querySelector(".model-name");
+      name.hidden = columns < 2;
+      name.textContent = models[j] || "";
+      outcome.querySelector(".classes").replaceChildren();
+      outcome.querySelector(".timing").textContent = "";
+    });
+    setMessage(card, "pending", "Classifying…");
+  }
+
+  function showClasses(card, answer, timing, column = 0) {
+    const outcome = card.querySelectorAll(".outcome")[column];
+    const list = outcome.querySelector(".classes");
     list.replaceChildren(...answer.top_k.map(({ label, score }) => {
       const row = $("#class-template").content.firstElementChild.cloneNode(true);
       row.querySelector(".label").textContent = label;
@@ -189,13 +241,13 @@
       row.querySelector(".fill").style.width = `${(score * 100).toFixed(1)}%`;
       return row;
     }));
-    card.querySelector(".timing").textContent = timing;
+    outcome.querySelector(".timing").textContent = timing;
     setMessage(card, "done", "");
   }
 
   function setMessage(card, state, text) {
     card.dataset.state = state;
-    card.querySelector(".message").textContent = text;
+    card.querySelectorAll(".message").forEach((message, j) => { message.textContent = j ? "" : text; });
     if (state === "pending" || state === "waiting") card.setAttribute("aria-busy", "true");
     else card.removeAttribute("aria-busy");
   }
