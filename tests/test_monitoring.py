@@ -464,3 +464,128 @@ def test_operator_files_stay_out_of_the_core_schema_check():
 if __name__ == "__main__":
     PROMETHEUSRULE.write_text(prometheusrule_text())
     print(f"wrote {PROMETHEUSRULE.relative_to(REPO)}", file=sys.stderr)
+
+
+# --- a real Prometheus on a fake exporter (~10 s) --------------------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _fake_exporter(port: int, stop):
+    """Every metric of the contract, from prometheus_client, as the service exports them: model m
+    answers 20 requests a second, one in 8 an invalid image and one in 8 a server error."""
+    import threading
+
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import metrics as kinds
+
+    registry = CollectorRegistry()
+    made = {}
+    for name, metric in contract().items():
+        kind = {"counter": kinds.Counter, "gauge": kinds.Gauge, "histogram": kinds.Histogram}[metric["type"]]
+        extra = (
+            {"buckets": [1, 2, 4, 8, 16, 32]}
+            if name in {"convzoo_batch_size", "convzoo_request_images"}
+            else {}
+        )
+        made[name] = kind(
+            name.removesuffix("_total"), metric["help"], metric["labels"], registry=registry, **extra
+        )
+    made["convzoo_model_info"].labels("m", "2", "tensorflow", "fp32", "resnet18", "true").set(1)
+    made["convzoo_model_info"].labels("m", "1", "tensorflow", "fp32", "resnet18", "false").set(0)
+    made["convzoo_model_loads_total"].labels("m", "3", "refused").inc()
+    http = start_http_server(port, addr="127.0.0.1", registry=registry)  # (server, thread) since 0.20
+
+    def run():
+        step = 0
+        while not stop.is_set():
+            step += 1
+            outcome = {0: "invalid_image", 1: "error"}.get(step % 8, "ok")
+            made["convzoo_requests_total"].labels("m", "2", "convzoo", outcome).inc()
+            made["convzoo_images_total"].labels("m", "2", outcome).inc(2)
+            if outcome == "ok":
+                made["convzoo_request_duration_seconds"].labels("m", "2", "convzoo").observe(
+                    0.02 + step % 5 / 100
+                )
+            made["convzoo_decode_duration_seconds"].labels("m").observe(0.003)
+            made["convzoo_queue_duration_seconds"].labels("m", "2").observe(0.005)
+            made["convzoo_inference_duration_seconds"].labels("m", "2", "tensorflow").observe(0.02)
+            made["convzoo_batch_size"].labels("m", "2").observe(4)
+            made["convzoo_request_images"].labels("m", "2").observe(2)
+            made["convzoo_in_flight_requests"].labels("m", "2").set(step % 3)
+            made["convzoo_http_refusals_total"].labels("413", "body_too_large").inc(0.1)
+            made["convzoo_process_resident_memory_bytes"].labels("7").set(5e8)
+            made["convzoo_process_open_fds"].labels("7").set(30)
+            made["convzoo_process_threads"].labels("7").set(12)
+            made["convzoo_process_cpu_seconds_total"].inc(0.01)
+            stop.wait(0.05)
+
+    threading.Thread(target=run, daemon=True).start()
+    return http[0] if isinstance(http, tuple) else None
+
+
+@pytest.mark.skipif(
+    shutil.which("prometheus") is None, reason="prometheus not found (Debian: apt-get install prometheus)"
+)
+def test_rules_and_dashboard_run_on_a_real_prometheus(tmp_path):
+    """Beyond syntax: a real Prometheus scraping a fake exporter of the contract evaluates every rule
+    without an error, every dashboard query returns data, and the error-ratio alert goes off (25%
+    of the fake requests fail)."""
+    import threading
+    import time
+    import urllib.parse
+    import urllib.request
+
+    pytest.importorskip("prometheus_client")
+    exporter, web = _free_port(), _free_port()
+    stop = threading.Event()
+    http = _fake_exporter(exporter, stop)
+    config = (PROMETHEUS / "prometheus.yml").read_text()
+    config = config.replace("localhost:3000", f"127.0.0.1:{exporter}").replace(": 5s", ": 1s")
+    (tmp_path / "prometheus.yml").write_text(config)
+    for path in RULE_FILES:
+        shutil.copy(path, tmp_path)
+    command = [
+        "prometheus",
+        f"--config.file={tmp_path / 'prometheus.yml'}",
+        f"--storage.tsdb.path={tmp_path / 'data'}",
+        f"--web.listen-address=127.0.0.1:{web}",
+    ]
+    log = (tmp_path / "prometheus.log").open("w")
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
+
+    def api(path: str, **params) -> dict:
+        url = f"http://127.0.0.1:{web}/api/v1/{path}?{urllib.parse.urlencode(params)}"
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return json.load(answer)["data"]
+
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                empty = [e for e in dashboard_expressions() if not api("query", query=e)["result"]]
+                states = {r["name"]: r.get("state") for g in api("rules")["groups"] for r in g["rules"]}
+            except OSError:
+                empty, states = ["(not up yet)"], {}
+            if not empty and states.get("ConvzooHighErrorRatio") in {"pending", "firing"}:
+                break
+            assert time.monotonic() < deadline, f"no data for {empty}; alerts {states}"
+            time.sleep(2)
+        rules_ = [r for g in api("rules")["groups"] for r in g["rules"]]
+        assert len(rules_) == sum(len(rules(path)) for path in RULE_FILES)
+        assert [(r["name"], r.get("lastError")) for r in rules_ if r["health"] != "ok"] == []
+        for name in recorded_names():
+            assert api("query", query=name)["result"], f"{name} recorded nothing"
+    finally:
+        stop.set()
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+        if http is not None:
+            http.shutdown()
