@@ -523,6 +523,24 @@ def test_per_model_metrics(server):
     assert labels("convzoo_http_refusals_total", status="401", reason="api_key")
 
 
+def test_metrics_follow_the_contract_the_rules_rely_on(server):
+    """Every metric of deploy/prometheus/metrics.txt is on /metrics with exactly its labels and type."""
+    from prometheus_client.parser import text_string_to_metric_families
+    from test_monitoring import contract
+
+    text = requests.get(f"{server.url}/metrics", headers=dict(AUTH), timeout=10).text
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    for name, wanted in contract().items():
+        base = name.removesuffix("_total") if wanted["type"] == "counter" else name
+        family = families.get(base)
+        assert family is not None, f"{name} is not on /metrics"
+        assert family.type == wanted["type"], (name, family.type)
+        samples = [s for s in family.samples if not s.name.endswith("_created")]
+        assert samples, name
+        for sample in samples:
+            assert set(sample.labels) - {"le"} == set(wanted["labels"]), (name, sample.labels)
+
+
 def test_still_serving_after_all_of_it(server, client):
     named = photos(2)
     assert_same_answers(infer_bytes(client, named), classify(server, named))
