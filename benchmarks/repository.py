@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         with RunningServer(SERVERS["bentoml"], ref, root, None, Path(tmp) / "serve.log") as server:
             server.wait_ready()
             warm_up(server.url, photos)
+            runtime = requests.post(f"{server.url}/metadata", json={}, timeout=30).json()["runtime"]
             rows = [("default only", worker_rss(server), None)]
             for i in range(1, args.extra + 1):
                 name = f"copy{i}"
@@ -88,11 +89,9 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append((f"+ {name}", worker_rss(server), seconds))
     growth = [b[1] - a[1] for a, b in zip(rows, rows[1:], strict=False)]
     per_model = statistics.median(growth)
-    weights = (
-        sum(p.stat().st_size for p in (ref.path / "openvino").rglob("*.bin"))
-        if (ref.path / "openvino").is_dir()
-        else 0
-    )
+    artifact = ref.path / runtime["artifact"]  # openvino/int8, or saved_model.pb
+    files = artifact.glob("*.bin") if artifact.is_dir() else (ref.path / "variables").glob("*")
+    weights = sum(p.stat().st_size for p in files)
     print(f"# {ref.spec} served from a repository; machine: {cpu_name()}, {psutil.cpu_count()} CPUs")
     print(f"# python -m benchmarks.repository --model {ref.spec} --extra {args.extra} --poll {args.poll}")
     print("| step | worker RSS (MB) | growth (MB) | answered after (s) |")
@@ -104,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     base = rows[0][1]
     print(
-        f"\nper extra model: median {per_model / MiB:.0f} MB (its OpenVINO weights: {weights / MiB:.1f} MB); "
+        f"\nper extra model: median {per_model / MiB:.0f} MB ({runtime['key']}, "
+        f"{weights / MiB:.1f} MB of weights); "
         f"a worker serving the model alone: {base / MiB:.0f} MB; "
         f"models of this kind in 2 GB: 1 + {int((BUDGET - base) // per_model)}"
     )

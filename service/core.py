@@ -180,7 +180,7 @@ class Core:
                         limits,
                         limiter=self.decoders or self.large_decoder,
                     )
-                metrics().decode_seconds.labels(served.name).observe(time.perf_counter() - started)
+                served.decode_seconds.observe(time.perf_counter() - started)
                 return array
         except InvalidImage as error:
             return {"index": index, "file": error.filename, "reason": error.reason}
@@ -190,14 +190,14 @@ class Core:
     ) -> None:
         """One request answered: ``convzoo_requests_total``, ``convzoo_images_total`` and, when it
         succeeded, its time and image count."""
+        if outcome == "ok" and served is not None:
+            served.count_ok(protocol, images, seconds or 0.0)
+            return
         m = metrics()
         name, version = (served.name, str(served.version)) if served else ("", "")
         m.requests.labels(name, version, protocol, outcome).inc()
         if images:
             m.images.labels(name, version, outcome).inc(images)
-        if outcome == "ok" and served is not None:
-            m.request_seconds.labels(name, version, protocol).observe(seconds or 0.0)
-            m.request_images.labels(name, version).observe(images)
 
     def public_limits(self) -> dict[str, int]:
         """What ``/metadata`` says under ``limits``."""

@@ -122,16 +122,33 @@ class ServedVersion:
         self.resize = Resize.from_metadata(metadata)
         self.in_flight = 0
         m, labels = metrics(), (name, str(version))
+        batch_size, inference = m.batch_size.labels(*labels), m.inference_seconds.labels(*labels, choice.key)
         self.batcher = Batcher(
             model,
             config.max_batch_size,
-            on_batch=lambda size, seconds: (
-                m.batch_size.labels(*labels).observe(size),
-                m.inference_seconds.labels(*labels, choice.key).observe(seconds),
-            ),
+            on_batch=lambda size, seconds: (batch_size.observe(size), inference.observe(seconds)),
             on_wait=m.queue_seconds.labels(*labels).observe,
         )
         self._in_flight_gauge = m.in_flight.labels(*labels)
+        self.decode_seconds = m.decode_seconds.labels(name)
+        self.request_images = m.request_images.labels(*labels)
+        self._ok: dict[str, tuple[Any, Any, Any]] = {}  # protocol -> its bound success metrics
+
+    def count_ok(self, protocol: str, images: int, seconds: float) -> None:
+        """One successful request (the metrics' children bound once per protocol)."""
+        bound = self._ok.get(protocol)
+        if bound is None:
+            m, labels = metrics(), (self.name, str(self.version))
+            bound = self._ok[protocol] = (
+                m.requests.labels(*labels, protocol, "ok"),
+                m.images.labels(*labels, "ok"),
+                m.request_seconds.labels(*labels, protocol),
+            )
+        requests, images_ok, request_seconds = bound
+        requests.inc()
+        images_ok.inc(images)
+        request_seconds.observe(seconds)
+        self.request_images.observe(images)
 
     @property
     def key(self) -> str:
