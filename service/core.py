@@ -102,10 +102,11 @@ class Core:
         self.large_decoder = anyio.CapacityLimiter(1)
         self.decode_memory = DecodeMemory(config.decode_memory_bytes)
 
-    def start(self, default_folder: Path, default_tag: str) -> None:
+    def start(self, default_folder: Path, default_tag: str, where: str = "CPU") -> None:
         """Serve ``default_tag`` (``name:version``, the export in ``default_folder``: BentoML's copy)
         and every version the policies want from the repository, then watch it (a failure of the
-        default model stops the worker with one line; any other model is refused and logged)."""
+        default model stops the worker with one line; any other model is refused and logged).
+        ``where``: the device, for the log line (``CPU``, or TensorFlow's GPU)."""
         name, version = parse_model_spec(default_tag)
         _, pinned = parse_model_spec(self.config.model)
         self.registry = Registry(default=name)
@@ -115,7 +116,16 @@ class Core:
             print(f"convzoo: cannot serve {default_tag}: {error}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
         self.registry.add(served)
-        logger.info("serving %s with %s (%s)", served.key, served.choice.key, served.choice.reason)
+        metrics().model_loads.labels(name, str(version), "loaded").inc()
+        choice = served.choice
+        logger.info(
+            "serving %s with %s %s on %s (%s)",
+            served.key,
+            choice.runtime,
+            choice.precision,
+            where,
+            choice.reason,
+        )
         default_policy = Policy("specific", versions=(pinned,)) if pinned else Policy()
         self.watcher = Watcher(self.registry, self.config, parse_models(self.config.models), default_policy)
         self.watcher.poll()  # the rest of the repository, before the worker says it is ready
@@ -199,6 +209,15 @@ class Core:
         if images:
             m.images.labels(name, version, outcome).inc(images)
 
+    def unexpected(
+        self, protocol: str, served: ServedVersion | None, images: int, error: Exception
+    ) -> ApiError:
+        """A failure that is not the client's (a bug, the runtime failing): logged with its
+        traceback, counted as ``error``, answered 500; the request never hangs."""
+        logger.error("%s request failed: %r", protocol, error, exc_info=error)
+        self.record(protocol, served, "error", images, None)
+        return ApiError(500, f"the server failed on this request ({type(error).__name__}); see its log")
+
     def public_limits(self) -> dict[str, int]:
         """What ``/metadata`` says under ``limits``."""
         config, limits = self.config, self.config.limits
@@ -253,7 +272,9 @@ def check_decode_budget(uploads: list[Upload], costs: list[int], limits: Any) ->
 
 
 def check_count(count: int, limits: Any) -> None:
-    """413 for more images in one request than ``CONVZOO_MAX_IMAGES``."""
+    """400 for a request without images, 413 for more than ``CONVZOO_MAX_IMAGES``."""
+    if count < 1:
+        raise ApiError(400, "no images in the request: send at least one")
     if count > limits.max_images:
         raise ApiError(
             413, f"{count} images in one request; the limit is {limits.max_images} (CONVZOO_MAX_IMAGES)"

@@ -117,20 +117,19 @@ async def infer(core: Core, request: Request, name: str, version: str | None) ->
         header, binary = _split(body, request.headers.get("inference-header-content-length"))
         inputs, binary_output, request_id = _parse(header, binary, core.config.limits)
         ((input_name, tensor),) = inputs.items()
+        count = len(tensor)
+        prepare = core.decode if input_name == BYTES_INPUT else core.pixels
         with served.hold():
-            if input_name == BYTES_INPUT:
-                count = len(tensor)
-                images = await core.decode(served, tensor)
-            else:
-                count = len(tensor)
-                images = await core.pixels(served, tensor)
-            probabilities = await served.infer(images)
+            probabilities = await served.infer(await prepare(served, tensor))
     except ApiError as error:
         outcome = outcome_of(error.status)
         if error.status == 400 and error.details.get("files"):
             outcome = "invalid_image"
         core.record("v2", served, outcome, count, None)
         return _error(error.status, error.message, **error.details)
+    except Exception as error:
+        failure = core.unexpected("v2", served, count, error)
+        return _error(failure.status, failure.message)
     answer = _answer(served, probabilities, binary_output, request_id)
     core.record("v2", served, "ok", count, time.perf_counter() - started)
     return answer

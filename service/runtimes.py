@@ -42,7 +42,6 @@ loads it (tests/test_runtimes.py checks the served process).
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -286,6 +285,7 @@ def load_tensorflow(folder: Path, *, bf16: bool = False) -> LoadedModel:
 def load_openvino(model_xml: Path, config: dict | None = None, threads: int | None = None) -> LoadedModel:
     """An OpenVINO IR compiled for this CPU: one stream, as many threads as this process has CPUs
     (``threads`` to override), latency-first; ``config`` adds compile settings (precision)."""
+    import openvino as ov
 
     settings = {
         "PERFORMANCE_HINT": "LATENCY",
@@ -293,7 +293,7 @@ def load_openvino(model_xml: Path, config: dict | None = None, threads: int | No
         "INFERENCE_NUM_THREADS": threads or cpu_count(),
         **(config or {}),
     }
-    compiled = openvino_core().compile_model(str(model_xml), "CPU", settings)
+    compiled = ov.Core().compile_model(str(model_xml), "CPU", settings)
     request = compiled.create_infer_request()
     lock = threading.Lock()
 
@@ -302,15 +302,6 @@ def load_openvino(model_xml: Path, config: dict | None = None, threads: int | No
             return np.array(request.infer({0: np.ascontiguousarray(images)})[0], copy=True)
 
     return LoadedModel(predict, compiled=compiled)
-
-
-@functools.cache
-def openvino_core() -> Any:
-    """One OpenVINO ``Core`` per process: every model compiled by it shares its CPU plugin (a
-    second ``Core`` costs its own plugin and caches; benchmarks/README.md, "Serving a repository")."""
-    import openvino as ov
-
-    return ov.Core()
 
 
 def warm_up(predict: Predict, input_size: tuple[int, int], max_batch_size: int) -> None:
@@ -325,7 +316,7 @@ def release_free_memory() -> None:
     """Give the memory that C libraries freed back to the system (glibc's ``malloc_trim``; a no-op
     elsewhere). Warming a model up at 32 batch sizes frees ~100-180 MB of OpenVINO buffers that
     glibc would otherwise keep: trimmed, an extra int8 model costs its weights + ~40 MB of RSS
-    instead of ~190 MB (benchmarks/README.md, "Serving a repository")."""
+    instead of ~190 MB (README.md, "Model repository")."""
     import ctypes
     import ctypes.util
 

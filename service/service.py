@@ -129,11 +129,12 @@ class Classifier:
     def __init__(self) -> None:
         model: bentoml.Model = self.bento_model
         choose_runtime_or_exit(model, CONFIG)  # the warning, in the worker's log too
+        where = "CPU"
         if CONFIG.gpus:
             import tensorflow as tf  # only here: an OpenVINO worker never loads TensorFlow
 
-            logger.info("TensorFlow serves on %s (worker %s)", _select_device(tf), _worker_index())
-        CORE.start(Path(model.path), str(model.tag))
+            where = f"{_select_device(tf)}, worker {_worker_index()}"
+        CORE.start(Path(model.path), str(model.tag), where)
         self.core = CORE
         _freeze_startup_objects()
 

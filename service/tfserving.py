@@ -151,6 +151,9 @@ async def predict(core: Core, request: Request, name: str, version: str | None) 
         )
         core.record("tfserving", served, outcome, count, None)
         return _error(error.status, error.message, **error.details)
+    except Exception as error:
+        failure = core.unexpected("tfserving", served, count, error)
+        return _error(failure.status, failure.message)
     key = "predictions" if rows else "outputs"
     answer = Response(
         json.dumps({key: probabilities.astype(np.float32).tolist()}, separators=(",", ":")),
@@ -165,7 +168,7 @@ def _request(body: Any) -> tuple[str, bool, Any]:
     if not isinstance(body, dict):
         raise ApiError(400, "the request must be a JSON object with 'instances' or 'inputs'")
     signature = body.get("signature_name", "serving_default")
-    if signature not in SIGNATURES:
+    if not isinstance(signature, str) or signature not in SIGNATURES:
         raise ApiError(400, f"signature_name {signature!r} is not one of: {', '.join(SIGNATURES)}")
     input_name = SIGNATURES[signature]
     if ("instances" in body) == ("inputs" in body):

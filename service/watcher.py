@@ -138,9 +138,10 @@ class Watcher:
         self.registry.add(served)
         metrics().model_loads.labels(name, str(version), "loaded").inc()
         logger.info(
-            "now serving %s with %s (%s; loaded and warmed up in %.1f s)",
+            "now serving %s with %s %s (%s; loaded and warmed up in %.1f s)",
             served.key,
-            served.choice.key,
+            served.choice.runtime,
+            served.choice.precision,
             served.choice.reason,
             time.monotonic() - started,
         )

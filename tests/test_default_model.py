@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import requests
 import tensorflow as tf
-from test_service import SERVER_SETTINGS, TOLERANCE, Server, server_env
+from test_service import SERVER_SETTINGS, Server, server_env
 
 from service import repository
 from training.data import split_folder
@@ -100,6 +100,11 @@ def test_classifies_held_out_photos_through_both_signatures(saved_model, held_ou
     assert accuracy >= 0.6  # 30 photos; the whole test split measured 0.850 (metadata.json)
 
 
+INT8_TOLERANCE = 0.08
+"""The served int8 form against the SavedModel (fp32, TensorFlow's decoder) on one photo: up to
+0.061 measured here (OpenVINO 2026.4.1); int8 alone varies by up to ~0.004 from call to call."""
+
+
 def test_make_serve_answers_like_the_model(saved_model, held_out, tmp_path):
     """`bentoml serve` on the repository's models/ (the default model) over HTTP."""
     env = server_env(latest(), tmp_path / "bentoml_home")
@@ -125,9 +130,9 @@ def test_make_serve_answers_like_the_model(saved_model, held_out, tmp_path):
         for answer, probabilities in zip(response.json(), expected, strict=True):
             # The service decodes with PIL (DCT-scaled), the signature with TensorFlow: pixels differ
             # slightly, so a near tie may rank the other way; the answer must be the in-process top
-            # class or one within TOLERANCE of it, with the same probability.
+            # class or one within INT8_TOLERANCE of it, with the same probability.
             chosen = float(probabilities[labels.index(answer["label"])])
-            assert chosen >= float(probabilities.max()) - TOLERANCE, (answer, probabilities)
-            assert abs(answer["score"] - chosen) <= TOLERANCE
+            assert chosen >= float(probabilities.max()) - INT8_TOLERANCE, (answer, probabilities)
+            assert abs(answer["score"] - chosen) <= INT8_TOLERANCE
     finally:
         server.stop()

@@ -389,7 +389,7 @@ def test_v2_requests_parse_or_raise_only_api_errors(seed, cut, raw):
         lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=3),
         max_leaves=40,
     ),
-    signature=st.sampled_from(["serving_default", "serve_bytes", "x"]),
+    signature=st.sampled_from(["serving_default", "serve_bytes", "x"]) | st.lists(st.integers(), max_size=2),
     rows=st.booleans(),
 )
 def test_tfserving_requests_parse_or_raise_only_api_errors(value, signature, rows):

@@ -345,6 +345,7 @@ def test_unknown_models_and_versions_are_404_naming_what_is_served(server, clien
         (pixels_input([1, 2, 2, 3], data=["a"] * 12), "0..255"),
         ({"inputs": [{"name": "pixels", "datatype": "UINT8", "shape": [1], "data": [1]}]}, "unknown input"),
         ({"inputs": []}, "one input"),
+        ({"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [0], "data": []}]}, "no images"),
         ({"input": []}, "'inputs'"),
         ([1, 2], "'inputs'"),
         (

@@ -75,7 +75,9 @@ class FakeVersion:
         self.metadata = {"architecture": "x", "input_size": [8, 8]}
         self.labels = ["a"]
         self.batcher = type("B", (), {"close": lambda self: None})()
-        self.choice = type("C", (), {"key": "openvino-int8", "precision": "int8", "reason": "test"})()
+        self.choice = type(
+            "C", (), {"key": "openvino-int8", "runtime": "openvino", "precision": "int8", "reason": "test"}
+        )()
 
     def info_labels(self, default: bool) -> tuple[str, ...]:
         return (self.name, str(self.version), "openvino-int8", "int8", "x", str(default).lower())

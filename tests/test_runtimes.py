@@ -69,10 +69,18 @@ def held_out(data_dir):
 @pytest.fixture(scope="module")
 def optimized(tmp_path_factory, held_out) -> Path:
     """The service tests' model exported, then optimized (fp32 and int8; bf16 where native)."""
+    import training.optimize
     from training.optimize import optimize_export
 
     folder = export_test_model(tmp_path_factory.mktemp("models"))
-    optimize_export(folder, held_out, speed_seconds=0.2, log=lambda line: None)
+    # The test model has random weights (sharpened): its int8 form agrees with it on only 81-92 %
+    # of these images (measured with OpenVINO 2026.4.1 / NNCF 3.4.0), under the gate's 98 % for
+    # trained models. These tests are about choosing, loading and checking forms, so the gate they
+    # are optimized under is wider, and metadata.json records that rule (the gate's own behaviour:
+    # test_the_gate_refuses_a_form_with_zeroed_weights below).
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(training.optimize, "GATE", runtimes.Gate(max_top1_drop=0.05, min_agreement=0.75))
+        optimize_export(folder, held_out, speed_seconds=0.2, log=lambda line: None)
     return folder
 
 
