@@ -202,7 +202,8 @@ def soak(args, server: RunningServer, images: list[Path], saturation: float, out
     _write_worker_memory(out / "soak_memory.csv", workers)
     lines = soak_report(log, rss, rate, args.minutes)
     lines[-3:-3] = [memory_line(workers), ""]
-    plot_soak(out / "soak.png", log, workers, f"soak: {rate:.1f} requests/s for {args.minutes:g} min")
+    title = f"soak: {rate:.1f} requests/s for {args.minutes:g} min"
+    plot_soak(out / "soak.png", log, workers, title, args.minutes)
     return lines + ["", "![worker memory and latency per minute](soak.png)"]
 
 
@@ -228,8 +229,11 @@ def memory_line(workers: list[tuple[float, str, float]]) -> str:
     return f"Worker memory from /metrics (convzoo_process_resident_memory_bytes): {'; '.join(parts)}"
 
 
-def plot_soak(path: Path, log: Path, workers: list[tuple[float, str, float]], title: str) -> None:
-    """Worker memory (MiB) over minutes, from /metrics, beside p50/p99 per minute (Locust)."""
+def plot_soak(
+    path: Path, log: Path, workers: list[tuple[float, str, float]], title: str, minutes: float
+) -> None:
+    """Worker memory (MiB) over minutes, from /metrics, beside p50/p99 per full minute (Locust),
+    the minutes of the report's table."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -252,11 +256,11 @@ def plot_soak(path: Path, log: Path, workers: list[tuple[float, str, float]], ti
         per_minute: dict[int, list[float]] = {}
         for start, value in rows:
             per_minute.setdefault(int((start - t0) // 60), []).append(value)
-        minutes = sorted(per_minute)
+        full = [m for m in sorted(per_minute) if m < int(minutes)] or sorted(per_minute)
         for q in (50, 99):
             latency.plot(
-                [m + 1 for m in minutes],
-                [_percentile(per_minute[m], q) for m in minutes],
+                [m + 1 for m in full],
+                [_percentile(per_minute[m], q) for m in full],
                 marker="o",
                 label=f"p{q}",
             )

@@ -164,6 +164,6 @@ def test_soak_records_and_plots_worker_memory(tmp_path):
     assert "none read" in reliability.memory_line([])
     log = tmp_path / "soak_requests.csv"
     log.write_text("start_s,latency_ms,ok\n" + "".join(f"{1000 + i},{20 + i % 7},1\n" for i in range(150)))
-    reliability.plot_soak(tmp_path / "soak.png", log, workers, "soak")
+    reliability.plot_soak(tmp_path / "soak.png", log, workers, "soak", 2)
     with Image.open(tmp_path / "soak.png") as plot:
         assert plot.format == "PNG" and plot.width > 600
