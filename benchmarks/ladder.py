@@ -7,17 +7,25 @@ locustfile). ``--reset-stats`` drops the ramp-up: the figures cover the time all
 running. The ``Aggregated`` row of ``PREFIX_stats.csv`` gives one ``Step``; Locust's
 ``PREFIX_stats_history.csv`` (per-second figures) stays beside it for a closer look; the most
 frequent error of ``PREFIX_failures.csv`` is kept with the step.
+
+The server's side of the step comes from its ``/metrics``, read just before and just after the
+Locust run (``benchmarks.server_metrics``): mean queue time per request, mean inference time per
+batch, mean batch size and the largest worker's resident memory. Those deltas also cover Locust's
+start (~1-2 s, users spawning) that ``--reset-stats`` leaves out of the client-side figures. Peer
+servers without convzoo metrics (FastAPI, Ray Serve) leave them ``None`` (empty cells).
 """
 
 from __future__ import annotations
 
 import csv
+import math
 import os
 import subprocess
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from benchmarks import server_metrics
 from benchmarks.modelrepo import REPO
 from benchmarks.servers import pin_prefix
 
@@ -41,6 +49,11 @@ class Step:
     p99_ms: float
     mean_ms: float
     top_failure: str = ""  # the most frequent error of the step (Locust's _failures.csv)
+    # The server's side, from its /metrics (None: a server without convzoo metrics, or no batch).
+    queue_ms: float | None = None  # mean wait of a request for its batch to start
+    inference_ms: float | None = None  # mean duration of one model call (one batch)
+    batch_size: float | None = None  # mean images per model call
+    rss_mib: float | None = None  # the largest worker's resident memory after the step
 
 
 class LocustError(RuntimeError):
@@ -89,6 +102,7 @@ def run_step(
         "CONVZOO_BENCH_IMAGES_PER_REQUEST": str(images_per_request),
     }
     log_path = csv_prefix.with_suffix(".log")
+    before = server_metrics.read(host)
     with log_path.open("wb") as log:
         finished = subprocess.run(
             locust_command(host, users, seconds, csv_prefix, cpus),
@@ -101,8 +115,27 @@ def run_step(
     if finished.returncode != 0:
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-10:])
         raise LocustError(f"locust exited with code {finished.returncode}:\n{tail}")
+    after = server_metrics.read(host)
     step = parse_stats(Path(f"{csv_prefix}_stats.csv"), server, users, images_per_request)
-    return replace(step, top_failure=top_failure(Path(f"{csv_prefix}_failures.csv")))
+    step = replace(step, top_failure=top_failure(Path(f"{csv_prefix}_failures.csv")))
+    return with_server_figures(step, server_metrics.between(before, after))
+
+
+def with_server_figures(step: Step, figures: server_metrics.ServerFigures | None) -> Step:
+    """``step`` with the server's figures (NaN, a step without a batch, becomes None too)."""
+    if figures is None:
+        return step
+
+    def known(value: float) -> float | None:
+        return None if math.isnan(value) else value
+
+    return replace(
+        step,
+        queue_ms=known(figures.queue_ms),
+        inference_ms=known(figures.inference_ms),
+        batch_size=known(figures.batch_size),
+        rss_mib=known(figures.rss_mib),
+    )
 
 
 def parse_stats(stats_csv: Path, server: str, users: int, images_per_request: int) -> Step:

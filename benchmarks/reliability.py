@@ -11,9 +11,12 @@ saturation throughput with a closed-loop Locust step (``benchmarks.ladder.run_st
 ``--probe-users`` users for ``--probe-seconds``) unless ``--saturation-rps`` is given. Then:
 
 - ``soak``: paced Locust users (``benchmarks/soak_locustfile.py``) offer ``--load`` (0.8) x
-  saturation for ``--minutes``; every request is recorded, the RSS of all service processes is
-  sampled every 10 s. Targets: no failed request, p99 of the last minute within 25 % of the
-  first, RSS growing < 10 % from the end of minute 1 to the end.
+  saturation for ``--minutes``; every request is recorded; every 5 s the RSS of all service
+  processes is sampled (psutil) and the service's own ``/metrics`` read: each worker's
+  ``convzoo_process_resident_memory_bytes`` (by ``pid``), what Prometheus would see. Targets: no
+  failed request, p99 of the last minute within 25 % of the first, RSS growing < 10 % from the
+  end of minute 1 to the end. ``soak_memory.csv`` and ``soak.png`` (worker memory, MiB, over
+  minutes beside p50/p99 per minute) show the curve.
 - ``overload``: open-loop arrivals (asyncio + aiohttp, a fixed rate whatever the answers) at
   0.5x saturation (baseline), ``--factor`` x saturation for ``--seconds``, then 0.5x again. Targets:
   only 200/429/503 (JSON bodies), none slower than the server timeout, every 200 a full answer,
@@ -25,7 +28,7 @@ saturation throughput with a closed-loop Locust step (``benchmarks.ladder.run_st
 
 The service runs with ``CONVZOO_MAX_CONCURRENCY=--max-concurrency`` (about saturation x the
 queueing delay one accepts), ``CONVZOO_TIMEOUT_S=--timeout`` and ``CONVZOO_WORKERS=--workers``.
-Output: ``report.md`` and the per-request CSVs in
+Output: ``report.md``, the per-request CSVs (and for the soak its memory CSVs and plot) in
 ``benchmarks/results/reliability-<mode>-<time>/`` (or ``--out``).
 """
 
@@ -49,6 +52,7 @@ from pathlib import Path
 import aiohttp
 import psutil
 
+from benchmarks import server_metrics
 from benchmarks.images import add_image_set_argument, image_set
 from benchmarks.ladder import run_step
 from benchmarks.modelrepo import DEFAULT_MODEL, DEFAULT_MODELS_DIR, REPO, resolve
@@ -58,7 +62,7 @@ from service.config import cpu_count
 
 RESULTS_DIR = REPO / "benchmarks" / "results"
 SOAK_LOCUSTFILE = REPO / "benchmarks" / "soak_locustfile.py"
-RSS_EVERY_S = 10
+RSS_EVERY_S = 5  # psutil and /metrics samples of the soak
 WORKER_COMMAND = "_bentoml_impl.worker.service"  # in the command line of a service worker
 RECOVERY_TARGET_S = 5.0
 BASELINE_LOAD = 0.5
@@ -183,16 +187,94 @@ def soak(args, server: RunningServer, images: list[Path], saturation: float, out
         flush=True,
     )
     rss: list[tuple[float, float]] = []
+    workers: list[tuple[float, str, float]] = []  # (s, pid, MiB) from /metrics
     start = time.monotonic()
     with (out / "soak_locust.log").open("wb") as locust_log:
         process = subprocess.Popen(argv, env=env, cwd=REPO, stdout=locust_log, stderr=subprocess.STDOUT)
         while process.poll() is None:
-            rss.append((time.monotonic() - start, service_rss_mib(server)))
+            now = time.monotonic() - start
+            rss.append((now, service_rss_mib(server)))
+            workers += worker_memory(server.url, now)
             time.sleep(RSS_EVERY_S if len(rss) > 1 else 1)
     if process.returncode != 0 or not log.is_file():
         raise RuntimeError(f"locust failed (code {process.returncode}); see {out}/soak_locust.log")
     _write_rss(out / "soak_rss.csv", rss)
-    return soak_report(log, rss, rate, args.minutes)
+    _write_worker_memory(out / "soak_memory.csv", workers)
+    lines = soak_report(log, rss, rate, args.minutes)
+    lines[-3:-3] = [memory_line(workers), ""]
+    title = f"soak: {rate:.1f} requests/s for {args.minutes:g} min"
+    plot_soak(out / "soak.png", log, workers, title, args.minutes)
+    return lines + ["", "![worker memory and latency per minute](soak.png)"]
+
+
+def worker_memory(url: str, seconds: float) -> list[tuple[float, str, float]]:
+    """Each worker's resident memory from the service's /metrics: [(seconds, pid, MiB)]."""
+    snapshot = server_metrics.read(url)
+    if snapshot is None:
+        return []
+    by_pid = snapshot.by_label(server_metrics.MEMORY, "pid")
+    return [(seconds, pid, value / server_metrics.MiB) for pid, value in sorted(by_pid.items())]
+
+
+def memory_line(workers: list[tuple[float, str, float]]) -> str:
+    if not workers:
+        return "Worker memory from /metrics: none read (convzoo_process_resident_memory_bytes missing)"
+    parts = []
+    for pid in dict.fromkeys(p for _, p, _ in workers):
+        mine = [(t, v) for t, p, v in workers if p == pid]
+        parts.append(
+            f"pid {pid}: {mine[0][1]:.0f} MiB at {mine[0][0] / 60:.1f} min, {mine[-1][1]:.0f} MiB at "
+            f"{mine[-1][0] / 60:.1f} min (max {max(v for _, v in mine):.0f})"
+        )
+    return f"Worker memory from /metrics (convzoo_process_resident_memory_bytes): {'; '.join(parts)}"
+
+
+def plot_soak(
+    path: Path, log: Path, workers: list[tuple[float, str, float]], title: str, minutes: float
+) -> None:
+    """Worker memory (MiB) over minutes, from /metrics, beside p50/p99 per full minute (Locust),
+    the minutes of the report's table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with log.open(newline="") as handle:
+        rows = [(float(r["start_s"]), float(r["latency_ms"])) for r in csv.DictReader(handle)]
+    figure, (memory, latency) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100)
+    for pid in dict.fromkeys(p for _, p, _ in workers):
+        mine = [(t, v) for t, p, v in workers if p == pid]
+        memory.plot([t / 60 for t, _ in mine], [v for _, v in mine], marker=".", label=f"worker pid {pid}")
+    memory.set_xlabel("minutes")
+    memory.set_ylabel("resident memory, MiB (/metrics)")
+    memory.set_ylim(bottom=0)
+    memory.set_title("Worker memory", fontsize=10)
+    if workers:
+        memory.legend(fontsize=8)
+    if rows:
+        t0 = min(t for t, _ in rows)
+        per_minute: dict[int, list[float]] = {}
+        for start, value in rows:
+            per_minute.setdefault(int((start - t0) // 60), []).append(value)
+        full = [m for m in sorted(per_minute) if m < int(minutes)] or sorted(per_minute)
+        for q in (50, 99):
+            latency.plot(
+                [m + 1 for m in full],
+                [_percentile(per_minute[m], q) for m in full],
+                marker="o",
+                label=f"p{q}",
+            )
+        latency.legend(fontsize=8)
+    latency.set_xlabel("minute")
+    latency.set_ylabel("latency, ms (Locust)")
+    latency.set_ylim(bottom=0)
+    latency.set_title("Latency per minute", fontsize=10)
+    for axes in (memory, latency):
+        axes.grid(True, alpha=0.3)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
 
 
 def soak_report(log: Path, rss: list[tuple[float, float]], rate: float, minutes: float) -> list[str]:
@@ -363,6 +445,13 @@ def _write_records(path: Path, records: list[Record]) -> None:
         writer = csv.writer(handle)
         writer.writerow(["sent_s", "status", "latency_s", "phase"])
         writer.writerows((f"{r.sent_s:.4f}", r.status, f"{r.latency_s:.4f}", r.phase) for r in records)
+
+
+def _write_worker_memory(path: Path, workers: list[tuple[float, str, float]]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["seconds", "pid", "rss_mib"])
+        writer.writerows((f"{t:.1f}", pid, f"{v:.1f}") for t, pid, v in workers)
 
 
 def _write_rss(path: Path, rss: list[tuple[float, float]]) -> None:

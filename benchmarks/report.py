@@ -167,17 +167,36 @@ def write_ceiling_csv(path: Path, points: list[dict]) -> None:
         writer.writerows(points)
 
 
+def _cell(value: float | None, digits: int) -> str:
+    """A server-side figure, empty where the server has none (a peer without convzoo metrics)."""
+    return "" if value is None else f"{value:.{digits}f}"
+
+
 def steps_table(steps: list[Step]) -> str:
+    """Locust's figures (client side), then the server's own from its /metrics (empty for peers)."""
     lines = [
-        "| users | requests | failures | requests/s | images/s | p50 ms | p95 ms | p99 ms |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| users | requests | failures | requests/s | images/s | p50 ms | p95 ms | p99 ms "
+        "| queue ms | inference ms/batch | batch size | worker RSS MiB |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [
         f"| {s.users} | {s.requests} | {s.failures} | {s.requests_per_s:.1f} | "
-        f"{s.images_per_s:.1f} | {s.p50_ms:.0f} | {s.p95_ms:.0f} | {s.p99_ms:.0f} |"
+        f"{s.images_per_s:.1f} | {s.p50_ms:.0f} | {s.p95_ms:.0f} | {s.p99_ms:.0f} | "
+        f"{_cell(s.queue_ms, 1)} | {_cell(s.inference_ms, 1)} | {_cell(s.batch_size, 2)} | "
+        f"{_cell(s.rss_mib, 0)} |"
         for s in steps
     ]
     return "\n".join(lines)
+
+
+SERVER_COLUMNS_NOTE = (
+    "Queue ms, inference ms/batch, batch size and worker RSS are the server's own figures, from "
+    "its `/metrics` read before and after each step (`_sum`/`_count` deltas of "
+    "`convzoo_queue_duration_seconds` per request, `convzoo_inference_duration_seconds` per model "
+    "call, `convzoo_batch_size`; `convzoo_process_resident_memory_bytes` after the step, the "
+    "largest worker); the other columns are Locust's, client side. Empty: a server without "
+    "convzoo metrics (the peers)."
+)
 
 
 def decoding_reference(subject: str, by_server: dict[str, list[Step]], ceiling: dict | None) -> str:
@@ -276,6 +295,8 @@ def write_markdown(
         ]
     if problems:
         parts += ["## Not measured", "", *(f"- {name}: {why}" for name, why in problems.items()), ""]
+    if any(s.queue_ms is not None for steps in by_server.values() for s in steps):
+        parts += [SERVER_COLUMNS_NOTE, ""]
     parts += ["![images/s against p99 latency](plot.png)", ""]
     path.write_text("\n".join(parts))
 
@@ -283,7 +304,14 @@ def write_markdown(
 def plot(path: Path, by_server: dict[str, list[Step]], ceilings: dict[str, dict], title: str) -> None:
     """images/s (y) against p99 latency (x, log), one line per server, each runtime's ceiling
     (``benchmarks.raw`` summaries by runtime) as a horizontal line."""
-    figure, axes = plt.subplots(figsize=(8, 6.5), dpi=110)
+    served = {server: steps for server, steps in by_server.items() if _has_server_figures(steps)}
+    if served:
+        figure, (axes, queue_axes, memory_axes) = plt.subplots(
+            1, 3, figsize=(17, 6.5), dpi=110, gridspec_kw={"width_ratios": [8, 5, 4]}
+        )
+        _plot_server_side(queue_axes, memory_axes, served)
+    else:
+        figure, axes = plt.subplots(figsize=(8, 6.5), dpi=110)
     for server, steps in by_server.items():
         ordered = sorted(steps, key=lambda s: s.users)
         axes.plot([s.p99_ms for s in ordered], [s.images_per_s for s in ordered], marker="o", label=server)
@@ -325,3 +353,42 @@ def plot(path: Path, by_server: dict[str, list[Step]], ceilings: dict[str, dict]
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
+
+
+def _has_server_figures(steps: list[Step]) -> bool:
+    return any(s.queue_ms is not None or s.rss_mib is not None for s in steps)
+
+
+def _plot_server_side(queue_axes, memory_axes, by_server: dict[str, list[Step]]) -> None:
+    """Per step (users, log 2): mean queue and inference ms (lines) with the mean batch size
+    (dashed, right axis); the largest worker's resident memory after each step."""
+    batch_axes = queue_axes.twinx()
+    for server, steps in by_server.items():
+        ordered = sorted(steps, key=lambda s: s.users)
+        users = [s.users for s in ordered]
+
+        def values(name: str, steps=ordered) -> list[float]:
+            return [math.nan if getattr(s, name) is None else getattr(s, name) for s in steps]
+
+        queue_axes.plot(users, values("queue_ms"), marker="o", label=f"{server}: queue (per request)")
+        queue_axes.plot(users, values("inference_ms"), marker="s", label=f"{server}: inference (per batch)")
+        batch_axes.plot(
+            users, values("batch_size"), linestyle="--", color="gray", label=f"{server}: batch size"
+        )
+        memory_axes.plot(users, values("rss_mib"), marker="o", label=server)
+    for axes in (queue_axes, memory_axes):
+        axes.set_xscale("log", base=2)
+        axes.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+        axes.set_xlabel("concurrent users")
+        axes.grid(True, which="both", alpha=0.3)
+        axes.set_ylim(bottom=0)
+    batch_axes.set_ylim(bottom=0)
+    queue_axes.set_ylabel("ms (server side, /metrics)")
+    batch_axes.set_ylabel("images per model call")
+    queue_axes.set_title("The server's side: queue vs inference", fontsize=10)
+    lines = queue_axes.get_legend_handles_labels()
+    extra = batch_axes.get_legend_handles_labels()
+    queue_axes.legend(lines[0] + extra[0], lines[1] + extra[1], fontsize=7, loc="upper left")
+    memory_axes.set_ylabel("MiB")
+    memory_axes.set_title("Worker resident memory after each step", fontsize=10)
+    memory_axes.legend(fontsize=7)
