@@ -33,7 +33,7 @@ from PIL import Image
 from service import runtimes
 from service.config import ServiceConfig
 from service.images import RESAMPLING, InvalidImage, Resize, crop_box, decode_cost, prepare_image
-from service.metrics import metrics
+from service.metrics import metrics, outcome_of
 from service.registry import Policy, Registry, ServedVersion, UnknownModel, load_version, parse_models
 from service.repository import parse_model_spec
 from service.watcher import Watcher
@@ -55,6 +55,13 @@ class ApiError(Exception):
         self.status = status
         self.message = message
         self.details = details
+
+    @property
+    def outcome(self) -> str:
+        """The metrics' outcome: ``invalid_image`` for refused files, else by status."""
+        return (
+            "invalid_image" if self.status == 400 and self.details.get("files") else outcome_of(self.status)
+        )
 
 
 @dataclass(frozen=True)

@@ -40,8 +40,9 @@ import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import anyio
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -55,6 +56,10 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 logger = logging.getLogger("bentoml.convzoo")  # under "bentoml" so BentoML's log config shows it
+FORM = "convzoo.form"
+"""The scope key under which ``RequestGuard`` leaves a parsed upload (``ParsedForm``)."""
+RAW_IMAGE_TYPES = (b"image/", b"application/octet-stream")
+"""Content types of a raw upload: the body is one image file (query: ``top_k``, ``model``)."""
 MAX_FORM_PARTS = 1000
 MAX_TEXT_BYTES = 1024 * 1024
 """What Starlette's form parser (which BentoML calls with its defaults) accepts: 1000 files, 1000
@@ -180,7 +185,9 @@ class RequestGuard:
         form_upload = scope["method"] == "POST" and scope["path"] == self.upload_path
         upload = form_upload or (scope["method"] == "POST" and scope["path"].startswith(self.tensor_paths))
         limit = self.max_upload_bytes if upload else self.max_body_bytes
-        form = self._form(content_types[0] if content_types else b"") if form_upload else None
+        content_type = content_types[0] if content_types else b""
+        raw = form_upload and content_type.split(b";")[0].strip().lower().startswith(RAW_IMAGE_TYPES)
+        form = self._form(content_type) if form_upload and not raw else None
         length = next((v for k, v in scope["headers"] if k.lower() == b"content-length"), b"")
         if length.isdigit() and int(length) > limit:
             raise Refusal(413, self._too_large(int(length), upload), [(b"connection", b"close")])
@@ -212,7 +219,17 @@ class RequestGuard:
                 problem = form.feed(chunk, last=not more) if form else None
         if problem:
             raise Refusal(400, problem)
-        return b"".join(chunks)
+        body = b"".join(chunks)
+        if form is not None:
+            scope[FORM] = form.form()
+            self.buffered += len(body)  # the parsed copy of the files is held too, until the answer
+            held[0] += len(body)
+        elif raw:
+            if not body:
+                raise Refusal(400, "the body is empty: send the image file as the body")
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            scope[FORM] = ParsedForm([("body", body)], query)
+        return body
 
     async def _next(self, receive: Receive, deadline: float) -> Message:
         """The next message of the body; 408 when none comes within ``body_timeout_s``, or when the
@@ -319,6 +336,7 @@ class FormInspector:
     def __init__(self, boundary: bytes, file_field: str) -> None:
         self.file_field = file_field
         self.files = 0
+        self.parts: list[tuple[str, str | None, list[bytes]]] = []  # (field, filename, chunks)
         self.fields = 0
         self.problem: str | None = None
         self._text_bytes: int | None = None  # size of the current part, if it is a text value
@@ -374,6 +392,7 @@ class FormInspector:
         name = _user_safe_decode(options[b"name"])
         is_file = b"filename" in options
         self._text_bytes = None if is_file else 0
+        self.parts.append((name, _user_safe_decode(options[b"filename"]) if is_file else None, []))
         if name == self.file_field and is_file:
             self.files += 1
         elif name == self.file_field:
@@ -386,6 +405,8 @@ class FormInspector:
             self._refuse(f"more than {MAX_FORM_PARTS} files or fields in one form")
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self.parts and self.problem is None:
+            self.parts[-1][2].append(data[start:end])
         if self._text_bytes is not None:
             self._text_bytes += end - start
             if self._text_bytes > MAX_TEXT_BYTES:
@@ -393,6 +414,28 @@ class FormInspector:
 
     def _refuse(self, problem: str) -> None:
         self.problem = self.problem or problem
+
+    def form(self) -> ParsedForm:
+        """What the body held: the files of ``file_field`` and every text value, by field."""
+        files = [
+            (filename or "", b"".join(chunks))
+            for name, filename, chunks in self.parts
+            if filename is not None
+        ]
+        fields: dict[str, list[str]] = {}
+        for name, filename, chunks in self.parts:
+            if filename is None:
+                fields.setdefault(name, []).append(b"".join(chunks).decode("utf-8", "replace"))
+        return ParsedForm(files, fields)
+
+
+@dataclass(frozen=True)
+class ParsedForm:
+    """An upload the guard has read and parsed (``scope[FORM]``): the route need not parse it again.
+    ``files``: (filename, bytes) in order; ``fields``: text values by name."""
+
+    files: list[tuple[str, bytes]]
+    fields: dict[str, list[str]]
 
 
 def _user_safe_decode(value: bytes) -> str:

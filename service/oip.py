@@ -38,7 +38,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, Router
 
 from service.core import ApiError, Core, Upload, check_count, pixel_array
-from service.metrics import outcome_of
 from service.registry import ServedVersion
 
 PATH = "/v2"
@@ -122,10 +121,7 @@ async def infer(core: Core, request: Request, name: str, version: str | None) ->
         with served.hold():
             probabilities = await served.infer(await prepare(served, tensor))
     except ApiError as error:
-        outcome = outcome_of(error.status)
-        if error.status == 400 and error.details.get("files"):
-            outcome = "invalid_image"
-        core.record("v2", served, outcome, count, None)
+        core.record("v2", served, error.outcome, count, None)
         return _error(error.status, error.message, **error.details)
     except Exception as error:
         failure = core.unexpected("v2", served, count, error)

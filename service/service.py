@@ -32,6 +32,7 @@ settings, OpenAPI): ``service.app``.
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import sys
 import time
@@ -48,8 +49,7 @@ from service.answers import public_metadata, top_k_answer
 from service.app import ConvzooService
 from service.config import ServiceConfig, settings
 from service.core import ApiError, Core, Upload
-from service.metrics import outcome_of
-from service.middleware import ApiKeyGuard, RequestGuard
+from service.middleware import FORM, ApiKeyGuard, ParsedForm, RequestGuard
 from service.model_store import ServedModel
 from service.oip import mount_oip
 from service.openapi import ApiDescription
@@ -148,21 +148,8 @@ class Classifier:
         """Classify the uploaded images (multipart field ``images``), in request order, with the
         default model or ``model`` (``name`` or ``name:version``)."""
         uploads: list[Upload] = images  # type: ignore[assignment]  (see ImageFile)
-        started = time.perf_counter()
-        served = None
-        try:
-            served = self.core.model(*_model_spec(model))
-            with served.hold():
-                batch = await self.core.decode(served, uploads)
-                probabilities = await served.infer(batch)
-        except ApiError as error:
-            outcome = "invalid_image" if error.status == 400 else outcome_of(error.status)
-            self.core.record("convzoo", served, outcome, len(uploads), None)
-            return _error(error.status, error.message, **error.details)
-        top_k = min(top_k, len(served.labels))
-        answer = JSONResponse([top_k_answer(p, served.labels, top_k) for p in probabilities])
-        self.core.record("convzoo", served, "ok", len(uploads), time.perf_counter() - started)
-        return answer
+        status, answer = await classify_uploads(self.core, uploads, top_k, model)
+        return JSONResponse(answer, status_code=status)
 
     @bentoml.api
     async def metadata(self, model: str | None = None) -> dict[str, Any]:
@@ -180,6 +167,66 @@ class Classifier:
                 "served": self.core.registry.listing(),
             }
         )
+
+
+async def classify_uploads(
+    core: Core, uploads: list[Upload], top_k: int, model: str | None
+) -> tuple[int, Any]:
+    """(status, JSON answer) of ``/classify``: the predictions in request order, or the refusal."""
+    started = time.perf_counter()
+    served = None
+    try:
+        served = core.model(*_model_spec(model))
+        with served.hold():
+            probabilities = await served.infer(await core.decode(served, uploads))
+    except ApiError as error:
+        core.record("convzoo", served, error.outcome, len(uploads), None)
+        return error.status, {"error": error.message, **error.details}
+    top_k = min(top_k, len(served.labels))
+    answer = [top_k_answer(p, served.labels, top_k) for p in probabilities]
+    core.record("convzoo", served, "ok", len(uploads), time.perf_counter() - started)
+    return 200, answer
+
+
+class LeanClassify:
+    """``POST /classify`` answered from the form ``RequestGuard`` already parsed (``FORM``), or from a
+    raw image body (``Content-Type: image/...``, ``top_k`` and ``model`` in the query): the same
+    answers as the ``classify`` API above, without BentoML parsing the multipart body a second time
+    into temporary files and validating it again (benchmarks/README.md, "The HTTP path"). It sits
+    behind BentoML's own middlewares (metrics, concurrency limit, timeout), like the API."""
+
+    def __init__(self, app: Any, *, core: Core, config: ServiceConfig) -> None:
+        self.app = app
+        self.core = core
+        self.config = config
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        form: ParsedForm | None = scope.get(FORM) if scope["type"] == "http" else None
+        if form is None or scope["path"] != "/classify":
+            await self.app(scope, receive, send)
+            return
+        uploads = [Upload(name, data) for name, data in form.files]
+        top_k = _top_k(form.fields.get("top_k"), self.config)
+        if isinstance(top_k, str):
+            status, answer = 400, {"error": top_k}
+        else:
+            status, answer = await classify_uploads(
+                self.core, uploads, top_k, (form.fields.get("model") or [None])[-1]
+            )
+        body = json.dumps(answer, ensure_ascii=False, separators=(",", ":")).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _top_k(values: list[str] | None, config: ServiceConfig) -> int | str:
+    """The request's ``top_k`` (default ``CONVZOO_TOP_K``), or why it is refused."""
+    if not values:
+        return config.top_k
+    value = values[-1].strip()
+    if not value.isdigit() or not 1 <= int(value) <= config.max_top_k:
+        return f"top_k must be an integer from 1 to {config.max_top_k}, got {values[-1][:20]!r}"
+    return int(value)
 
 
 def _model_spec(model: str | None) -> tuple[str | None, str | None]:
@@ -242,6 +289,7 @@ Classifier.add_asgi_middleware(
     body_deadline_s=CONFIG.timeout_s,
     max_buffered_bytes=CONFIG.max_buffered_bytes,
 )
+Classifier.add_asgi_middleware(LeanClassify, core=CORE, config=CONFIG)  # /classify, parsed once
 Classifier.add_asgi_middleware(ApiDescription, service=Classifier)  # /docs.json for the request's host
 mount_ui(Classifier)  # the browser page at /ui/ (service/ui.py)
 mount_oip(Classifier, CORE)  # /v2/... (service/oip.py)

@@ -34,7 +34,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, Router
 
 from service.core import ApiError, Core, Upload, pixel_array
-from service.metrics import outcome_of
 from service.registry import ServedVersion
 
 PATH = "/v1"
@@ -144,12 +143,7 @@ async def predict(core: Core, request: Request, name: str, version: str | None) 
                 images = await core.pixels(served, _pixels(values, core.config.limits))
             probabilities = await served.infer(images)
     except ApiError as error:
-        outcome = (
-            "invalid_image"
-            if error.status == 400 and error.details.get("files")
-            else outcome_of(error.status)
-        )
-        core.record("tfserving", served, outcome, count, None)
+        core.record("tfserving", served, error.outcome, count, None)
         return _error(error.status, error.message, **error.details)
     except Exception as error:
         failure = core.unexpected("tfserving", served, count, error)

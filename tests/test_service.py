@@ -393,8 +393,29 @@ def test_request_level_limits(server):
     assert "not text" in expect(text_value, 400, server)["error"]
     assert expect(requests.post(url, json={"images": []}, timeout=30), 415, server)["error"]
     assert expect(
-        requests.post(url, data=good, timeout=30, headers={"Content-Type": "image/png"}), 415, server
+        requests.post(url, data=good, timeout=30, headers={"Content-Type": "text/plain"}), 415, server
     )["error"]
+
+
+def test_a_raw_image_body_is_classified_like_an_upload(server, reference):
+    """``Content-Type: image/...`` (or application/octet-stream): the body is the file; ``top_k``
+    and ``model`` in the query. The same answer as the multipart upload of the same file."""
+    data, _ = files.valid_files()["rgb.jpg"]
+    url = f"{server.url}/classify"
+    for content_type in ("image/jpeg", "application/octet-stream"):
+        raw = expect(
+            requests.post(f"{url}?top_k=3", data=data, headers={"Content-Type": content_type}, timeout=60),
+            200,
+            server,
+        )
+        (answer,) = raw
+        assert_matches(answer, reference(data, "rgb.jpg"), top_k=3)
+    empty = requests.post(url, data=b"", headers={"Content-Type": "image/png"}, timeout=30)
+    assert "empty" in expect(empty, 400, server)["error"]
+    bad_top_k = requests.post(f"{url}?top_k=0", data=data, headers={"Content-Type": "image/jpeg"}, timeout=30)
+    assert "top_k" in expect(bad_top_k, 400, server)["error"]
+    not_an_image = requests.post(url, data=b"hello", headers={"Content-Type": "image/jpeg"}, timeout=30)
+    assert expect(not_an_image, 400, server)["files"][0]["file"] == "body"
 
 
 def test_concurrent_clients_are_served_in_batches(server, reference):
