@@ -93,6 +93,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-pin", action="store_true", help="run everything without taskset")
     parser.add_argument("--no-ceiling", action="store_true", help="skip the in-process ceiling")
     parser.add_argument("--ceiling-batch-sizes", default="1,2,4,8,16,32,64")
+    parser.add_argument(
+        "--no-large-photo",
+        action="store_true",
+        help="skip the one-client step with 12 MP phone JPEGs (and its in-process ceiling)",
+    )
     parser.add_argument("--out", type=Path, help="results folder (default: benchmarks/results/<time>)")
 
 
@@ -144,7 +149,13 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
 
     subject = "bentoml" if "bentoml" in by_server else next(iter(by_server), servers[0])
     ceiling = ceilings.get(_runtime(subject))
-    targets = evaluate_targets(subject, by_server, ceiling and ceiling["ceiling"])
+    large = LARGE_PHOTO_STEPS.get(subject)
+    large_ceiling = (
+        _ceiling(ref, args, server_cpus, out, _runtime(subject), images="phone")["ceiling"]
+        if large is not None and ceiling
+        else None
+    )
+    targets = evaluate_targets(subject, by_server, ceiling and ceiling["ceiling"], large, large_ceiling)
     all_steps = [s for steps in by_server.values() for s in steps]
     if all_steps:
         write_steps_csv(out / "steps.csv", all_steps)
@@ -261,7 +272,26 @@ def _ladder(
             f"{step.failures} failures of {step.requests}",
             flush=True,
         )
+    if (name == "bentoml" or name not in SERVERS) and not args.no_large_photo:  # the service, or --host
+        phone = list(image_set("phone").paths)
+        warm_up(url, phone[:2])
+        step = run_step(
+            f"{name} (12 MP)",
+            url,
+            1,
+            args.step_seconds,
+            phone,
+            1,
+            out / "locust" / f"{label}-phone-u1",
+            locust_cpus,
+        )
+        LARGE_PHOTO_STEPS[name] = step
+        print(f"[{name}] one client, 12 MP phone JPEGs: p50 {step.p50_ms:.1f} ms", flush=True)
     return steps
+
+
+LARGE_PHOTO_STEPS: dict[str, Step] = {}
+"""The one-client step with 12 MP phone JPEGs, by server (the BentoML service or --host only)."""
 
 
 def _runtime(server: str) -> str:
@@ -269,9 +299,12 @@ def _runtime(server: str) -> str:
     return SERVERS[server].model_runtime() if server in SERVERS else SERVERS["bentoml"].model_runtime()
 
 
-def _ceiling(ref: ModelRef, args, server_cpus: str | None, out: Path, runtime: str) -> dict:
-    """Run ``benchmarks.raw`` on ``runtime`` in its own process on the server CPUs; its JSON."""
-    result_path = out / f"ceiling-{runtime}.json"
+def _ceiling(
+    ref: ModelRef, args, server_cpus: str | None, out: Path, runtime: str, images: str | None = None
+) -> dict:
+    """Run ``benchmarks.raw`` on ``runtime`` in its own process on the server CPUs; its JSON.
+    ``images``: another image set than the run's, at batch 1 only (the large-photo check)."""
+    result_path = out / (f"ceiling-{runtime}.json" if images is None else f"ceiling-{runtime}-{images}.json")
     argv = pin_prefix(server_cpus) + [
         sys.executable,
         "-m",
@@ -283,9 +316,9 @@ def _ceiling(ref: ModelRef, args, server_cpus: str | None, out: Path, runtime: s
         "--models-dir",
         str(args.models_dir),
         "--batch-sizes",
-        args.ceiling_batch_sizes,
+        args.ceiling_batch_sizes if images is None else "1",
         "--image-set",
-        args.image_set,  # the very images the servers get
+        images or args.image_set,  # the very images the servers get
         "--cpus",
         "none",
         "--json",

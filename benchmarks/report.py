@@ -4,7 +4,9 @@ The targets (each a ratio from the same run on the same machine) compare the ser
 (the BentoML service when measured, else the first server) with the in-process ceiling of the
 runtime that serves it, with itself on TensorFlow, and with peers:
 
-- efficiency: images/s at saturation ÷ in-process end-to-end ceiling images/s, at least 0.80;
+- efficiency: images/s at saturation ÷ in-process end-to-end ceiling images/s, at least 0.90;
+- one client: p50 at one user ÷ the in-process p50 of the same work at batch 1, at most 1.3;
+- one client, 12 MP phone JPEGs: the same ratio on the phone set, at most 1.15;
 - overhead: p50 at one user − in-process end-to-end p50 at batch 1, at most 3 ms;
 - p50 at one user: at most 5 ms;
 - vs bentoml-tf (the same service with ``CONVZOO_RUNTIME=tensorflow``): at least 2× its images/s;
@@ -32,7 +34,9 @@ import matplotlib.pyplot as plt
 
 from benchmarks.ladder import Step
 
-EFFICIENCY_GOAL = 0.80
+EFFICIENCY_GOAL = 0.90
+ONE_CLIENT_RATIO_GOAL = 1.3
+LARGE_PHOTO_RATIO_GOAL = 1.15
 OVERHEAD_GOAL_MS = 3.0
 ONE_USER_P50_GOAL_MS = 5.0
 FASTAPI_FACTOR_GOAL = 2.0
@@ -56,12 +60,18 @@ def at_users(steps: list[Step], users: int) -> Step | None:
     return next((s for s in steps if s.users == users), None)
 
 
-def evaluate_targets(subject: str, by_server: dict[str, list[Step]], ceiling: dict | None) -> list[Target]:
+def evaluate_targets(
+    subject: str,
+    by_server: dict[str, list[Step]],
+    ceiling: dict | None,
+    large: Step | None = None,
+    large_ceiling: dict | None = None,
+) -> list[Target]:
     steps = by_server.get(subject) or []
     if not steps:
         return []
     peak = saturation(steps)
-    targets = []
+    targets = _ratio_targets(at_users(steps, 1), ceiling, large, large_ceiling)
     if ceiling and "e2e_images_per_s" in ceiling:
         ratio = peak.images_per_s / ceiling["e2e_images_per_s"]
         targets.append(
@@ -108,6 +118,29 @@ def evaluate_targets(subject: str, by_server: dict[str, list[Step]], ceiling: di
     for peer, factor, strict in (("fastapi", FASTAPI_FACTOR_GOAL, False), ("ray", 1.0, True)):
         if peer != subject and by_server.get(peer):
             targets.append(_versus(subject, peak, peer, by_server[peer], factor, strict))
+    return targets
+
+
+def _ratio_targets(
+    one_user: Step | None, ceiling: dict | None, large: Step | None, large_ceiling: dict | None
+) -> list[Target]:
+    """One client's p50 over the in-process p50 of the same work at batch 1: real photos, and 12 MP
+    phone JPEGs (the HTTP path's own cost, as a ratio from the same run)."""
+    targets = []
+    for name, step, found, goal in (
+        ("one client / in-process", one_user, ceiling, ONE_CLIENT_RATIO_GOAL),
+        ("one client, 12 MP JPEG / in-process", large, large_ceiling, LARGE_PHOTO_RATIO_GOAL),
+    ):
+        if step is not None and found and found.get("e2e_p50_ms_batch1"):
+            ratio = step.p50_ms / found["e2e_p50_ms_batch1"]
+            targets.append(
+                Target(
+                    name,
+                    f"{step.p50_ms:.1f} / {found['e2e_p50_ms_batch1']:.1f} ms = {ratio:.2f} (p50, batch 1)",
+                    f"<= {goal:.2f}",
+                    ratio <= goal,
+                )
+            )
     return targets
 
 

@@ -149,7 +149,7 @@ def test_raw_measures_every_mode_and_batch_size(models_dir, tmp_path):
         "tensor_images_per_s",
         "service_images_per_s",
     }
-    assert result["ceiling"]["e2e_mode"] in ("bytes", "pil")  # the service's decoding is not in it
+    assert result["ceiling"]["e2e_mode"] in raw.END_TO_END  # the best way to do the whole work
 
 
 def test_raw_on_the_default_runtime_is_openvino_without_a_bytes_mode(models_dir, tmp_path):
@@ -178,7 +178,7 @@ def test_raw_on_the_default_runtime_is_openvino_without_a_bytes_mode(models_dir,
     result = json.loads(result_path.read_text())
     assert result["runtime"]["name"] == "openvino"  # auto: the fastest form that passed the gate
     assert [p["mode"] for p in result["points"]] == ["tensor", "pil", "service"]
-    assert result["ceiling"]["e2e_mode"] == "pil"
+    assert result["ceiling"]["e2e_mode"] in ("pil", "service")  # no bytes mode without TensorFlow
     assert (
         raw.main(
             [
