@@ -293,8 +293,13 @@ def test_targets_compare_saturation_and_same_user_p99():
         "e2e_p50_ms_batch1": 9.5,
         "e2e_batch1_mode": "pil",
     }
-    targets = {t.name: t.passed for t in evaluate_targets("bentoml", by_server, ceiling)}
+    large = _steps("bentoml (12 MP)", [(1, 33, 30, 40)])[0]
+    large_ceiling = {"e2e_p50_ms_batch1": 25.0, "e2e_batch1_mode": "service"}
+    found = evaluate_targets("bentoml", by_server, ceiling, large, large_ceiling)
+    targets = {t.name: t.passed for t in found}
     assert targets == {
+        "one client / in-process": True,  # 11 / 9.5 = 1.16 <= 1.3
+        "one client, 12 MP JPEG / in-process": False,  # 30 / 25 = 1.2 > 1.15
         "efficiency": True,
         "overhead at one user": True,
         "p50 at one user": False,
