@@ -359,13 +359,15 @@ def test_choose_a_model_or_compare_two_on_the_same_photos(browser, two_model_ser
     for model in ("imagenette:2", "servicetest:1"):
         parts = [("images", (p.name, p.read_bytes())) for p in photos[:2]]
         answers = expect(
-            requests.post(f"{server.url}/classify", files=parts, data={"model": model}, timeout=120),
+            requests.post(
+                f"{server.url}/classify", files=parts, data={"model": model, "top_k": "100"}, timeout=120
+            ),
             200,
             server,
         )
         for card, answer in zip(shown_columns, answers, strict=True):
             column = next(c for c in card if c["model"] == model)
-            assert same_classes(column["classes"], answer), (model, column, shown(answer))
+            assert near_classes(column["classes"], answer), (model, column, shown(answer)[:5])
     assert [[c["model"] for c in card] for card in shown_columns] == [["imagenette:2", "servicetest:1"]] * 2
     assert console_errors(browser) == []
 
