@@ -216,11 +216,13 @@ class Core:
         if images:
             m.images.labels(name, version, outcome).inc(images)
 
-    def unexpected(
-        self, protocol: str, served: ServedVersion | None, images: int, error: Exception
-    ) -> ApiError:
-        """A failure that is not the client's (a bug, the runtime failing): logged with its
-        traceback, counted as ``error``, answered 500; the request never hangs."""
+    def failed(self, protocol: str, served: ServedVersion | None, images: int, error: Exception) -> ApiError:
+        """A request that failed, counted under its outcome, as the ``ApiError`` to answer with.
+        A failure that is not the client's (a bug, the runtime failing) is logged with its
+        traceback, counted as ``error`` and answered 500: the request never hangs."""
+        if isinstance(error, ApiError):
+            self.record(protocol, served, error.outcome, images, None)
+            return error
         logger.error("%s request failed: %r", protocol, error, exc_info=error)
         self.record(protocol, served, "error", images, None)
         return ApiError(500, f"the server failed on this request ({type(error).__name__}); see its log")

@@ -126,11 +126,18 @@ class ApiKeyGuard:
 class Refusal(Exception):
     """A request the guard answers itself: ``status`` and the reason, in words a user understands."""
 
-    def __init__(self, status: int, reason: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        kind: str | None = None,
+    ) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
         self.headers = headers or []
+        self.kind = kind  # the metric's reason label; None: the status's (service.metrics)
 
 
 class RequestGuard:
@@ -181,7 +188,7 @@ class RequestGuard:
         """The whole body, once it passed every check; ``Refusal`` otherwise."""
         content_types = [v for k, v in scope["headers"] if k.lower() == b"content-type"]
         if len(content_types) > 1:
-            raise Refusal(400, "more than one Content-Type header: send exactly one")
+            raise Refusal(400, "more than one Content-Type header: send exactly one", kind="bad_header")
         form_upload = scope["method"] == "POST" and scope["path"] == self.upload_path
         upload = form_upload or (scope["method"] == "POST" and scope["path"].startswith(self.tensor_paths))
         limit = self.max_upload_bytes if upload else self.max_body_bytes
@@ -310,7 +317,7 @@ def _path_of(location: bytes) -> bytes:
 
 
 def _log_refusal(scope: Scope, refusal: Refusal) -> None:
-    count_refusal(refusal.status, "bad_header" if "Content-Type" in refusal.reason else None)
+    count_refusal(refusal.status, refusal.kind)
     client = scope.get("client") or ("?", 0)
     logger.warning(
         "refused %s %s from %s:%s: %s %s",

@@ -120,12 +120,9 @@ async def infer(core: Core, request: Request, name: str, version: str | None) ->
         prepare = core.decode if input_name == BYTES_INPUT else core.pixels
         with served.hold():
             probabilities = await served.infer(await prepare(served, tensor))
-    except ApiError as error:
-        core.record("v2", served, error.outcome, count, None)
-        return _error(error.status, error.message, **error.details)
-    except Exception as error:
-        failure = core.unexpected("v2", served, count, error)
-        return _error(failure.status, failure.message)
+    except Exception as error:  # an ApiError, or a failure of the server's own (500)
+        failure = core.failed("v2", served, count, error)
+        return _error(failure.status, failure.message, **failure.details)
     answer = _answer(served, probabilities, binary_output, request_id)
     core.record("v2", served, "ok", count, time.perf_counter() - started)
     return answer

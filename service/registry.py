@@ -154,7 +154,7 @@ class ServedVersion:
     def key(self) -> str:
         return f"{self.name}:{self.version}"
 
-    def describe(self, config: ServiceConfig | None = None) -> dict[str, Any]:
+    def describe(self) -> dict[str, Any]:
         """The public metadata (``/metadata``, the protocols' model metadata): ``metadata.json``
         without machine paths, plus the runtime that serves it."""
         return public_metadata(

@@ -180,7 +180,7 @@ async def classify_uploads(
         with served.hold():
             probabilities = await served.infer(await core.decode(served, uploads))
     except ApiError as error:
-        core.record("convzoo", served, error.outcome, len(uploads), None)
+        core.failed("convzoo", served, len(uploads), error)
         return error.status, {"error": error.message, **error.details}
     top_k = min(top_k, len(served.labels))
     answer = [top_k_answer(p, served.labels, top_k) for p in probabilities]

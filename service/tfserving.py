@@ -142,12 +142,9 @@ async def predict(core: Core, request: Request, name: str, version: str | None) 
             else:
                 images = await core.pixels(served, _pixels(values, core.config.limits))
             probabilities = await served.infer(images)
-    except ApiError as error:
-        core.record("tfserving", served, error.outcome, count, None)
-        return _error(error.status, error.message, **error.details)
-    except Exception as error:
-        failure = core.unexpected("tfserving", served, count, error)
-        return _error(failure.status, failure.message)
+    except Exception as error:  # an ApiError, or a failure of the server's own (500)
+        failure = core.failed("tfserving", served, count, error)
+        return _error(failure.status, failure.message, **failure.details)
     key = "predictions" if rows else "outputs"
     answer = Response(
         json.dumps({key: probabilities.astype(np.float32).tolist()}, separators=(",", ":")),
