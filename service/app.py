@@ -15,6 +15,7 @@ just before BentoML builds the app and uvicorn starts, ``ConvzooService.to_asgi`
 - labels BentoML's HTTP metrics with the route (``/classify``, ``/ui``, ...) or ``other``, never
   the raw path (``RouteLabels``): a label value per path requested, 401s included, would grow the
   memory of every worker with each new URL, for good;
+- removes BentoML's OpenTelemetry middleware when no span goes anywhere (``tracing``);
 - moves convzoo's guards (``service.middleware``: the API key, then the body's size, time and
   form) right behind the metrics, in front of BentoML's own middlewares: a request waiting for
   its body does not hold one of the ``CONVZOO_MAX_CONCURRENCY`` slots nor count against the
@@ -70,11 +71,23 @@ class ConvzooService(bentoml.Service):
         )
 
     def to_asgi(self, is_main: bool = True) -> Any:
-        set_library_environment(settings())
+        config = settings()
+        set_library_environment(config)
         app = super().to_asgi(is_main)
         label_metrics_by_route(app)
         guards_first(app)
+        if not tracing(config):
+            without_tracing(app)
         return app
+
+
+def tracing(config: ServiceConfig) -> bool:
+    """Whether spans go anywhere: BentoML exports them (``tracing.exporter_type`` in its
+    configuration) and the user did not set ``OTEL_SDK_DISABLED=true``, or the user enabled the
+    SDK explicitly (``OTEL_SDK_DISABLED=false``, e.g. for an exporter set through OTEL_*)."""
+    if config.otel_sdk_disabled is not None:
+        return config.otel_sdk_disabled.strip().lower() != "true"
+    return bool(_trace_exporter())
 
 
 def set_library_environment(config: ServiceConfig) -> None:
@@ -145,6 +158,18 @@ def guards_first(app: Any) -> None:
     app.user_middleware[:] = [*others[:at], *guards, *others[at:]]
 
 
+TRACING_MIDDLEWARE = "OpenTelemetryMiddleware"
+
+
+def without_tracing(app: Any) -> None:
+    """Remove BentoML's OpenTelemetry middleware from the Starlette ``app``: with no exporter its
+    spans go nowhere, yet it costs ~0.3 ms of CPU a request (a third of the app's own share of an
+    upload; benchmarks/README.md, "The HTTP path")."""
+    app.user_middleware[:] = [
+        m for m in app.user_middleware if getattr(m.cls, "__name__", "") != TRACING_MIDDLEWARE
+    ]
+
+
 class RouteLabels:
     """Runs BentoML's metrics middleware on a scope whose ``path`` is the route's own path
     (``/classify``; a mount's prefix, ``/ui``) or ``other``; the app behind it sees the real path."""
@@ -152,6 +177,7 @@ class RouteLabels:
     def __init__(self, app: ASGIApp, *, metrics: type, router: Any, **options: Any) -> None:
         self.metrics = metrics(_real_path(app), **options)
         self.router = router
+        self.exact: dict[str, str] = {}  # paths that are a route's own path (bounded by the routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -160,10 +186,16 @@ class RouteLabels:
         await self.metrics({**scope, "path": self.label(scope), REAL_PATH: scope["path"]}, receive, send)
 
     def label(self, scope: Scope) -> str:
+        path = scope["path"]
+        if path in self.exact:
+            return self.exact[path]
         for route in self.router.routes:
             match, _ = route.matches(scope)
             if match != Match.NONE:
-                return route.path or "/"
+                label = route.path or "/"
+                if label == path:
+                    self.exact[path] = label
+                return label
         return OTHER
 
 

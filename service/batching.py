@@ -1,9 +1,13 @@
 """Batching inside the API process: concurrent requests share one model call, with no fixed wait.
 
-``Batcher`` holds a queue of requests (each a uint8 array ``[n, h, w, 3]`` of already validated
-images) and runs at most one model call at a time, in a worker thread (TensorFlow releases the
-GIL, so decoding and HTTP go on meanwhile). When the model is free, the next call takes every
-request waiting, up to ``max_batch_size`` images, in arrival order. So:
+``Batcher`` holds a queue of requests and runs at most one model call at a time, in a worker
+thread (the runtimes release the GIL, so HTTP goes on meanwhile). A request is a uint8 array
+``[n, h, w, 3]`` of already validated images, or a ``Deferred``: the work that makes that array
+(decoding the uploads), done in the model's thread just before the call, for every request of the
+batch in turn (``service.core``: the choice on one CPU, where the event loop and the model share
+the core, so the batch decodes and runs in one go, as the in-process ceiling does:
+benchmarks/README.md, "The HTTP path"). When the model is free, the next call takes every request
+waiting, up to ``max_batch_size`` images, in arrival order. So:
 
 - at one client, a request is run as soon as it arrives: no batching delay at all;
 - under load, requests pile up while the model runs and the next call takes them together:
@@ -11,8 +15,8 @@ request waiting, up to ``max_batch_size`` images, in arrival order. So:
 
 This replaces BentoML's adaptive batching between two services, which cost a pickle and a local
 HTTP round trip per call and a wait for the batch window (benchmarks/README.md, "What we tried").
-Only validated arrays ever enter the queue, so a bad upload can never fail a batch; an error of
-the model itself fails exactly the requests of that call.
+A deferred request whose work fails (a refused upload) fails alone: the batch runs without it. An
+error of the model itself fails exactly the requests of that call.
 """
 
 from __future__ import annotations
@@ -22,18 +26,32 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 import numpy as np
 
 
 @dataclass(frozen=True)
-class Pending:
-    """One request's images and the future its result goes to."""
+class Deferred:
+    """A request's images still to be made: ``make()`` returns the uint8 array of ``count`` images
+    at the model's input size, or raises (that request alone fails with its error)."""
 
-    images: np.ndarray
+    count: int
+    make: Callable[[], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Pending:
+    """One request's images (or the work that makes them) and the future its result goes to."""
+
+    images: np.ndarray | Deferred
     result: asyncio.Future
     queued_at: float
+
+    @property
+    def count(self) -> int:
+        return self.images.count if isinstance(self.images, Deferred) else len(self.images)
 
 
 class Batcher:
@@ -55,7 +73,7 @@ class Batcher:
         self.runner: asyncio.Task | None = None
         self.closed = False
 
-    async def __call__(self, images: np.ndarray) -> np.ndarray:
+    async def __call__(self, images: np.ndarray | Deferred) -> np.ndarray:
         if self.runner is None or self.runner.done():  # started lazily, inside the event loop
             self.wakeup = asyncio.Event()
             self.runner = asyncio.create_task(self._run(), name="convzoo-batcher")
@@ -88,30 +106,59 @@ class Batcher:
             if pending.result.done():  # cancelled: the client went away
                 self.queue.popleft()
                 continue
-            if taken and size + len(pending.images) > self.max_batch_size:
+            if taken and size + pending.count > self.max_batch_size:
                 break
             taken.append(self.queue.popleft())
-            size += len(pending.images)
+            size += pending.count
         return taken
 
     async def _call_model(self, taken: list[Pending]) -> None:
         if not taken:
             return
-        batch = taken[0].images if len(taken) == 1 else np.concatenate([p.images for p in taken])
         started = time.perf_counter()
         for pending in taken:
             self.on_wait(started - pending.queued_at)
         try:
-            outputs = await anyio.to_thread.run_sync(self.model, batch)
-            self.on_batch(len(batch), time.perf_counter() - started)
-        except Exception as error:
+            outputs, failures, seconds = await anyio.to_thread.run_sync(self._work, taken)
+        except Exception as error:  # the model failed: every request of the call fails with it
             for pending in taken:
                 if not pending.result.done():
                     pending.result.set_exception(error)
             return
         start = 0
-        for pending in taken:
-            end = start + len(pending.images)
+        for index, pending in enumerate(taken):
+            if index in failures:
+                if not pending.result.done():
+                    pending.result.set_exception(failures[index])
+                continue
+            end = start + pending.count
             if not pending.result.done():
                 pending.result.set_result(outputs[start:end])
             start = end
+        if seconds is not None:
+            self.on_batch(start, seconds)
+
+    def _work(self, taken: list[Pending]) -> tuple[Any, dict[int, Exception], float | None]:
+        """In the worker thread: each request's images (deferred work done here, in order), then
+        one model call on them all; (outputs, {index: error} of the requests that failed alone,
+        the model's seconds or None when nothing was left to run)."""
+        arrays: list[np.ndarray] = []
+        failures: dict[int, Exception] = {}
+        for index, pending in enumerate(taken):
+            images = pending.images
+            if isinstance(images, Deferred):
+                if pending.result.done():  # the client went away meanwhile: skip its work
+                    failures[index] = asyncio.CancelledError()
+                    continue
+                try:
+                    images = images.make()
+                except Exception as error:
+                    failures[index] = error
+                    continue
+            arrays.append(images)
+        if not arrays:
+            return None, failures, None
+        batch = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+        started = time.perf_counter()
+        outputs = self.model(batch)
+        return outputs, failures, time.perf_counter() - started

@@ -14,7 +14,7 @@
 | CONVZOO_MAX_TOP_K                | 100                  | largest ``top_k`` a request may ask for          |
 | CONVZOO_MAX_BATCH_SIZE           | 32                   | batching: most images per model call             |
 | CONVZOO_WORKERS                  | one per GPU, else 1  | processes, each with its own copy of the model   |
-| CONVZOO_DECODE_THREADS           | 0 on one CPU, else 4 | decoding threads per process (0: event loop)     |
+| CONVZOO_DECODE_THREADS           | 0 on one CPU, else 4 | decoding threads per process (0: in the batch)   |
 | CONVZOO_TIMEOUT_S                | 60                   | request timeout                                  |
 | CONVZOO_MAX_CONCURRENCY          | 512                  | requests in flight before the server answers 429 |
 | CONVZOO_API_KEY                  | (none: no auth)      | clients send ``Authorization: Bearer <key>``     |
@@ -110,11 +110,13 @@ def _int(name: str, default: int, minimum: int = 1) -> int:
 
 
 def default_decode_threads() -> int:
-    """0 (decode on the event loop) when this process may run on one CPU only, else 4.
+    """0 when this process may run on one CPU only, else 4.
 
-    On one CPU a thread cannot decode in parallel with anything, and handing every image to one
-    costs more than it gains (measured in benchmarks/README.md, "What we tried"); with more CPUs,
-    threads decode in parallel with the event loop and the model.
+    0: the model's thread decodes a batch's uploads just before running it (``service.core``). On
+    one CPU nothing decodes in parallel with anything; decoding in the batch leaves the event loop
+    to HTTP alone and runs a batch's decoding and its model call in one go, as the in-process
+    ceiling does (benchmarks/README.md, "The HTTP path"). With more CPUs, threads decode in
+    parallel with the event loop and the model.
     """
     return 0 if cpu_count() == 1 else ServiceConfig.decode_threads
 

@@ -10,16 +10,18 @@ pixel each mode really takes, 16-bit and alpha included): a request whose images
 than ``CONVZOO_MAX_IMAGE_DECODE_BYTES`` for one of them or ``CONVZOO_MAX_REQUEST_DECODE_BYTES`` for
 all is refused with 413 before anything is decoded, and all decodes of a process together hold at
 most ``CONVZOO_DECODE_MEMORY_BYTES`` (``DecodeMemory``): a costly request waits for memory, the
-others go on. Without decode threads (one CPU), images decode on the event loop, except those whose
-decoding takes more than ``INLINE_DECODE_BYTES``.
+others go on. Without decode threads (one CPU), images decode in the model's thread, in the batch
+that takes their request, one at a time (``Core.decode``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -31,19 +33,15 @@ import numpy as np
 from PIL import Image
 
 from service import runtimes
+from service.batching import Deferred
 from service.config import ServiceConfig
-from service.images import RESAMPLING, InvalidImage, Resize, crop_box, decode_cost, prepare_image
+from service.images import RESAMPLING, InvalidImage, Resize, crop_box, open_upload, prepare_image
 from service.metrics import metrics, outcome_of
 from service.registry import Policy, Registry, ServedVersion, UnknownModel, load_version, parse_models
 from service.repository import parse_model_spec
 from service.watcher import Watcher
 
 logger = logging.getLogger("bentoml.convzoo")
-
-INLINE_DECODE_BYTES = 64 * 1024 * 1024
-"""Without decode threads (one CPU), images whose decoding takes more memory than this (some 10
-megapixels and up, ~0.3 s and more of decoding) still go to a thread, one at a time, so that the
-event loop keeps answering meanwhile."""
 
 
 class ApiError(Exception):
@@ -104,9 +102,9 @@ class Core:
         self.config = config
         self.registry: Registry | None = None
         self.watcher: Watcher | None = None
-        # None: decode on the event loop (CONVZOO_DECODE_THREADS=0, the default on one CPU)
+        # None: decode in the model's thread, in the batch (CONVZOO_DECODE_THREADS=0, the default on one CPU)
         self.decoders = anyio.CapacityLimiter(config.decode_threads) if config.decode_threads else None
-        self.large_decoder = anyio.CapacityLimiter(1)
+        self.serial_decoder = threading.Lock()
         self.decode_memory = DecodeMemory(config.decode_memory_bytes)
 
     def start(self, default_folder: Path, default_tag: str, where: str = "CPU") -> None:
@@ -145,22 +143,26 @@ class Core:
         except UnknownModel as error:
             raise ApiError(404, str(error), served=self.registry.listing()) from None
 
-    async def decode(self, served: ServedVersion, uploads: list[Upload]) -> np.ndarray:
+    async def decode(self, served: ServedVersion, uploads: list[Upload]) -> np.ndarray | Deferred:
         """Encoded images -> uint8 ``[n, height, width, 3]`` at ``served``'s input size, as
-        ``/classify`` decodes them; 413 over the limits, 400 naming every bad file."""
+        ``/classify`` decodes them (``served.infer`` takes either form of the answer); 413 over the
+        limits, 400 naming every bad file.
+
+        With decode threads (several CPUs), the images decode in them, in parallel, now. Without
+        (one CPU), the answer is the decoding itself (``Deferred``), which the model's thread does
+        just before the batch that takes this request, one image of the process at a time: the
+        event loop only answers HTTP, and the core runs a batch's decoding and its model call in
+        one go (benchmarks/README.md, "The HTTP path")."""
         limits = self.config.limits
         check_count(len(uploads), limits)
-        costs = [decode_cost(upload.data, served.resize, limits) for upload in uploads]
-        check_decode_budget(uploads, costs, limits)
+        opened = [open_upload(upload.data, served.resize, limits) for upload in uploads]
+        check_decode_budget(uploads, [cost for cost, _ in opened], limits)
+        if self.decoders is None:
+            return Deferred(len(uploads), functools.partial(self._decode_serially, served, uploads, opened))
         prepared = await asyncio.gather(
-            *(self._prepare(served, i, u, c) for i, (u, c) in enumerate(zip(uploads, costs, strict=True)))
+            *(self._prepare(served, i, u, *o) for i, (u, o) in enumerate(zip(uploads, opened, strict=True)))
         )
-        refused = [p for p in prepared if isinstance(p, dict)]
-        if refused:
-            raise ApiError(
-                400, f"{len(refused)} of {len(uploads)} images refused; nothing was classified", files=refused
-            )
-        return np.stack(prepared)
+        return _stack_or_refuse(prepared, len(uploads))
 
     async def pixels(self, served: ServedVersion, images: np.ndarray) -> np.ndarray:
         """uint8 ``[n, h, w, 3]`` of any size -> ``served``'s input size (cropped and resized as an
@@ -178,7 +180,9 @@ class Core:
             )
         return await anyio.to_thread.run_sync(resize_pixels, images, resize)
 
-    async def _prepare(self, served: ServedVersion, index: int, upload: Upload, cost: int) -> Any:
+    async def _prepare(
+        self, served: ServedVersion, index: int, upload: Upload, cost: int, image: Image.Image | None
+    ) -> Any:
         """The model-ready array, or the refusal ``{"index", "file", "reason"}``; decoded once
         ``cost`` bytes of the process's decoding memory are free."""
         filename = upload.filename or f"images[{index}]"
@@ -186,21 +190,33 @@ class Core:
         try:
             async with self.decode_memory.hold(cost):
                 started = time.perf_counter()
-                if self.decoders is None and cost <= INLINE_DECODE_BYTES:
-                    array = prepare_image(upload.data, filename, served.resize, limits)
-                else:
-                    array = await anyio.to_thread.run_sync(
-                        prepare_image,
-                        upload.data,
-                        filename,
-                        served.resize,
-                        limits,
-                        limiter=self.decoders or self.large_decoder,
-                    )
+                array = await anyio.to_thread.run_sync(
+                    prepare_image, upload.data, filename, served.resize, limits, image, limiter=self.decoders
+                )
                 served.decode_seconds.observe(time.perf_counter() - started)
                 return array
         except InvalidImage as error:
             return {"index": index, "file": error.filename, "reason": error.reason}
+
+    def _decode_serially(
+        self, served: ServedVersion, uploads: list[Upload], opened: list[tuple[int, Image.Image | None]]
+    ) -> np.ndarray:
+        """``decode``'s work without decode threads, in the model's thread (``Deferred``): the
+        images one after the other, one image of the whole process at a time (so the decoding
+        memory held is at most one image's, within ``CONVZOO_DECODE_MEMORY_BYTES``)."""
+        prepared: list[Any] = []
+        for index, (upload, (_, image)) in enumerate(zip(uploads, opened, strict=True)):
+            filename = upload.filename or f"images[{index}]"
+            try:
+                with self.serial_decoder:
+                    started = time.perf_counter()
+                    prepared.append(
+                        prepare_image(upload.data, filename, served.resize, self.config.limits, image)
+                    )
+                    served.decode_seconds.observe(time.perf_counter() - started)
+            except InvalidImage as error:
+                prepared.append({"index": index, "file": error.filename, "reason": error.reason})
+        return _stack_or_refuse(prepared, len(uploads))
 
     def record(
         self, protocol: str, served: ServedVersion | None, outcome: str, images: int, seconds: float | None
@@ -346,3 +362,13 @@ def _numbers_to_pixels(data: Any, shape: list[int], size: int, name: str) -> np.
     if array.dtype.kind not in "iu" or (array.size and (array.min() < 0 or array.max() > 255)):
         raise ApiError(400, f"input '{name}' must hold integers 0..255 (UINT8)")
     return array.astype(np.uint8).reshape(shape)
+
+
+def _stack_or_refuse(prepared: list[Any], count: int) -> np.ndarray:
+    """The decoded images stacked, or 400 naming every refused one (``{"index", "file", "reason"}``)."""
+    refused = [p for p in prepared if isinstance(p, dict)]
+    if refused:
+        raise ApiError(
+            400, f"{len(refused)} of {count} images refused; nothing was classified", files=refused
+        )
+    return np.stack(prepared)

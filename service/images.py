@@ -77,9 +77,12 @@ class Resize:
         return cls(int(height), int(width), interpolation, crop)
 
 
-def prepare_image(data: bytes, filename: str, resize: Resize, limits: Limits = Limits()) -> np.ndarray:
-    """Decode, crop and resize one upload: uint8 RGB ``[resize.height, resize.width, 3]``."""
-    image = decode(data, filename, limits, draft_side=max(resize.height, resize.width))
+def prepare_image(
+    data: bytes, filename: str, resize: Resize, limits: Limits = Limits(), opened: Image.Image | None = None
+) -> np.ndarray:
+    """Decode, crop and resize one upload: uint8 RGB ``[resize.height, resize.width, 3]``.
+    ``opened``: ``data`` as ``open_upload`` opened it (its header read once, not twice)."""
+    image = decode(data, filename, limits, draft_side=max(resize.height, resize.width), opened=opened)
     box = crop_box(image.height, image.width, resize) if resize.crop_to_aspect_ratio else None
     resized = image.resize((resize.width, resize.height), resample=RESAMPLING[resize.interpolation], box=box)
     return np.asarray(resized)
@@ -94,15 +97,22 @@ def crop_box(height: int, width: int, resize: Resize) -> tuple[int, int, int, in
     return (left, top, left + crop_width, top + crop_height)
 
 
-def decode(data: bytes, filename: str, limits: Limits = Limits(), draft_side: int = 0) -> Image.Image:
+def decode(
+    data: bytes,
+    filename: str,
+    limits: Limits = Limits(),
+    draft_side: int = 0,
+    opened: Image.Image | None = None,
+) -> Image.Image:
     """The upload as an 8-bit RGB image, upright; raises ``InvalidImage``. With ``draft_side``, a
-    JPEG may be decoded at a reduced scale that keeps both sides at least ``draft_side`` pixels."""
+    JPEG may be decoded at a reduced scale that keeps both sides at least ``draft_side`` pixels.
+    ``opened``: ``data`` already opened by ``open_upload`` (nothing of it decoded yet)."""
     if not data:
         raise InvalidImage(filename, "the file is empty")
     if len(data) > limits.max_file_bytes:
         raise InvalidImage(filename, f"the file has {len(data)} bytes; the limit is {limits.max_file_bytes}")
     try:
-        with Image.open(io.BytesIO(data), formats=FORMATS) as image:
+        with opened or Image.open(io.BytesIO(data), formats=FORMATS) as image:
             _check_pixels(image, filename, limits)
             orientation = image.getexif().get(EXIF_ORIENTATION, 1)
             if _libjpeg_scalable(image, orientation, draft_side):
@@ -166,25 +176,40 @@ def decode_cost(data: bytes, resize: Resize, limits: Limits = Limits()) -> int:
     the pixels actually decoded: a JPEG that libjpeg-turbo scales counts at its reduced size),
     read from the header alone; 0 for a file that ``prepare_image`` refuses before decoding it (not
     an image, too many bytes or pixels: it says why)."""
+    cost, image = open_upload(data, resize, limits)
+    if image is not None:
+        image.close()
+    return cost
+
+
+def open_upload(data: bytes, resize: Resize, limits: Limits = Limits()) -> tuple[int, Image.Image | None]:
+    """``decode_cost`` of ``data``, and the image it opened to read that (its header read, no pixel
+    decoded), for ``prepare_image`` to go on with; None when it could not be opened (or holds too
+    many bytes or pixels), which ``prepare_image`` then says."""
     draft_side = max(resize.height, resize.width)
     if len(data) > limits.max_file_bytes:
-        return 0
+        return 0, None
     try:
-        with Image.open(io.BytesIO(data), formats=FORMATS) as image:
-            width, height = image.size
-            if width * height > limits.max_pixels:
-                return 0
-            orientation = _header_orientation(image)
-            mode = "PA" if image.mode == "P" and "transparency" in image.info else image.mode
-            if _libjpeg_scalable(image, orientation, draft_side):
-                width, height = _jpeg_scaled_size(width, height, draft_side)
-                return width * height * 7  # libjpeg-turbo's RGB array (3) and its image (4)
+        image = Image.open(io.BytesIO(data), formats=FORMATS)
     except Exception:
-        return 0
+        return 0, None
+    try:
+        width, height = image.size
+        if width * height > limits.max_pixels:
+            image.close()
+            return 0, None
+        orientation = _header_orientation(image)
+        mode = "PA" if image.mode == "P" and "transparency" in image.info else image.mode
+        if _libjpeg_scalable(image, orientation, draft_side):
+            width, height = _jpeg_scaled_size(width, height, draft_side)
+            return width * height * 7, image  # libjpeg-turbo's RGB array (3) and its image (4)
+    except Exception:
+        image.close()
+        return 0, None
     per_pixel = BYTES_PER_PIXEL.get(mode, UNKNOWN_MODE_BYTES_PER_PIXEL)
     if orientation in range(2, 9):
         per_pixel += BYTES_PER_PIXEL.get(mode, UNKNOWN_MODE_BYTES_PER_PIXEL)
-    return width * height * per_pixel
+    return width * height * per_pixel, image
 
 
 def _header_orientation(image: Image.Image) -> int:

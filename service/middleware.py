@@ -36,6 +36,7 @@ time and never echoed: not in the answer, not in a log line.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -44,8 +45,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import anyio
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import TOKEN_CHARS, MultipartParser, parse_options_header
 
 from service.metrics import count_refusal
 
@@ -200,35 +200,44 @@ class RequestGuard:
             raise Refusal(413, self._too_large(int(length), upload), [(b"connection", b"close")])
         chunks: list[bytes] = []
         received = 0
-        problem: str | None = None
         more = True
-        deadline = anyio.current_time() + self.body_deadline_s
-        while more:
-            message = await self._next(receive, deadline)
-            if message["type"] != "http.request":  # the client went away
-                raise Refusal(400, "the client closed the connection before the end of the body")
-            chunk = message.get("body", b"")
-            more = message.get("more_body", False)
-            received += len(chunk)
-            if received > limit:
-                raise Refusal(413, self._too_large(received, upload), [(b"connection", b"close")])
-            if problem is None:  # after a problem, the rest is read and dropped
-                if self.buffered + len(chunk) > self.max_buffered_bytes:
-                    raise Refusal(
-                        503,
-                        f"the server holds {self.buffered} bytes of request bodies already, its limit "
-                        f"is {self.max_buffered_bytes} (CONVZOO_MAX_BUFFERED_BYTES): try again shortly",
-                        [(b"connection", b"close"), (b"retry-after", b"1")],
-                    )
-                self.buffered += len(chunk)
-                held[0] += len(chunk)
-                chunks.append(chunk)
-                problem = form.feed(chunk, last=not more) if form else None
-        if problem:
-            raise Refusal(400, problem)
-        body = b"".join(chunks)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.body_deadline_s
+        try:
+            async with asyncio.timeout(None) as timeout:  # one timer, moved on with every chunk
+                while more:
+                    timeout.reschedule(min(loop.time() + self.body_timeout_s, deadline))
+                    message = await receive()
+                    if message["type"] != "http.request":  # the client went away
+                        raise Refusal(400, "the client closed the connection before the end of the body")
+                    chunk = message.get("body", b"")
+                    more = message.get("more_body", False)
+                    received += len(chunk)
+                    if received > limit:
+                        raise Refusal(413, self._too_large(received, upload), [(b"connection", b"close")])
+                    if self.buffered + len(chunk) > self.max_buffered_bytes:
+                        raise Refusal(
+                            503,
+                            f"the server holds {self.buffered} bytes of request bodies already, its limit "
+                            f"is {self.max_buffered_bytes} (CONVZOO_MAX_BUFFERED_BYTES): try again shortly",
+                            [(b"connection", b"close"), (b"retry-after", b"1")],
+                        )
+                    self.buffered += len(chunk)
+                    held[0] += len(chunk)
+                    chunks.append(chunk)
+        except TimeoutError:
+            if loop.time() >= deadline:
+                reason = f"the request body took longer than {self.body_deadline_s:g} s (CONVZOO_TIMEOUT_S)"
+            else:
+                idle = self.body_timeout_s
+                reason = f"no part of the request body arrived for {idle:g} s (CONVZOO_BODY_TIMEOUT_S)"
+            raise Refusal(408, reason, [(b"connection", b"close")]) from None
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         if form is not None:
-            scope[FORM] = form.form()
+            problem = form.feed_body(body)
+            if problem:
+                raise Refusal(400, problem)
+            scope[FORM] = form.form(body)
             self.buffered += len(body)  # the parsed copy of the files is held too, until the answer
             held[0] += len(body)
         elif raw:
@@ -237,20 +246,6 @@ class RequestGuard:
             query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
             scope[FORM] = ParsedForm([("body", body)], query)
         return body
-
-    async def _next(self, receive: Receive, deadline: float) -> Message:
-        """The next message of the body; 408 when none comes within ``body_timeout_s``, or when the
-        whole body has not come within ``body_deadline_s`` (a client trickling it)."""
-        wait = min(self.body_timeout_s, deadline - anyio.current_time())
-        with anyio.move_on_after(max(wait, 0)):
-            return await receive()
-        if wait < self.body_timeout_s:
-            reason = f"the request body took longer than {self.body_deadline_s:g} s (CONVZOO_TIMEOUT_S)"
-        else:
-            reason = (
-                f"no part of the request body arrived for {self.body_timeout_s:g} s (CONVZOO_BODY_TIMEOUT_S)"
-            )
-        raise Refusal(408, reason, [(b"connection", b"close")])
 
     def _form(self, content_type_header: bytes) -> FormInspector:
         content_type, options = parse_options_header(content_type_header)
@@ -342,8 +337,11 @@ class FormInspector:
 
     def __init__(self, boundary: bytes, file_field: str) -> None:
         self.file_field = file_field
+        self.boundary = boundary
         self.files = 0
-        self.parts: list[tuple[str, str | None, list[bytes]]] = []  # (field, filename, chunks)
+        self.parts: list[
+            tuple[str, str | None, list[tuple[bytes, int, int]]]
+        ] = []  # (field, filename, spans)
         self.fields = 0
         self.problem: str | None = None
         self._text_bytes: int | None = None  # size of the current part, if it is a text value
@@ -362,6 +360,23 @@ class FormInspector:
             },
         )
 
+    def feed_body(self, body: bytes) -> str | None:
+        """Parse the whole body; the first problem found, if any. A body of the plain shape every
+        client sends (``split_plain_form``) is split with a few searches; any other goes through
+        python-multipart's streaming parser; the same checks apply to the parts either way."""
+        parts = split_plain_form(body, self.boundary)
+        if parts is None:
+            return self.feed(body, last=True)
+        for headers, start, end in parts:
+            self._part_begin()
+            for name, value in headers:
+                self._field, self._value = name, value
+                self._header_end()
+            self._headers_finished()
+            if end > start:
+                self._part_data(body, start, end)
+        return self._finish()
+
     def feed(self, chunk: bytes, last: bool) -> str | None:
         """Parse one chunk; the first problem found, once known (at the latest with the last)."""
         try:
@@ -370,7 +385,10 @@ class FormInspector:
                 self._parser.finalize()
         except Exception as error:
             self.problem = self.problem or f"malformed multipart body ({error})"
-        if last and not self.problem and self.files == 0:
+        return self._finish() if last else self.problem
+
+    def _finish(self) -> str | None:
+        if not self.problem and self.files == 0:
             self.problem = (
                 f"no files in the field '{self.file_field}': send one or more images "
                 f"as multipart/form-data, e.g. curl -F {self.file_field}=@photo.jpg"
@@ -413,7 +431,7 @@ class FormInspector:
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self.parts and self.problem is None:
-            self.parts[-1][2].append(data[start:end])
+            self.parts[-1][2].append((data, start, end))
         if self._text_bytes is not None:
             self._text_bytes += end - start
             if self._text_bytes > MAX_TEXT_BYTES:
@@ -422,18 +440,89 @@ class FormInspector:
     def _refuse(self, problem: str) -> None:
         self.problem = self.problem or problem
 
-    def form(self) -> ParsedForm:
-        """What the body held: the files of ``file_field`` and every text value, by field."""
+    def form(self, body: bytes | None = None) -> ParsedForm:
+        """What the body held: the files of ``file_field`` and every text value, by field. A part
+        that is one span of ``body`` (the whole body, as ``feed_body`` had it) is one copy of it."""
         files = [
-            (filename or "", b"".join(chunks))
-            for name, filename, chunks in self.parts
-            if filename is not None
+            (filename or "", _join(spans)) for name, filename, spans in self.parts if filename is not None
         ]
         fields: dict[str, list[str]] = {}
-        for name, filename, chunks in self.parts:
+        for name, filename, spans in self.parts:
             if filename is None:
-                fields.setdefault(name, []).append(b"".join(chunks).decode("utf-8", "replace"))
+                fields.setdefault(name, []).append(_join(spans).decode("utf-8", "replace"))
         return ParsedForm(files, fields)
+
+
+def _join(spans: list[tuple[bytes, int, int]]) -> bytes:
+    if len(spans) == 1:
+        data, start, end = spans[0]
+        return data[start:end]
+    return b"".join(memoryview(data)[start:end] for data, start, end in spans)
+
+
+MAX_PLAIN_HEADERS = 8
+"""Header lines per part that ``split_plain_form`` takes (python-multipart's own limit)."""
+MAX_PLAIN_HEADER_LINE = 4096
+"""Longest header line ``split_plain_form`` takes (python-multipart allows 4096 + 128)."""
+
+
+def split_plain_form(body: bytes, boundary: bytes) -> list[tuple[list[tuple[bytes, bytes]], int, int]] | None:
+    """The parts of a multipart body of the plain shape that browsers, curl and HTTP libraries send,
+    as (header (name, value) pairs, start, end of the data in ``body``); None for any other shape,
+    which the caller hands to python-multipart instead.
+
+    Plain: the body starts with the first delimiter, every delimiter is followed by CRLF (another
+    part) or ``--`` (the last, then nothing or one CRLF), header lines are ``name: value`` with a
+    token name and no lone CR or LF (at most ``MAX_PLAIN_HEADERS`` of ``MAX_PLAIN_HEADER_LINE``
+    bytes), and there are at most twice ``MAX_FORM_PARTS`` parts. Within that shape the parts are
+    exactly what python-multipart finds (tests/test_fuzz.py compares the two); values keep what
+    python-multipart keeps (leading spaces dropped, nothing else)."""
+    opening = b"--" + boundary + b"\r\n"
+    if not body.startswith(opening):
+        return None
+    delimiter = b"\r\n--" + boundary
+    parts: list[tuple[list[tuple[bytes, bytes]], int, int]] = []
+    at = len(opening)
+    while len(parts) <= 2 * MAX_FORM_PARTS:
+        if body.startswith(b"\r\n", at):
+            headers, start = [], at + 2
+        else:
+            head_end = body.find(b"\r\n\r\n", at)
+            if head_end < 0:
+                return None
+            headers = _plain_headers(body[at:head_end])
+            if headers is None:
+                return None
+            start = head_end + 4
+        end = body.find(delimiter, start)
+        if end < 0:
+            return None
+        parts.append((headers, start, end))
+        after = end + len(delimiter)
+        if body.startswith(b"\r\n", after):
+            at = after + 2
+        elif body.startswith(b"--", after):
+            tail = len(body) - after - 2  # what follows the last delimiter: nothing, or one CRLF
+            return parts if tail == 0 or (tail == 2 and body.endswith(b"\r\n")) else None
+        else:
+            return None
+    return None
+
+
+def _plain_headers(block: bytes) -> list[tuple[bytes, bytes]] | None:
+    lines = block.split(b"\r\n")
+    if len(lines) > MAX_PLAIN_HEADERS:
+        return None
+    headers = []
+    for line in lines:
+        colon = line.find(b":")
+        if colon <= 0 or len(line) > MAX_PLAIN_HEADER_LINE or b"\r" in line or b"\n" in line:
+            return None
+        name = line[:colon]
+        if name.translate(None, TOKEN_CHARS):
+            return None
+        headers.append((name, line[colon + 1 :].lstrip(b" ")))
+    return headers
 
 
 @dataclass(frozen=True)

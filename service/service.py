@@ -9,11 +9,11 @@ versions, the decoding within limits), through three protocols:
 - the Open Inference Protocol (v2) under ``/v2`` (``service.oip``), as Triton and KServe speak it;
 - TensorFlow Serving's REST API under ``/v1`` (``service.tfserving``).
 
-Each worker process (one per GPU, else one) decodes, validates and resizes every upload (in a
-thread pool when the process may use several CPUs, on the event loop when it has one), refuses bad
-requests with a 4xx JSON answer, and hands the stacked uint8 array to the ``Batcher`` of the model
-version asked for (``service.batching``), which merges concurrent requests into one call of the
-model in a worker thread. The model runs on the runtime that ``service.runtimes`` chooses
+Each worker process (one per GPU, else one) checks every upload's header, refuses bad requests
+with a 4xx JSON answer, and hands the request to the ``Batcher`` of the model version asked for
+(``service.batching``), which merges concurrent requests into one call of the model in a worker
+thread. The uploads are decoded and resized in a thread pool, before, when the process may use
+several CPUs, or by the model's thread just before the batch when it has one (``service.core``). The model runs on the runtime that ``service.runtimes`` chooses
 (``CONVZOO_RUNTIME``, default ``auto``): on a CPU, the fastest OpenVINO form of the export that
 passed its accuracy gate (int8 for the default model), else TensorFlow's ``serving_default``.
 
@@ -179,9 +179,9 @@ async def classify_uploads(
         served = core.model(*_model_spec(model))
         with served.hold():
             probabilities = await served.infer(await core.decode(served, uploads))
-    except ApiError as error:
-        core.failed("convzoo", served, len(uploads), error)
-        return error.status, {"error": error.message, **error.details}
+    except Exception as error:  # an ApiError, or a failure of the server's own (500)
+        failure = core.failed("convzoo", served, len(uploads), error)
+        return failure.status, {"error": failure.message, **failure.details}
     top_k = min(top_k, len(served.labels))
     answer = [top_k_answer(p, served.labels, top_k) for p in probabilities]
     core.record("convzoo", served, "ok", len(uploads), time.perf_counter() - started)

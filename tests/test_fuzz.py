@@ -38,7 +38,7 @@ from starlette.routing import Route
 
 from service.config import Limits
 from service.images import InvalidImage, Resize, prepare_image
-from service.middleware import RequestGuard
+from service.middleware import FormInspector, RequestGuard, split_plain_form
 
 REPO = Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024
@@ -315,6 +315,83 @@ FORMS_STARLETTE_FAILS_ON = {
 def test_forms_the_parser_would_fail_on_are_refused_first(case):
     response = asyncio.run(_post(guarded_app(4 * MiB), FORMS_STARLETTE_FAILS_ON[case], False))
     assert response.status_code == 400 and response.json()["error"], response.text
+
+
+def _inspect(body: bytes, plain: bool) -> tuple:
+    """(problem, files, fields) of ``FormInspector`` on the whole ``body``: through ``feed_body``
+    (the plain split where it applies), or through python-multipart alone."""
+    inspector = FormInspector(BOUNDARY.encode(), "images")
+    problem = inspector.feed_body(body) if plain else inspector.feed(body, last=True)
+    if problem:
+        return problem, None, None
+    form = inspector.form(body)
+    return None, form.files, form.fields
+
+
+plain_headers = st.lists(
+    st.one_of(
+        st.tuples(
+            st.sampled_from([b"Content-Disposition", b"content-disposition", b"Content-Type", b"X-a"]),
+            dispositions,
+        ),
+        st.tuples(st.binary(min_size=1, max_size=12), st.binary(max_size=40)),
+    ),
+    max_size=10,
+)
+
+
+@st.composite
+def plain_forms(draw) -> bytes:
+    """Bodies near the plain shape: arbitrary header lines and contents, optional padding and
+    epilogues, delimiters inside the contents; mutated now and then."""
+    boundary = BOUNDARY.encode()
+    body = draw(st.sampled_from([b"", b"\r\n", b"preamble\r\n"]))
+    for headers, content in draw(
+        st.lists(st.tuples(plain_headers, st.binary(max_size=64)), min_size=1, max_size=4)
+    ):
+        body += b"--" + boundary + draw(st.sampled_from([b"", b" ", b"\t"])) + b"\r\n"
+        body += b"".join(
+            name + b":" + draw(st.sampled_from([b"", b" ", b"  "])) + value + b"\r\n"
+            for name, value in headers
+        )
+        body += (
+            b"\r\n" + content + draw(st.sampled_from([b"", b"\r\n--" + boundary + b"x", b"\r\n"])) + b"\r\n"
+        )
+    body += b"--" + boundary + b"--" + draw(st.sampled_from([b"", b"\r\n", b"\r\nepilogue", b"--"]))
+    if draw(st.booleans()):
+        body = _splice(body, draw(st.integers(0, 10_000)), draw(st.binary(min_size=1, max_size=4)))
+    return body
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(bodies, plain_forms()))
+def test_the_plain_split_finds_what_python_multipart_finds(body):
+    """``split_plain_form`` (the fast path of the upload guard) takes a body only when it finds the
+    same parts, headers and data as python-multipart's streaming parser: the same problem, files
+    and fields come out of the guard's checks either way."""
+    assert _inspect(body, plain=True) == _inspect(body, plain=False)
+
+
+def test_what_clients_send_takes_the_plain_split():
+    """The fast path applies to what real clients send: this project's benchmark encoder, httpx
+    (requests-style), and a form with a text field the way browsers and curl write it."""
+    from benchmarks.multipart import encode_multipart
+
+    jpeg = files.encode(files.photo((32, 24)), "JPEG")
+    ours, content_type = encode_multipart([("a.jpg", jpeg), ("b.jpg", jpeg)])
+    request = httpx.Request(
+        "POST", "http://x/classify", files=[("images", ("a.jpg", jpeg))], data={"top_k": "3"}
+    )
+    browser = multipart(
+        [(b'form-data; name="images"; filename="a.jpg"', jpeg), (b'form-data; name="top_k"', b"2")]
+    )
+    for body, header in [
+        (ours, content_type),
+        (request.read(), request.headers["content-type"]),
+        (browser, f"multipart/form-data; boundary={BOUNDARY}"),
+    ]:
+        boundary = header.split("boundary=")[1].encode()
+        assert split_plain_form(body, boundary) is not None, body[:200]
 
 
 async def _post(app: RequestGuard, body: bytes, chunked: bool) -> httpx.Response:
