@@ -18,6 +18,7 @@ servers without convzoo metrics (FastAPI, Ray Serve) leave them ``None`` (empty 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import subprocess
@@ -35,7 +36,8 @@ LOCUST_GRACE_S = 60  # start-up and shut-down of Locust beyond the step's run ti
 
 @dataclass(frozen=True)
 class Step:
-    """One server at one number of concurrent users (latencies in ms, as Locust reports them)."""
+    """One server at one number of concurrent users (latencies in ms: exact, from the response
+    times ``benchmarks.locustfile`` keeps, else as Locust reports them)."""
 
     server: str
     users: int
@@ -96,10 +98,13 @@ def run_step(
 ) -> Step:
     """Run Locust for one step and return its figures; its console output goes to PREFIX.log."""
     csv_prefix.parent.mkdir(parents=True, exist_ok=True)
+    times = Path(f"{csv_prefix}_times.json")
+    times.unlink(missing_ok=True)
     env = {
         **os.environ,
         "CONVZOO_BENCH_IMAGES": os.pathsep.join(str(p) for p in images),
         "CONVZOO_BENCH_IMAGES_PER_REQUEST": str(images_per_request),
+        "CONVZOO_BENCH_TIMES": str(times),
     }
     log_path = csv_prefix.with_suffix(".log")
     before = server_metrics.read(host)
@@ -117,7 +122,7 @@ def run_step(
         raise LocustError(f"locust exited with code {finished.returncode}:\n{tail}")
     after = server_metrics.read(host)
     step = parse_stats(Path(f"{csv_prefix}_stats.csv"), server, users, images_per_request)
-    step = replace(step, top_failure=top_failure(Path(f"{csv_prefix}_failures.csv")))
+    step = replace(step, top_failure=top_failure(Path(f"{csv_prefix}_failures.csv")), **exact_times(times))
     return with_server_figures(step, server_metrics.between(before, after))
 
 
@@ -164,6 +169,17 @@ def parse_stats(stats_csv: Path, server: str, users: int, images_per_request: in
         p99_ms=_number(row["99%"]),
         mean_ms=_number(row["Average Response Time"]),
     )
+
+
+def exact_times(path: Path) -> dict[str, float]:
+    """The step's exact latency percentiles (``benchmarks.locustfile`` writes them), to replace
+    Locust's rounded ones; nothing when the file is missing or holds no request."""
+    try:
+        times = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    keys = ("p50_ms", "p95_ms", "p99_ms", "mean_ms")
+    return {key: float(times[key]) for key in keys if key in times} if times.get("count") else {}
 
 
 def top_failure(failures_csv: Path, limit: int = 160) -> str:

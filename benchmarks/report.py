@@ -214,7 +214,7 @@ def steps_table(steps: list[Step]) -> str:
     ]
     lines += [
         f"| {s.users} | {s.requests} | {s.failures} | {s.requests_per_s:.1f} | "
-        f"{s.images_per_s:.1f} | {s.p50_ms:.0f} | {s.p95_ms:.0f} | {s.p99_ms:.0f} | "
+        f"{s.images_per_s:.1f} | {s.p50_ms:.1f} | {s.p95_ms:.0f} | {s.p99_ms:.0f} | "
         f"{_cell(s.queue_ms, 1)} | {_cell(s.inference_ms, 1)} | {_cell(s.batch_size, 2)} | "
         f"{_cell(s.rss_mib, 0)} |"
         for s in steps

@@ -24,11 +24,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
 import numpy as np
 
 
@@ -71,6 +71,7 @@ class Batcher:
         self.queue: deque[Pending] = deque()
         self.wakeup: asyncio.Event | None = None
         self.runner: asyncio.Task | None = None
+        self.thread: ThreadPoolExecutor | None = None  # the model's own thread, while the runner runs
         self.closed = False
 
     async def __call__(self, images: np.ndarray | Deferred) -> np.ndarray:
@@ -90,11 +91,15 @@ class Batcher:
             self.runner.get_loop().call_soon_threadsafe(self.wakeup.set)
 
     async def _run(self) -> None:
-        while not self.closed or self.queue:
-            await self.wakeup.wait()
-            self.wakeup.clear()
-            while self.queue:
-                await self._call_model(self._take())
+        self.thread = ThreadPoolExecutor(1, thread_name_prefix="convzoo-model")
+        try:
+            while not self.closed or self.queue:
+                await self.wakeup.wait()
+                self.wakeup.clear()
+                while self.queue:
+                    await self._call_model(self._take())
+        finally:
+            self.thread.shutdown(wait=False)
 
     def _take(self) -> list[Pending]:
         """The waiting requests for one call: at least one, at most ``max_batch_size`` images
@@ -119,7 +124,8 @@ class Batcher:
         for pending in taken:
             self.on_wait(started - pending.queued_at)
         try:
-            outputs, failures, seconds = await anyio.to_thread.run_sync(self._work, taken)
+            work = asyncio.get_running_loop().run_in_executor(self.thread, self._work, taken)
+            outputs, failures, seconds = await work
         except Exception as error:  # the model failed: every request of the call fails with it
             for pending in taken:
                 if not pending.result.done():

@@ -238,6 +238,11 @@ def test_load_runner_against_fastapi_peer_writes_report(models_dir, tmp_path):
     assert ceilings  # measured on the very images the servers got
     for path in ceilings:
         assert json.loads(path.read_text())["images"] == images.image_set("thumbnails").description
+    # exact latencies (benchmarks.locustfile), not Locust's rounded ones, in every step's figures
+    steps = list(csv.DictReader((out / "steps.csv").open()))
+    for step in steps:
+        times = json.loads((out / "locust" / f"fastapi-u{step['users']}_times.json").read_text())
+        assert times["count"] > 0 and float(step["p50_ms"]) == pytest.approx(times["p50_ms"])
 
 
 def test_load_runner_refuses_bad_arguments_clearly(models_dir, tmp_path):
