@@ -13,9 +13,10 @@ Each worker process (one per GPU, else one) checks every upload's header, refuse
 with a 4xx JSON answer, and hands the request to the ``Batcher`` of the model version asked for
 (``service.batching``), which merges concurrent requests into one call of the model in a worker
 thread. The uploads are decoded and resized in a thread pool, before, when the process may use
-several CPUs, or by the model's thread just before the batch when it has one (``service.core``). The model runs on the runtime that ``service.runtimes`` chooses
-(``CONVZOO_RUNTIME``, default ``auto``): on a CPU, the fastest OpenVINO form of the export that
-passed its accuracy gate (int8 for the default model), else TensorFlow's ``serving_default``.
+several CPUs, or by the model's thread just before the batch when it has one (``service.core``).
+The model runs on the runtime that ``service.runtimes`` chooses (``CONVZOO_RUNTIME``, default
+``auto``): on a CPU, the fastest OpenVINO form of the export that passed its accuracy gate (int8
+for the default model), else TensorFlow's ``serving_default``.
 
 The model lives in the API process on purpose: no second service, no pickling, no local HTTP hop
 per batch, no batching window to wait for (measured in benchmarks/README.md, "What we tried").
