@@ -183,7 +183,10 @@ class RouteLabels:
         if scope["type"] != "http":
             await self.metrics(scope, receive, send)
             return
-        await self.metrics({**scope, "path": self.label(scope), REAL_PATH: scope["path"]}, receive, send)
+        # BentoML's middleware reads the path once, on entry; ``_real_path`` puts it back behind it
+        scope[REAL_PATH] = scope["path"]
+        scope["path"] = self.label(scope)
+        await self.metrics(scope, receive, send)
 
     def label(self, scope: Scope) -> str:
         path = scope["path"]
@@ -202,9 +205,7 @@ class RouteLabels:
 def _real_path(app: ASGIApp) -> ASGIApp:
     async def with_real_path(scope: Scope, receive: Receive, send: Send) -> None:
         if REAL_PATH in scope:
-            real = scope[REAL_PATH]
-            scope = {key: value for key, value in scope.items() if key != REAL_PATH}
-            scope["path"] = real
+            scope["path"] = scope.pop(REAL_PATH)
         await app(scope, receive, send)
 
     return with_real_path

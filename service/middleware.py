@@ -186,7 +186,14 @@ class RequestGuard:
 
     async def _read(self, scope: Scope, receive: Receive, held: list[int]) -> bytes:
         """The whole body, once it passed every check; ``Refusal`` otherwise."""
-        content_types = [v for k, v in scope["headers"] if k.lower() == b"content-type"]
+        content_types: list[bytes] = []
+        length = b""
+        for key, value in scope["headers"]:
+            key = key.lower()
+            if key == b"content-type":
+                content_types.append(value)
+            elif key == b"content-length":
+                length = length or value
         if len(content_types) > 1:
             raise Refusal(400, "more than one Content-Type header: send exactly one", kind="bad_header")
         form_upload = scope["method"] == "POST" and scope["path"] == self.upload_path
@@ -195,7 +202,6 @@ class RequestGuard:
         content_type = content_types[0] if content_types else b""
         raw = form_upload and content_type.split(b";")[0].strip().lower().startswith(RAW_IMAGE_TYPES)
         form = self._form(content_type) if form_upload and not raw else None
-        length = next((v for k, v in scope["headers"] if k.lower() == b"content-length"), b"")
         if length.isdigit() and int(length) > limit:
             raise Refusal(413, self._too_large(int(length), upload), [(b"connection", b"close")])
         chunks: list[bytes] = []
