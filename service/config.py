@@ -13,8 +13,9 @@
 | CONVZOO_TOP_K                    | 5                    | ``top_k`` when the request does not say          |
 | CONVZOO_MAX_TOP_K                | 100                  | largest ``top_k`` a request may ask for          |
 | CONVZOO_MAX_BATCH_SIZE           | 32                   | batching: most images per model call             |
-| CONVZOO_WORKERS                  | one per GPU, else 1  | processes, each with its own copy of the model   |
-| CONVZOO_DECODE_THREADS           | 0 on one CPU, else 4 | decoding threads per process (0: in the batch)   |
+| CONVZOO_WORKERS                  | per GPU, or 6 CPUs   | processes, each with its own copy of the model   |
+| CONVZOO_DECODE_THREADS           | 0 on one CPU, else 4 | per worker (0: in the batch; "one CPU": the      |
+|                                  |                      | worker's share, the CPUs / CONVZOO_WORKERS)      |
 | CONVZOO_TIMEOUT_S                | 60                   | request timeout                                  |
 | CONVZOO_MAX_CONCURRENCY          | 512                  | requests in flight before the server answers 429 |
 | CONVZOO_API_KEY                  | (none: no auth)      | clients send ``Authorization: Bearer <key>``     |
@@ -79,6 +80,9 @@ class ServiceConfig:
     max_batch_size: int = 32
     workers: int = 1
     decode_threads: int = 4
+    worker_cpus: int = 1
+    """CPUs each worker's model uses (its runtime's threads): the process's CPUs shared out among
+    the workers (``worker_cpus``)."""
     timeout_s: int = 60
     max_concurrency: int = 512
     api_key: str | None = field(default=None, repr=False)  # never printed
@@ -109,8 +113,25 @@ def _int(name: str, default: int, minimum: int = 1) -> int:
     return number
 
 
-def default_decode_threads() -> int:
-    """0 when this process may run on one CPU only, else 4.
+CPUS_PER_WORKER = 6
+"""CPUs that one worker keeps busy: its event loop spends ~1.2 ms of one CPU on a one-photo request
+(HTTP, the upload's header), the model and the decoding ~7 ms of CPU an image, so one event loop
+feeds about 6 CPUs (benchmarks/README.md, "The HTTP path"; measured on up to 2 CPUs, where one
+worker with 2 threads serves 173 images/s and two workers with 1 thread each 156)."""
+
+
+def default_cpu_workers() -> int:
+    """Workers on a machine without GPUs: one per ``CPUS_PER_WORKER`` CPUs this process may use."""
+    return max(1, cpu_count() // CPUS_PER_WORKER)
+
+
+def worker_cpus(workers: int) -> int:
+    """The CPUs of one worker: those this process may use, shared out among ``workers``."""
+    return max(1, cpu_count() // workers)
+
+
+def default_decode_threads(worker_cpus: int) -> int:
+    """0 when a worker has one CPU, else 4 (or one per CPU of the worker, if it has more).
 
     0: the model's thread decodes a batch's uploads just before running it (``service.core``). On
     one CPU nothing decodes in parallel with anything; decoding in the batch leaves the event loop
@@ -118,7 +139,7 @@ def default_decode_threads() -> int:
     ceiling does (benchmarks/README.md, "The HTTP path"). With more CPUs, threads decode in
     parallel with the event loop and the model.
     """
-    return 0 if cpu_count() == 1 else ServiceConfig.decode_threads
+    return 0 if worker_cpus == 1 else max(ServiceConfig.decode_threads, worker_cpus)
 
 
 def cpu_count() -> int:
@@ -156,6 +177,7 @@ def load_config() -> ServiceConfig:
         max_body_bytes=_int("CONVZOO_MAX_BODY_BYTES", Limits.max_body_bytes),
     )
     gpus = count_gpus()
+    workers = _int("CONVZOO_WORKERS", max(1, gpus) if gpus else default_cpu_workers())
     config = ServiceConfig(
         model=os.environ.get("CONVZOO_MODEL") or DEFAULT_MODEL,
         models_dir=Path(os.environ.get("CONVZOO_MODELS_DIR") or REPO_MODELS_DIR),
@@ -165,8 +187,11 @@ def load_config() -> ServiceConfig:
         top_k=_int("CONVZOO_TOP_K", ServiceConfig.top_k),
         max_top_k=_int("CONVZOO_MAX_TOP_K", ServiceConfig.max_top_k),
         max_batch_size=_int("CONVZOO_MAX_BATCH_SIZE", ServiceConfig.max_batch_size),
-        workers=_int("CONVZOO_WORKERS", max(1, gpus)),
-        decode_threads=_int("CONVZOO_DECODE_THREADS", default_decode_threads(), minimum=0),
+        workers=workers,
+        decode_threads=_int(
+            "CONVZOO_DECODE_THREADS", default_decode_threads(worker_cpus(workers)), minimum=0
+        ),
+        worker_cpus=worker_cpus(workers),
         timeout_s=_int("CONVZOO_TIMEOUT_S", ServiceConfig.timeout_s),
         max_concurrency=_int("CONVZOO_MAX_CONCURRENCY", ServiceConfig.max_concurrency),
         api_key=os.environ.get("CONVZOO_API_KEY") or None,

@@ -197,7 +197,7 @@ def load_version(folder: Path, name: str, version: int, config: ServiceConfig) -
     ``model_store.InvalidModel`` or ``runtimes.RuntimeUnavailable`` (or the runtime's own error)."""
     metadata = check_export(folder)
     choice = runtimes.choose(config.runtime, metadata, folder, gpus=config.gpus)
-    model = runtimes.load(choice, folder)
+    model = runtimes.load(choice, folder, threads=config.worker_cpus)
     resize = Resize.from_metadata(metadata)
     runtimes.warm_up(model, (resize.height, resize.width), config.max_batch_size)
     runtimes.release_free_memory()

@@ -259,17 +259,26 @@ class LoadedModel:
         return self.predict(images)
 
 
-def load(choice: Choice, folder: str | Path) -> LoadedModel:
-    """A numpy function for the chosen runtime (the export in ``folder``)."""
+def load(choice: Choice, folder: str | Path, threads: int | None = None) -> LoadedModel:
+    """A numpy function for the chosen runtime (the export in ``folder``), running on ``threads``
+    threads (default: as many as this process has CPUs)."""
     if choice.runtime == "tensorflow":
-        return load_tensorflow(Path(folder), bf16=choice.precision == "bf16")
-    return load_openvino(choice.path / "model.xml", choice.config)
+        return load_tensorflow(Path(folder), bf16=choice.precision == "bf16", threads=threads)
+    return load_openvino(choice.path / "model.xml", choice.config, threads=threads)
 
 
-def load_tensorflow(folder: Path, *, bf16: bool = False) -> LoadedModel:
+def load_tensorflow(folder: Path, *, bf16: bool = False, threads: int | None = None) -> LoadedModel:
     """The SavedModel's ``serving_default`` (any input size); with ``bf16``, TensorFlow's oneDNN
-    automatic mixed precision (a process-wide setting, made before the model is loaded)."""
+    automatic mixed precision (a process-wide setting, made before the model is loaded); with
+    ``threads``, TensorFlow's op pools sized to it (process-wide, before its first op)."""
     import tensorflow as tf
+
+    if threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+        except RuntimeError:  # TensorFlow already ran an op in this process: its pools stay
+            pass
 
     if bf16:
         tf.config.optimizer.set_experimental_options({"auto_mixed_precision_onednn_bfloat16": True})

@@ -250,7 +250,8 @@ def assert_matches(answer: dict, probabilities: np.ndarray, top_k: int = 5) -> N
     reason="needs a process that may run on two CPUs or more",
 )
 def test_decoding_threads_default_to_none_on_one_cpu():
-    """One CPU: decode on the event loop (threads only add hand-offs); more: 4 threads."""
+    """One CPU per worker: decode in the batch, in the model's thread (threads only add hand-offs);
+    more: 4 threads. Two workers on two CPUs have one CPU each."""
     code = "from service.config import load_config; print(load_config().decode_threads)"
 
     def threads(*prefix: str, **env: str) -> str:
@@ -266,6 +267,7 @@ def test_decoding_threads_default_to_none_on_one_cpu():
     assert threads() == "4"
     assert threads("taskset", "-c", "0") == "0"
     assert threads("taskset", "-c", "0", CONVZOO_DECODE_THREADS="2") == "2"
+    assert threads(CONVZOO_WORKERS="2") == "0"
     refused = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
@@ -274,6 +276,24 @@ def test_decoding_threads_default_to_none_on_one_cpu():
         env={**os.environ, "CONVZOO_DECODE_THREADS": "-1"},
     )
     assert refused.returncode != 0 and "CONVZOO_DECODE_THREADS must be at least 0" in refused.stderr
+
+
+def test_workers_and_threads_follow_the_cpu_count(monkeypatch):
+    """Without GPUs: one worker per 6 CPUs, each worker's model on its share of them, decoding in
+    as many threads (at least 4) or, on one CPU, in the batch."""
+    from service import config
+
+    for cpus, workers, share, decoders in [
+        (1, 1, 1, 0),
+        (2, 1, 2, 4),
+        (4, 1, 4, 4),
+        (12, 2, 6, 6),
+        (64, 10, 6, 6),
+    ]:
+        monkeypatch.setattr(config, "cpu_count", lambda cpus=cpus: cpus)
+        assert config.default_cpu_workers() == workers, cpus
+        assert config.worker_cpus(workers) == share, cpus
+        assert config.default_decode_threads(share) == decoders, cpus
 
 
 def test_importing_the_service_does_no_work():
