@@ -10,10 +10,11 @@ For each server: start it (``taskset -c SERVER_CPUS``), wait for ``/readyz``, ch
 ``/metadata`` that it serves the requested export, warm it up (every image once, then a short
 untimed run at the top of the ladder), then one headless Locust run per step of the ladder
 (``taskset -c LOCUST_CPUS``, fixed time per step, closed loop), and stop it. The in-process
-ceilings (``benchmarks.raw``) run first, alone, on the server CPUs: one per runtime that a
-measured server uses (the service's default runtime, ``auto``: OpenVINO int8 for the default
-model; TensorFlow for ``bentoml-tf`` and the peers), and each server is judged against its own
-runtime's ceiling. Servers run one after the other, never together, on the same images and the
+ceilings (``benchmarks.raw``) run alone, on the server CPUs: one per runtime that a measured
+server uses (the service's default runtime, ``auto``: OpenVINO int8 for the default model;
+TensorFlow for ``bentoml-tf`` and the peers), each just before the first server that runs on it
+(and the 12 MP one just after the service's 12 MP step), and each server is judged against its
+own runtime's ceiling. Servers run one after the other, never together, on the same images and the
 same ladder.
 
 Output in ``benchmarks/results/<timestamp>/`` (or ``--out``): ``steps.csv``, ``ceiling.csv`` and
@@ -130,31 +131,31 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     header = _header(ref, args, images_used.description, server_cpus, locust_cpus, users, command)
     print("\n".join(header), f"\nresults: {out}", sep="\n", flush=True)
 
-    ceilings = (
-        {}
-        if args.no_ceiling
-        else {
-            runtime: _ceiling(ref, args, server_cpus, out, runtime)
-            for runtime in dict.fromkeys(_runtime(name) for name in servers)
-        }
-    )
+    # Each runtime's ceiling is measured just before the first server that runs on it, and the
+    # 12 MP ceiling just after the service's own 12 MP step: the machine's speed drifts within
+    # minutes, so each ratio compares figures taken as close together as possible.
+    ceilings: dict[str, dict] = {}
     by_server: dict[str, list[Step]] = {}
     problems: dict[str, str] = {}
+    subject = "bentoml" if "bentoml" in servers else servers[0]
+    large_ceiling = None
     for name in servers:
+        runtime = _runtime(name)
+        if not args.no_ceiling and runtime not in ceilings:
+            ceilings[runtime] = _ceiling(ref, args, server_cpus, out, runtime)
         try:
             by_server[name] = _measure(name, ref, args, images, users, server_cpus, locust_cpus, out)
         except (ServerError, LocustError, subprocess.TimeoutExpired) as error:
             problems[name] = str(error).splitlines()[0]
             print(f"[{name}] NOT MEASURED: {error}", flush=True)
+            continue
+        if name == subject and LARGE_PHOTO_STEPS.get(name) is not None and runtime in ceilings:
+            large_ceiling = _ceiling(ref, args, server_cpus, out, runtime, images="phone")["ceiling"]
 
-    subject = "bentoml" if "bentoml" in by_server else next(iter(by_server), servers[0])
+    if subject not in by_server:
+        subject = next(iter(by_server), servers[0])
     ceiling = ceilings.get(_runtime(subject))
     large = LARGE_PHOTO_STEPS.get(subject)
-    large_ceiling = (
-        _ceiling(ref, args, server_cpus, out, _runtime(subject), images="phone")["ceiling"]
-        if large is not None and ceiling
-        else None
-    )
     targets = evaluate_targets(subject, by_server, ceiling and ceiling["ceiling"], large, large_ceiling)
     all_steps = [s for steps in by_server.values() for s in steps]
     if all_steps:

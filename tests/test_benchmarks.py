@@ -422,3 +422,21 @@ def test_benchmarks_default_to_real_photos(module):
     parser = argparse.ArgumentParser()
     module.add_arguments(parser)
     assert parser.parse_args([]).image_set == "photos"
+
+
+def test_http_path_prices_each_layer_of_the_real_app(tmp_path):
+    """``benchmarks.http_path`` builds the app ``bentoml serve`` runs (model and decoding stubbed)
+    and prices each of BentoML's middlewares by leaving it out, tracing by putting it back."""
+    finished = subprocess.run(
+        [sys.executable, "-m", "benchmarks.http_path", "--requests", "40", "--rounds", "1"],
+        cwd=REPO,
+        env={**os.environ, "BENTOML_HOME": str(tmp_path), "TF_CPP_MIN_LOG_LEVEL": "2"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    rows = [line for line in finished.stdout.splitlines() if line.startswith("| ") and "variant" not in line]
+    names = [row.split(" | ")[0].strip("| ") for row in rows]
+    assert names[0] == "full" and "+ BentoML tracing (SDK off)" in names and len(names) == 6
+    assert all(float(row.split(" | ")[1]) > 0 for row in rows)
