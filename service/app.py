@@ -92,7 +92,7 @@ def tracing(config: ServiceConfig) -> bool:
 
 def set_library_environment(config: ServiceConfig) -> None:
     """What OpenTelemetry, uvicorn and prometheus_client read from the environment (module docstring)."""
-    if config.otel_sdk_disabled is None and not _trace_exporter():
+    if config.otel_sdk_disabled is None and not tracing(config):
         os.environ["OTEL_SDK_DISABLED"] = "true"
     os.environ["FORWARDED_ALLOW_IPS"] = config.forwarded_allow_ips
     if folder := metrics_folder(config):

@@ -14,7 +14,7 @@
 | CONVZOO_MAX_TOP_K                | 100                  | largest ``top_k`` a request may ask for          |
 | CONVZOO_MAX_BATCH_SIZE           | 32                   | batching: most images per model call             |
 | CONVZOO_WORKERS                  | per GPU, or 6 CPUs   | processes, each with its own copy of the model   |
-| CONVZOO_DECODE_THREADS           | 0 on one CPU, else 4 | per worker (0: in the batch; "one CPU": the      |
+| CONVZOO_DECODE_THREADS           | 0 on one CPU, else 4+| per worker (0: in the batch; "one CPU": the      |
 |                                  |                      | worker's share, the CPUs / CONVZOO_WORKERS)      |
 | CONVZOO_TIMEOUT_S                | 60                   | request timeout                                  |
 | CONVZOO_MAX_CONCURRENCY          | 512                  | requests in flight before the server answers 429 |
@@ -177,7 +177,8 @@ def load_config() -> ServiceConfig:
         max_body_bytes=_int("CONVZOO_MAX_BODY_BYTES", Limits.max_body_bytes),
     )
     gpus = count_gpus()
-    workers = _int("CONVZOO_WORKERS", max(1, gpus) if gpus else default_cpu_workers())
+    workers = _int("CONVZOO_WORKERS", gpus or default_cpu_workers())
+    cpus = worker_cpus(workers)
     config = ServiceConfig(
         model=os.environ.get("CONVZOO_MODEL") or DEFAULT_MODEL,
         models_dir=Path(os.environ.get("CONVZOO_MODELS_DIR") or REPO_MODELS_DIR),
@@ -188,10 +189,8 @@ def load_config() -> ServiceConfig:
         max_top_k=_int("CONVZOO_MAX_TOP_K", ServiceConfig.max_top_k),
         max_batch_size=_int("CONVZOO_MAX_BATCH_SIZE", ServiceConfig.max_batch_size),
         workers=workers,
-        decode_threads=_int(
-            "CONVZOO_DECODE_THREADS", default_decode_threads(worker_cpus(workers)), minimum=0
-        ),
-        worker_cpus=worker_cpus(workers),
+        decode_threads=_int("CONVZOO_DECODE_THREADS", default_decode_threads(cpus), minimum=0),
+        worker_cpus=cpus,
         timeout_s=_int("CONVZOO_TIMEOUT_S", ServiceConfig.timeout_s),
         max_concurrency=_int("CONVZOO_MAX_CONCURRENCY", ServiceConfig.max_concurrency),
         api_key=os.environ.get("CONVZOO_API_KEY") or None,

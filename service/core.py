@@ -183,20 +183,12 @@ class Core:
     async def _prepare(
         self, served: ServedVersion, index: int, upload: Upload, cost: int, image: Image.Image | None
     ) -> Any:
-        """The model-ready array, or the refusal ``{"index", "file", "reason"}``; decoded once
-        ``cost`` bytes of the process's decoding memory are free."""
-        filename = upload.filename or f"images[{index}]"
-        limits = self.config.limits
-        try:
-            async with self.decode_memory.hold(cost):
-                started = time.perf_counter()
-                array = await anyio.to_thread.run_sync(
-                    prepare_image, upload.data, filename, served.resize, limits, image, limiter=self.decoders
-                )
-                served.decode_seconds.observe(time.perf_counter() - started)
-                return array
-        except InvalidImage as error:
-            return {"index": index, "file": error.filename, "reason": error.reason}
+        """``_decode_one`` in a decode thread, once ``cost`` bytes of the process's decoding memory
+        are free."""
+        async with self.decode_memory.hold(cost):
+            return await anyio.to_thread.run_sync(
+                self._decode_one, served, index, upload, image, limiter=self.decoders
+            )
 
     def _decode_serially(
         self, served: ServedVersion, uploads: list[Upload], opened: list[tuple[int, Image.Image | None]]
@@ -204,19 +196,25 @@ class Core:
         """``decode``'s work without decode threads, in the model's thread (``Deferred``): the
         images one after the other, one image of the whole process at a time (so the decoding
         memory held is at most one image's, within ``CONVZOO_DECODE_MEMORY_BYTES``)."""
-        prepared: list[Any] = []
+        prepared = []
         for index, (upload, (_, image)) in enumerate(zip(uploads, opened, strict=True)):
-            filename = upload.filename or f"images[{index}]"
-            try:
-                with self.serial_decoder:
-                    started = time.perf_counter()
-                    prepared.append(
-                        prepare_image(upload.data, filename, served.resize, self.config.limits, image)
-                    )
-                    served.decode_seconds.observe(time.perf_counter() - started)
-            except InvalidImage as error:
-                prepared.append({"index": index, "file": error.filename, "reason": error.reason})
+            with self.serial_decoder:
+                prepared.append(self._decode_one(served, index, upload, image))
         return _stack_or_refuse(prepared, len(uploads))
+
+    def _decode_one(
+        self, served: ServedVersion, index: int, upload: Upload, image: Image.Image | None
+    ) -> Any:
+        """One upload decoded, cropped and resized (its time in ``convzoo_decode_duration_seconds``),
+        or its refusal ``{"index", "file", "reason"}``."""
+        filename = upload.filename or f"images[{index}]"
+        started = time.perf_counter()
+        try:
+            array = prepare_image(upload.data, filename, served.resize, self.config.limits, image)
+        except InvalidImage as error:
+            return {"index": index, "file": error.filename, "reason": error.reason}
+        served.decode_seconds.observe(time.perf_counter() - started)
+        return array
 
     def record(
         self, protocol: str, served: ServedVersion | None, outcome: str, images: int, seconds: float | None

@@ -243,7 +243,7 @@ class RequestGuard:
             problem = form.feed_body(body)
             if problem:
                 raise Refusal(400, problem)
-            scope[FORM] = form.form(body)
+            scope[FORM] = form.form()
             self.buffered += len(body)  # the parsed copy of the files is held too, until the answer
             held[0] += len(body)
         elif raw:
@@ -446,9 +446,9 @@ class FormInspector:
     def _refuse(self, problem: str) -> None:
         self.problem = self.problem or problem
 
-    def form(self, body: bytes | None = None) -> ParsedForm:
-        """What the body held: the files of ``file_field`` and every text value, by field. A part
-        that is one span of ``body`` (the whole body, as ``feed_body`` had it) is one copy of it."""
+    def form(self) -> ParsedForm:
+        """What the body held: the files of ``file_field`` and every text value, by field (a part
+        that came in one piece is one copy of it)."""
         files = [
             (filename or "", _join(spans)) for name, filename, spans in self.parts if filename is not None
         ]

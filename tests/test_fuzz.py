@@ -324,7 +324,7 @@ def _inspect(body: bytes, plain: bool) -> tuple:
     problem = inspector.feed_body(body) if plain else inspector.feed(body, last=True)
     if problem:
         return problem, None, None
-    form = inspector.form(body)
+    form = inspector.form()
     return None, form.files, form.fields
 
 
