@@ -13,6 +13,15 @@ waiting, up to ``max_batch_size`` images, in arrival order. So:
 - under load, requests pile up while the model runs and the next call takes them together:
   batches grow with the load, by themselves, and a request waits at most about one model call.
 
+``at_once`` (on where a worker has one CPU, and so decodes in the batch): a one-image request
+that is the process's only request (``REQUESTS``, counted by ``service.middleware.RequestGuard``)
+and the batcher's only caller, while the model is idle, runs right here in the event loop's
+thread, without the hand-over to the model's thread and back (about 0.1 ms less per request at
+one client on real photos: benchmarks/README.md, "The HTTP path"). The loop is then busy for that
+one image's decoding and model call, as its one CPU would be anyway. Before deciding, the request
+lets every request that arrived in the same turn of the loop enter first (``asyncio.sleep(0)``),
+so that under load requests still go to the queue and batch together, never one at a time.
+
 This replaces BentoML's adaptive batching between two services, which cost a pickle and a local
 HTTP round trip per call and a wait for the batch window (benchmarks/README.md, "What we tried").
 A deferred request whose work fails (a refused upload) fails alone: the batch runs without it. An
@@ -30,6 +39,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+
+class Requests:
+    """How many HTTP requests this process is answering right now (``RequestGuard`` counts them)."""
+
+    def __init__(self) -> None:
+        self.now = 0
+
+
+REQUESTS = Requests()
 
 
 @dataclass(frozen=True)
@@ -63,9 +82,13 @@ class Batcher:
         max_batch_size: int,
         on_batch: Callable[[int, float], None] = lambda size, seconds: None,
         on_wait: Callable[[float], None] = lambda seconds: None,
+        at_once: bool = False,
     ) -> None:
         self.model = model
         self.max_batch_size = max_batch_size
+        self.at_once = at_once  # a lone one-image request runs in the caller's thread (module docstring)
+        self.running = False  # a model call is under way in the model's thread
+        self.callers = 0  # requests inside __call__ now
         self.on_batch = on_batch  # every model call: its size and seconds (metrics)
         self.on_wait = on_wait  # every request: seconds queued before its batch started
         self.queue: deque[Pending] = deque()
@@ -79,9 +102,17 @@ class Batcher:
             self.wakeup = asyncio.Event()
             self.runner = asyncio.create_task(self._run(), name="convzoo-batcher")
         pending = Pending(images, asyncio.get_running_loop().create_future(), time.perf_counter())
-        self.queue.append(pending)
-        self.wakeup.set()
-        return await pending.result
+        self.callers += 1
+        try:
+            if self.at_once and pending.count == 1 and self._idle():
+                await asyncio.sleep(0)  # requests that arrived in the same turn of the loop enter first
+                if self._idle() and self.callers == 1 and REQUESTS.now <= 1:
+                    return self._run_here(pending)
+            self.queue.append(pending)
+            self.wakeup.set()
+            return await pending.result
+        finally:
+            self.callers -= 1
 
     def close(self) -> None:
         """Stop the runner once the queue is empty (a retired model version: the runner's task
@@ -100,6 +131,18 @@ class Batcher:
                     await self._call_model(self._take())
         finally:
             self.thread.shutdown(wait=False)
+
+    def _idle(self) -> bool:
+        return not self.queue and not self.running and not self.closed
+
+    def _run_here(self, pending: Pending) -> np.ndarray:
+        """``pending`` alone, in this thread: its images made, the model called, the metrics kept."""
+        self.on_wait(time.perf_counter() - pending.queued_at)
+        outputs, failures, seconds = self._work([pending])
+        if failures:
+            raise failures[0]
+        self.on_batch(pending.count, seconds)
+        return outputs
 
     def _take(self) -> list[Pending]:
         """The waiting requests for one call: at least one, at most ``max_batch_size`` images
@@ -123,6 +166,7 @@ class Batcher:
         started = time.perf_counter()
         for pending in taken:
             self.on_wait(started - pending.queued_at)
+        self.running = True
         try:
             work = asyncio.get_running_loop().run_in_executor(self.thread, self._work, taken)
             outputs, failures, seconds = await work
@@ -131,6 +175,8 @@ class Batcher:
                 if not pending.result.done():
                     pending.result.set_exception(error)
             return
+        finally:
+            self.running = False
         start = 0
         for index, pending in enumerate(taken):
             if index in failures:

@@ -25,7 +25,9 @@ one piece (a refused body never reaches BentoML, so nothing there logs a traceba
   middle is read to its end (within the limit) before the answer, so the client, still sending,
   gets the JSON answer and not a connection reset.
 
-Every refusal is one log line: status, reason, client and route. Redirects are relative
+The guard also counts the requests the process is answering (``service.batching.REQUESTS``: the
+batcher runs a lone request at once, without its thread). Every refusal is one log line: status,
+reason, client and route. Redirects are relative
 (``Location: /ui/``, never built from the client's Host header).
 
 ``ApiKeyGuard`` (on when ``CONVZOO_API_KEY`` is set) answers 401 to every request, on every path
@@ -47,6 +49,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from python_multipart.multipart import TOKEN_CHARS, MultipartParser, parse_options_header
 
+from service.batching import REQUESTS
 from service.metrics import count_refusal
 
 Scope = dict[str, Any]
@@ -173,6 +176,7 @@ class RequestGuard:
             return
         send = relative_redirects(send)
         held = [0]  # bytes of this request's body counted in self.buffered, until it is answered
+        REQUESTS.now += 1
         try:
             try:
                 body = await self._read(scope, receive, held)
@@ -183,6 +187,7 @@ class RequestGuard:
             await self.app(scope, _replay(body, receive), send)
         finally:
             self.buffered -= held[0]
+            REQUESTS.now -= 1
 
     async def _read(self, scope: Scope, receive: Receive, held: list[int]) -> bytes:
         """The whole body, once it passed every check; ``Refusal`` otherwise."""

@@ -128,6 +128,7 @@ class ServedVersion:
             config.max_batch_size,
             on_batch=lambda size, seconds: (batch_size.observe(size), inference.observe(seconds)),
             on_wait=m.queue_seconds.labels(*labels).observe,
+            at_once=not config.decode_threads,  # one CPU: decoding in the batch (service.batching)
         )
         self._in_flight_gauge = m.in_flight.labels(*labels)
         self.decode_seconds = m.decode_seconds.labels(name)

@@ -142,3 +142,59 @@ def test_work_of_a_request_whose_client_went_away_is_skipped():
 
     calls, made = asyncio.run(scenario())
     assert calls == [1, 1] and made == []
+
+
+def test_a_lone_one_image_request_runs_at_once_in_the_callers_thread():
+    """``at_once`` (one-CPU workers): no hand-over to the model's thread for a request that is alone,
+    its metrics kept; a failing one fails alone, and the next one runs."""
+    waits: list[float] = []
+    batches: list[int] = []
+
+    async def scenario():
+        model = RecordingModel()
+        batcher = Batcher(
+            model, 32, on_batch=lambda size, s: batches.append(size), on_wait=waits.append, at_once=True
+        )
+        first = await batcher(deferred(7))
+        with pytest.raises(ValueError, match="bad upload"):
+            await batcher(deferred(8, error=ValueError("bad upload")))
+        second = await batcher(images(9))
+        return model, first, second, threading.get_ident()
+
+    model, first, second, loop_thread = asyncio.run(scenario())
+    assert first.tolist() == [[7.0]] and second.tolist() == [[9.0]]
+    assert model.calls == [1, 1] and model.threads == {loop_thread}
+    assert batches == [1, 1] and len(waits) == 3
+
+
+def test_at_once_still_batches_requests_that_arrive_together_or_beside_others():
+    """Requests arriving in the same turn of the loop batch in the model's thread (never one by one
+    in the loop), and so does a request while the process answers another one (``REQUESTS``)."""
+    from service import batching
+
+    async def together():
+        model = RecordingModel()
+        batcher = Batcher(model, 32, at_once=True)
+        model.gate = threading.Event()
+        tasks = [asyncio.create_task(batcher(images(v))) for v in range(8)]
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        results = await asyncio.gather(*tasks)
+        return model, results, threading.get_ident()
+
+    model, results, loop_thread = asyncio.run(together())
+    assert [r.tolist() for r in results] == [[[float(v)]] for v in range(8)]
+    assert sum(model.calls) == 8 and len(model.calls) <= 2 and loop_thread not in model.threads
+
+    async def beside_another():
+        model = RecordingModel()
+        batcher = Batcher(model, 32, at_once=True)
+        batching.REQUESTS.now += 2  # this request and another one are being answered
+        try:
+            result = await batcher(images(3))
+        finally:
+            batching.REQUESTS.now -= 2
+        return model, result, threading.get_ident()
+
+    model, result, loop_thread = asyncio.run(beside_another())
+    assert result.tolist() == [[3.0]] and model.calls == [1] and loop_thread not in model.threads
