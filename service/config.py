@@ -117,7 +117,9 @@ CPUS_PER_WORKER = 6
 """CPUs that one worker keeps busy: its event loop spends ~1.2 ms of one CPU on a one-photo request
 (HTTP, the upload's header), the model and the decoding ~7 ms of CPU an image, so one event loop
 feeds about 6 CPUs (benchmarks/README.md, "The HTTP path"; measured on up to 2 CPUs, where one
-worker with 2 threads serves 173 images/s and two workers with 1 thread each 156)."""
+worker with 2 threads serves 173 images/s and two workers with 1 thread each 156). The ratio
+depends on the CPU: on a Sapphire Rapids core (AMX int8) the same division is 2.06 / 0.48 ms,
+about 4 CPUs; ``CONVZOO_WORKERS`` sets the count where it matters."""
 
 
 def default_cpu_workers() -> int:

@@ -19,10 +19,16 @@ as they are: 1-minute windows), a real Locust load, then a forced fault.
 
      * means, exact (``rate(_sum) / rate(_count)``, no buckets): BentoML's own
        ``bentoml_service_request_duration_seconds`` (its HTTP middleware: the whole server-side
-       request) against Locust's mean; what remains between them is the client's share;
-     * p50: BentoML's p50 plus that client share against Locust's p50 as Prometheus would
-       estimate it from the same buckets (``histogram_quantile``'s interpolation applied to
-       Locust's own latencies: BentoML's buckets are coarse, 25-50 ms is one bucket);
+       request) against Locust's mean; what remains between them is the client's share, a time of
+       its own rather than a share (Locust's client, the TCP round trip, the CPU waking between
+       paced requests), so this one is within 15 % plus ``CLIENT_MS``: on a 2-core Sapphire
+       Rapids, where a request took 12 ms, it was 1.8-2.0 ms, 15-17 % of it;
+     * p50: BentoML's p50 against Locust's latencies less that client share, as Prometheus would
+       estimate their p50 from the same buckets (``histogram_quantile``'s interpolation applied
+       to them: BentoML's buckets are coarse, 10-25 and 25-50 ms are one bucket each, so the
+       share is taken off before the bucketing: two sets of latencies on either side of a bucket
+       bound would otherwise differ by the interpolation, 12.1 against 15.5 ms for 10 and 12 ms
+       requests);
      * and convzoo's p50 lies between half of Locust's (in convzoo's buckets) and 15 % above it:
        the handler is most of a request, never more than all of it.
 
@@ -83,6 +89,7 @@ BAD_PER_S = 20
 FAULT_DEADLINE_S = 100
 TOLERANCE = 0.15
 HANDLER_SHARE = 0.5  # convzoo_request_duration_seconds' p50 is at least this share of Locust's
+CLIENT_MS = 1.0  # what the client's share of a mean may take beyond TOLERANCE (module docstring, 2)
 PLOT_ENV = "CONVZOO_MONITORING_PLOT"
 BENTOML_P50 = (
     "histogram_quantile(0.5, sum by (le) (rate(bentoml_service_request_duration_seconds_bucket"
@@ -104,15 +111,22 @@ def latency_disagreements(figures: dict) -> list[str]:
     """What does not hold of the latency figures (module docstring, 2)."""
     problems = []
 
-    def within(name: str, found: float, expected: float, rel: float) -> None:
-        if abs(found - expected) > rel * expected:
-            problems.append(f"{name}: {found:.1f} vs {expected:.1f} ms, beyond {rel:.0%}")
+    def within(name: str, found: float, expected: float, rel: float, slack_ms: float = 0.0) -> None:
+        if abs(found - expected) > rel * expected + slack_ms:
+            beyond = f"{rel:.0%}" + (f" + {slack_ms:g} ms" if slack_ms else "")
+            problems.append(f"{name}: {found:.1f} vs {expected:.1f} ms, beyond {beyond}")
 
-    within("BentoML mean vs Locust mean", figures["bentoml_mean_ms"], figures["locust_mean_ms"], TOLERANCE)
     within(
-        "BentoML p50 + the client's share vs Locust p50 in the same buckets",
-        figures["bentoml_p50_ms"] + figures["client_share_ms"],
-        figures["locust_p50_in_bentoml_buckets_ms"],
+        "BentoML mean vs Locust mean",
+        figures["bentoml_mean_ms"],
+        figures["locust_mean_ms"],
+        TOLERANCE,
+        slack_ms=CLIENT_MS,
+    )
+    within(
+        "BentoML p50 vs Locust's latencies less the client's share, p50 in the same buckets",
+        figures["bentoml_p50_ms"],
+        figures["locust_less_client_p50_in_bentoml_buckets_ms"],
         TOLERANCE,
     )
     client = figures["locust_p50_in_convzoo_buckets_ms"]
@@ -290,6 +304,7 @@ def test_prometheus_watches_a_real_service(tmp_path, bentoml_home, models_dir, p
         locust_p50 = statistics.median(latencies)
         convzoo_bounds = buckets_of(api, "convzoo_request_duration_seconds")
         bentoml_bounds = buckets_of(api, "bentoml_service_request_duration_seconds", 'endpoint="/classify"')
+        client_share_s = statistics.fmean(latencies) - (api.value(BENTOML_MEAN, at) or 0)
         figures = {
             "window": [at - WINDOW_S, at],
             "locust_requests": len(window),
@@ -310,6 +325,8 @@ def test_prometheus_watches_a_real_service(tmp_path, bentoml_home, models_dir, p
             "bentoml_mean_ms": 1000 * (api.value(BENTOML_MEAN, at) or 0),
             "convzoo_mean_ms": 1000 * (api.value(CONVZOO_MEAN, at) or 0),
             "client_share_ms": 1000 * statistics.fmean(latencies) - 1000 * (api.value(BENTOML_MEAN, at) or 0),
+            "locust_less_client_p50_in_bentoml_buckets_ms": 1000
+            * bucket_quantile(0.5, [lat - client_share_s for lat in latencies], bentoml_bounds),
             "alerts_firing_during_clean_run": {str(t): sorted(n) for t, n in fired_while_clean.items()},
         }
         (tmp_path / "figures.json").write_text(json.dumps(figures, indent=2))
