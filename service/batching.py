@@ -14,15 +14,16 @@ waiting, up to ``max_batch_size`` images, in arrival order. So:
   batches grow with the load, by themselves, and a request waits at most about one model call.
 
 ``at_once`` (on where a worker has one CPU, and so decodes in the batch): a one-image request
-that is the process's only request (``REQUESTS``, counted by ``service.middleware.RequestGuard``)
-and the batcher's only caller, while the model is idle, runs right here in the event loop's
-thread, without the hand-over to the model's thread and back (about 0.1 ms less per request at
-one client on real photos: benchmarks/README.md, "The HTTP path"). The loop is then busy for that
-one image's decoding and model call, as its one CPU would be anyway. Before deciding, the request
-lets every request that arrived in the same turn of the loop enter first (``asyncio.sleep(0)``),
-so that under load requests still go to the queue and batch together, never one at a time. A
-request that arrives meanwhile waits in its socket rather than in the queue: the same time on one
-CPU, but outside the server's own request metrics (0.2 ms of a 12 ms mean at light paced load).
+whose decoding is cheap (``Deferred.quick``: ``service.core.QUICK_DECODE_BYTES``), that is the
+process's only request (``REQUESTS``, counted by ``service.middleware.RequestGuard``) and the
+batcher's only caller, while the model is idle, runs right here in the event loop's thread,
+without the hand-over to the model's thread and back (about 0.1 ms less per request at one client
+on real photos: benchmarks/README.md, "The HTTP path"). The loop is then busy for that one image's
+decoding and model call, as its one CPU would be anyway. Before deciding, the request lets every
+request that arrived in the same turn of the loop enter first (``asyncio.sleep(0)``), so that
+under load requests still go to the queue and batch together, never one at a time. A request that
+arrives meanwhile waits in its socket rather than in the queue: the same time on one CPU, but
+outside the server's own request metrics (0.2 ms of a 12 ms mean at light paced load).
 
 This replaces BentoML's adaptive batching between two services, which cost a pickle and a local
 HTTP round trip per call and a wait for the batch window (benchmarks/README.md, "What we tried").
@@ -60,6 +61,14 @@ class Deferred:
 
     count: int
     make: Callable[[], np.ndarray]
+    quick: bool = False
+    """``make`` is cheap enough for the event loop's thread (``Batcher(at_once=True)``): a few
+    milliseconds, not the third of a second a 40-megapixel PNG takes, during which no probe would
+    answer (``service.core.QUICK_DECODE_BYTES``)."""
+
+
+def _quick(images: np.ndarray | Deferred) -> bool:
+    return images.quick if isinstance(images, Deferred) else True  # an array: the model call alone
 
 
 @dataclass(frozen=True)
@@ -106,7 +115,7 @@ class Batcher:
         pending = Pending(images, asyncio.get_running_loop().create_future(), time.perf_counter())
         self.callers += 1
         try:
-            if self.at_once and pending.count == 1 and self._idle():
+            if self.at_once and pending.count == 1 and _quick(images) and self._idle():
                 await asyncio.sleep(0)  # requests that arrived in the same turn of the loop enter first
                 if self._idle() and self.callers == 1 and REQUESTS.now <= 1:
                     return self._run_here(pending)

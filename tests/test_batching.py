@@ -41,7 +41,9 @@ def images(*values: int) -> np.ndarray:
     return np.stack([np.full((2, 2, 3), v, np.uint8) for v in values])
 
 
-def deferred(*values: int, threads: set[int] | None = None, error: Exception | None = None) -> Deferred:
+def deferred(
+    *values: int, threads: set[int] | None = None, error: Exception | None = None, quick: bool = False
+) -> Deferred:
     def make() -> np.ndarray:
         if threads is not None:
             threads.add(threading.get_ident())
@@ -49,7 +51,7 @@ def deferred(*values: int, threads: set[int] | None = None, error: Exception | N
             raise error
         return images(*values)
 
-    return Deferred(len(values), make)
+    return Deferred(len(values), make, quick=quick)
 
 
 async def _first_call_blocked(model: RecordingModel, batcher: Batcher) -> asyncio.Task:
@@ -145,8 +147,9 @@ def test_work_of_a_request_whose_client_went_away_is_skipped():
 
 
 def test_a_lone_one_image_request_runs_at_once_in_the_callers_thread():
-    """``at_once`` (one-CPU workers): no hand-over to the model's thread for a request that is alone,
-    its metrics kept; a failing one fails alone, and the next one runs."""
+    """``at_once`` (one-CPU workers): no hand-over to the model's thread for a request that is alone
+    and quick to decode, its metrics kept; a failing one fails alone, and the next one runs; one
+    whose decoding is not quick goes to the model's thread even alone."""
     waits: list[float] = []
     batches: list[int] = []
 
@@ -155,16 +158,19 @@ def test_a_lone_one_image_request_runs_at_once_in_the_callers_thread():
         batcher = Batcher(
             model, 32, on_batch=lambda size, s: batches.append(size), on_wait=waits.append, at_once=True
         )
-        first = await batcher(deferred(7))
+        first = await batcher(deferred(7, quick=True))
         with pytest.raises(ValueError, match="bad upload"):
-            await batcher(deferred(8, error=ValueError("bad upload")))
+            await batcher(deferred(8, error=ValueError("bad upload"), quick=True))
         second = await batcher(images(9))
-        return model, first, second, threading.get_ident()
+        slow_threads: set[int] = set()
+        slow = await batcher(deferred(6, threads=slow_threads))  # decoding that is not quick
+        return model, first, second, slow, slow_threads, threading.get_ident()
 
-    model, first, second, loop_thread = asyncio.run(scenario())
-    assert first.tolist() == [[7.0]] and second.tolist() == [[9.0]]
-    assert model.calls == [1, 1] and model.threads == {loop_thread}
-    assert batches == [1, 1] and len(waits) == 3
+    model, first, second, slow, slow_threads, loop_thread = asyncio.run(scenario())
+    assert first.tolist() == [[7.0]] and second.tolist() == [[9.0]] and slow.tolist() == [[6.0]]
+    assert model.calls == [1, 1, 1] and loop_thread in model.threads and len(model.threads) == 2
+    assert slow_threads and loop_thread not in slow_threads  # the big one went to the model's thread
+    assert batches == [1, 1, 1] and len(waits) == 4
 
 
 def test_at_once_still_batches_requests_that_arrive_together_or_beside_others():

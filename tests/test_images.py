@@ -222,6 +222,16 @@ def test_decode_cost_counts_a_scaled_jpeg_at_its_decoded_size():
     assert decode_cost(bomb, Resize(128, 128)) == 0
 
 
+def test_a_lone_phone_jpeg_may_decode_on_the_event_loop_a_large_png_may_not():
+    """``core.QUICK_DECODE_BYTES`` (``Batcher(at_once=True)``): a 12 MP JPEG, which libjpeg shrinks
+    while decoding, is quick; a 4 MP PNG, decoded at full size, goes to the model's thread."""
+    from service.core import QUICK_DECODE_BYTES
+
+    phone = files.encode(files.photo((4000, 3000), seed=3), "JPEG", quality=85)
+    png = files.encode(files.photo((2000, 2000), seed=3), "PNG")
+    assert decode_cost(phone, Resize(128, 128)) <= QUICK_DECODE_BYTES < decode_cost(png, Resize(128, 128))
+
+
 def test_sixteen_bit_values_scale_exactly_as_before():
     """The banded conversion gives the values of the one-shot formula (65535 -> 255, rounded)."""
     ramp = files.sixteen_bit_gray_png(65536 // 64, 600)

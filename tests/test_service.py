@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -59,8 +60,9 @@ SERVER_SETTINGS = {
     "CONVZOO_MAX_FILE_BYTES": str(2 * MiB),
     "CONVZOO_MAX_REQUEST_BYTES": str(6 * MiB),
     "CONVZOO_MAX_BATCH_SIZE": "16",
-    # decode on the event loop, the default of a one-CPU process; the server of
-    # tests/test_reliability.py keeps the threads of a process with several CPUs
+    # decode in the batch, in the model's thread (a lone quick request: on the event loop), the
+    # default of a one-CPU process; the server of tests/test_reliability.py keeps the threads of a
+    # process with several CPUs
     "CONVZOO_DECODE_THREADS": "0",
 }
 
@@ -456,6 +458,39 @@ def test_concurrent_clients_are_served_in_batches(server, reference):
         f"{batched:.0f} of them batches > 1, mean batch {len(responses) / batches:.2f}"
     )
     assert batched > 0 and batches < len(responses)
+
+
+def test_a_lone_costly_image_leaves_the_event_loop_answering(server):
+    """``Batcher(at_once)`` runs a lone request on the event loop's thread only when its decoding is
+    quick (``service.core.QUICK_DECODE_BYTES``): while a lone 36-megapixel 16-bit PNG decodes
+    (288 MB, a third of a second or more), ``/livez`` keeps answering at once. Run on the event
+    loop, it held every probe for the whole decoding (337 ms against 0.9 ms, benchmarks/README.md)."""
+    png = files.sixteen_bit_gray_png(6000, 6000, value=0)
+    probes: list[float] = []
+    stop = threading.Event()
+
+    def probe() -> None:
+        with requests.Session() as session:
+            while not stop.is_set():
+                started = time.perf_counter()
+                session.get(f"{server.url}/livez", timeout=30)
+                probes.append(time.perf_counter() - started)
+                stop.wait(0.02)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    took = []
+    try:
+        for _ in range(3):
+            started = time.perf_counter()
+            answer = classify(server, [("big.png", png)])
+            took.append(time.perf_counter() - started)
+            expect(answer, 200, server)
+    finally:
+        stop.set()
+        prober.join()
+    print(f"\nlone 36 MP PNG: {min(took) * 1e3:.0f} ms; /livez meanwhile at most {max(probes) * 1e3:.1f} ms")
+    assert max(probes) < 0.5 * min(took), (max(probes), took)
 
 
 def test_server_still_serves_correctly_after_everything(server, reference):
