@@ -20,7 +20,9 @@ Rules:
   for a 128x128 model decodes at 140x140, a 1280x960 one at 320x240, several times faster than
   decoding every pixel and resizing them all (benchmarks/README.md, "What we tried"; the held-out
   accuracy of the default model is unchanged). Every other image, and any JPEG that libjpeg-turbo
-  refuses, goes through PIL, which says what is wrong with it.
+  refuses, goes through PIL, which says what is wrong with it; PIL too decodes a JPEG (an
+  EXIF-rotated phone photo, CMYK) at a reduced scale, 1/2, 1/4 or 1/8 (``Image.draft``), and the
+  decode budget (``decode_cost``) counts it at that size.
 """
 
 from __future__ import annotations
@@ -203,6 +205,8 @@ def open_upload(data: bytes, resize: Resize, limits: Limits = Limits()) -> tuple
         if _libjpeg_scalable(image, orientation, draft_side):
             width, height = _jpeg_scaled_size(width, height, draft_side)
             return width * height * 7, image  # libjpeg-turbo's RGB array (3) and its image (4)
+        if draft_side and image.format in ("JPEG", "MPO") and len(image.tile) == 1:
+            width, height = _pil_draft_size(width, height, draft_side)  # decode's image.draft
     except Exception:
         image.close()
         return 0, None
@@ -219,6 +223,15 @@ def _header_orientation(image: Image.Image) -> int:
     if image.format in ("JPEG", "MPO", "WEBP"):
         return image.getexif().get(EXIF_ORIENTATION, 1)
     return 8 if "exif" in image.info else 1
+
+
+def _pil_draft_size(width: int, height: int, min_side: int) -> tuple[int, int]:
+    """The size PIL's ``JpegImageFile.draft(mode, (min_side, min_side))`` decodes at (a JPEG that
+    ``decode`` does not hand to libjpeg-turbo directly: EXIF-rotated, CMYK): the largest scale of
+    1/8, 1/4, 1/2 keeping both sides >= min_side, rounded up, as PIL computes it."""
+    scale = min(width // min_side, height // min_side)
+    step = next(s for s in (8, 4, 2, 1) if scale >= s or s == 1)
+    return (width + step - 1) // step, (height + step - 1) // step
 
 
 def _jpeg_scaled_size(width: int, height: int, min_side: int) -> tuple[int, int]:

@@ -188,6 +188,7 @@ LARGE_IMAGES = {
     "rgba": lambda: files.encode(files.solid("RGBA", (6000, 6000), (1, 2, 3, 4)), "PNG"),
     "gray_alpha": lambda: files.encode(files.solid("LA", (6000, 6000), (1, 2)), "PNG"),
     "rgb": lambda: files.encode(files.solid("RGB", (6000, 6000), (1, 2, 3)), "PNG"),
+    "phone_rotated_jpeg": lambda: files.exif_rotated_jpeg(files.photo((3000, 4000), seed=5)),
     "gray": lambda: files.encode(files.solid("L", (6000, 6000), 7), "PNG"),
 }
 
@@ -224,12 +225,15 @@ def test_decode_cost_counts_a_scaled_jpeg_at_its_decoded_size():
 
 def test_a_lone_phone_jpeg_may_decode_on_the_event_loop_a_large_png_may_not():
     """``core.QUICK_DECODE_BYTES`` (``Batcher(at_once=True)``): a 12 MP JPEG, which libjpeg shrinks
-    while decoding, is quick; a 4 MP PNG, decoded at full size, goes to the model's thread."""
+    while decoding (EXIF-rotated too: PIL's draft), is quick; a 4 MP PNG, decoded at full size,
+    goes to the model's thread."""
     from service.core import QUICK_DECODE_BYTES
 
     phone = files.encode(files.photo((4000, 3000), seed=3), "JPEG", quality=85)
+    rotated = files.exif_rotated_jpeg(files.photo((3000, 4000), seed=3))  # PIL decodes it at 1/8
     png = files.encode(files.photo((2000, 2000), seed=3), "PNG")
     assert decode_cost(phone, Resize(128, 128)) <= QUICK_DECODE_BYTES < decode_cost(png, Resize(128, 128))
+    assert decode_cost(rotated, Resize(128, 128)) == 500 * 375 * (5 + 5)  # the draft, and its upright copy
 
 
 def test_sixteen_bit_values_scale_exactly_as_before():
