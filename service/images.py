@@ -37,6 +37,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from service.config import Limits
 
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")  # JPEG includes MPO (phones)
+JPEG_FORMATS = ("JPEG", "MPO")  # what PIL names a JPEG once opened
 EXIF_ORIENTATION = 0x0112
 WHITE = (255, 255, 255)
 
@@ -140,7 +141,7 @@ def _libjpeg_scalable(image: Image.Image, orientation: int, draft_side: int) -> 
     """Whether ``decode`` hands this image to libjpeg-turbo at a reduced scale."""
     return (
         bool(draft_side)
-        and image.format in ("JPEG", "MPO")
+        and image.format in JPEG_FORMATS
         and image.mode in ("RGB", "L")
         and orientation not in range(2, 9)
     )
@@ -205,7 +206,7 @@ def open_upload(data: bytes, resize: Resize, limits: Limits = Limits()) -> tuple
         if _libjpeg_scalable(image, orientation, draft_side):
             width, height = _jpeg_scaled_size(width, height, draft_side)
             return width * height * 7, image  # libjpeg-turbo's RGB array (3) and its image (4)
-        if draft_side and image.format in ("JPEG", "MPO") and len(image.tile) == 1:
+        if draft_side and image.format in JPEG_FORMATS and len(image.tile) == 1:
             width, height = _pil_draft_size(width, height, draft_side)  # decode's image.draft
     except Exception:
         image.close()
@@ -230,7 +231,7 @@ def _pil_draft_size(width: int, height: int, min_side: int) -> tuple[int, int]:
     ``decode`` does not hand to libjpeg-turbo directly: EXIF-rotated, CMYK): the largest scale of
     1/8, 1/4, 1/2 keeping both sides >= min_side, rounded up, as PIL computes it."""
     scale = min(width // min_side, height // min_side)
-    step = next(s for s in (8, 4, 2, 1) if scale >= s or s == 1)
+    step = next((s for s in (8, 4, 2) if scale >= s), 1)
     return (width + step - 1) // step, (height + step - 1) // step
 
 
