@@ -82,24 +82,49 @@ def parse_model_spec(spec: str) -> tuple[str, int | None]:
         )
     if version in ("", "latest"):
         return name, None
-    if not version.isdigit() or int(version) < 1:
-        raise ValueError(f"model version must be a positive integer, got {spec!r}")
-    return name, int(version)
+    return name, parse_version(version)
+
+
+MAX_VERSION_DIGITS = 9
+"""A version is 1 to 9 ASCII digits without a leading zero (1 to 999,999,999): the one rule for
+folder names, URL paths, form fields, JSON and settings. ``str.isdigit`` is not it: it holds for
+``'²'``, ``'٢'`` and ``'２'``, and ``int()`` then raises or quietly reads another version."""
+_VERSION = re.compile(rf"[1-9][0-9]{{0,{MAX_VERSION_DIGITS - 1}}}")
+
+
+def is_version_name(text: str) -> bool:
+    """Whether ``text`` names a version: ASCII digits only, 1 to ``MAX_VERSION_DIGITS`` of them,
+    no leading zero (so one version has one name)."""
+    return bool(_VERSION.fullmatch(text))
+
+
+def parse_version(text: str | int) -> int:
+    """The version ``text`` names (``is_version_name``); ``ValueError`` with a one-line reason
+    (the value shown cut to 20 characters, as ``ascii``) for anything else."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        text = str(text)
+    if not isinstance(text, str) or not is_version_name(text):
+        shown = ascii(text[:20] if isinstance(text, str) else text)
+        raise ValueError(
+            f"a model version is a positive integer of at most {MAX_VERSION_DIGITS} ASCII digits "
+            f"(no leading zero), got {shown}"
+        )
+    return int(text)
 
 
 def version_folders(models_dir: str | Path, name: str) -> list[int]:
-    """Version folders (digits only) of ``name``, complete or not, in increasing order."""
+    """Version folders (``is_version_name``) of ``name``, complete or not, in increasing order."""
     folder = Path(models_dir) / name
     if not is_valid_name(name) or not folder.is_dir():
         return []
-    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir())
+    return sorted(int(p.name) for p in folder.iterdir() if is_version_name(p.name) and p.is_dir())
 
 
 def is_complete(version_dir: str | Path) -> bool:
     """A finished export: a numbered folder with both the SavedModel and its metadata."""
     version_dir = Path(version_dir)
     return (
-        version_dir.name.isdigit()
+        is_version_name(version_dir.name)
         and (version_dir / "saved_model.pb").is_file()
         and (version_dir / METADATA_FILE).is_file()
     )
