@@ -40,7 +40,7 @@ test-slow: venv
 test-container: venv
 	$(PY) -m pytest -m container
 
-# The service image convzoo:<model version> + convzoo:latest (README, "Containers"). Settings:
+# The service image convzoo:<model version> + convzoo:latest (docs/operations.md, "Containers"). Settings:
 # BASE_IMAGE (default: BentoML's), HOST_CA=1 (add this host's CA certificates: TLS-intercepting
 # proxies), BENTOFILE=bentofile.gpu.yaml (the GPU image, TensorFlow; default bentofile.yaml: CPU,
 # OpenVINO, no TensorFlow), PACKAGES=requirements file (instead of the recipe's), CUDA_VERSION.

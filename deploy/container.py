@@ -5,7 +5,7 @@
 Tags the image ``convzoo:<model version>`` and ``convzoo:latest`` (``--image NAME`` changes
 ``convzoo``), with the model the service would serve (``CONVZOO_MODEL``, ``CONVZOO_MODELS_DIR``)
 inside, running as BentoML's non-root user ``bentoml`` (uid 1034). Settings (also as ``make``
-variables, README "Containers"):
+variables, docs/operations.md, "Containers"):
 
 - ``--base-image``: BentoML's ``docker.base_image``. Default: BentoML's own choice (a
   ``python:3.11-slim`` from Docker Hub). Without Docker Hub, ``deploy/base-image/build.sh`` builds a

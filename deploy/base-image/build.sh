@@ -23,7 +23,7 @@ PACKAGES="python3.11,python3-pip,python3-venv,ca-certificates,passwd"
 for p in ${EXTRA_PACKAGES:-}; do PACKAGES="$PACKAGES,$p"; done
 
 command -v debootstrap >/dev/null || { echo "debootstrap missing: apt-get install -y debootstrap" >&2; exit 1; }
-"$DOCKER" info >/dev/null 2>&1 || { echo "docker not running: start dockerd (see README, Containers)" >&2; exit 1; }
+"$DOCKER" info >/dev/null 2>&1 || { echo "docker not running: start dockerd (see docs/operations.md, "Containers")" >&2; exit 1; }
 
 ROOT=$(mktemp -d /tmp/convzoo-rootfs.XXXXXX)
 trap 'rm -rf "$ROOT"' EXIT
