@@ -20,6 +20,8 @@ same ladder.
 Output in ``benchmarks/results/<timestamp>/`` (or ``--out``): ``steps.csv``, ``ceiling.csv`` and
 ``ceiling-<runtime>.json``, ``report.md`` (header, targets, a table per server, the ceilings),
 ``plot.png``, plus ``locust/`` (Locust's own CSVs and logs per step) and ``logs/`` (servers).
+``--docs docs`` also writes the report and its plot as the repository's ``docs/performance.md`` and
+``docs/performance.png`` (the README links them): the last row of benchmarks/README.md's log.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 from datetime import datetime
@@ -100,6 +103,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="skip the one-client step with 12 MP phone JPEGs (and its in-process ceiling)",
     )
     parser.add_argument("--out", type=Path, help="results folder (default: benchmarks/results/<time>)")
+    parser.add_argument(
+        "--docs",
+        type=Path,
+        metavar="DIR",
+        help="also write the report and plot as DIR/performance.md and DIR/performance.png (docs)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,7 +206,19 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             f"  {'pass' if target.passed else 'FAIL'}  {target.name}: {target.measured} (goal {target.goal})"
         )
     print(f"\nreport: {out / 'report.md'}\nplot:   {out / 'plot.png'}")
+    if args.docs:
+        print("published: " + ", ".join(str(path) for path in publish(out, args.docs)))
     return 0 if all_steps else 1
+
+
+def publish(out: Path, docs: Path) -> list[Path]:
+    """``out``'s ``report.md`` and ``plot.png`` as ``docs/performance.md`` and ``performance.png``,
+    the report's link to its plot renamed with it."""
+    docs.mkdir(parents=True, exist_ok=True)
+    report, plot_path = docs / "performance.md", docs / "performance.png"
+    report.write_text((out / "report.md").read_text().replace("](plot.png)", f"]({plot_path.name})"))
+    shutil.copyfile(out / "plot.png", plot_path)
+    return [report, plot_path]
 
 
 def _servers(args: argparse.Namespace) -> list[str]:

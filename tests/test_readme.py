@@ -1,9 +1,10 @@
-"""The READMEs are tested: their command lines parse, their set-up is two commands, their figures
-say which command produced them.
+"""The README and the docs pages are tested: their command lines parse, their set-up is two
+commands, their links resolve, every page under docs/ is reachable from the README, and their
+figures say which command produced them.
 
-Every ``python -m MODULE ...`` line of README.md and benchmarks/README.md (in code blocks, with
-their ``\\`` continuation lines, and in inline code) is parsed by that command's own argparse
-parser, built without running the command: the module's ``main`` is called with
+Every ``python -m MODULE ...`` line of README.md, the docs pages and benchmarks/README.md (in code
+blocks, with their ``\\`` continuation lines, and in inline code) is parsed by that command's own
+argparse parser, built without running the command: the module's ``main`` is called with
 ``ArgumentParser.parse_args`` intercepted.
 """
 
@@ -20,7 +21,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = ("README.md", "docs/training.md", "docs/serving.md", "docs/operations.md")  # the README, split
-READMES = (*PAGES, "benchmarks/README.md")
+READMES = (*PAGES, "benchmarks/README.md")  # written by hand: each figure names its command nearby
+GENERATED = ("docs/performance.md", "docs/compare/results.md")  # written by a command its header names
+DOCUMENTS = (*READMES, "docs/design.md", *GENERATED, "deploy/prometheus/README.md")
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,7 @@ def commands(readme: str) -> list[Command]:
     return found
 
 
-ALL = [command for readme in READMES for command in commands(readme)]
+ALL = [command for readme in DOCUMENTS for command in commands(readme)]
 
 
 class Captured(Exception):
@@ -151,6 +154,124 @@ def test_two_commands_set_up_a_fresh_machine():
     assert [line.split("#")[0].strip() for line in first if line.strip()] == ["make serve", "make test"]
     assert ". .venv/bin/activate" in section  # the README's other commands run in that venv
     assert "BENTOML_PORT" in section
+    ci = [line.strip() for line in (REPO / ".ci/run").read_text().splitlines() if line.strip()]
+    assert ci[-1] == "make test"  # CI runs exactly the README's test command
+
+
+def test_the_readme_is_a_front_door():
+    """Short: what it is, the two commands, the API and the protocols in brief, links to the rest."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) < 300
+    level2 = [line[3:].strip() for line in text.splitlines() if line.startswith("## ")]
+    assert level2[0] == "Two commands" and {"The API", "Protocols", "Documentation"} <= set(level2)
+
+
+def test_every_docs_page_is_listed():
+    """A new page under docs/ is sorted here: hand-written (its figures cite commands) or generated."""
+    pages = {str(path.relative_to(REPO)) for path in (REPO / "docs").rglob("*.md")}
+    assert pages == {page for page in DOCUMENTS if page.startswith("docs/")}
+
+
+# --------------------------------------------------------------------------- links
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading: its text (links as their text) lower-cased, punctuation
+    dropped, spaces as hyphens."""
+    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", heading.strip()).lower()
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def anchors(page: Path) -> set[str]:
+    """The anchors of ``page``'s headings (a repeated one gets -1, -2, ... as on GitHub)."""
+    found: set[str] = set()
+    text = (REPO / page).read_text(encoding="utf-8")
+    outside = re.sub(r"```.*?```", "", text, flags=re.S)
+    for match in re.finditer(r"^#{1,6} (.+)$", outside, flags=re.M):
+        anchor, n = slug(match.group(1)), 0
+        while (anchor if n == 0 else f"{anchor}-{n}") in found:
+            n += 1
+        found.add(anchor if n == 0 else f"{anchor}-{n}")
+    return found
+
+
+def links(page: str) -> list[tuple[int, str]]:
+    """(line, target) of every Markdown link and image of ``page`` outside code."""
+    text = (REPO / page).read_text(encoding="utf-8")
+    text = re.sub(r"```.*?```", lambda m: "\n" * m.group(0).count("\n"), text, flags=re.S)
+    text = re.sub(r"`[^`\n]*`", lambda m: " " * len(m.group(0)), text)
+    return [
+        (text.count("\n", 0, match.start()) + 1, match.group(1))
+        for match in re.finditer(r"\]\(([^)\s]+)\)", text)
+    ]
+
+
+def broken_links(page: str) -> list[str]:
+    problems = []
+    for line, target in links(page):
+        if re.match(r"[a-z]+:", target):
+            continue  # http(s), mailto: not checked offline
+        path, _, anchor = target.partition("#")
+        resolved = ((REPO / page).parent / path).resolve() if path else REPO / page
+        if not resolved.exists() or REPO not in [resolved, *resolved.parents]:
+            problems.append(f"{page}:{line}: {target} (no such file)")
+        elif anchor and resolved.suffix == ".md" and anchor not in anchors(resolved.relative_to(REPO)):
+            problems.append(f"{page}:{line}: {target} (no heading #{anchor} there)")
+    return problems
+
+
+def test_slugs_are_githubs():
+    assert slug("Which architecture?") == "which-architecture"
+    assert (
+        slug("Fast CPU forms: `python -m training optimize`") == "fast-cpu-forms-python--m-training-optimize"
+    )
+    assert slug("Results on Imagenette (2 CPU cores, 7 minutes per architecture)") == (
+        "results-on-imagenette-2-cpu-cores-7-minutes-per-architecture"
+    )
+    assert slug("Alerts ([alerting-rules.yml](alerting-rules.yml))") == "alerts-alerting-rulesyml"
+
+
+@pytest.mark.parametrize("page", DOCUMENTS)
+def test_every_link_resolves(page):
+    """Relative links point at files of the repository, and their anchors at headings there."""
+    assert broken_links(page) == []
+
+
+def test_broken_links_are_found(tmp_path, monkeypatch):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs/a.md").write_text("# A\n\n## Two words\n")
+    (tmp_path / "README.md").write_text(
+        "[ok](docs/a.md#two-words) [gone](docs/b.md) [no anchor](docs/a.md#three) [up](../x.md)"
+        " `[code](docs/c.md)` [web](https://example.org/none)\n"
+    )
+    monkeypatch.setattr(f"{__name__}.REPO", tmp_path)
+    assert broken_links("README.md") == [
+        "README.md:1: docs/b.md (no such file)",
+        "README.md:1: docs/a.md#three (no heading #three there)",
+        "README.md:1: ../x.md (no such file)",
+    ]
+
+
+def test_every_docs_page_is_reachable_from_the_readme():
+    seen, todo = set(), ["README.md"]
+    while todo:
+        page = todo.pop()
+        if page in seen:
+            continue
+        seen.add(page)
+        for _, target in links(page):
+            path = target.partition("#")[0]
+            if path.endswith(".md") and not re.match(r"[a-z]+:", path):
+                resolved = ((REPO / page).parent / path).resolve()
+                if resolved.is_file():
+                    todo.append(str(resolved.relative_to(REPO)))
+    pages = {str(path.relative_to(REPO)) for path in (REPO / "docs").rglob("*.md")}
+    assert pages - seen == set()
+    # The reference pages are one click away.
+    direct = {target.partition("#")[0] for _, target in links("README.md")}
+    assert {
+        f"docs/{name}.md" for name in ("training", "serving", "operations", "performance", "design")
+    } <= direct
 
 
 # --------------------------------------------------------------------------- figures
@@ -216,9 +337,26 @@ def unattributed(readme: str) -> list[str]:
     return problems
 
 
-@pytest.mark.parametrize("readme", READMES)
+@pytest.mark.parametrize("readme", [*READMES, "docs/design.md"])
 def test_every_figure_names_the_command_that_produced_it(readme):
     assert unattributed(readme) == []
+
+
+@pytest.mark.parametrize("page", GENERATED)
+def test_generated_reports_name_their_command(page):
+    """A report a command wrote carries that command in its header, for every figure below it."""
+    header = (REPO / page).read_text(encoding="utf-8").split("\n## ", 1)[0].split("\n|", 1)[0]
+    assert re.search(r"^- [Cc]ommand: `python -m (benchmarks\.load|training compare) ", header, flags=re.M)
+    assert FIGURE.search((REPO / page).read_text(encoding="utf-8"))
+
+
+def test_a_figure_without_its_command_is_found(tmp_path, monkeypatch):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs/x.md").write_text(
+        "## A\n\nServed 442.0 images/s.\n\n## B\n\n`python -m benchmarks.load` served 442.0 images/s.\n"
+    )
+    monkeypatch.setattr(f"{__name__}.REPO", tmp_path)
+    assert unattributed("docs/x.md") == ["docs/x.md [A]: 'Served 442.0 images/s.'"]
 
 
 def test_the_stale_figures_of_issue_25_are_gone():
@@ -236,10 +374,10 @@ def test_the_stale_figures_of_issue_25_are_gone():
     assert "runs/gpu/runs/" in readme.split("python -m training evaluate runs/gpu/runs")[0]  # explained
 
 
-def headings() -> set[str]:
-    """The READMEs' headings and bold paragraph labels (**Try it in the browser.**)."""
+def headings(pages=READMES) -> set[str]:
+    """The pages' headings and bold paragraph labels (**Try it in the browser.**)."""
     found = set()
-    for readme in READMES:
+    for readme in pages:
         text = (REPO / readme).read_text(encoding="utf-8")
         found |= {line.strip("# ").strip() for line in text.splitlines() if line.startswith("## ")}
         found |= {line.strip("# ").strip() for line in text.splitlines() if line.startswith("### ")}
@@ -248,14 +386,38 @@ def headings() -> set[str]:
 
 
 def test_references_to_readme_sections_exist():
-    """``README, "Containers"`` in code and configuration names a heading of the READMEs."""
+    """``README, "Containers"`` in code and configuration names a heading of the README or the
+    pages it was split into (older comments still say README); ``docs/operations.md, "Containers"``
+    and ``benchmarks/README.md, "The HTTP path"`` name one of that page."""
     known = headings()
     missing = []
-    for path in [*REPO.glob("*.toml"), REPO / "Makefile", *REPO.glob("*.yaml"), *REPO.glob("*/**/*.py")]:
+    files = [*REPO.glob("*.toml"), REPO / "Makefile", *REPO.glob("*.yaml"), *REPO.glob("*/**/*.py")]
+    files += [*REPO.glob("deploy/**/*.yaml"), *REPO.glob("deploy/**/*.sh"), *REPO.glob("*/**/*.md")]
+    for path in files:
         if ".venv" in path.parts or not path.is_file():
             continue
         text = path.read_text(encoding="utf-8", errors="replace")
-        for match in re.finditer(r'README(?:\.md)?,? "([^"]+)"', text):
-            if not any(heading.startswith(" ".join(match.group(1).split())) for heading in known):
+        for match in re.finditer(r'(README(?:\.md)?|(?:docs|benchmarks)/\w+\.md),? "([^"]+)"', text):
+            page, name = match.group(1), " ".join(match.group(2).split())
+            within = known if page.startswith("README") else headings([page])
+            if not any(heading.startswith(name) for heading in within):
                 missing.append(f"{path.relative_to(REPO)}: {match.group(0)}")
     assert missing == []
+
+
+def test_the_performance_page_is_what_the_load_benchmark_writes(tmp_path):
+    """``python -m benchmarks.load --docs docs`` writes docs/performance.md and its plot: the report
+    as written, its link to ``plot.png`` renamed with the plot."""
+    from benchmarks.load import publish
+
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "report.md").write_text("# convzoo load benchmark\n\n![images/s against p99 latency](plot.png)\n")
+    (out / "plot.png").write_bytes(b"\x89PNG not really")
+    written = publish(out, tmp_path / "docs")
+    assert written == [tmp_path / "docs/performance.md", tmp_path / "docs/performance.png"]
+    assert written[0].read_text().endswith("![images/s against p99 latency](performance.png)\n")
+    assert written[1].read_bytes() == b"\x89PNG not really"
+    page = (REPO / "docs/performance.md").read_text(encoding="utf-8")
+    assert page.startswith("# convzoo load benchmark\n") and "](performance.png)" in page
+    assert "--docs" in (REPO / "README.md").read_text(encoding="utf-8")  # how to regenerate it
