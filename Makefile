@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: serve lint test test-slow test-container container base-image swarm-bench venv clean
+.PHONY: serve prometheus lint test test-slow test-container container base-image swarm-bench venv clean
 
 venv: $(VENV)/.installed
 
@@ -18,6 +18,11 @@ $(VENV)/.installed: pyproject.toml
 serve: venv
 	$(PY) -m service.import_model
 	$(VENV)/bin/bentoml serve --port $${BENTOML_PORT:-3000}
+
+# Prometheus on the service of `make serve`, with deploy/prometheus/'s rules: scrapes
+# localhost:$BENTOML_PORT, listens on 127.0.0.1:9090 (docs/operations.md, "Monitoring").
+prometheus:
+	deploy/prometheus/run.sh
 
 # Lint and format check first (seconds), then the suite.
 lint: venv

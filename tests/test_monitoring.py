@@ -589,3 +589,85 @@ def test_rules_and_dashboard_run_on_a_real_prometheus(tmp_path):
         log.close()
         if http is not None:
             http.shutdown()
+
+
+# --- the one command: deploy/prometheus/run.sh (`make prometheus`) --------------------------------
+
+
+def test_the_documented_prometheus_commands_listen_on_localhost_only():
+    """Every command line that starts Prometheus binds 127.0.0.1 (a laptop's Prometheus is not open
+    to its network), and the run script's default does too."""
+    run_sh = (PROMETHEUS / "run.sh").read_text()
+    assert 'address="${PROMETHEUS_ADDRESS:-127.0.0.1:9090}"' in run_sh
+    assert '--web.listen-address="$address"' in run_sh
+    for path in [PROMETHEUS / "README.md", PROMETHEUS / "prometheus.yml", REPO / "docs/operations.md"]:
+        text = path.read_text()
+        listens = re.findall(r"--web\.listen-address=(\S+)", text)
+        assert listens == ["127.0.0.1:9090"] * len(listens), path
+        assert "make prometheus" in text or "run.sh" in text, path
+
+
+@pytest.mark.parametrize("port", ["abc", "0", "70000", "3000 --web.enable-admin-api"])
+def test_the_run_script_refuses_a_bad_port(port, tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "BENTOML_PORT": port, "PROMETHEUS_DATA": str(tmp_path / "data")}
+    result = subprocess.run([PROMETHEUS / "run.sh"], env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: BENTOML_PORT is '{port}', not a port number (1-65535)"
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.skipif(
+    shutil.which("prometheus") is None, reason="prometheus not found (Debian: apt-get install prometheus)"
+)
+def test_the_run_script_follows_bentoml_port_from_any_directory(tmp_path):
+    """`BENTOML_PORT=P deploy/prometheus/run.sh`, started outside the repository, scrapes
+    localhost:P with the repository's own rule files, and leaves deploy/prometheus/ untouched."""
+    import os
+    import threading
+    import time
+    import urllib.request
+
+    pytest.importorskip("prometheus_client")
+    before = {path: path.read_bytes() for path in PROMETHEUS.rglob("*") if path.is_file()}
+    exporter, web = _free_port(), _free_port()
+    stop = threading.Event()
+    http = _fake_exporter(exporter, stop)
+    env = {
+        **os.environ,
+        "BENTOML_PORT": str(exporter),
+        "PROMETHEUS_ADDRESS": f"127.0.0.1:{web}",
+        "PROMETHEUS_DATA": str(tmp_path / "data"),
+    }
+    log = (tmp_path / "prometheus.log").open("w")
+    server = subprocess.Popen([PROMETHEUS / "run.sh"], cwd=tmp_path, env=env, stdout=log, stderr=log)
+
+    def api(path: str):
+        with urllib.request.urlopen(f"http://127.0.0.1:{web}/api/v1/{path}", timeout=10) as answer:
+            return json.load(answer)["data"]
+
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                targets = api("targets")["activeTargets"]
+            except OSError:
+                targets = []
+            if targets and targets[0]["health"] == "up":
+                break
+            assert server.poll() is None, (tmp_path / "prometheus.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, f"target not up: {targets}"
+            time.sleep(1)
+        assert [t["labels"]["instance"] for t in targets] == [f"localhost:{exporter}"]
+        groups = api("rules")["groups"]
+        assert sorted({g["file"] for g in groups}) == sorted(str(path) for path in RULE_FILES)
+        assert sum(len(g["rules"]) for g in groups) == sum(len(rules(path)) for path in RULE_FILES)
+        assert api("status/flags")["web.listen-address"] == f"127.0.0.1:{web}"
+    finally:
+        stop.set()
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+        if http is not None:
+            http.shutdown()
+    assert {path: path.read_bytes() for path in PROMETHEUS.rglob("*") if path.is_file()} == before
+    assert (tmp_path / "data.yml").is_file()  # the copy it ran, beside its data

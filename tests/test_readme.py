@@ -374,6 +374,23 @@ def test_the_stale_figures_of_issue_25_are_gone():
     assert "runs/gpu/runs/" in readme.split("python -m training evaluate runs/gpu/runs")[0]  # explained
 
 
+def section(page: str, heading: str) -> str:
+    text = (REPO / page).read_text(encoding="utf-8")
+    return text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_figures_of_issue_35_agree():
+    """One figure for the suite (with its command and date), dated image sizes."""
+    two = section("README.md", "Two commands")
+    assert not FIGURE.search(two) and not re.search(r"\d tests", two)  # the figure is in "Tests"
+    tests = section("README.md", "Tests")
+    assert len(re.findall(r"\*\*\d[\d,]* tests in \d+ s\*\*", tests)) == 1
+    assert "bash .ci/run" in tests and re.search(r"on 20\d\d-\d\d-\d\d", tests)
+    containers = section("docs/operations.md", "Containers")
+    assert "**602 MB**" in containers and "on 2026-11-29" in containers and "618 MB" in containers
+    assert "602 MB" not in "".join((REPO / page).read_text(encoding="utf-8") for page in ("README.md",))
+
+
 def headings(pages=READMES) -> set[str]:
     """The pages' headings and bold paragraph labels (**Try it in the browser.**)."""
     found = set()
