@@ -14,10 +14,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -e '.[dev]'
 	touch $@
 
-# Serve the default model (CONVZOO_MODEL, else models/imagenette) on port 3000 (BENTOML_PORT).
+# Serve the default model (CONVZOO_MODEL, else models/imagenette) on 127.0.0.1 (BENTOML_HOST: this
+# machine only unless told, e.g. BENTOML_HOST=0.0.0.0 for every interface) port 3000 (BENTOML_PORT).
+# The container image, the Swarm stack and Kubernetes bind every interface (deploy/Dockerfile.template).
 serve: venv
 	$(PY) -m service.import_model
-	$(VENV)/bin/bentoml serve --port $${BENTOML_PORT:-3000}
+	$(VENV)/bin/bentoml serve --host "$${BENTOML_HOST:-127.0.0.1}" --port "$${BENTOML_PORT:-3000}"
 
 # Prometheus on the service of `make serve`, with deploy/prometheus/'s rules: scrapes
 # localhost:$BENTOML_PORT, listens on 127.0.0.1:9090 (docs/operations.md, "Monitoring").

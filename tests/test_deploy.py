@@ -107,3 +107,35 @@ def test_swarm_stack_file():
     assert service["read_only"] is True
     config = (REPO / "deploy" / "lb" / "haproxy.cfg").read_text()
     assert "option httpchk GET /readyz" in config and "convzoo:3000" in config
+
+
+def _dockerfile(tmp_path: Path) -> str:
+    """The Dockerfile `make container` builds with: BentoML's own, through deploy/Dockerfile.template."""
+    from bentoml._internal.bento.build_config import CondaOptions, DockerOptions
+    from bentoml._internal.container.generate import generate_containerfile
+
+    docker = DockerOptions(dockerfile_template="deploy/Dockerfile.template").with_defaults()
+    return generate_containerfile(docker, str(REPO), conda=CondaOptions().with_defaults(), bento_fs=tmp_path)
+
+
+def test_containers_and_clusters_bind_every_interface(tmp_path):
+    """`make serve` binds 127.0.0.1 (tests/test_make_serve.py); a container must bind every
+    interface to be reached through `docker run -p`, Swarm's overlay network or a pod IP. The image
+    says so itself (BENTOML_HOST=0.0.0.0, read by the `bentoml serve` its entrypoint runs), and
+    neither the Swarm stack nor the Kubernetes pods override it."""
+    dockerfile = _dockerfile(tmp_path)
+    hosts = [
+        line.split("=", 1)[1] for line in dockerfile.splitlines() if line.startswith("ENV BENTOML_HOST=")
+    ]
+    assert hosts[-1:] == ["0.0.0.0"]
+    assert 'ENTRYPOINT [ "/home/bentoml/bento/env/docker/entrypoint.sh" ]' in dockerfile
+    assert not any(line.startswith("CMD") and "--host" in line for line in dockerfile.splitlines())
+
+    service = yaml.safe_load((REPO / "deploy" / "compose.yaml").read_text())["services"]["convzoo"]
+    assert service["environment"].get("BENTOML_HOST", "0.0.0.0") == "0.0.0.0"
+    assert "--host" not in " ".join(service["entrypoint"]) and "command" not in service
+    for deployment in _deployments():
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            env = {e["name"]: e.get("value") for e in container.get("env", [])}
+            assert env.get("BENTOML_HOST", "0.0.0.0") == "0.0.0.0"
+            assert "args" not in container and "command" not in container
