@@ -259,7 +259,7 @@ def not_an_image_model(tmp_path_factory) -> Path:
         ("labels", "4 labels for a model with 3 outputs"),
         ("not-image", "not an image tensor"),
         ("name", "model name '../escape' must be letters"),
-        ("data", "are not the labels in output order"),
+        ("data", "not the model's 3 labels: 3 folders; labels without a folder: church, parachute, tench"),
         ("version", "already exists and versions are never overwritten"),
     ],
 )
@@ -290,6 +290,49 @@ def test_refusals_are_one_line_with_status_2(
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
     assert not (tmp_path / "models").exists() or not any((tmp_path / "models").rglob("saved_model.pb"))
+
+
+COLORS = ["red", "blue", "green"]  # output order; sorted, the folders read blue, green, red
+
+
+def color_model():
+    """uint8 [any, any, 3] in; output i is the mean of the channel that makes ``COLORS[i]``
+    (red: R, blue: B, green: G), sharpened: a solid-colour photo is classified by its colour."""
+    import keras
+
+    inputs = keras.Input((None, None, 3), dtype="uint8", name="pixels")
+    x = keras.layers.GlobalAveragePooling2D()(keras.ops.cast(inputs, "float32") / 255)
+    dense = keras.layers.Dense(3, name="logits", use_bias=False)
+    model = keras.Model(inputs, dense(x), name="colors")
+    dense.set_weights([30 * np.eye(3)[:, [0, 2, 1]]])  # R -> red, B -> blue, G -> green
+    return model
+
+
+def test_data_folders_map_to_labels_by_name_in_any_order(tmp_path, capsys):
+    """Labels not in alphabetical order (red, blue, green) and class folders named like them:
+    matched by name, so every held-out photo is scored against its own label (top-1 1.0; in sorted
+    folder order two classes of three would be swapped)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for color, channel in zip(COLORS, (0, 2, 1), strict=True):
+        (tmp_path / "data" / color).mkdir(parents=True)
+        for i in range(10):
+            pixels = rng.integers(0, 60, (24 + i, 30, 3), dtype=np.uint8)
+            pixels[..., channel] = 200 + i
+            Image.fromarray(pixels).save(tmp_path / "data" / color / f"{i}.png")
+    color_model().save(tmp_path / "colors.keras")
+    (tmp_path / "labels.txt").write_text("\n".join(COLORS) + "\n", encoding="utf-8")
+    code, out, err = run_cli(
+        [tmp_path / "colors.keras", "--labels", tmp_path / "labels.txt", "--name", "colors"]
+        + ["--image-size", "24", "--models-dir", tmp_path / "models", "--data", tmp_path / "data"]
+        + ["--precisions", ""],
+        capsys,
+    )
+    assert code == 0, err
+    metadata = read_metadata(tmp_path / "models" / "colors" / "1")
+    assert metadata["labels"] == COLORS
+    assert metadata["metrics"]["top1"] == 1.0 and metadata["metrics"]["images"] == 6, metadata["metrics"]
 
 
 def test_command_line_imports_and_says_what_it_skipped(sources, labels_file, tmp_path, capsys):

@@ -329,15 +329,16 @@ def import_model(
 
 
 def check_data(data: str, labels: list[str]) -> None:
-    """``--data`` must be class folders named like the labels, in output order (sorted)."""
+    """``--data`` must be class folders named like the labels (in any order: they are matched by
+    name, ``training.data.class_order_for``)."""
+    from training.data import class_order_for
+
     if not Path(data).is_dir():
         raise ImportRefused(f"--data {data} is not a folder of class sub-folders")
-    classes = sorted(p.name for p in Path(data).iterdir() if p.is_dir())
-    if classes != labels:
-        raise ImportRefused(
-            f"--data {data}: its class folders ({', '.join(classes[:3])}...) are not the labels in "
-            f"output order ({', '.join(labels[:3])}...), so its scores would mean nothing"
-        )
+    try:
+        class_order_for(data, labels)
+    except ValueError as error:
+        raise ImportRefused(f"--data: {error}, so its scores would mean nothing") from None
 
 
 def evaluate_and_optimize(

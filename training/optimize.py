@@ -425,7 +425,11 @@ def held_out_for_export(
         config.get("validation_fraction", 0.15), config.get("test_fraction", 0.15), config.get("seed", 0)
     )
     dataset = load_data(
-        data, tuple(metadata["input_size"]), fractions=fractions, labels_map=config.get("labels_map")
+        data,
+        tuple(metadata["input_size"]),
+        fractions=fractions,
+        labels_map=config.get("labels_map"),
+        labels=metadata["labels"],  # class folders matched to the labels by name, in any order
     )
     if dataset.num_classes != len(metadata["labels"]):
         raise ValueError(f"{data} has {dataset.num_classes} classes, the model {len(metadata['labels'])}")
