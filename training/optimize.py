@@ -416,10 +416,14 @@ def held_out_for_export(
     if not data and config.get("data") and config["data"] != "imagenette":  # "imagenette": TFDS
         data = str(local_path(config["data"]))
     data = data or config.get("data")
-    if not data or (data != "imagenette" and not Path(data).is_dir()):
+    if not data:
         raise FileNotFoundError(
-            f"give --data: the dataset {version_dir} was trained on ({data or 'not recorded'} is not "
-            "a folder here)"
+            f"{version_dir} records no dataset (an imported model): give --data FOLDER, class "
+            "sub-folders named like its labels"
+        )
+    if data != "imagenette" and not Path(data).is_dir():
+        raise FileNotFoundError(
+            f"the dataset {version_dir} was trained on, {data}, is not a folder here: give --data FOLDER"
         )
     fractions = SplitFractions(
         config.get("validation_fraction", 0.15), config.get("test_fraction", 0.15), config.get("seed", 0)
@@ -485,9 +489,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="OpenVINO forms to write and measure (comma-separated; empty: none)",
     )
     p("--limit", type=int, help="test images to evaluate on (default: the whole test split)")
+    p(
+        "--rewrite",
+        action="store_true",
+        help="measure a version that already has its forms again, rewriting its openvino/ and "
+        "metadata.json in place (without it, such a version is left as it is)",
+    )
+
+
+def already_optimized(folder: Path, metadata: dict) -> str | None:
+    """Why ``optimize`` leaves ``folder`` alone without ``--rewrite``: its forms are measured."""
+    measured = sorted(metadata.get("runtimes") or {})
+    if not measured:
+        return None
+    return (
+        f"{folder} already has its runtimes measured ({', '.join(measured)}); `--rewrite` measures "
+        "them again and rewrites its openvino/ and metadata.json in place (a committed model shows "
+        "as modified; a server that serves it keeps the old forms until it restarts)"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
+    from training import quiet
+
+    quiet.quiet_import("tensorflow")  # imported lazily below: its start-up lines held back here
     folder = args.version_dir
     try:
         metadata = read_metadata(folder)
@@ -495,6 +520,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {folder} is not an export ({error})", file=sys.stderr)
         return 2
     precisions = tuple(p for p in args.precisions.split(",") if p)
+    refusal = None if args.rewrite else already_optimized(folder, metadata)
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
+        return 2
     try:
         held_out = held_out_for_export(
             folder, metadata, data=args.data, calibration=args.calibration, limit=args.limit
