@@ -12,6 +12,7 @@ after the same resize.
 from __future__ import annotations
 
 import io
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -323,16 +324,53 @@ def test_data_folders_map_to_labels_by_name_in_any_order(tmp_path, capsys):
             Image.fromarray(pixels).save(tmp_path / "data" / color / f"{i}.png")
     color_model().save(tmp_path / "colors.keras")
     (tmp_path / "labels.txt").write_text("\n".join(COLORS) + "\n", encoding="utf-8")
-    code, out, err = run_cli(
-        [tmp_path / "colors.keras", "--labels", tmp_path / "labels.txt", "--name", "colors"]
-        + ["--image-size", "24", "--models-dir", tmp_path / "models", "--data", tmp_path / "data"]
-        + ["--precisions", ""],
-        capsys,
-    )
+    with RepositoryObserver(tmp_path / "models", "colors") as seen:
+        code, out, err = run_cli(
+            [tmp_path / "colors.keras", "--labels", tmp_path / "labels.txt", "--name", "colors"]
+            + ["--image-size", "24", "--models-dir", tmp_path / "models", "--data", tmp_path / "data"]
+            + ["--precisions", ""],
+            capsys,
+        )
     assert code == 0, err
     metadata = read_metadata(tmp_path / "models" / "colors" / "1")
     assert metadata["labels"] == COLORS
     assert metadata["metrics"]["top1"] == 1.0 and metadata["metrics"]["images"] == 6, metadata["metrics"]
+    # The version appeared complete: as the service's watcher polls, it never saw it unmeasured.
+    assert seen.looks and seen.versions == [[1]] and seen.unmeasured == 0, seen
+
+
+class RepositoryObserver(threading.Thread):
+    """Looks at a model's versions every 5 ms, as the service's watcher does every poll: which
+    complete versions it saw, and how often one had no measured runtimes or metrics yet."""
+
+    def __init__(self, models_dir: Path, name: str):
+        super().__init__(daemon=True)
+        self.models_dir, self.name = models_dir, name
+        self.looks, self.unmeasured, self.versions, self.done = 0, 0, [], threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.005):
+            self.look()
+
+    def look(self) -> None:
+        from service.repository import complete_versions
+
+        versions = complete_versions(self.models_dir, self.name)
+        self.looks += 1
+        if versions and versions not in self.versions:
+            self.versions.append(versions)
+        for version in versions:
+            metadata = read_metadata(self.models_dir / self.name / str(version))
+            self.unmeasured += not metadata.get("runtimes") or metadata["metrics"]["top1"] is None
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.join()
+        self.look()  # once more, after the command
 
 
 def test_command_line_imports_and_says_what_it_skipped(sources, labels_file, tmp_path, capsys):

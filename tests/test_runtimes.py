@@ -202,8 +202,7 @@ def test_optimize_command_asks_for_data_an_import_does_not_record(tmp_path, caps
     assert main(["optimize", str(copy)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
-        f"error: {copy} records no dataset (an imported model): give --data FOLDER, class "
-        "sub-folders named like its labels"
+        f"error: {copy} records no dataset: give --data FOLDER, class sub-folders named like its labels"
     ], err
 
 

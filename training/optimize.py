@@ -418,8 +418,7 @@ def held_out_for_export(
     data = data or config.get("data")
     if not data:
         raise FileNotFoundError(
-            f"{version_dir} records no dataset (an imported model): give --data FOLDER, class "
-            "sub-folders named like its labels"
+            f"{version_dir} records no dataset: give --data FOLDER, class sub-folders named like its labels"
         )
     if data != "imagenette" and not Path(data).is_dir():
         raise FileNotFoundError(
@@ -453,15 +452,17 @@ def held_out_for_export(
     return held_out
 
 
-def optimize_after_export(version_dir: Path, held_out, log=print) -> dict | None:
-    """``optimize_export`` right after an export (``held_out``: a function returning the
+def optimize_after_export(version_dir: Path, held_out, log=print, shown: Path | None = None) -> dict | None:
+    """``optimize_export`` during an export, before it is published (``version_dir``: its hidden
+    folder, ``shown``: the version folder it becomes; ``held_out``: a function returning the
     ``HeldOut``); when OpenVINO or NNCF is missing, says so and how to do it later."""
+    shown = shown or version_dir
     missing = available()
     if missing:
-        log(f"not optimized ({missing}): later, `python -m training optimize {version_dir}`")
+        log(f"not optimized ({missing}): later, `python -m training optimize {shown}`")
         return None
     runtimes = optimize_export(version_dir, held_out(), log=log)
-    log(f"faster forms of {version_dir} (gate: {GATE.rule}):")
+    log(f"faster forms of {shown} (gate: {GATE.rule}):")
     for key, found in runtimes.items():
         log("  " + summary_line(key, found))
     return runtimes
@@ -538,13 +539,14 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def optimize_exported_run(version_dir: Path, run_dir: Path | None = None) -> None:
-    """After ``python -m training export RUN``: the faster forms, from the data the run names; a
-    note instead when that data is not here."""
+def optimize_exported_run(version_dir: Path, run_dir: Path | None = None, shown: Path | None = None) -> None:
+    """During ``python -m training export RUN``: the faster forms, from the data the run names; a
+    note instead when that data is not here (``shown``: as ``optimize_after_export``)."""
+    shown = shown or version_dir
     metadata = read_metadata(version_dir)
     try:
         optimize_after_export(
-            version_dir, lambda: held_out_for_export(version_dir, metadata, run_dir=run_dir)
+            version_dir, lambda: held_out_for_export(shown, metadata, run_dir=run_dir), shown=shown
         )
     except FileNotFoundError as error:
-        print(f"not optimized: {error}; later: `python -m training optimize {version_dir} --data DIR`")
+        print(f"not optimized: {error}; later: `python -m training optimize {shown} --data DIR`")
