@@ -41,6 +41,21 @@ def folder(tmp_path_factory) -> Path:
     return make_folder(tmp_path_factory.mktemp("folder"))
 
 
+def test_a_class_order_renumbers_the_classes_and_keeps_the_split(folder):
+    """``class_order`` (a model's labels, matched to the folders by name) changes which number
+    each class gets, never which image lands in which split."""
+    sorted_split = split_folder(folder)
+    order = list(reversed(CLASSES))
+    split = split_folder(folder, class_order=order)
+    assert split.class_ids == tuple(order)
+    for name, items in split.files.items():
+        assert [(path, order[label]) for path, label in items] == [
+            (path, CLASSES[label]) for path, label in sorted_split.files[name]
+        ]
+    with pytest.raises(ValueError, match="is not the class folders"):
+        split_folder(folder, class_order=[*CLASSES[:2], "other"])
+
+
 def test_split_is_stratified_disjoint_and_complete(folder):
     split = split_folder(folder)
     assert split.class_ids == CLASSES

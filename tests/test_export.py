@@ -330,7 +330,7 @@ def test_cli_exports_a_finished_fit_run(model, tmp_path, capsys):
     assert cli(["export", str(run_dir), "--models-dir", str(models), "--name", "from_run"]) == 0
     out = capsys.readouterr().out
     assert f"saved_model_cli show --dir {models / 'from_run' / '1'} --all" in out
-    assert "not optimized: give --data" in out  # the run names no data: the SavedModel only
+    assert "records no dataset: give --data" in out  # the run names no data: the SavedModel only
     metadata = read_metadata(models / "from_run" / "1")
     assert (
         metadata["metrics"] == {"top1": 0.625, "top5": 1.0} and metadata["run"] == run_dir.name

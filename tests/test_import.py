@@ -12,6 +12,7 @@ after the same resize.
 from __future__ import annotations
 
 import io
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -259,7 +260,7 @@ def not_an_image_model(tmp_path_factory) -> Path:
         ("labels", "4 labels for a model with 3 outputs"),
         ("not-image", "not an image tensor"),
         ("name", "model name '../escape' must be letters"),
-        ("data", "are not the labels in output order"),
+        ("data", "not the model's 3 labels: 3 folders; labels without a folder: church, parachute, tench"),
         ("version", "already exists and versions are never overwritten"),
     ],
 )
@@ -290,6 +291,86 @@ def test_refusals_are_one_line_with_status_2(
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
     assert not (tmp_path / "models").exists() or not any((tmp_path / "models").rglob("saved_model.pb"))
+
+
+COLORS = ["red", "blue", "green"]  # output order; sorted, the folders read blue, green, red
+
+
+def color_model():
+    """uint8 [any, any, 3] in; output i is the mean of the channel that makes ``COLORS[i]``
+    (red: R, blue: B, green: G), sharpened: a solid-colour photo is classified by its colour."""
+    import keras
+
+    inputs = keras.Input((None, None, 3), dtype="uint8", name="pixels")
+    x = keras.layers.GlobalAveragePooling2D()(keras.ops.cast(inputs, "float32") / 255)
+    dense = keras.layers.Dense(3, name="logits", use_bias=False)
+    model = keras.Model(inputs, dense(x), name="colors")
+    dense.set_weights([30 * np.eye(3)[:, [0, 2, 1]]])  # R -> red, B -> blue, G -> green
+    return model
+
+
+def test_data_folders_map_to_labels_by_name_in_any_order(tmp_path, capsys):
+    """Labels not in alphabetical order (red, blue, green) and class folders named like them:
+    matched by name, so every held-out photo is scored against its own label (top-1 1.0; in sorted
+    folder order two classes of three would be swapped)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for color, channel in zip(COLORS, (0, 2, 1), strict=True):
+        (tmp_path / "data" / color).mkdir(parents=True)
+        for i in range(10):
+            pixels = rng.integers(0, 60, (24 + i, 30, 3), dtype=np.uint8)
+            pixels[..., channel] = 200 + i
+            Image.fromarray(pixels).save(tmp_path / "data" / color / f"{i}.png")
+    color_model().save(tmp_path / "colors.keras")
+    (tmp_path / "labels.txt").write_text("\n".join(COLORS) + "\n", encoding="utf-8")
+    with RepositoryObserver(tmp_path / "models", "colors") as seen:
+        code, out, err = run_cli(
+            [tmp_path / "colors.keras", "--labels", tmp_path / "labels.txt", "--name", "colors"]
+            + ["--image-size", "24", "--models-dir", tmp_path / "models", "--data", tmp_path / "data"]
+            + ["--precisions", ""],
+            capsys,
+        )
+    assert code == 0, err
+    metadata = read_metadata(tmp_path / "models" / "colors" / "1")
+    assert metadata["labels"] == COLORS
+    assert metadata["metrics"]["top1"] == 1.0 and metadata["metrics"]["images"] == 6, metadata["metrics"]
+    # The version appeared complete: as the service's watcher polls, it never saw it unmeasured.
+    assert seen.looks and seen.versions == [[1]] and seen.unmeasured == 0, seen
+
+
+class RepositoryObserver(threading.Thread):
+    """Looks at a model's versions every 5 ms, as the service's watcher does every poll: which
+    complete versions it saw, and how often one had no measured runtimes or metrics yet."""
+
+    def __init__(self, models_dir: Path, name: str):
+        super().__init__(daemon=True)
+        self.models_dir, self.name = models_dir, name
+        self.looks, self.unmeasured, self.versions, self.done = 0, 0, [], threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.005):
+            self.look()
+
+    def look(self) -> None:
+        from service.repository import complete_versions
+
+        versions = complete_versions(self.models_dir, self.name)
+        self.looks += 1
+        if versions and versions not in self.versions:
+            self.versions.append(versions)
+        for version in versions:
+            metadata = read_metadata(self.models_dir / self.name / str(version))
+            self.unmeasured += not metadata.get("runtimes") or metadata["metrics"]["top1"] is None
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.join()
+        self.look()  # once more, after the command
 
 
 def test_command_line_imports_and_says_what_it_skipped(sources, labels_file, tmp_path, capsys):

@@ -173,6 +173,39 @@ def test_optimize_command_refuses_a_folder_that_is_not_an_export(tmp_path, capsy
     assert "is not an export" in capsys.readouterr().err
 
 
+def test_optimize_command_leaves_a_measured_version_alone_without_rewrite(tmp_path, capsys):
+    """``python -m training optimize models/imagenette/2`` (a README command) rewrote the
+    committed default model's files: a version whose runtimes are measured is now left as it
+    is, byte for byte, unless ``--rewrite`` says so."""
+    from training.__main__ import main
+
+    copy = tmp_path / "imagenette" / "2"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "models" / "imagenette" / "2", copy)
+    before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    assert main(["optimize", str(copy)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already has its runtimes measured" in err[0] and "--rewrite" in err[0]
+    assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
+
+
+def test_optimize_command_asks_for_data_an_import_does_not_record(tmp_path, capsys):
+    """The hint for an import without --data (``python -m training optimize models/mine/1``) gets
+    a one-line answer that says what to give, not 'not recorded is not a folder here'."""
+    from training.__main__ import main
+
+    copy = tmp_path / "mine" / "1"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "models" / "imagenette" / "2", copy)
+    metadata = metadata_of(copy)
+    for key in ("runtimes", "runtimes_data", "training", "run"):
+        metadata.pop(key, None)
+    repository.write_json(copy / "metadata.json", metadata)
+    assert main(["optimize", str(copy)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"error: {copy} records no dataset: give --data FOLDER, class sub-folders named like its labels"
+    ], err
+
+
 # --------------------------------------------------------------------------------- choose
 
 
@@ -312,7 +345,7 @@ def test_optimize_command_on_a_copy_of_the_default_model(tmp_path, data_dir):
 
     copy = tmp_path / "imagenette" / "2"
     shutil.copytree(Path(__file__).resolve().parents[1] / "models" / "imagenette" / "2", copy)
-    assert cli(["optimize", str(copy), "--calibration", "64", "--limit", "300"]) == 0
+    assert cli(["optimize", str(copy), "--rewrite", "--calibration", "64", "--limit", "300"]) == 0
     entries = metadata_of(copy)["runtimes"]
     assert entries["openvino-int8"]["test"]["images"] == 300 and entries["openvino-int8"]["gate"]["passed"]
     assert runtimes.choose("auto", metadata_of(copy), copy).key in ("openvino-int8", "openvino-bf16")

@@ -100,17 +100,54 @@ class Data:
         )
 
 
-def split_folder(root: str | Path, fractions: SplitFractions = SplitFractions()) -> FolderSplit:
-    """Stratified, seeded split of ``root/<class>/<image>`` into train / validation / test."""
+def class_folders(root: str | Path) -> list[Path]:
+    """The class sub-folders of ``root`` (hidden ones left out), sorted by name."""
+    return sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def class_order_for(
+    root: str | Path, labels: list[str], label_map: dict[str, str] | None = None
+) -> list[str]:
+    """The class folders of ``root`` in the order of a model's ``labels``, matched by name: a
+    folder matches the label it is named like, or the label ``human_labels`` gives it (a synset
+    folder ``n01440764`` is ``tench``). ``ValueError`` naming what differs when the folders are
+    not the labels (in any order)."""
+    ids = [d.name for d in class_folders(root)]
+    for names in (ids, human_labels(ids, label_map)):
+        by_name = dict(zip(names, ids, strict=True))
+        if len(by_name) == len(ids) and sorted(by_name) == sorted(labels):
+            return [by_name[label] for label in labels]
+    missing = sorted(set(labels) - set(ids))[:3]
+    extra = sorted(set(ids) - set(labels))[:3]
+    raise ValueError(
+        f"the class folders of {root} are not the model's {len(labels)} labels: "
+        f"{len(ids)} folders; labels without a folder: {', '.join(missing) or 'none'}; "
+        f"folders that are no label: {', '.join(extra) or 'none'}"
+    )
+
+
+def split_folder(
+    root: str | Path, fractions: SplitFractions = SplitFractions(), class_order: list[str] | None = None
+) -> FolderSplit:
+    """Stratified, seeded split of ``root/<class>/<image>`` into train / validation / test.
+
+    Class ``i`` is the ``i``-th folder in sorted order, or, with ``class_order`` (the folder names
+    in a model's output order: ``class_order_for``), the folder named ``class_order[i]``. Which
+    image lands in which split does not depend on ``class_order``."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"data folder not found: {root}")
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    class_dirs = class_folders(root)
     if len(class_dirs) < 2:
         raise ValueError(f"{root} needs at least two class sub-folders, found {len(class_dirs)}")
+    class_ids = tuple(class_order or [d.name for d in class_dirs])
+    if sorted(class_ids) != [d.name for d in class_dirs]:
+        raise ValueError(f"class order {class_ids[:3]}... is not the class folders of {root}")
+    index = {name: i for i, name in enumerate(class_ids)}
     rng = np.random.default_rng(fractions.seed)
     files: dict[str, list[tuple[str, int]]] = {split: [] for split in SPLITS}
-    for label, class_dir in enumerate(class_dirs):
+    for class_dir in class_dirs:
+        label = index[class_dir.name]
         paths = sorted(
             str(p) for p in class_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
         )
@@ -126,7 +163,7 @@ def split_folder(root: str | Path, fractions: SplitFractions = SplitFractions())
             files[split].extend((paths[i], label) for i in order[start:stop])
     # Mix the classes within each split (so --limit keeps a sample of every class).
     mixed = {split: tuple(items[i] for i in rng.permutation(len(items))) for split, items in files.items()}
-    return FolderSplit(class_ids=tuple(d.name for d in class_dirs), files=mixed)
+    return FolderSplit(class_ids=class_ids, files=mixed)
 
 
 def decode_and_resize(image_bytes: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
@@ -147,10 +184,12 @@ def load_folder(
     fractions: SplitFractions = SplitFractions(),
     label_map: dict[str, str] | None = None,
     limit: int | None = None,
+    class_order: list[str] | None = None,
 ) -> Data:
-    """A class-folder dataset, split and decoded lazily; ``limit`` caps the images per split."""
+    """A class-folder dataset, split and decoded lazily; ``limit`` caps the images per split;
+    ``class_order``: ``split_folder``'s."""
     size = image_hw(image_size)
-    split = split_folder(root, fractions)
+    split = split_folder(root, fractions, class_order)
     datasets, sizes = {}, {}
     for name, items in split.files.items():
         items = items[:limit] if limit else items
@@ -228,12 +267,17 @@ def load_data(
     fractions: SplitFractions = SplitFractions(),
     labels_map: str | Path | None = None,
     limit: int | None = None,
+    labels: list[str] | None = None,
 ) -> Data:
-    """``"imagenette"`` -> TFDS; anything else is a folder of class sub-folders."""
+    """``"imagenette"`` -> TFDS; anything else is a folder of class sub-folders, its classes in the
+    order of a model's ``labels`` when given (``class_order_for``), else sorted as ``fit`` trains."""
     label_map = load_label_map(labels_map) if labels_map else None
     if source == TFDS_NAME:
         return load_tfds(image_size, fractions=fractions, label_map=label_map, limit=limit)
-    return load_folder(source, image_size, fractions=fractions, label_map=label_map, limit=limit)
+    order = class_order_for(source, labels, label_map) if labels is not None else None
+    return load_folder(
+        source, image_size, fractions=fractions, label_map=label_map, limit=limit, class_order=order
+    )
 
 
 def pipeline(

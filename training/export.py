@@ -16,10 +16,13 @@ and ``metadata.json`` (``service.repository.REQUIRED_KEYS``: labels in output or
 parameters, FLOPs, held-out metrics, the training command, the resize a server must mirror...,
 and ``files``: the bytes and SHA-256 of every file of the SavedModel, which the service verifies).
 
-Writing is atomic: everything goes to a hidden sibling ``.tmp-<version>-<pid>/``, is fsynced, then
-renamed to ``<version>/``. A crash leaves at most a hidden temporary folder, which no reader takes
-for a version (``service.repository.latest_version`` only counts folders with both
-``saved_model.pb`` and ``metadata.json``); an existing version folder is never overwritten.
+Writing is atomic: everything goes to a hidden sibling ``.tmp-<version>-<pid>/`` — the SavedModel,
+``metadata.json`` and, through ``finish``, the OpenVINO forms and their measurements
+(``training.optimize``) — is fsynced, then renamed to ``<version>/``: a server watching the
+repository sees a version once, complete (it never reloads a version it has loaded). A crash leaves
+at most a hidden temporary folder, which no reader takes for a version
+(``service.repository.latest_version`` only counts folders with both ``saved_model.pb`` and
+``metadata.json``); an existing version folder is never overwritten.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -49,6 +53,9 @@ from training.end_to_end import RESIZE, image_hw, resize_images
 from training.flops import count_flops, format_count
 from training.portable import portable_command
 from training.runs import float32_model, load_checkpoint, read_run, run_extras
+
+Finish = Callable[[Path, Path], None]
+"""``finish(folder, final)``: completes a version in its hidden folder before it is published."""
 
 SIGNATURES = {
     "serving_default": {
@@ -75,8 +82,12 @@ def export_model(
     models_dir: str | Path = "models",
     version: int | None = None,
     extra: dict | None = None,
+    finish: Finish | None = None,
 ) -> Path:
     """Write ``model`` as ``models_dir/name/version/`` (next free version by default); return it.
+
+    ``finish(folder, final)`` completes the version in its hidden folder before it is published
+    (``final``: the path it will have, for messages); if it raises, nothing is published.
 
     ``model`` follows ``training.end_to_end``: float32 ``images`` input of any size, first layer a
     ``Resizing`` named "resize" to ``input_size``, probabilities out. ``metrics`` holds the held-out
@@ -115,6 +126,8 @@ def export_model(
             "files": export_records(tmp),  # verified by the service before it serves
         }
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+        if finish is not None:
+            finish(tmp, final)
         fsync_tree(tmp)
         if final.exists():  # another process took this version meanwhile
             raise FileExistsError(f"{final} appeared during the export; nothing was overwritten")
@@ -236,8 +249,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    finish = None
+    if not args.no_optimize:
+        from training.optimize import optimize_exported_run
+
+        def finish(folder: Path, final: Path) -> None:
+            optimize_exported_run(folder, run_dir=args.run_dir, shown=final)
+
     try:
-        path = export_run(args.run_dir, name=args.name, models_dir=args.models_dir, version=args.version)
+        path = export_run(
+            args.run_dir, name=args.name, models_dir=args.models_dir, version=args.version, finish=finish
+        )
     except (FileNotFoundError, FileExistsError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -250,10 +272,6 @@ def main(args: argparse.Namespace) -> int:
         + (f"{top1:.4f}" if top1 is not None else "not measured")
     )
     print(f"inspect it: saved_model_cli show --dir {path} --all")
-    if not args.no_optimize:
-        from training.optimize import optimize_exported_run
-
-        optimize_exported_run(path, run_dir=args.run_dir)
     return 0
 
 
@@ -263,6 +281,7 @@ def export_run(
     name: str | None = None,
     models_dir: str | Path = "models",
     version: int | None = None,
+    finish: Finish | None = None,
 ) -> Path:
     """Export a finished fit run from ``run_dir/best.keras`` and ``run_dir/run.json``."""
     run_dir = Path(run_dir)
@@ -270,7 +289,9 @@ def export_run(
     if not run.get("metrics"):
         raise ValueError(f"{run_dir} is not finished (run.json has no held-out metrics yet)")
     model = load_checkpoint(checkpoint)
-    return export_trained(model, run, run_dir, name=name, models_dir=models_dir, version=version)
+    return export_trained(
+        model, run, run_dir, name=name, models_dir=models_dir, version=version, finish=finish
+    )
 
 
 def export_trained(
@@ -281,6 +302,7 @@ def export_trained(
     name: str | None = None,
     models_dir: str | Path = "models",
     version: int | None = None,
+    finish: Finish | None = None,
 ) -> Path:
     """Export the evaluated ``model`` of the run ``run`` (its ``run.json`` record) in ``run_dir``:
     the hand-over from a run folder to the repository (``fit`` ends with it; ``export_run`` too)."""
@@ -298,4 +320,5 @@ def export_trained(
         models_dir=models_dir,
         version=version,
         extra=run_extras(run, run_dir),
+        finish=finish,
     )

@@ -153,14 +153,17 @@ def export(recipe: Recipe, run: dict, run_dir: Path, best: keras.Model, data) ->
     """Export the evaluated best checkpoint and (unless ``--no-optimize``) its faster forms."""
     from training.export import export_trained
 
-    path = export_trained(best, run, run_dir, models_dir=recipe.models_dir)
+    finish = None
+    if not recipe.no_optimize:  # the forms are written before the version is published
+        from training.optimize import held_out_from_data, optimize_after_export
+
+        def finish(folder: Path, final: Path) -> None:
+            optimize_after_export(folder, lambda: held_out_from_data(data, seed=recipe.seed), shown=final)
+
+    path = export_trained(best, run, run_dir, models_dir=recipe.models_dir, finish=finish)
     run["export"] = str(path)
     write_json(run_dir / "run.json", run)
     print(f"exported to {path}")
-    if not recipe.no_optimize:
-        from training.optimize import held_out_from_data, optimize_after_export
-
-        optimize_after_export(path, lambda: held_out_from_data(data, seed=recipe.seed))
 
 
 def set_precision(mixed: bool) -> bool:

@@ -274,8 +274,10 @@ def import_model(
     version: int | None = None,
     command: str = "",
     log=print,
+    finish=None,
 ) -> Path:
-    """Write the model at ``path`` as ``models_dir/name/<version>/``; return that folder."""
+    """Write the model at ``path`` as ``models_dir/name/<version>/``; return that folder
+    (``finish``: ``training.export.export_model``'s)."""
     path = Path(path)
     if not is_valid_name(name):
         raise ImportRefused(f"model name {name!r} must be letters, digits, '_', '-' or '.' (not first)")
@@ -313,6 +315,7 @@ def import_model(
         command=command,
         models_dir=models_dir,
         version=version,
+        finish=finish,
         extra={
             "imported": {
                 "source": portable_path(path),
@@ -329,21 +332,23 @@ def import_model(
 
 
 def check_data(data: str, labels: list[str]) -> None:
-    """``--data`` must be class folders named like the labels, in output order (sorted)."""
+    """``--data`` must be class folders named like the labels (in any order: they are matched by
+    name, ``training.data.class_order_for``)."""
+    from training.data import class_order_for
+
     if not Path(data).is_dir():
         raise ImportRefused(f"--data {data} is not a folder of class sub-folders")
-    classes = sorted(p.name for p in Path(data).iterdir() if p.is_dir())
-    if classes != labels:
-        raise ImportRefused(
-            f"--data {data}: its class folders ({', '.join(classes[:3])}...) are not the labels in "
-            f"output order ({', '.join(labels[:3])}...), so its scores would mean nothing"
-        )
+    try:
+        class_order_for(data, labels)
+    except ValueError as error:
+        raise ImportRefused(f"--data: {error}, so its scores would mean nothing") from None
 
 
 def evaluate_and_optimize(
-    version_dir: Path, data: str, *, calibration: int, limit: int | None, precisions, log
+    version_dir: Path, data: str, *, calibration: int, limit: int | None, precisions, log, shown=None
 ):
-    """With ``--data``: the held-out metrics from its test split, then the gated CPU forms."""
+    """With ``--data``: the held-out metrics from its test split, then the gated CPU forms, in the
+    version's hidden folder before it is published (``shown``: the folder it becomes)."""
     from service.runtimes import GATE
     from training.optimize import available, held_out_for_export, optimize_export, summary_line
 
@@ -368,7 +373,10 @@ def evaluate_and_optimize(
         f"the test split of {portable_path(data)}: whether the model saw these images in training is unknown"
     )
     write_json(version_dir / "metadata.json", metadata)
-    log(f"runtimes of {version_dir} (gate: {GATE.rule}; the service's auto uses only those that passed):")
+    log(
+        f"runtimes of {shown or version_dir} (gate: {GATE.rule}; the service's auto uses only those "
+        "that passed):"
+    )
     for key, found in runtimes.items():
         log("  " + summary_line(key, found))
     return runtimes
@@ -399,8 +407,21 @@ def main(args: argparse.Namespace) -> int:
     if not args.labels.is_file():
         raise ImportRefused(f"labels file {args.labels} not found")
     labels = read_labels(args.labels)
-    if args.data:  # before anything is written
+    finish = None
+    if args.data:  # checked before anything is written; evaluated before the version is published
         check_data(args.data, labels)
+
+        def finish(folder: Path, final: Path) -> None:
+            evaluate_and_optimize(
+                folder,
+                args.data,
+                calibration=args.calibration,
+                limit=args.limit,
+                precisions=[p for p in args.precisions.split(",") if p],
+                log=print,
+                shown=final,
+            )
+
     try:
         path = import_model(
             args.path,
@@ -412,6 +433,7 @@ def main(args: argparse.Namespace) -> int:
             models_dir=args.models_dir,
             version=args.version,
             command=command_line("import", [args.path, "--labels", args.labels, "--name", args.name]),
+            finish=finish,
         )
     except FileExistsError as error:  # --version of an existing version: never overwritten
         raise ImportRefused(str(error)) from None
@@ -422,15 +444,7 @@ def main(args: argparse.Namespace) -> int:
         f"{metadata['input_size'][0]}x{metadata['input_size'][1]}"
     )
     if args.data:
-        evaluate_and_optimize(
-            path,
-            args.data,
-            calibration=args.calibration,
-            limit=args.limit,
-            precisions=[p for p in args.precisions.split(",") if p],
-            log=print,
-        )
-        top1 = read_metadata(path)["metrics"]["top1"]
+        top1 = metadata["metrics"]["top1"]
         print(f"held-out top-1 {top1:.4f} on the test split of {args.data}")
     else:
         print(

@@ -416,16 +416,23 @@ def held_out_for_export(
     if not data and config.get("data") and config["data"] != "imagenette":  # "imagenette": TFDS
         data = str(local_path(config["data"]))
     data = data or config.get("data")
-    if not data or (data != "imagenette" and not Path(data).is_dir()):
+    if not data:
         raise FileNotFoundError(
-            f"give --data: the dataset {version_dir} was trained on ({data or 'not recorded'} is not "
-            "a folder here)"
+            f"{version_dir} records no dataset: give --data FOLDER, class sub-folders named like its labels"
+        )
+    if data != "imagenette" and not Path(data).is_dir():
+        raise FileNotFoundError(
+            f"the dataset {version_dir} was trained on, {data}, is not a folder here: give --data FOLDER"
         )
     fractions = SplitFractions(
         config.get("validation_fraction", 0.15), config.get("test_fraction", 0.15), config.get("seed", 0)
     )
     dataset = load_data(
-        data, tuple(metadata["input_size"]), fractions=fractions, labels_map=config.get("labels_map")
+        data,
+        tuple(metadata["input_size"]),
+        fractions=fractions,
+        labels_map=config.get("labels_map"),
+        labels=metadata["labels"],  # class folders matched to the labels by name, in any order
     )
     if dataset.num_classes != len(metadata["labels"]):
         raise ValueError(f"{data} has {dataset.num_classes} classes, the model {len(metadata['labels'])}")
@@ -445,15 +452,17 @@ def held_out_for_export(
     return held_out
 
 
-def optimize_after_export(version_dir: Path, held_out, log=print) -> dict | None:
-    """``optimize_export`` right after an export (``held_out``: a function returning the
+def optimize_after_export(version_dir: Path, held_out, log=print, shown: Path | None = None) -> dict | None:
+    """``optimize_export`` during an export, before it is published (``version_dir``: its hidden
+    folder, ``shown``: the version folder it becomes; ``held_out``: a function returning the
     ``HeldOut``); when OpenVINO or NNCF is missing, says so and how to do it later."""
+    shown = shown or version_dir
     missing = available()
     if missing:
-        log(f"not optimized ({missing}): later, `python -m training optimize {version_dir}`")
+        log(f"not optimized ({missing}): later, `python -m training optimize {shown}`")
         return None
     runtimes = optimize_export(version_dir, held_out(), log=log)
-    log(f"faster forms of {version_dir} (gate: {GATE.rule}):")
+    log(f"faster forms of {shown} (gate: {GATE.rule}):")
     for key, found in runtimes.items():
         log("  " + summary_line(key, found))
     return runtimes
@@ -481,9 +490,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="OpenVINO forms to write and measure (comma-separated; empty: none)",
     )
     p("--limit", type=int, help="test images to evaluate on (default: the whole test split)")
+    p(
+        "--rewrite",
+        action="store_true",
+        help="measure a version that already has its forms again, rewriting its openvino/ and "
+        "metadata.json in place (without it, such a version is left as it is)",
+    )
+
+
+def already_optimized(folder: Path, metadata: dict) -> str | None:
+    """Why ``optimize`` leaves ``folder`` alone without ``--rewrite``: its forms are measured."""
+    measured = sorted(metadata.get("runtimes") or {})
+    if not measured:
+        return None
+    return (
+        f"{folder} already has its runtimes measured ({', '.join(measured)}); `--rewrite` measures "
+        "them again and rewrites its openvino/ and metadata.json in place (a committed model shows "
+        "as modified; a server that serves it keeps the old forms until it restarts)"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
+    from training import quiet
+
+    quiet.quiet_import("tensorflow")  # imported lazily below: its start-up lines held back here
     folder = args.version_dir
     try:
         metadata = read_metadata(folder)
@@ -491,6 +521,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {folder} is not an export ({error})", file=sys.stderr)
         return 2
     precisions = tuple(p for p in args.precisions.split(",") if p)
+    refusal = None if args.rewrite else already_optimized(folder, metadata)
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
+        return 2
     try:
         held_out = held_out_for_export(
             folder, metadata, data=args.data, calibration=args.calibration, limit=args.limit
@@ -505,13 +539,14 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def optimize_exported_run(version_dir: Path, run_dir: Path | None = None) -> None:
-    """After ``python -m training export RUN``: the faster forms, from the data the run names; a
-    note instead when that data is not here."""
+def optimize_exported_run(version_dir: Path, run_dir: Path | None = None, shown: Path | None = None) -> None:
+    """During ``python -m training export RUN``: the faster forms, from the data the run names; a
+    note instead when that data is not here (``shown``: as ``optimize_after_export``)."""
+    shown = shown or version_dir
     metadata = read_metadata(version_dir)
     try:
         optimize_after_export(
-            version_dir, lambda: held_out_for_export(version_dir, metadata, run_dir=run_dir)
+            version_dir, lambda: held_out_for_export(shown, metadata, run_dir=run_dir), shown=shown
         )
     except FileNotFoundError as error:
-        print(f"not optimized: {error}; later: `python -m training optimize {version_dir} --data DIR`")
+        print(f"not optimized: {error}; later: `python -m training optimize {shown} --data DIR`")
