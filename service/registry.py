@@ -30,7 +30,8 @@ from service.batching import Batcher
 from service.config import ServiceConfig
 from service.images import Resize
 from service.metrics import metrics
-from service.model_store import check_export
+from service.model_store import InvalidModel, check_export
+from service.repository import containment_problem, is_valid_name, is_version_name
 
 logger = logging.getLogger("bentoml.convzoo")
 
@@ -58,9 +59,9 @@ class Policy:
             return cls("all")
         if text.startswith("latest="):
             count = text.split("=", 1)[1]
-            if count.isdigit() and int(count) >= 1:
+            if is_version_name(count):
                 return cls("latest", int(count))
-        elif all(part.isdigit() and int(part) >= 1 for part in text.split("+")):
+        elif all(is_version_name(part) for part in text.split("+")):
             return cls("specific", versions=tuple(sorted({int(part) for part in text.split("+")})))
         raise ValueError(
             f"version policy {text!r} is not one of: latest, latest=N, all, a version (3) or versions (3+5)"
@@ -85,8 +86,6 @@ def parse_models(spec: str | None) -> dict[str, Policy] | None:
     model of the repository, each at its latest version."""
     if not spec or not spec.strip():
         return None
-    from service.repository import is_valid_name
-
     policies: dict[str, Policy] = {}
     for item in spec.split(","):
         name, _, policy = item.strip().partition(":")
@@ -134,6 +133,9 @@ class ServedVersion:
         self.decode_seconds = m.decode_seconds.labels(name)
         self.request_images = m.request_images.labels(*labels)
         self._ok: dict[str, tuple[Any, Any, Any]] = {}  # protocol -> its bound success metrics
+        self.description = public_metadata(
+            {**metadata, "name": name, "version": version, "runtime": runtimes.describe(choice)}
+        )
 
     def count_ok(self, protocol: str, images: int, seconds: float) -> None:
         """One successful request (the metrics' children bound once per protocol)."""
@@ -157,15 +159,10 @@ class ServedVersion:
 
     def describe(self) -> dict[str, Any]:
         """The public metadata (``/metadata``, the protocols' model metadata): ``metadata.json``
-        without machine paths, plus the runtime that serves it."""
-        return public_metadata(
-            {
-                **self.metadata,
-                "name": self.name,
-                "version": self.version,
-                "runtime": runtimes.describe(self.choice),
-            }
-        )
+        without machine paths, plus the runtime that serves it. Made once, when the version is
+        loaded (a large ``metadata.json`` costs its walk once, not per request); shared, so
+        callers copy it before changing it."""
+        return self.description
 
     @contextlib.contextmanager
     def hold(self) -> Iterator[ServedVersion]:
@@ -194,15 +191,46 @@ class ServedVersion:
 
 
 def load_version(folder: Path, name: str, version: int, config: ServiceConfig) -> ServedVersion:
-    """``folder`` verified, its runtime chosen, loaded and warmed up (module docstring); raises
-    ``model_store.InvalidModel`` or ``runtimes.RuntimeUnavailable`` (or the runtime's own error)."""
-    metadata = check_export(folder)
+    """``folder`` verified, its runtime chosen, loaded, checked against its metadata and warmed up
+    (module docstring); raises ``model_store.InvalidModel`` or ``runtimes.RuntimeUnavailable`` (or
+    the runtime's own error).
+
+    A folder of the repository (``CONVZOO_MODELS_DIR``) is checked with the repository as its root
+    (``repository.containment_problem``: no symbolic link on the way or inside); a copy in BentoML's
+    store (the default model) on its own. The containment is checked again after the load, with the
+    folder's identity, so a folder swapped for another (a symbolic link) while it loads is refused."""
+    folder = Path(folder)
+    root = Path(config.models_dir)
+    root = root if folder.is_relative_to(root) else None
+    before = _identity(folder, root)
+    metadata = check_export(folder, root)
     choice = runtimes.choose(config.runtime, metadata, folder, gpus=config.gpus)
     model = runtimes.load(choice, folder, threads=config.worker_cpus)
     resize = Resize.from_metadata(metadata)
+    if problem := runtimes.signature_problem(model, (resize.height, resize.width), len(metadata["labels"])):
+        raise InvalidModel(f"{folder}: {problem}")
+    if _identity(folder, root) != before or (problem := containment_problem(folder, root)):
+        raise InvalidModel(f"{folder} changed while it was loaded ({problem or 'replaced'}); not served")
     runtimes.warm_up(model, (resize.height, resize.width), config.max_batch_size)
     runtimes.release_free_memory()
     return ServedVersion(name, version, metadata, choice, model, config, folder)
+
+
+def _identity(folder: Path, root: Path | None) -> tuple:
+    """The (device, inode) of ``folder`` and of each folder between ``root`` and it: another folder
+    renamed or linked into its place changes it."""
+    steps = [folder]
+    if root is not None:
+        parts = folder.relative_to(root).parts
+        steps = [root.joinpath(*parts[:i]) for i in range(1, len(parts) + 1)]
+    identity = []
+    for step in steps:
+        try:
+            info = step.lstat()
+        except OSError:
+            return ()
+        identity.append((info.st_dev, info.st_ino))
+    return tuple(identity)
 
 
 class Registry:
@@ -222,7 +250,7 @@ class Registry:
             raise UnknownModel(f"no model {name!r} is served; served: {self.summary()}")
         if version in (None, ""):
             return versions[max(versions)]
-        number = int(version) if str(version).isdigit() else None
+        number = int(version) if is_version_name(str(version)) else None
         if number not in versions:
             raise UnknownModel(f"model {name!r} has no version {version!r} served; served: {self.summary()}")
         return versions[number]

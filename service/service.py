@@ -160,14 +160,9 @@ class Classifier:
             served = self.core.model(*_model_spec(model))
         except ApiError as error:
             return _error(error.status, error.message, **error.details)
-        return public_metadata(
-            {
-                **served.describe(),
-                "bentoml_tag": served.key,
-                "limits": self.core.public_limits(),
-                "served": self.core.registry.listing(),
-            }
-        )
+        extra = {"bentoml_tag": served.key, "limits": self.core.public_limits()}
+        # describe() is public already (made once per version): only the rest is stripped here
+        return {**served.describe(), **public_metadata({**extra, "served": self.core.registry.listing()})}
 
 
 async def classify_uploads(
