@@ -175,13 +175,26 @@ def import_export(models_dir: Path, name: str, version: str | int) -> bentoml.Mo
     if not source.exists():
         raise ModelNotFound(f"no exported model at {source}")
     # even when imported before: the repository is the truth
-    metadata = check_export(source, Path(models_dir))
+    check_export(source, Path(models_dir))
+    try:  # what is checked and copied is a fixed snapshot: nothing swapped in meanwhile is read
+        private = repository.snapshot(models_dir, name, int(version))
+    except repository.InvalidExport as error:
+        raise InvalidModel(str(error)) from None
+    try:
+        return _import(private, source, tag)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def _import(private: Path, source: Path, tag: str) -> bentoml.Model:
+    """``import_export`` of the snapshot ``private`` of ``source``."""
+    metadata = check_export(private)
     try:
         stored = bentoml.models.get(tag)
     except NotFound:
         pass
     else:
-        if same_export(source, Path(stored.path)):
+        if same_export(private, Path(stored.path)):
             return stored
         # Another export under the same name:version (a model re-trained elsewhere, a test run
         # in this BENTOML_HOME): the repository wins, or the service would answer with the
@@ -192,8 +205,7 @@ def import_export(models_dir: Path, name: str, version: str | int) -> bentoml.Mo
         with bentoml.models.create(
             tag, labels={"project": "convzoo"}, metadata=without_nulls(metadata)
         ) as model:
-            # links copied as links: one planted after the check is refused in the store's copy
-            shutil.copytree(source, model.path, symlinks=True, dirs_exist_ok=True)
+            shutil.copytree(private, model.path, dirs_exist_ok=True)
     except BentoMLException:
         # Another process imported the same export meanwhile: that copy is as good as ours.
         return bentoml.models.get(tag)

@@ -15,7 +15,9 @@ and its counters; the core that every protocol (``service.service``, ``service.o
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,7 +33,7 @@ from service.config import ServiceConfig
 from service.images import Resize
 from service.metrics import metrics
 from service.model_store import InvalidModel, check_export
-from service.repository import containment_problem, is_valid_name, is_version_name
+from service.repository import InvalidExport, containment_problem, is_valid_name, is_version_name, snapshot
 
 logger = logging.getLogger("bentoml.convzoo")
 
@@ -195,42 +197,42 @@ def load_version(folder: Path, name: str, version: int, config: ServiceConfig) -
     (module docstring); raises ``model_store.InvalidModel`` or ``runtimes.RuntimeUnavailable`` (or
     the runtime's own error).
 
-    A folder of the repository (``CONVZOO_MODELS_DIR``) is checked with the repository as its root
-    (``repository.containment_problem``: no symbolic link on the way or inside); a copy in BentoML's
-    store (the default model) on its own. The containment is checked again after the load, with the
-    folder's identity, so a folder swapped for another (a symbolic link) while it loads is refused."""
+    A folder of the repository (``CONVZOO_MODELS_DIR/<name>/<version>``) is checked where it lies
+    (``repository.containment_problem``), then checked again and loaded from a private snapshot
+    (``repository.snapshot``), so what is loaded is exactly what was checked, whatever is swapped in
+    the repository meanwhile; a copy in BentoML's store (the default model) is loaded in place."""
     folder = Path(folder)
     root = Path(config.models_dir)
-    root = root if folder.is_relative_to(root) else None
-    before = _identity(folder, root)
-    metadata = check_export(folder, root)
-    choice = runtimes.choose(config.runtime, metadata, folder, gpus=config.gpus)
-    model = runtimes.load(choice, folder, threads=config.worker_cpus)
+    if folder.parent.parent != root:
+        return _load(folder, folder, name, version, config)
+    if problem := containment_problem(folder, root):
+        raise InvalidModel(problem)
+    try:
+        private = snapshot(root, name, version)
+    except InvalidExport as error:
+        raise InvalidModel(str(error)) from None
+    try:
+        return _load(private, folder, name, version, config)
+    except InvalidModel as error:
+        raise InvalidModel(str(error).replace(str(private), str(folder))) from None
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def _load(files: Path, folder: Path, name: str, version: int, config: ServiceConfig) -> ServedVersion:
+    """``load_version`` of the export whose files are in ``files`` (``folder``: where it is shown)."""
+    metadata = check_export(files)
+    choice = runtimes.choose(config.runtime, metadata, files, gpus=config.gpus)
+    model = runtimes.load(choice, files, threads=config.worker_cpus)
     resize = Resize.from_metadata(metadata)
     if problem := runtimes.signature_problem(model, (resize.height, resize.width), len(metadata["labels"])):
         raise InvalidModel(f"{folder}: {problem}")
-    if _identity(folder, root) != before or (problem := containment_problem(folder, root)):
-        raise InvalidModel(f"{folder} changed while it was loaded ({problem or 'replaced'}); not served")
     runtimes.warm_up(model, (resize.height, resize.width), config.max_batch_size)
     runtimes.release_free_memory()
+    if choice.path is not None:
+        choice = dataclasses.replace(choice, path=folder / choice.path.relative_to(files))
+    choice = dataclasses.replace(choice, reason=choice.reason.replace(str(files), str(folder)))
     return ServedVersion(name, version, metadata, choice, model, config, folder)
-
-
-def _identity(folder: Path, root: Path | None) -> tuple:
-    """The (device, inode) of ``folder`` and of each folder between ``root`` and it: another folder
-    renamed or linked into its place changes it."""
-    steps = [folder]
-    if root is not None:
-        parts = folder.relative_to(root).parts
-        steps = [root.joinpath(*parts[:i]) for i in range(1, len(parts) + 1)]
-    identity = []
-    for step in steps:
-        try:
-            info = step.lstat()
-        except OSError:
-            return ()
-        identity.append((info.st_dev, info.st_ino))
-    return tuple(identity)
 
 
 class Registry:

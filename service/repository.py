@@ -31,12 +31,15 @@ the Bento with ``service/``), ``benchmarks.modelrepo`` and the tests find export
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import stat
+import tempfile
 from pathlib import Path
 
 METADATA_FILE = "metadata.json"
@@ -319,6 +322,110 @@ def containment_problem(version_dir: str | Path, root: str | Path | None = None)
 
 def _raise(error: OSError) -> None:
     raise error
+
+
+SNAPSHOT_PREFIX = ".convzoo-load-"
+_NOFOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+
+
+def snapshot(models_dir: str | Path, name: str, version: int) -> Path:
+    """A private, fixed copy of ``models_dir/name/version`` to check and load, so that nothing
+    swapped in the repository between the check and the load (a folder or file replaced by a
+    symbolic link, then put back) is ever read: the walk opens each folder relative to its parent
+    without following links (``O_NOFOLLOW``), and hard-links each plain file into a hidden sibling
+    folder of the repository (``.convzoo-load-<pid>-*``: no bytes copied), or copies it to a
+    temporary folder where links cannot be made (another file system, a read-only repository).
+    ``InvalidExport`` for a link or a special file met on the way. The caller removes the copy
+    (``shutil.rmtree``) once loaded."""
+    _remove_stale_snapshots(Path(models_dir))
+    root = os.open(models_dir, os.O_RDONLY | os.O_DIRECTORY)  # the operator's setting: may be a link
+    try:
+        model = _open_folder(name, root, Path(models_dir))
+        try:
+            folder = _open_folder(str(version), model, Path(models_dir, name))
+        finally:
+            os.close(model)
+        try:
+            target = Path(models_dir, f"{SNAPSHOT_PREFIX}{os.getpid()}-{secrets.token_hex(4)}")
+            try:
+                target.mkdir()
+                _copy_tree(folder, target, Path(models_dir, name, str(version)), link=True)
+            except OSError:  # no hard links here: a real copy, in the temporary folder
+                shutil.rmtree(target, ignore_errors=True)
+                target = Path(tempfile.mkdtemp(prefix=f"{SNAPSHOT_PREFIX}{os.getpid()}-"))
+                _copy_tree(folder, target, Path(models_dir, name, str(version)), link=False)
+        finally:
+            os.close(folder)
+    except BaseException:
+        if "target" in locals():
+            shutil.rmtree(target, ignore_errors=True)
+        raise
+    finally:
+        os.close(root)
+    return target
+
+
+def _open_folder(name: str, parent: int, shown: Path) -> int:
+    try:
+        return os.open(name, _NOFOLLOW_DIR, dir_fd=parent)
+    except OSError as error:
+        if error.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise InvalidExport(
+                f"{shown / name} is a symbolic link or not a folder; models are served only from "
+                "inside the repository"
+            ) from None
+        raise InvalidExport(f"{shown / name} cannot be opened ({error.strerror})") from None
+
+
+def _copy_tree(folder: int, target: Path, shown: Path, *, link: bool) -> None:
+    """Every plain file and folder under the open ``folder`` into ``target`` (``snapshot``)."""
+    for entry in os.scandir(folder):
+        if entry.is_dir(follow_symlinks=False):
+            inner = _open_folder(entry.name, folder, shown)
+            try:
+                (target / entry.name).mkdir()
+                _copy_tree(inner, target / entry.name, shown / entry.name, link=link)
+            finally:
+                os.close(inner)
+        elif entry.is_file(follow_symlinks=False) and link:
+            os.link(entry.name, target / entry.name, src_dir_fd=folder, follow_symlinks=False)
+            if not stat.S_ISREG((target / entry.name).lstat().st_mode):  # swapped meanwhile
+                raise InvalidExport(f"{shown / entry.name} is not a plain file")
+        elif entry.is_file(follow_symlinks=False):
+            try:
+                source = os.open(entry.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder)
+            except OSError:
+                raise InvalidExport(f"{shown / entry.name} is not a plain file") from None
+            with os.fdopen(source, "rb") as reader:
+                if not stat.S_ISREG(os.fstat(reader.fileno()).st_mode):
+                    raise InvalidExport(f"{shown / entry.name} is not a plain file")
+                with open(target / entry.name, "xb") as writer:
+                    shutil.copyfileobj(reader, writer, 1 << 20)
+        else:
+            kind = "a symbolic link" if entry.is_symlink() else "not a plain file or folder"
+            raise InvalidExport(f"{shown / entry.name} is {kind}; a version folder holds only its own files")
+
+
+def _remove_stale_snapshots(models_dir: Path) -> None:
+    """Snapshots left by a process that no longer runs (killed while loading)."""
+    try:
+        entries = [p for p in models_dir.iterdir() if p.name.startswith(SNAPSHOT_PREFIX)]
+    except OSError:
+        return
+    for path in entries:
+        pid = path.name[len(SNAPSHOT_PREFIX) :].split("-", 1)[0]
+        if pid.isascii() and pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def scan_versions(models_dir: str | Path, name: str) -> tuple[list[int], list[tuple[Path, str]]]:

@@ -349,3 +349,27 @@ def test_start_up_refuses_a_default_model_with_a_link_inside(tmp_path):
     }
     lines = Server([], env, tmp_path / "serve.log").refusal_lines()
     assert len(lines) == 1 and "is a symbolic link" in lines[0], lines
+
+
+def test_a_load_reads_a_private_snapshot_taken_without_following_links(scratch, tmp_path):
+    """The race between the check and the load (attack 5): what is loaded is a snapshot taken by
+    a walk that opens every folder without following links, so a link swapped in after the check
+    is met by the walk (refused) or not at all. Hard links, no bytes copied; removed after."""
+    repo = tmp_path / "repo"
+    export_copy(repo / "m" / "1")
+    private = repository.snapshot(repo, "m", 1)
+    try:
+        for path in (repo / "m" / "1").rglob("*"):
+            if path.is_file():
+                assert path.stat().st_ino == (private / path.relative_to(repo / "m" / "1")).stat().st_ino
+    finally:
+        shutil.rmtree(private)
+    (repo / "m" / "1" / "openvino").rename(repo / "m" / ".openvino")
+    (repo / "m" / "1" / "openvino").symlink_to(scratch / "outside" / "1" / "openvino")
+    with pytest.raises(repository.InvalidExport, match="openvino is a symbolic link"):
+        repository.snapshot(repo, "m", 1)
+    shutil.move(repo / "m" / "1", tmp_path / "moved")
+    (repo / "m" / "1").symlink_to(tmp_path / "moved")
+    with pytest.raises(repository.InvalidExport, match="is a symbolic link"):
+        repository.snapshot(repo, "m", 1)
+    assert [p.name for p in repo.iterdir()] == ["m"]  # nothing left behind
