@@ -4,9 +4,11 @@ and its counters; the core that every protocol (``service.service``, ``service.o
 
 - ``Policy``: which versions of a model are served, as TensorFlow Serving and Triton name it:
   the latest N (default 1), specific versions, or all. ``parse_models`` reads ``CONVZOO_MODELS``.
-- ``load_version``: an export folder verified (``model_store.check_export``: schema, sizes and
-  SHA-256 of every file), its runtime chosen (``runtimes.choose``: the accuracy gate), loaded and
-  warmed up at every batch size: a ``ServedVersion``, ready before any request reaches it.
+- ``load_version``: an export folder verified (``model_store.check_export``: containment, schema,
+  sizes and SHA-256 of every file) in a private snapshot (``repository.snapshot``), its runtime
+  chosen (``runtimes.choose``: the accuracy gate), loaded, checked against its metadata
+  (``runtimes.signature_problem``) and warmed up at every batch size: a ``ServedVersion``, ready
+  before any request reaches it.
 - ``Registry``: name -> {version -> ServedVersion}. A lookup is one read of a dict that is only
   ever replaced whole, never changed in place, so a request sees the versions before or after a
   swap, never between; a request keeps the version it got until it is answered.
@@ -33,7 +35,14 @@ from service.config import ServiceConfig
 from service.images import Resize
 from service.metrics import metrics
 from service.model_store import InvalidModel, check_export
-from service.repository import InvalidExport, containment_problem, is_valid_name, is_version_name, snapshot
+from service.repository import (
+    InvalidExport,
+    containment_problem,
+    is_complete,
+    is_valid_name,
+    is_version_name,
+    snapshot,
+)
 
 logger = logging.getLogger("bentoml.convzoo")
 
@@ -207,6 +216,8 @@ def load_version(folder: Path, name: str, version: int, config: ServiceConfig) -
         return _load(folder, folder, name, version, config)
     if problem := containment_problem(folder, root):
         raise InvalidModel(problem)
+    if not is_complete(folder):  # before any snapshot: a flood of empty folders costs little
+        raise InvalidModel(f"{folder}: no saved_model.pb and metadata.json (an interrupted copy?)")
     try:
         private = snapshot(root, name, version)
     except InvalidExport as error:
