@@ -67,6 +67,13 @@ SERVING_KEYS = ("labels", "input_size")
 MAX_METADATA_BYTES = 4 * 1024 * 1024
 """The largest ``metadata.json`` read (ImageNet-21k's labels take ~0.3 MB): a larger one is refused
 before it is parsed, so a planted file cannot make every load and every description costly."""
+MAX_INPUT_SIDE = 2048
+"""The largest height or width of a model's input: a server warms a model up at every batch size
+(32 images of 2048x2048 take 400 MB), so a planted ``input_size`` cannot make a load take the
+machine's memory."""
+MAX_FOLDER_DEPTH = 16
+"""How deep a version folder may nest (an export nests 3 deep): ``snapshot`` holds one open folder
+per level."""
 RUNTIMES = {"tensorflow": ("fp32", "bf16"), "openvino": ("fp32", "bf16", "int8")}
 """``metadata.json["runtimes"][...]``: the runtimes and precisions an entry may name."""
 RUNTIME_OPTIONS = {"INFERENCE_PRECISION_HINT": ("f32", "bf16", "f16")}
@@ -201,9 +208,13 @@ def validate_metadata(metadata: object, where: str | Path, required: tuple[str, 
         raise InvalidExport(f"{where}: metadata.json 'labels' are not distinct")
     size = metadata.get("input_size")
     if "input_size" in metadata and not (
-        isinstance(size, list) and len(size) == 2 and all(isinstance(x, int) and x > 0 for x in size)
+        isinstance(size, list)
+        and len(size) == 2
+        and all(isinstance(x, int) and not isinstance(x, bool) and 0 < x <= MAX_INPUT_SIDE for x in size)
     ):
-        raise InvalidExport(f"{where}: metadata.json 'input_size' is not [height, width]")
+        raise InvalidExport(
+            f"{where}: metadata.json 'input_size' is not [height, width] (each 1 to {MAX_INPUT_SIDE})"
+        )
     if "name" in metadata and not (isinstance(metadata["name"], str) and is_valid_name(metadata["name"])):
         raise InvalidExport(f"{where}: metadata.json 'name' {metadata['name']!r} is not a model name")
     if "version" in metadata and not (isinstance(metadata["version"], int) and metadata["version"] >= 1):
@@ -377,14 +388,16 @@ def _open_folder(name: str, parent: int, shown: Path) -> int:
         raise InvalidExport(f"{shown / name} cannot be opened ({error.strerror})") from None
 
 
-def _copy_tree(folder: int, target: Path, shown: Path, *, link: bool) -> None:
+def _copy_tree(folder: int, target: Path, shown: Path, *, link: bool, depth: int = 0) -> None:
     """Every plain file and folder under the open ``folder`` into ``target`` (``snapshot``)."""
+    if depth > MAX_FOLDER_DEPTH:
+        raise InvalidExport(f"{shown} nests more than {MAX_FOLDER_DEPTH} folders deep")
     for entry in os.scandir(folder):
         if entry.is_dir(follow_symlinks=False):
             inner = _open_folder(entry.name, folder, shown)
             try:
                 (target / entry.name).mkdir()
-                _copy_tree(inner, target / entry.name, shown / entry.name, link=link)
+                _copy_tree(inner, target / entry.name, shown / entry.name, link=link, depth=depth + 1)
             finally:
                 os.close(inner)
         elif entry.is_file(follow_symlinks=False) and link:
