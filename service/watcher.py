@@ -133,6 +133,8 @@ class Watcher:
         listing = self.listing()
         for name, available in listing.items():
             self._follow(name, available)
+        present = {(name, version) for name, versions in listing.items() for version in versions}
+        self.refused = {key: state for key, state in self.refused.items() if key in present}
         for name in sorted(set(self.registry.models) - set(listing)):
             self._follow(name, [])  # its folder is gone (or is no longer a plain folder)
         if self._quiet:
