@@ -356,3 +356,24 @@ def test_start_up_refuses_a_bad_default_model(tmp_path, attack):
     lines = Server([], env, tmp_path / "serve.log").refusal_lines()
     reason = "metadata.json has 2 labels" if attack == "labels" else "is a symbolic link"
     assert len(lines) == 1 and reason in lines[0], lines
+
+
+def test_the_snapshot_copies_where_it_cannot_link(tmp_path):
+    """``snapshot``'s other way (a read-only repository, another file system): a real copy, made
+    through the same walk, refusing a link out the same way."""
+    folder = export_copy(tmp_path / "repo" / "m" / "1")
+    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        (tmp_path / "copy").mkdir()
+        repository._copy_tree(descriptor, tmp_path / "copy", folder, link=False)
+        assert check_export(tmp_path / "copy")["name"] == "imagenette"
+        assert (tmp_path / "copy" / "saved_model.pb").stat().st_ino != (
+            folder / "saved_model.pb"
+        ).stat().st_ino
+        (folder / "fingerprint.pb").unlink()
+        (folder / "fingerprint.pb").symlink_to("/etc/hostname")
+        (tmp_path / "again").mkdir()
+        with pytest.raises(repository.InvalidExport, match="fingerprint.pb is a symbolic link"):
+            repository._copy_tree(descriptor, tmp_path / "again", folder, link=False)
+    finally:
+        os.close(descriptor)
