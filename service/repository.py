@@ -325,10 +325,19 @@ def containment_problem(version_dir: str | Path, root: str | Path | None = None)
                 mode = path.lstat().st_mode
                 if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
                     kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a plain file or folder"
-                    return f"{path} is {kind}; a version folder holds only its own files"
+                    return f"{printable(path)} is {kind}; a version folder holds only its own files"
     except OSError as error:
         return f"{version_dir} cannot be listed ({error.strerror or error}): changed while being read?"
     return None
+
+
+def printable(path: str | Path) -> str:
+    """``path`` for a log line: control characters escaped (a file named ``a\nFAKE LINE`` in a
+    version folder must not start a line of its own)."""
+    return _CONTROL.sub(lambda match: ascii(match.group())[1:-1], str(path))
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def _raise(error: OSError) -> None:
@@ -382,10 +391,10 @@ def _open_folder(name: str, parent: int, shown: Path) -> int:
     except OSError as error:
         if error.errno in (errno.ELOOP, errno.ENOTDIR):
             raise InvalidExport(
-                f"{shown / name} is a symbolic link or not a folder; models are served only from "
-                "inside the repository"
+                f"{printable(shown / name)} is a symbolic link or not a folder; models are served "
+                "only from inside the repository"
             ) from None
-        raise InvalidExport(f"{shown / name} cannot be opened ({error.strerror})") from None
+        raise InvalidExport(f"{printable(shown / name)} cannot be opened ({error.strerror})") from None
 
 
 def _copy_tree(folder: int, target: Path, shown: Path, *, link: bool, depth: int = 0) -> None:
@@ -403,20 +412,22 @@ def _copy_tree(folder: int, target: Path, shown: Path, *, link: bool, depth: int
         elif entry.is_file(follow_symlinks=False) and link:
             os.link(entry.name, target / entry.name, src_dir_fd=folder, follow_symlinks=False)
             if not stat.S_ISREG((target / entry.name).lstat().st_mode):  # swapped meanwhile
-                raise InvalidExport(f"{shown / entry.name} is not a plain file")
+                raise InvalidExport(f"{printable(shown / entry.name)} is not a plain file")
         elif entry.is_file(follow_symlinks=False):
             try:
                 source = os.open(entry.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder)
             except OSError:
-                raise InvalidExport(f"{shown / entry.name} is not a plain file") from None
+                raise InvalidExport(f"{printable(shown / entry.name)} is not a plain file") from None
             with os.fdopen(source, "rb") as reader:
                 if not stat.S_ISREG(os.fstat(reader.fileno()).st_mode):
-                    raise InvalidExport(f"{shown / entry.name} is not a plain file")
+                    raise InvalidExport(f"{printable(shown / entry.name)} is not a plain file")
                 with open(target / entry.name, "xb") as writer:
                     shutil.copyfileobj(reader, writer, 1 << 20)
         else:
             kind = "a symbolic link" if entry.is_symlink() else "not a plain file or folder"
-            raise InvalidExport(f"{shown / entry.name} is {kind}; a version folder holds only its own files")
+            raise InvalidExport(
+                f"{printable(shown / entry.name)} is {kind}; a version folder holds only its own files"
+            )
 
 
 def _remove_stale_snapshots(models_dir: Path) -> None:

@@ -257,5 +257,7 @@ def _files_state(folder: Path) -> tuple:
 
 
 def _one_line(error: BaseException) -> str:
+    """The error's first line, its control characters escaped (``repository.printable``: a file
+    named ``x\x1b[2J`` in a version folder must not reach the log as a terminal escape)."""
     lines = str(error).strip().splitlines()
-    return (lines[0] if lines else type(error).__name__)[:500]
+    return repository.printable((lines[0] if lines else type(error).__name__)[:500])

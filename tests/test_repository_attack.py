@@ -120,6 +120,11 @@ def test_links_and_special_files_are_refused(scratch, tmp_path):
         check_export(inner, repo)
     with pytest.raises(InvalidModel, match="symbolic link"):
         check_export(inner)  # a store's copy, checked on its own
+    named = export_copy(repo / "j" / "1")
+    (named / "x\nFAKE LINE\x1b[2J").symlink_to("/etc/hostname")
+    with pytest.raises(InvalidModel) as refused:
+        check_export(named, repo)
+    assert "x\\nFAKE LINE\\x1b[2J is a symbolic link" in str(refused.value)  # one line, no escape
     fifo = export_copy(repo / "f" / "1")
     os.mkfifo(fifo / "openvino" / "pipe")
     with pytest.raises(InvalidModel, match="not a plain file"):
