@@ -382,3 +382,32 @@ def test_the_snapshot_copies_where_it_cannot_link(tmp_path):
             repository._copy_tree(descriptor, tmp_path / "again", folder, link=False)
     finally:
         os.close(descriptor)
+
+
+def test_a_folder_replaced_by_a_link_after_load_is_retired(tmp_path, caplog):
+    """Attack 5 after load: a served model folder (``other``) or version folder (``third/1``)
+    swapped for a symbolic link to the same files: no longer in the repository, so retired (its
+    requests finish first), noted once; the default model keeps its version whatever happens."""
+    from service.registry import Policy, Registry
+    from service.watcher import Watcher
+
+    repo = tmp_path / "repo"
+    for name in ("imagenette", "other", "third"):
+        export_copy(repo / name / "1")
+    config = ServiceConfig(models_dir=repo, max_batch_size=1, poll_s=1)
+    registry = Registry(default="imagenette")
+    registry.add(load_version(repo / "imagenette" / "1", "imagenette", 1, config))
+    watcher = Watcher(registry, config, None, Policy())
+    watcher.poll()
+    assert registry.summary() == "imagenette:1 (default), other:1, third:1"
+    for folder in (repo / "other", repo / "third" / "1", repo / "imagenette" / "1"):
+        folder.rename(folder.with_name(f".real-{folder.name}"))
+        folder.symlink_to(folder.with_name(f".real-{folder.name}"))
+    with caplog.at_level("INFO", logger="bentoml.convzoo"):
+        for _ in range(3):
+            watcher.poll()
+            watcher._release_finished()
+    assert registry.summary() == "imagenette:1 (default)"
+    assert caplog.text.count(f"ignoring {repo / 'other'}: a symbolic link") == 1
+    assert caplog.text.count(f"ignoring {repo / 'third' / '1'}: a symbolic link") == 1
+    assert "unloaded other:1" in caplog.text and "unloaded third:1" in caplog.text
