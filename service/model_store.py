@@ -20,8 +20,10 @@ With no ``CONVZOO_MODEL`` the name is ``imagenette``; while that model does not 
 Safety (the service refuses to start, with one line naming the folder and the reason):
 
 - A model name is letters, digits, ``_``, ``.`` and ``-`` (starting with a letter or digit), so
-  ``../x``, ``/etc`` or ``a/b`` are refused before any path is built; a folder that resolves
-  outside the repository (a symlink to elsewhere) is refused too.
+  ``../x``, ``/etc`` or ``a/b`` are refused before any path is built; a model or version folder
+  that is a symbolic link, a version folder holding one, or a ``metadata.json`` naming a path that
+  leaves its folder is refused too (``repository.containment_problem``: the one containment check
+  of every load, this one included).
 - Every version folder (digits only) is checked before it is served or imported
   (``check_export``): ``metadata.json`` follows the schema of ``service.repository``
   (docs/design.md, contract 1), every file it records matches its size and SHA-256,
@@ -63,32 +65,37 @@ class InvalidModel(ValueError):
 
 
 def model_folder(models_dir: Path, name: str, version: str | int | None = None) -> Path:
-    """``models_dir/name[/version]``, refused when it resolves outside ``models_dir``."""
-    if not repository.is_valid_name(name) or (version is not None and not str(version).isdigit()):
+    """``models_dir/name[/version]``, refused when the name or version is not one, or when the
+    model folder is a symbolic link (the version folder is checked by ``check_export``)."""
+    if not repository.is_valid_name(name) or (
+        version is not None and not repository.is_version_name(str(version))
+    ):
         raise InvalidModel(f"{name!r} version {version!r} is not a model name and version")
-    root = Path(models_dir).resolve()
-    folder = root / name if version is None else root / name / str(version)
-    if not folder.resolve().is_relative_to(root):
+    root = Path(models_dir)
+    if (root / name).is_symlink():
         raise InvalidModel(
-            f"{folder} resolves to {folder.resolve()}, outside the model repository {root}; "
-            "models are served only from inside it"
+            f"{root / name} is a symbolic link (to {(root / name).resolve()}); models are served "
+            f"only from inside the model repository {root}"
         )
-    return folder
+    return root / name if version is None else root / name / str(version)
 
 
-def check_export(folder: Path) -> dict:
+def check_export(folder: Path, root: Path | None = None) -> dict:
     """The metadata of a complete export at ``folder``; raises ``InvalidModel`` saying why not.
 
-    TensorFlow-free: ``metadata.json`` follows the schema (``service.repository``; at the least
-    ``labels`` and ``input_size``), every file it records under ``files`` has its size and
-    SHA-256 (one flipped byte in a variables shard is refused), ``saved_model.pb`` walks as a
-    protocol buffer to its last byte, and ``variables/`` has its index and every data shard the
-    index's name promises (``variables.data-0000i-of-0000N``): the last two also for exports
-    older than the checksums.
+    First the one containment check (``repository.containment_problem``): with ``root`` (the
+    model repository), ``folder`` is ``root/<name>/<version>`` reached without a symbolic link;
+    always, it holds only plain files and folders, and every path its ``metadata.json`` names
+    stays inside it. Then, TensorFlow-free: ``metadata.json`` follows the schema
+    (``service.repository``; at the least ``labels`` and ``input_size``), every file it records
+    under ``files`` has its size and SHA-256 (one flipped byte in a variables shard is refused),
+    ``saved_model.pb`` walks as a protocol buffer to its last byte, and ``variables/`` has its
+    index and every data shard the index's name promises (``variables.data-0000i-of-0000N``): the
+    last two also for exports older than the checksums.
     """
     folder = Path(folder)
-    if not folder.is_dir():
-        raise InvalidModel(f"{folder}: not a folder")
+    if problem := repository.containment_problem(folder, root):
+        raise InvalidModel(problem)
     try:
         metadata = repository.read_metadata(folder, required=repository.SERVING_KEYS)
     except repository.InvalidExport as error:
@@ -158,7 +165,7 @@ def store_versions(name: str) -> list[int]:
         models = bentoml.models.list(name)
     except NotFound:
         return []
-    return sorted(int(m.tag.version) for m in models if m.tag.version and m.tag.version.isdigit())
+    return sorted(int(m.tag.version) for m in models if repository.is_version_name(m.tag.version or ""))
 
 
 def import_export(models_dir: Path, name: str, version: str | int) -> bentoml.Model:
@@ -167,13 +174,27 @@ def import_export(models_dir: Path, name: str, version: str | int) -> bentoml.Mo
     source = model_folder(models_dir, name, version)
     if not source.exists():
         raise ModelNotFound(f"no exported model at {source}")
-    metadata = check_export(source)  # even when imported before: the repository is the truth
+    # even when imported before: the repository is the truth
+    check_export(source, Path(models_dir))
+    try:  # what is checked and copied is a fixed snapshot: nothing swapped in meanwhile is read
+        private = repository.snapshot(models_dir, name, int(version))
+    except repository.InvalidExport as error:
+        raise InvalidModel(str(error)) from None
+    try:
+        return _import(private, source, tag)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def _import(private: Path, source: Path, tag: str) -> bentoml.Model:
+    """``import_export`` of the snapshot ``private`` of ``source``."""
+    metadata = check_export(private)
     try:
         stored = bentoml.models.get(tag)
     except NotFound:
         pass
     else:
-        if same_export(source, Path(stored.path)):
+        if same_export(private, Path(stored.path)):
             return stored
         # Another export under the same name:version (a model re-trained elsewhere, a test run
         # in this BENTOML_HOME): the repository wins, or the service would answer with the
@@ -184,7 +205,7 @@ def import_export(models_dir: Path, name: str, version: str | int) -> bentoml.Mo
         with bentoml.models.create(
             tag, labels={"project": "convzoo"}, metadata=without_nulls(metadata)
         ) as model:
-            shutil.copytree(source, model.path, dirs_exist_ok=True)
+            shutil.copytree(private, model.path, dirs_exist_ok=True)
     except BentoMLException:
         # Another process imported the same export meanwhile: that copy is as good as ours.
         return bentoml.models.get(tag)

@@ -4,9 +4,11 @@ and its counters; the core that every protocol (``service.service``, ``service.o
 
 - ``Policy``: which versions of a model are served, as TensorFlow Serving and Triton name it:
   the latest N (default 1), specific versions, or all. ``parse_models`` reads ``CONVZOO_MODELS``.
-- ``load_version``: an export folder verified (``model_store.check_export``: schema, sizes and
-  SHA-256 of every file), its runtime chosen (``runtimes.choose``: the accuracy gate), loaded and
-  warmed up at every batch size: a ``ServedVersion``, ready before any request reaches it.
+- ``load_version``: an export folder verified (``model_store.check_export``: containment, schema,
+  sizes and SHA-256 of every file) in a private snapshot (``repository.snapshot``), its runtime
+  chosen (``runtimes.choose``: the accuracy gate), loaded, checked against its metadata
+  (``runtimes.signature_problem``) and warmed up at every batch size: a ``ServedVersion``, ready
+  before any request reaches it.
 - ``Registry``: name -> {version -> ServedVersion}. A lookup is one read of a dict that is only
   ever replaced whole, never changed in place, so a request sees the versions before or after a
   swap, never between; a request keeps the version it got until it is answered.
@@ -15,7 +17,9 @@ and its counters; the core that every protocol (``service.service``, ``service.o
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,7 +34,15 @@ from service.batching import Batcher
 from service.config import ServiceConfig
 from service.images import Resize
 from service.metrics import metrics
-from service.model_store import check_export
+from service.model_store import InvalidModel, check_export
+from service.repository import (
+    InvalidExport,
+    containment_problem,
+    is_complete,
+    is_valid_name,
+    is_version_name,
+    snapshot,
+)
 
 logger = logging.getLogger("bentoml.convzoo")
 
@@ -58,9 +70,9 @@ class Policy:
             return cls("all")
         if text.startswith("latest="):
             count = text.split("=", 1)[1]
-            if count.isdigit() and int(count) >= 1:
+            if is_version_name(count):
                 return cls("latest", int(count))
-        elif all(part.isdigit() and int(part) >= 1 for part in text.split("+")):
+        elif all(is_version_name(part) for part in text.split("+")):
             return cls("specific", versions=tuple(sorted({int(part) for part in text.split("+")})))
         raise ValueError(
             f"version policy {text!r} is not one of: latest, latest=N, all, a version (3) or versions (3+5)"
@@ -85,8 +97,6 @@ def parse_models(spec: str | None) -> dict[str, Policy] | None:
     model of the repository, each at its latest version."""
     if not spec or not spec.strip():
         return None
-    from service.repository import is_valid_name
-
     policies: dict[str, Policy] = {}
     for item in spec.split(","):
         name, _, policy = item.strip().partition(":")
@@ -134,6 +144,9 @@ class ServedVersion:
         self.decode_seconds = m.decode_seconds.labels(name)
         self.request_images = m.request_images.labels(*labels)
         self._ok: dict[str, tuple[Any, Any, Any]] = {}  # protocol -> its bound success metrics
+        self.description = public_metadata(
+            {**metadata, "name": name, "version": version, "runtime": runtimes.describe(choice)}
+        )
 
     def count_ok(self, protocol: str, images: int, seconds: float) -> None:
         """One successful request (the metrics' children bound once per protocol)."""
@@ -157,15 +170,10 @@ class ServedVersion:
 
     def describe(self) -> dict[str, Any]:
         """The public metadata (``/metadata``, the protocols' model metadata): ``metadata.json``
-        without machine paths, plus the runtime that serves it."""
-        return public_metadata(
-            {
-                **self.metadata,
-                "name": self.name,
-                "version": self.version,
-                "runtime": runtimes.describe(self.choice),
-            }
-        )
+        without machine paths, plus the runtime that serves it. Made once, when the version is
+        loaded (a large ``metadata.json`` costs its walk once, not per request); shared, so
+        callers copy it before changing it."""
+        return self.description
 
     @contextlib.contextmanager
     def hold(self) -> Iterator[ServedVersion]:
@@ -194,14 +202,47 @@ class ServedVersion:
 
 
 def load_version(folder: Path, name: str, version: int, config: ServiceConfig) -> ServedVersion:
-    """``folder`` verified, its runtime chosen, loaded and warmed up (module docstring); raises
-    ``model_store.InvalidModel`` or ``runtimes.RuntimeUnavailable`` (or the runtime's own error)."""
-    metadata = check_export(folder)
-    choice = runtimes.choose(config.runtime, metadata, folder, gpus=config.gpus)
-    model = runtimes.load(choice, folder, threads=config.worker_cpus)
+    """``folder`` verified, its runtime chosen, loaded, checked against its metadata and warmed up
+    (module docstring); raises ``model_store.InvalidModel`` or ``runtimes.RuntimeUnavailable`` (or
+    the runtime's own error).
+
+    A folder of the repository (``CONVZOO_MODELS_DIR/<name>/<version>``) is checked where it lies
+    (``repository.containment_problem``), then checked again and loaded from a private snapshot
+    (``repository.snapshot``), so what is loaded is exactly what was checked, whatever is swapped in
+    the repository meanwhile; a copy in BentoML's store (the default model) is loaded in place."""
+    folder = Path(folder)
+    root = Path(config.models_dir)
+    if folder.parent.parent != root:
+        return _load(folder, folder, name, version, config)
+    if problem := containment_problem(folder, root):
+        raise InvalidModel(problem)
+    if not is_complete(folder):  # before any snapshot: a flood of empty folders costs little
+        raise InvalidModel(f"{folder}: no saved_model.pb and metadata.json (an interrupted copy?)")
+    try:
+        private = snapshot(root, name, version)
+    except InvalidExport as error:
+        raise InvalidModel(str(error)) from None
+    try:
+        return _load(private, folder, name, version, config)
+    except InvalidModel as error:
+        raise InvalidModel(str(error).replace(str(private), str(folder))) from None
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def _load(files: Path, folder: Path, name: str, version: int, config: ServiceConfig) -> ServedVersion:
+    """``load_version`` of the export whose files are in ``files`` (``folder``: where it is shown)."""
+    metadata = check_export(files)
+    choice = runtimes.choose(config.runtime, metadata, files, gpus=config.gpus)
+    model = runtimes.load(choice, files, threads=config.worker_cpus)
     resize = Resize.from_metadata(metadata)
+    if problem := runtimes.signature_problem(model, (resize.height, resize.width), len(metadata["labels"])):
+        raise InvalidModel(f"{folder}: {problem}")
     runtimes.warm_up(model, (resize.height, resize.width), config.max_batch_size)
     runtimes.release_free_memory()
+    if choice.path is not None:
+        choice = dataclasses.replace(choice, path=folder / choice.path.relative_to(files))
+    choice = dataclasses.replace(choice, reason=choice.reason.replace(str(files), str(folder)))
     return ServedVersion(name, version, metadata, choice, model, config, folder)
 
 
@@ -222,7 +263,7 @@ class Registry:
             raise UnknownModel(f"no model {name!r} is served; served: {self.summary()}")
         if version in (None, ""):
             return versions[max(versions)]
-        number = int(version) if str(version).isdigit() else None
+        number = int(version) if is_version_name(str(version)) else None
         if number not in versions:
             raise UnknownModel(f"model {name!r} has no version {version!r} served; served: {self.summary()}")
         return versions[number]

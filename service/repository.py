@@ -21,15 +21,25 @@ the Bento with ``service/``), ``benchmarks.modelrepo`` and the tests find export
   ``replace_folder`` (fsynced, renamed into place).
 - ``checksum_problem`` compares a folder with its recorded files: a missing, truncated or
   corrupted file (one flipped byte in a ``variables.data-*`` shard) is named in one line.
+- ``containment_problem`` is the one containment rule of every load (docs/design.md, "Containment"):
+  a version folder is reached from the repository without a symbolic link, holds only plain files
+  and folders (no link, no FIFO, no device), and every path ``metadata.json`` names
+  (``files``, ``runtimes[...].path`` and their ``files``) is relative and stays inside it
+  (``validate_metadata``); runtime options are limited to ``RUNTIME_OPTIONS``, none of which names
+  a file or folder, so metadata never steers a read or a write elsewhere.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
+import stat
+import tempfile
 from pathlib import Path
 
 METADATA_FILE = "metadata.json"
@@ -54,6 +64,22 @@ cannot know (an imported model's dataset, its held-out metrics without data: ``t
 is ``null`` (metrics: ``top1`` / ``top5`` null) and named, with the reason, in the optional
 ``"unknown": {key: why}``."""
 SERVING_KEYS = ("labels", "input_size")
+MAX_METADATA_BYTES = 4 * 1024 * 1024
+"""The largest ``metadata.json`` read (ImageNet-21k's labels take ~0.3 MB): a larger one is refused
+before it is parsed, so a planted file cannot make every load and every description costly."""
+MAX_INPUT_SIDE = 2048
+"""The largest height or width of a model's input: a server warms a model up at every batch size
+(32 images of 2048x2048 take 400 MB), so a planted ``input_size`` cannot make a load take the
+machine's memory."""
+MAX_FOLDER_DEPTH = 16
+"""How deep a version folder may nest (an export nests 3 deep): ``snapshot`` holds one open folder
+per level."""
+RUNTIMES = {"tensorflow": ("fp32", "bf16"), "openvino": ("fp32", "bf16", "int8")}
+"""``metadata.json["runtimes"][...]``: the runtimes and precisions an entry may name."""
+RUNTIME_OPTIONS = {"INFERENCE_PRECISION_HINT": ("f32", "bf16", "f16")}
+"""The compile options an entry's ``config`` may set, with their values (``training.optimize``
+writes only the precision hint). Anything else (OpenVINO's ``CACHE_DIR``, thread or stream counts)
+is refused: options from a file must not write elsewhere or take the machine's threads."""
 """What a server needs at the least (an export of an older convzoo may lack the rest)."""
 
 
@@ -182,9 +208,13 @@ def validate_metadata(metadata: object, where: str | Path, required: tuple[str, 
         raise InvalidExport(f"{where}: metadata.json 'labels' are not distinct")
     size = metadata.get("input_size")
     if "input_size" in metadata and not (
-        isinstance(size, list) and len(size) == 2 and all(isinstance(x, int) and x > 0 for x in size)
+        isinstance(size, list)
+        and len(size) == 2
+        and all(isinstance(x, int) and not isinstance(x, bool) and 0 < x <= MAX_INPUT_SIDE for x in size)
     ):
-        raise InvalidExport(f"{where}: metadata.json 'input_size' is not [height, width]")
+        raise InvalidExport(
+            f"{where}: metadata.json 'input_size' is not [height, width] (each 1 to {MAX_INPUT_SIDE})"
+        )
     if "name" in metadata and not (isinstance(metadata["name"], str) and is_valid_name(metadata["name"])):
         raise InvalidExport(f"{where}: metadata.json 'name' {metadata['name']!r} is not a model name")
     if "version" in metadata and not (isinstance(metadata["version"], int) and metadata["version"] >= 1):
@@ -202,19 +232,255 @@ def validate_metadata(metadata: object, where: str | Path, required: tuple[str, 
         and all(isinstance(k, str) and isinstance(v, str) and v for k, v in unknown.items())
     ):
         raise InvalidExport(f"{where}: metadata.json 'unknown' is not {{key: why it is unknown}}")
-    files = metadata.get("files")
-    if files is not None and not (
+    _check_files(metadata.get("files"), where, "'files'")
+    _check_runtimes(metadata.get("runtimes"), where)
+    return metadata
+
+
+def _check_files(files: object, where: str | Path, what: str) -> None:
+    if files is None:
+        return
+    if not (
         isinstance(files, dict)
         and all(isinstance(r, dict) and {"bytes", "sha256"} <= r.keys() for r in files.values())
     ):
-        raise InvalidExport(f"{where}: metadata.json 'files' is not {{path: {{bytes, sha256}}}}")
-    return metadata
+        raise InvalidExport(f"{where}: metadata.json {what} is not {{path: {{bytes, sha256}}}}")
+    for path in files:
+        if problem := inside_path_problem(path):
+            raise InvalidExport(f"{where}: metadata.json {what} names {ascii(path)[:80]}: {problem}")
+
+
+def _check_runtimes(entries: object, where: str | Path) -> None:
+    """``metadata.json["runtimes"]`` (schema in ``service.runtimes``): known runtimes, paths inside
+    the version folder, only ``RUNTIME_OPTIONS``."""
+    if entries is None:
+        return
+    if not isinstance(entries, dict) or not all(isinstance(e, dict) for e in entries.values()):
+        raise InvalidExport(f"{where}: metadata.json 'runtimes' is not {{key: {{runtime, precision, ...}}}}")
+    for key, entry in entries.items():
+        runtime, precision = entry.get("runtime"), entry.get("precision")
+        if precision not in RUNTIMES.get(runtime, ()):  # type: ignore[arg-type]
+            raise InvalidExport(
+                f"{where}: metadata.json runtimes[{ascii(key)[:40]}] names runtime "
+                f"{ascii(runtime)[:40]} {ascii(precision)[:20]}; known: "
+                + ", ".join(f"{r} {'/'.join(p)}" for r, p in RUNTIMES.items())
+            )
+        path = entry.get("path")
+        if path is not None and (problem := inside_path_problem(path)):
+            raise InvalidExport(f"{where}: metadata.json runtimes[{ascii(key)[:40]}].path: {problem}")
+        _check_files(entry.get("files"), where, f"runtimes[{ascii(key)[:40]}].files")
+        config = entry.get("config") or {}
+        if not isinstance(config, dict):
+            raise InvalidExport(f"{where}: metadata.json runtimes[{ascii(key)[:40]}].config is not an object")
+        for option, value in config.items():
+            if value not in RUNTIME_OPTIONS.get(option, ()):
+                raise InvalidExport(
+                    f"{where}: metadata.json runtimes[{ascii(key)[:40]}].config sets "
+                    f"{ascii(option)[:60]}={ascii(value)[:60]}; allowed: "
+                    + "; ".join(f"{o} in {'/'.join(v)}" for o, v in RUNTIME_OPTIONS.items())
+                )
+
+
+def inside_path_problem(path: object) -> str | None:
+    """Why ``path`` (from ``metadata.json``) may not name something inside a version folder, or
+    None: it must be a relative POSIX path of plain components (no ``..``, no ``.``, no empty
+    one, no backslash, no NUL), so that joined to the folder it stays there."""
+    if not isinstance(path, str) or not path:
+        return "not a relative path"
+    if path.startswith("/") or "\\" in path or "\0" in path or ":" in path.split("/", 1)[0]:
+        return "not a relative path inside the version folder"
+    if any(part in ("", ".", "..") for part in path.split("/")):
+        return "leaves the version folder or is not a plain path ('..', '.', '//')"
+    return None
+
+
+def containment_problem(version_dir: str | Path, root: str | Path | None = None) -> str | None:
+    """Why ``version_dir`` may not be loaded, or None: the one containment check of every load.
+
+    With ``root`` (the model repository), ``version_dir`` is ``root/<name>/<version>`` and neither
+    ``<name>`` nor ``<version>`` is a symbolic link (``root`` itself may be one: it is the
+    operator's setting). Always: ``version_dir`` is a real folder and everything under it is a
+    plain file or folder: no symbolic link (in or out), no FIFO, socket or device, which a reader
+    would follow elsewhere or block on."""
+    version_dir = Path(version_dir)
+    if root is not None:
+        try:
+            relative = version_dir.relative_to(root)
+        except ValueError:
+            return f"{version_dir} is not inside the model repository {root}"
+        step = Path(root)
+        for part in relative.parts:
+            step = step / part
+            if part in ("", ".", "..") or step.is_symlink():
+                return (
+                    f"{step} is a symbolic link (or '..'); models are served only from inside the "
+                    f"repository {root}"
+                )
+    if version_dir.is_symlink() or not version_dir.is_dir():
+        return f"{version_dir} is not a folder (a symbolic link, or missing)"
+    try:
+        for folder, dirs, files in os.walk(version_dir, onerror=_raise):  # never follows links
+            for entry in dirs + files:
+                path = Path(folder) / entry
+                mode = path.lstat().st_mode
+                if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                    kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a plain file or folder"
+                    return f"{printable(path)} is {kind}; a version folder holds only its own files"
+    except OSError as error:
+        return f"{version_dir} cannot be listed ({error.strerror or error}): changed while being read?"
+    return None
+
+
+def printable(path: str | Path) -> str:
+    """``path`` for a log line: control characters escaped (a file named ``a\nFAKE LINE`` in a
+    version folder must not start a line of its own)."""
+    return _CONTROL.sub(lambda match: ascii(match.group())[1:-1], str(path))
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _raise(error: OSError) -> None:
+    raise error
+
+
+SNAPSHOT_PREFIX = ".convzoo-load-"
+_NOFOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+
+
+def snapshot(models_dir: str | Path, name: str, version: int) -> Path:
+    """A private, fixed copy of ``models_dir/name/version`` to check and load, so that nothing
+    swapped in the repository between the check and the load (a folder or file replaced by a
+    symbolic link, then put back) is ever read: the walk opens each folder relative to its parent
+    without following links (``O_NOFOLLOW``), and hard-links each plain file into a hidden sibling
+    folder of the repository (``.convzoo-load-<pid>-*``: no bytes copied), or copies it to a
+    temporary folder where links cannot be made (another file system, a read-only repository).
+    ``InvalidExport`` for a link or a special file met on the way. The caller removes the copy
+    (``shutil.rmtree``) once loaded."""
+    _remove_stale_snapshots(Path(models_dir))
+    root = os.open(models_dir, os.O_RDONLY | os.O_DIRECTORY)  # the operator's setting: may be a link
+    try:
+        model = _open_folder(name, root, Path(models_dir))
+        try:
+            folder = _open_folder(str(version), model, Path(models_dir, name))
+        finally:
+            os.close(model)
+        try:
+            target = Path(models_dir, f"{SNAPSHOT_PREFIX}{os.getpid()}-{secrets.token_hex(4)}")
+            try:
+                target.mkdir()
+                _copy_tree(folder, target, Path(models_dir, name, str(version)), link=True)
+            except OSError:  # no hard links here: a real copy, in the temporary folder
+                shutil.rmtree(target, ignore_errors=True)
+                target = Path(tempfile.mkdtemp(prefix=f"{SNAPSHOT_PREFIX}{os.getpid()}-"))
+                _copy_tree(folder, target, Path(models_dir, name, str(version)), link=False)
+        finally:
+            os.close(folder)
+    except BaseException:
+        if "target" in locals():
+            shutil.rmtree(target, ignore_errors=True)
+        raise
+    finally:
+        os.close(root)
+    return target
+
+
+def _open_folder(name: str, parent: int, shown: Path) -> int:
+    try:
+        return os.open(name, _NOFOLLOW_DIR, dir_fd=parent)
+    except OSError as error:
+        if error.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise InvalidExport(
+                f"{printable(shown / name)} is a symbolic link or not a folder; models are served "
+                "only from inside the repository"
+            ) from None
+        raise InvalidExport(f"{printable(shown / name)} cannot be opened ({error.strerror})") from None
+
+
+def _copy_tree(folder: int, target: Path, shown: Path, *, link: bool, depth: int = 0) -> None:
+    """Every plain file and folder under the open ``folder`` into ``target`` (``snapshot``)."""
+    if depth > MAX_FOLDER_DEPTH:
+        raise InvalidExport(f"{shown} nests more than {MAX_FOLDER_DEPTH} folders deep")
+    for entry in os.scandir(folder):
+        if entry.is_dir(follow_symlinks=False):
+            inner = _open_folder(entry.name, folder, shown)
+            try:
+                (target / entry.name).mkdir()
+                _copy_tree(inner, target / entry.name, shown / entry.name, link=link, depth=depth + 1)
+            finally:
+                os.close(inner)
+        elif entry.is_file(follow_symlinks=False) and link:
+            os.link(entry.name, target / entry.name, src_dir_fd=folder, follow_symlinks=False)
+            if not stat.S_ISREG((target / entry.name).lstat().st_mode):  # swapped meanwhile
+                raise InvalidExport(f"{printable(shown / entry.name)} is not a plain file")
+        elif entry.is_file(follow_symlinks=False):
+            try:
+                source = os.open(entry.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder)
+            except OSError:
+                raise InvalidExport(f"{printable(shown / entry.name)} is not a plain file") from None
+            with os.fdopen(source, "rb") as reader:
+                if not stat.S_ISREG(os.fstat(reader.fileno()).st_mode):
+                    raise InvalidExport(f"{printable(shown / entry.name)} is not a plain file")
+                with open(target / entry.name, "xb") as writer:
+                    shutil.copyfileobj(reader, writer, 1 << 20)
+        else:
+            kind = "a symbolic link" if entry.is_symlink() else "not a plain file or folder"
+            raise InvalidExport(
+                f"{printable(shown / entry.name)} is {kind}; a version folder holds only its own files"
+            )
+
+
+def _remove_stale_snapshots(models_dir: Path) -> None:
+    """Snapshots left by a process that no longer runs (killed while loading)."""
+    try:
+        entries = [p for p in models_dir.iterdir() if p.name.startswith(SNAPSHOT_PREFIX)]
+    except OSError:
+        return
+    for path in entries:
+        pid = path.name[len(SNAPSHOT_PREFIX) :].split("-", 1)[0]
+        if pid.isascii() and pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def scan_versions(models_dir: str | Path, name: str) -> tuple[list[int], list[tuple[Path, str]]]:
+    """What ``models_dir/name`` holds, as the server sees it: its version folders (increasing),
+    and the entries it ignores, each with the reason: a name that is not a version
+    (``is_version_name``: ``²``, ``007``), a symbolic link, a file. Hidden entries (a writer's
+    ``.tmp-*``) are neither."""
+    versions, ignored = [], []
+    for path in sorted(Path(models_dir, name).iterdir()):
+        if path.name.startswith("."):
+            continue
+        if not is_version_name(path.name):
+            ignored.append((path, f"not a version (1 to {MAX_VERSION_DIGITS} ASCII digits, no leading zero)"))
+        elif path.is_symlink():
+            ignored.append((path, "a symbolic link; models are served only from inside the repository"))
+        elif not path.is_dir():
+            ignored.append((path, "not a folder"))
+        else:
+            versions.append(int(path.name))
+    return sorted(versions), ignored
 
 
 def read_metadata(version_dir: str | Path, required: tuple[str, ...] = REQUIRED_KEYS) -> dict:
     """``metadata.json`` of an export, parsed and validated (``validate_metadata``)."""
     path = Path(version_dir) / METADATA_FILE
     try:
+        if path.stat().st_size > MAX_METADATA_BYTES:
+            raise InvalidExport(
+                f"{version_dir}: metadata.json has {path.stat().st_size} bytes; the limit is "
+                f"{MAX_METADATA_BYTES} (repository.MAX_METADATA_BYTES)"
+            )
         metadata = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InvalidExport(f"{version_dir}: metadata.json is missing (an interrupted copy?)") from None

@@ -313,6 +313,42 @@ def load_openvino(model_xml: Path, config: dict | None = None, threads: int | No
     return LoadedModel(predict, compiled=compiled)
 
 
+def signature_problem(model: LoadedModel, input_size: tuple[int, int], classes: int) -> str | None:
+    """Why the loaded ``model`` does not match its ``metadata.json``, or None: its input must take
+    uint8 ``[n, height, width, 3]`` at ``input_size`` (the SavedModel: any height and width), and
+    one image must give ``classes`` float probabilities (``labels``: one per output)."""
+    height, width = input_size
+    expected = [None, height, width, 3]
+    if model.saved_model is not None:
+        inputs = model.saved_model.signatures["serving_default"].structured_input_signature[1]
+        spec = inputs.get("images")
+        if spec is None or len(inputs) != 1 or spec.dtype.name != "uint8" or spec.shape.rank != 4:
+            return f"serving_default takes {inputs}, not one uint8 'images' [n, height, width, 3]"
+        shape = spec.shape.as_list()
+    elif model.compiled is not None:
+        inputs = model.compiled.inputs
+        if len(inputs) != 1 or inputs[0].get_element_type().get_type_name() != "u8":
+            return f"the OpenVINO model takes {[str(i) for i in inputs]}, not one uint8 image tensor"
+        partial = inputs[0].get_partial_shape()
+        if partial.rank.is_dynamic or partial.rank.get_length() != 4:
+            return f"the OpenVINO model's input has shape {partial}, not [n, height, width, 3]"
+        shape = [d.get_length() if d.is_static else None for d in partial]
+    else:
+        shape = expected
+    if any(got not in (None, want) and want is not None for got, want in zip(shape, expected, strict=True)):
+        return f"the model's input is {shape}; metadata.json says [n, {height}, {width}, 3] (input_size)"
+    try:
+        output = np.asarray(model(np.zeros((1, height, width, 3), np.uint8)))
+    except Exception as error:
+        return f"the model fails on one {width}x{height} image ({type(error).__name__}: {str(error)[:200]})"
+    if output.shape != (1, classes) or output.dtype.kind != "f":
+        return (
+            f"the model gives {output.dtype} {list(output.shape)} for one image; metadata.json has "
+            f"{classes} labels, so [1, {classes}] probabilities are expected"
+        )
+    return None
+
+
 def warm_up(predict: Predict, input_size: tuple[int, int], max_batch_size: int) -> None:
     """Run every batch size the batcher can form once, so no request pays for the first call at a
     new shape (oneDNN, under TensorFlow and OpenVINO, builds its kernels per shape)."""

@@ -51,7 +51,7 @@ from service.app import ConvzooService
 from service.config import ServiceConfig, settings
 from service.core import ApiError, Core, Upload
 from service.middleware import FORM, ApiKeyGuard, ParsedForm, RequestGuard
-from service.model_store import ServedModel
+from service.model_store import ServedModel, check_export
 from service.oip import mount_oip
 from service.openapi import ApiDescription
 from service.tfserving import mount_tfserving
@@ -78,6 +78,16 @@ def choose_runtime_or_exit(model: bentoml.Model, config: ServiceConfig) -> runti
     if config.runtime == "auto" and not config.gpus and (choice.key == "tensorflow" or choice.skipped):
         logger.warning("%s: %s", model.tag, choice.reason)
     return choice
+
+
+def check_model_or_exit(model: bentoml.Model, choice: runtimes.Choice) -> None:
+    """``runtimes.signature_problem`` for the default model on ``choice``; one line and exit 2."""
+    metadata = check_export(Path(model.path))
+    loaded = runtimes.load(choice, model.path, threads=1)
+    size = tuple(metadata["input_size"])
+    if problem := runtimes.signature_problem(loaded, size, len(metadata["labels"])):
+        print(f"convzoo: cannot serve {model.tag}: {model.path}: {problem}", file=sys.stderr, flush=True)
+        raise SystemExit(2)
 
 
 def _read_upload(value: Any, handler: Any) -> Upload:
@@ -124,8 +134,12 @@ class Classifier:
 
     @bentoml.on_deployment
     def check_runtime() -> None:
-        """In the server process, before any worker starts: a runtime that cannot serve stops it."""
-        choose_runtime_or_exit(MODEL.resolve(), CONFIG)
+        """In the server process, before any worker starts: a runtime that cannot serve stops it, and
+        so does an OpenVINO model that contradicts its metadata (loaded here: it is cheap, and a
+        worker that fails is restarted by BentoML rather than stopping the server)."""
+        model = MODEL.resolve()
+        if (choice := choose_runtime_or_exit(model, CONFIG)).runtime == "openvino":
+            check_model_or_exit(model, choice)
 
     def __init__(self) -> None:
         model: bentoml.Model = self.bento_model
@@ -160,14 +174,9 @@ class Classifier:
             served = self.core.model(*_model_spec(model))
         except ApiError as error:
             return _error(error.status, error.message, **error.details)
-        return public_metadata(
-            {
-                **served.describe(),
-                "bentoml_tag": served.key,
-                "limits": self.core.public_limits(),
-                "served": self.core.registry.listing(),
-            }
-        )
+        extra = {"bentoml_tag": served.key, "limits": self.core.public_limits()}
+        # describe() is public already (made once per version): only the rest is stripped here
+        return {**served.describe(), **public_metadata({**extra, "served": self.core.registry.listing()})}
 
 
 async def classify_uploads(

@@ -6,12 +6,18 @@ version policies want (``service.registry.Policy``) with what the ``Registry`` s
 - a wanted version not served yet is verified, loaded and warmed up in this thread
   (``registry.load_version``), then added: from then on new requests get it, while requests that
   already hold the previous version finish on it;
-- a served version no longer wanted (a newer one took its place, its folder was removed) is taken
-  out of the registry, and released once its last request has ended (``ServedVersion.in_flight``);
-  the default model always keeps one version;
 - a version that fails verification or loading is refused with one log line and
-  ``convzoo_model_loads_total{outcome="refused"}``; what is served keeps serving, and the folder is
-  tried again only once its files change (an interrupted copy finished, a fix dropped in).
+  ``convzoo_model_loads_total{outcome="refused"}``, and the policy chooses again among the others:
+  a refused version never takes the place of one that serves (``latest`` keeps the highest version
+  that loads). It is tried again only once its files change (an interrupted copy finished, a fix
+  dropped in);
+- a served version no longer wanted (a newer one took its place, its folder was removed, its whole
+  model folder was removed) is taken out of the registry, and released once its last request has
+  ended (``ServedVersion.in_flight``); the default model always keeps one version;
+- what the repository holds besides models is ignored with one log line each, once
+  (``repository.scan_versions``: a folder named ``²`` or ``007``, a symbolic link, a file): it
+  never stops the watcher, and a model added beside it is still loaded. Symbolic links are never
+  followed (``repository.containment_problem``, checked again by every load).
 
 Writers put a version in place by renaming a finished folder (``training.export`` does): a folder
 still being copied in place is refused, then loaded once the copy is complete.
@@ -33,6 +39,8 @@ from service.registry import Policy, Registry, ServedVersion, load_version
 
 logger = logging.getLogger("bentoml.convzoo")
 
+MAX_LINES_PER_POLL = 10
+"""Refusals and ignored entries logged one by one per poll; more are counted in one line."""
 Loader = Callable[[Path, str, int, ServiceConfig], ServedVersion]
 
 
@@ -53,6 +61,9 @@ class Watcher:
         self.default_policy = default_policy
         self.loader = loader
         self.refused: dict[tuple[str, int], tuple] = {}  # version -> the files' state when refused
+        self.noted: set[str] = set()  # what the last poll ignored (each noted once in the log)
+        self._noted_now: set[str] = set()
+        self._lines_now = self._quiet = 0
         self.retiring: list[ServedVersion] = []
         self.sampler = ProcessSampler()
         self.stopped = threading.Event()
@@ -79,53 +90,116 @@ class Watcher:
             self.sampler.sample()
             self.stopped.wait(min(1.0, self.config.poll_s))
 
-    def wanted(self) -> dict[str, list[int]]:
-        """{name: versions} the policies want from the repository's version folders now."""
+    def _policy(self, name: str) -> Policy:
+        if name == self.registry.default:
+            return self.default_policy
+        return (self.policies or {}).get(name) or Policy()
+
+    def listing(self) -> dict[str, list[int]]:
+        """{name: version folders} of every model this worker follows whose folder exists (a plain
+        folder, not a symbolic link); what it ignores is noted once (``_note``)."""
         models_dir = Path(self.config.models_dir)
         if not models_dir.is_dir():
             return {}
-        names = repository.model_names(models_dir) if self.policies is None else list(self.policies)
+        if self.policies is None:
+            names = []
+            for path in sorted(models_dir.iterdir()):
+                if path.name.startswith(".") or not path.is_dir():
+                    continue
+                if repository.is_valid_name(path.name):
+                    names.append(path.name)
+                else:
+                    self._note(path, "not a model name (letters, digits, '_', '.', '-')")
+        else:
+            names = list(self.policies)
         if self.registry.default not in names:
             names.append(self.registry.default)
-        wanted = {}
+        listing = {}
         for name in names:
-            if not repository.is_valid_name(name):
-                continue
-            available = repository.version_folders(models_dir, name)
-            policy = self.default_policy if name == self.registry.default else None
-            policy = policy or (self.policies or {}).get(name) or Policy()
-            if (models_dir / name).is_dir():
-                wanted[name] = policy.select(available)
-        return wanted
+            folder = models_dir / name
+            if folder.is_symlink():
+                self._note(folder, "a symbolic link; models are served only from inside the repository")
+            elif folder.is_dir():
+                versions, ignored = repository.scan_versions(models_dir, name)
+                for path, why in ignored:
+                    self._note(path, why)
+                listing[name] = versions
+        return listing
 
     def poll(self) -> None:
         """Load what is wanted and not served, retire what is served and not wanted."""
-        wanted = self.wanted()
-        for name, versions in wanted.items():
-            for version in versions:
-                if version not in self.registry.models.get(name, {}):
-                    self._load(name, version)
-        for name, versions in wanted.items():
-            served = self.registry.models.get(name, {})
-            for version in sorted(served):
-                if version in versions:
-                    continue
-                if name == self.registry.default and len(self.registry.models.get(name, {})) == 1:
-                    continue  # never leave the default model with nothing to serve
-                self._retire(name, version)
+        self._noted_now = set()
+        self._lines_now = self._quiet = 0
+        listing = self.listing()
+        for name, available in listing.items():
+            self._follow(name, available)
+        present = {(name, version) for name, versions in listing.items() for version in versions}
+        self.refused = {key: state for key, state in self.refused.items() if key in present}
+        for name in sorted(set(self.registry.models) - set(listing)):
+            self._follow(name, [])  # its folder is gone (or is no longer a plain folder)
+        if self._quiet:
+            logger.warning(
+                "... and %d more entries of %s refused or ignored (not logged one by one)",
+                self._quiet,
+                self.config.models_dir,
+            )
+        self.noted = self._noted_now  # a name that goes and comes back is noted again
 
-    def _load(self, name: str, version: int) -> None:
-        folder = Path(self.config.models_dir) / name / str(version)
+    def _follow(self, name: str, available: list[int]) -> None:
+        """Serve what ``name``'s policy chooses among its versions that load; retire the rest."""
+        policy = self._policy(name)
+        candidates = [
+            v for v in available if v in self.registry.models.get(name, {}) or not self._refused_now(name, v)
+        ]
+        wanted = policy.select(candidates)
+        while missing := [v for v in wanted if v not in self.registry.models.get(name, {})]:
+            for version in missing:
+                if not self._load(name, version):
+                    candidates.remove(version)  # the policy chooses again without it
+            wanted = policy.select(candidates)
+        for version in sorted(self.registry.models.get(name, {})):
+            if version in wanted:
+                continue
+            if name == self.registry.default and len(self.registry.models.get(name, {})) == 1:
+                continue  # never leave the default model with nothing to serve
+            self._retire(name, version)
+
+    def _refused_now(self, name: str, version: int) -> bool:
+        """Whether this version was refused and its files have not changed since."""
+        key = (name, version)
+        return key in self.refused and self.refused[key] == _files_state(self._folder(name, version))
+
+    def _folder(self, name: str, version: int) -> Path:
+        return Path(self.config.models_dir) / name / str(version)
+
+    def _note(self, path: Path, why: str) -> None:
+        """One log line for an entry the watcher ignores, once (not every poll)."""
+        key = f"{path}\0{why}"
+        self._noted_now.add(key)
+        if key not in self.noted:
+            self._say(logging.WARNING, "ignoring %s: %s", ascii(str(path))[1:-1], why)
+
+    def _say(self, level: int, message: str, *args: object) -> None:
+        """A refusal or note in the log, at most ``MAX_LINES_PER_POLL`` of them per poll (a flood of
+        folders gives a few lines and a count, not one line each)."""
+        if self._lines_now < MAX_LINES_PER_POLL:
+            self._lines_now += 1
+            logger.log(level, message, *args)
+        else:
+            self._quiet += 1
+
+    def _load(self, name: str, version: int) -> bool:
+        """Load, warm up and serve this version; False when it is refused."""
+        folder = self._folder(name, version)
         state = _files_state(folder)
-        if self.refused.get((name, version)) == state:
-            return
         started = time.monotonic()
         try:
             served = self.loader(folder, name, version, self.config)
         except Exception as error:
             self.refused[(name, version)] = state
             metrics().model_loads.labels(name, str(version), "refused").inc()
-            logger.warning(
+            self._say(
+                logging.WARNING,
                 "refused %s:%s from %s: %s; still serving %s",
                 name,
                 version,
@@ -133,7 +207,7 @@ class Watcher:
                 _one_line(error),
                 self.registry.summary(),
             )
-            return
+            return False
         self.refused.pop((name, version), None)
         self.registry.add(served)
         metrics().model_loads.labels(name, str(version), "loaded").inc()
@@ -145,6 +219,7 @@ class Watcher:
             served.choice.reason,
             time.monotonic() - started,
         )
+        return True
 
     def _retire(self, name: str, version: int) -> None:
         served = self.registry.remove(name, version)
@@ -182,5 +257,7 @@ def _files_state(folder: Path) -> tuple:
 
 
 def _one_line(error: BaseException) -> str:
+    """The error's first line, its control characters escaped (``repository.printable``: a file
+    named ``x\x1b[2J`` in a version folder must not reach the log as a terminal escape)."""
     lines = str(error).strip().splitlines()
-    return (lines[0] if lines else type(error).__name__)[:500]
+    return repository.printable((lines[0] if lines else type(error).__name__)[:500])
