@@ -21,7 +21,7 @@ the Bento with ``service/``), ``benchmarks.modelrepo`` and the tests find export
   ``replace_folder`` (fsynced, renamed into place).
 - ``checksum_problem`` compares a folder with its recorded files: a missing, truncated or
   corrupted file (one flipped byte in a ``variables.data-*`` shard) is named in one line.
-- ``containment_problem`` is the one containment rule of every load (docs/design.md, "Containment"):
+- ``containment_problem`` is the one containment rule of every load (docs/design.md, "Serving a repository"):
   a version folder is reached from the repository without a symbolic link, holds only plain files
   and folders (no link, no FIFO, no device), and every path ``metadata.json`` names
   (``files``, ``runtimes[...].path`` and their ``files``) is relative and stays inside it
