@@ -12,8 +12,10 @@ points uvicorn's protocol table (``uvicorn.config.HTTP_PROTOCOLS``: ``auto``, ``
 
 - refuses a head larger than ``max_header_bytes`` (``CONVZOO_MAX_HEADER_BYTES``) with 431 and
   closes: the bytes received while a head is incomplete are counted, so the connection holds at
-  most that much plus one read (256 KiB) of it, and its cost grows with its size only (h11 has
-  the same bound from its own setting, ``h11_max_incomplete_event_size``, which it answers 400);
+  most that much plus one read (256 KiB) of it, and its cost grows with its size only; so is the
+  trailer of a chunked body (header lines after its last chunk, which httptools joins as it
+  joins the head's); h11 has the same bound from its own setting,
+  ``h11_max_incomplete_event_size``, which it answers 400;
 - refuses a head that has not arrived ``header_timeout_s`` (``CONVZOO_HEADER_TIMEOUT_S``) after
   the connection opened, or after the first byte of a later request on it, with 408 and closes
   (a connection that sent nothing is closed without an answer). Between requests, uvicorn's own
@@ -141,6 +143,7 @@ def _httptools_protocol() -> type:
             super().__init__(config, server_state, app_state, _loop)
             self._guard_init()
             self.in_head = True  # the next bytes belong to a request's head
+            self.in_trailer = False  # after a chunk's size line, until its data: maybe the trailer
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -151,11 +154,26 @@ def _httptools_protocol() -> type:
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
-            if self.in_head:
-                self._count_head(data)
+            if self.in_head or self.in_trailer:
+                self.head_bytes += len(data)
+                if self.in_head:
+                    self._head_started()
             super().data_received(data)
-            if self.in_head:
+            if self.in_head or self.in_trailer:
                 self._head_too_large()
+
+        def on_chunk_header(self) -> None:
+            # the size line of a chunk; after the last one (size 0) come the trailer's header lines,
+            # which httptools joins as it joins the head's: counted the same way, until data comes
+            self.in_trailer = True
+            self.head_bytes = 0
+
+        def on_body(self, body: bytes) -> None:
+            self.in_trailer = False
+            super().on_body(body)
+
+        def on_chunk_complete(self) -> None:
+            self.in_trailer = False
 
         def on_headers_complete(self) -> None:
             self.in_head = False

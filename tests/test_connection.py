@@ -125,6 +125,31 @@ def test_a_never_finished_header_is_refused_at_the_limit(port):
     assert sent < 4 * 1024 * 1024 and time.monotonic() - started < 5, sent
 
 
+def test_a_chunked_body_and_its_trailer_work(port):
+    connection = connect(port)
+    connection.sendall(
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"3\r\nabc\r\n" * 1000
+        + b"0\r\nX-Checksum: 1\r\n\r\n"
+    )
+    assert read_until(connection, b"ok 3000").startswith(b"HTTP/1.1 200")
+
+
+def test_a_never_finished_trailer_is_refused_at_the_limit(port):
+    """A chunked body's trailer (header lines after the last chunk), never finished: httptools
+    joins its pieces as it joins the head's, so it is bounded the same way."""
+    connection = connect(port)
+    connection.sendall(
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nX-Trailer: "
+    )
+    sent = 0
+    with pytest.raises(OSError):
+        for _ in range(8 * 64):
+            connection.sendall(b"a" * 16384)
+            sent += 16384
+    assert sent < 4 * 1024 * 1024, sent
+
+
 @pytest.mark.parametrize(
     "head", [b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40000, b"GET /" + b"a" * 40000]
 )

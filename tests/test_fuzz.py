@@ -447,14 +447,15 @@ def _mutate(data: bytes, seed: int) -> bytes:
 def test_v2_requests_parse_or_raise_only_api_errors(seed, cut, raw):
     """Mutated Open Inference Protocol requests (JSON header and binary part): parsed, or an
     ``ApiError`` 4xx; never another exception."""
-    from service.core import ApiError
+    from service.config import ServiceConfig
+    from service.core import ApiError, _parse_json
     from service.oip import _parse, _split
 
     body = _mutate(V2_HEADER, seed) + bytes(12) + raw
     length = str(len(V2_HEADER) + cut)
     try:
-        header, binary = _split(body, length)
-        _parse(header, binary, LIMITS)
+        header, binary = _split(body, length, ServiceConfig(limits=LIMITS))
+        _parse_json(header, lambda parsed: _parse(parsed, binary, LIMITS))
     except ApiError as error:
         assert 400 <= error.status < 500 and error.message
 
@@ -472,14 +473,10 @@ def test_v2_requests_parse_or_raise_only_api_errors(seed, cut, raw):
 def test_tfserving_requests_parse_or_raise_only_api_errors(value, signature, rows):
     """Arbitrary JSON values as TF Serving predict requests: parsed, or an ``ApiError`` 4xx."""
     from service.core import ApiError
-    from service.tfserving import SIGNATURES, _pixels, _request, _uploads
+    from service.tfserving import _inputs
 
     body = {"signature_name": signature, "instances" if rows else "inputs": value}
     try:
-        signature, _, values = _request(body)
-        if SIGNATURES[signature] == "image_bytes":
-            _uploads(values)
-        else:
-            _pixels(values, LIMITS)
+        _inputs(body, LIMITS)
     except ApiError as error:
         assert 400 <= error.status < 500 and error.message
