@@ -8,8 +8,9 @@ one piece (a refused body never reaches BentoML, so nothing there logs a traceba
 
 - 413 when the Content-Length exceeds the route's limit (nothing of the body is read), or when a
   body without Content-Length (chunked) grows past it (reading stops there): ``max_upload_bytes``
-  for the upload route and for a tensor route's body in the binary data extension
-  (``Inference-Header-Content-Length``), ``max_json_bytes`` for a tensor route's JSON body
+  for the upload route and for a body in the binary data extension on the routes that take it
+  (``binary_paths``, with ``Inference-Header-Content-Length``), ``max_json_bytes`` for a tensor
+  route's JSON body
   (``tensor_paths``: parsing JSON takes up to ~25 times its size, ``service.core.json_memory``),
   ``max_body_bytes`` (a JSON ``{}``) for every other route;
 - 408 when the client sends no part of the body for ``body_timeout_s``, or not all of it within
@@ -176,6 +177,7 @@ class RequestGuard:
         upload_path: str,
         file_field: str,
         tensor_paths: tuple[str, ...] = (),
+        binary_paths: tuple[str, ...] = (),
         max_upload_bytes: int,
         max_body_bytes: int,
         max_json_bytes: int | None = None,
@@ -187,6 +189,7 @@ class RequestGuard:
         self.upload_path = upload_path
         self.file_field = file_field
         self.tensor_paths = tensor_paths
+        self.binary_paths = binary_paths
         self.max_upload_bytes = max_upload_bytes
         self.max_body_bytes = max_body_bytes
         self.max_json_bytes = max_upload_bytes if max_json_bytes is None else max_json_bytes
@@ -231,6 +234,7 @@ class RequestGuard:
             raise Refusal(400, "more than one Content-Type header: send exactly one", kind="bad_header")
         form_upload = scope["method"] == "POST" and scope["path"] == self.upload_path
         tensors = scope["method"] == "POST" and scope["path"].startswith(self.tensor_paths)
+        binary_data = binary_data and scope["path"].startswith(self.binary_paths)
         route = "upload" if form_upload or (tensors and binary_data) else "json" if tensors else "body"
         limit, _ = self._limit(route)
         content_type = content_types[0] if content_types else b""

@@ -67,6 +67,8 @@ CORE = Core(CONFIG)
 TENSOR_PATHS = ("/v2/models/", "/v1/models/")
 """Routes whose bodies carry images (tensors): JSON bounded by ``CONVZOO_MAX_JSON_BYTES``, the
 binary data extension like uploads (``RequestGuard``)."""
+BINARY_PATHS = ("/v2/models/",)
+"""Routes that take the binary data extension (``Inference-Header-Content-Length``)."""
 
 
 def choose_runtime_or_exit(model: bentoml.Model, config: ServiceConfig) -> runtimes.Choice:
@@ -290,6 +292,7 @@ Classifier.add_asgi_middleware(
     RequestGuard,
     upload_path="/classify",
     tensor_paths=TENSOR_PATHS,
+    binary_paths=BINARY_PATHS,
     file_field="images",
     max_upload_bytes=CONFIG.limits.max_request_bytes,
     max_body_bytes=CONFIG.limits.max_body_bytes,

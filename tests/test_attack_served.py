@@ -199,6 +199,24 @@ def test_json_bodies_over_their_cap_are_refused_unread(server):
     assert (worker.memory_info().rss - rss) / MiB < 100
 
 
+def test_the_binary_extension_does_not_lift_the_json_cap(server):
+    """``Inference-Header-Content-Length`` lets a ``/v2`` body carry binary data up to
+    CONVZOO_MAX_REQUEST_BYTES, but not a larger JSON: on ``/v1`` the header changes nothing, and
+    on ``/v2`` a JSON header over the cap is refused before it is parsed."""
+    body = empty_lists(8 * MiB)
+    v1 = requests.post(
+        f"{server.url}{V1}", data=body, headers={**AUTH, "Inference-Header-Content-Length": "10"}, timeout=60
+    )
+    assert v1.status_code == 413 and "CONVZOO_MAX_JSON_BYTES" in v1.json()["error"]
+    v2 = requests.post(
+        f"{server.url}{V2}",
+        data=body,
+        headers={**AUTH, "Inference-Header-Content-Length": str(len(body))},
+        timeout=60,
+    )
+    assert v2.status_code == 413 and "CONVZOO_MAX_JSON_BYTES" in v2.json()["error"]
+
+
 def test_json_that_would_take_too_much_memory_is_refused_before_parsing(server):
     """4 MiB of empty objects (~370 MB as Python objects; the request's decode budget here is
     256 MiB): 413 at once, naming the budget, nothing parsed."""
