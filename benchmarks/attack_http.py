@@ -7,7 +7,7 @@ the default model), each beside a normal one-photo ``/classify``, with the worke
   and ``/v2`` infer ``{"inputs": [[], [], ...]}``, two of each;
 - the same two shapes just under ``CONVZOO_MAX_JSON_BYTES`` (parsed, or refused by their
   parse cost), four at once;
-- four valid ``/v1`` predicts of 28 images of 224x224 as pixel lists (15 MiB each), the most
+- four valid ``/v1`` predicts of 26 images of 224x224 as pixel lists (15.8 MiB each), the most
   costly JSON to parse that the limits let through.
 
     python -m benchmarks.attack_http [--repo CHECKOUT] [--model imagenette]
@@ -211,8 +211,8 @@ def main(argv: list[str] | None = None) -> None:
         json_bodies(server.url, ref.name, worker, bodies(59 * MiB))
         print("4. the same shapes at 15.9 MiB, just under CONVZOO_MAX_JSON_BYTES, four at once")
         json_bodies(server.url, ref.name, worker, bodies(int(15.9 * MiB)))
-        legit = pixel_lists(28)
-        print(f"5. four valid /v1 predicts of 28 224x224 images as lists, {len(legit[0][1]) / MiB:.1f} MiB")
+        legit = pixel_lists(26)
+        print(f"5. four valid /v1 predicts of 26 224x224 images as lists, {len(legit[0][1]) / MiB:.1f} MiB")
         json_bodies(server.url, ref.name, worker, legit)
         print(f"after: a normal /classify {classify(server.url)}")
 

@@ -480,3 +480,58 @@ def test_tfserving_requests_parse_or_raise_only_api_errors(value, signature, row
         _inputs(body, LIMITS)
     except ApiError as error:
         assert 400 <= error.status < 500 and error.message
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=JSON_VALUES, indent=st.sampled_from([None, 0, 2]), step=st.sampled_from([1, 40, 4096]))
+def test_loads_in_steps_reads_what_json_loads_reads(value, indent, step):
+    """``service.core.loads_in_steps`` (the JSON tensor routes' parser) against ``json.loads``:
+    the same value for any JSON text, walked in steps of any size."""
+    from service import core
+
+    text = json.dumps(value, indent=indent).encode()
+    saved = core.STEP_BYTES, core.MAX_SMALL_STEPS
+    core.STEP_BYTES, core.MAX_SMALL_STEPS = step, 2
+    try:
+        assert core.loads_in_steps(text) == json.loads(text)
+    finally:
+        core.STEP_BYTES, core.MAX_SMALL_STEPS = saved
+
+
+@settings(max_examples=500, deadline=None)
+@given(value=JSON_VALUES, seed=st.integers(0, 2**32 - 1), step=st.sampled_from([1, 40]))
+def test_loads_in_steps_refuses_what_json_loads_refuses(value, seed, step):
+    """Mutated JSON texts: ``loads_in_steps`` raises a ValueError exactly when ``json.loads`` does
+    (RecursionError included), and otherwise reads the same value."""
+    from service import core
+
+    text = bytearray(json.dumps(value).encode())
+    rng = random.Random(seed)
+    for _ in range(rng.randint(1, 3)):
+        at = rng.randrange(len(text) + 1)
+        choice = rng.random()
+        if choice < 0.4 and text:
+            del text[min(at, len(text) - 1)]
+        elif choice < 0.8:
+            text[at:at] = bytes([rng.choice(b'[]{},:" 0a\\-.eE')])
+        else:
+            text[at:at] = b"[" * 1200
+    saved = core.STEP_BYTES, core.MAX_SMALL_STEPS
+    core.STEP_BYTES, core.MAX_SMALL_STEPS = step, 2
+    try:
+        try:
+            expected = json.loads(bytes(text))
+        except (ValueError, RecursionError) as error:
+            with pytest.raises(type(error) if isinstance(error, RecursionError) else ValueError):
+                core.loads_in_steps(bytes(text))
+        else:
+            assert core.loads_in_steps(bytes(text)) == expected
+    finally:
+        core.STEP_BYTES, core.MAX_SMALL_STEPS = saved
