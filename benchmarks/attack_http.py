@@ -8,7 +8,9 @@ the default model), each beside a normal one-photo ``/classify``, with the worke
 - the same two shapes just under ``CONVZOO_MAX_JSON_BYTES`` (parsed, or refused by their
   parse cost), four at once;
 - four valid ``/v1`` predicts of 26 images of 224x224 as pixel lists (15.8 MiB each), the most
-  costly JSON to parse that the limits let through.
+  costly JSON to parse that the limits let through;
+- a ``/v2`` infer whose input holds 3.5 M empty lists (10 MiB, parsed in one call within the
+  memory budget), with the slowest ``/livez`` meanwhile.
 
     python -m benchmarks.attack_http [--repo CHECKOUT] [--model imagenette]
 
@@ -172,6 +174,27 @@ def json_bodies(url: str, model: str, worker: psutil.Process, shapes: list[tuple
     )
 
 
+def one_call_stall(url: str, model: str, lists: int) -> None:
+    """A value made of small pieces is parsed in one call (``service.core.loads_in_steps``): how
+    long ``/livez`` waits meanwhile, for ``lists`` empty lists inside one input (its parse within
+    the memory budget)."""
+    body = b'{"inputs":[[' + b"[]," * (lists - 1) + b"[]]]}"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        started = time.monotonic()
+        attack = pool.submit(requests.post, f"{url}/v2/models/{model}/infer", data=body, timeout=300)
+        slowest = 0.0
+        while not attack.done():
+            probe = time.monotonic()
+            requests.get(f"{url}/livez", timeout=300)
+            slowest = max(slowest, time.monotonic() - probe)
+            time.sleep(0.005)
+        answer = attack.result()
+    print(
+        f"    {len(body) / MiB:.1f} MiB: {answer.status_code} in {time.monotonic() - started:.2f} s; "
+        f"the slowest /livez meanwhile {slowest:.3f} s"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repo", type=Path, default=REPO, help="the checkout to serve from")
@@ -214,6 +237,8 @@ def main(argv: list[str] | None = None) -> None:
         legit = pixel_lists(26)
         print(f"5. four valid /v1 predicts of 26 224x224 images as lists, {len(legit[0][1]) / MiB:.1f} MiB")
         json_bodies(server.url, ref.name, worker, legit)
+        print("6. /v2 with 3.5 M empty lists inside its input (parsed in one call, within the budget)")
+        one_call_stall(server.url, ref.name, 3_500_000)
         print(f"after: a normal /classify {classify(server.url)}")
 
 
