@@ -45,7 +45,7 @@ def variants() -> dict[str, Callable[[list[Any]], list[Any]]]:
     return {
         "full": lambda middleware: middleware,
         "- BentoML metrics (RouteLabels)": without("RouteLabels"),
-        "- BentoML access log": without("AccessLogMiddleware"),
+        "- BentoML access log": without("EscapedAccessLog"),  # service.app wraps BentoML's
         "- BentoML timeout": without("TimeoutMiddleware"),
         "- BentoML max concurrency": without("MaxConcurrencyMiddleware"),
     }
@@ -173,7 +173,7 @@ async def measure(args: argparse.Namespace) -> dict[str, list[float]]:
     full = list(app.user_middleware)
     choices = variants()
     if tracing_kept:  # BentoML's tracing middleware, put back where it stood: behind the guards
-        at = next(i for i, m in enumerate(full) if _name(m) == "AccessLogMiddleware")
+        at = next(i for i, m in enumerate(full) if _name(m) == "EscapedAccessLog")
         choices["+ BentoML tracing (SDK off)"] = lambda middleware: [
             *middleware[:at],
             *tracing_kept,

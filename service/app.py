@@ -39,9 +39,19 @@ from bentoml._internal.service.openapi.specification import Info, OpenAPISpecifi
 from starlette.middleware import Middleware
 from starlette.routing import Match
 
-from service import openapi
+from service import connection, openapi
 from service.config import ServiceConfig, settings
-from service.middleware import ApiKeyGuard, ASGIApp, Receive, RequestGuard, Scope, Send
+from service.middleware import (
+    ApiKeyGuard,
+    ASGIApp,
+    Message,
+    Receive,
+    RequestGuard,
+    Scope,
+    Send,
+    internal_error,
+    printable,
+)
 
 OTHER = "other"
 """The metrics label of every path that no route serves."""
@@ -73,9 +83,12 @@ class ConvzooService(bentoml.Service):
     def to_asgi(self, is_main: bool = True) -> Any:
         config = settings()
         set_library_environment(config)
+        connection.install(config)  # before uvicorn loads its config: the request head's bounds
         app = super().to_asgi(is_main)
         label_metrics_by_route(app)
+        escape_access_log(app)
         guards_first(app)
+        always_answer(app)
         if not tracing(config):
             without_tracing(app)
         return app
@@ -209,3 +222,105 @@ def _real_path(app: ASGIApp) -> ASGIApp:
         await app(scope, receive, send)
 
     return with_real_path
+
+
+ACCESS_LOG_MIDDLEWARE = "AccessLogMiddleware"
+MAX_LOGGED_PATH = 1000
+"""Characters of a path that an access log line shows (then ``...``)."""
+
+
+def escape_access_log(app: Any) -> None:
+    """Wrap BentoML's access log middleware of the Starlette ``app`` in ``EscapedAccessLog``."""
+    for index, middleware in enumerate(app.user_middleware):
+        if getattr(middleware.cls, "__name__", "") == ACCESS_LOG_MIDDLEWARE:
+            app.user_middleware[index] = Middleware(EscapedAccessLog, log=middleware.cls, **middleware.kwargs)
+
+
+class EscapedAccessLog:
+    """Runs BentoML's access log middleware (``bentoml._internal.server.http.access``), which
+    writes the path and the request's Content-Type and Content-Length as the client sent them, on
+    a scope whose path and those two headers are ``printable`` (the rule of convzoo's refusal
+    lines): ``GET /v2/models/x%0aFAKE2%20LINE`` no longer starts a log line ``FAKE2 LINE``, and a
+    Content-Type that is not UTF-8 no longer fails the answer. The app behind it sees the request
+    as it came."""
+
+    LOGGED_HEADERS = (b"content-type", b"content-length")
+
+    def __init__(self, app: ASGIApp, *, log: type, **options: Any) -> None:
+        self.log = log(_real_scope(app), **options)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.log(scope, receive, send)
+            return
+        shown = {
+            **scope,
+            "path": printable(scope["path"], MAX_LOGGED_PATH),
+            "headers": [
+                (key, _printable_bytes(value) if key in self.LOGGED_HEADERS else value)
+                for key, value in scope["headers"]
+            ],
+            REAL_SCOPE: scope,
+        }
+        await self.log(shown, receive, send)
+
+
+REAL_SCOPE = "convzoo.scope"
+
+
+def _printable_bytes(value: bytes) -> bytes:
+    return printable(value.decode("latin-1")).encode()
+
+
+def _real_scope(app: ASGIApp) -> ASGIApp:
+    async def with_real_scope(scope: Scope, receive: Receive, send: Send) -> None:
+        await app(scope.get(REAL_SCOPE, scope), receive, send)
+
+    return with_real_scope
+
+
+TIMEOUT_MIDDLEWARE = "TimeoutMiddleware"
+
+
+def always_answer(app: Any) -> None:
+    """Put ``AlwaysAnswer`` right behind BentoML's timeout middleware of the Starlette ``app`` (or
+    innermost, without one)."""
+    names = [getattr(m.cls, "__name__", "") for m in app.user_middleware]
+    at = names.index(TIMEOUT_MIDDLEWARE) + 1 if TIMEOUT_MIDDLEWARE in names else len(names)
+    app.user_middleware.insert(at, Middleware(AlwaysAnswer))
+
+
+class AlwaysAnswer:
+    """Every request that reaches a route gets an answer, at once.
+
+    BentoML's timeout middleware (``bentoml._internal.server.http.traffic.TimeoutMiddleware``) runs
+    the app as a task and waits until it sends its first message or the timeout passes; a handler
+    that raised before answering ended that task unseen, so the client waited the whole timeout
+    (``CONVZOO_TIMEOUT_S``, 60 s) and then got a plain-text 500 (``ASGI callable returned without
+    starting response``). Behind it, this middleware answers such a request with a JSON 500 at
+    once, and logs the failure with its traceback once (a server fault: client errors are 4xx
+    answered by the handlers themselves)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as error:
+            if started:
+                raise
+            await internal_error(scope, send, error)
+            return
+        if not started:
+            await internal_error(scope, send, None)

@@ -26,6 +26,9 @@
 | CONVZOO_MAX_BODY_BYTES           | 64 KiB               | body of a request to any other route             |
 | CONVZOO_MAX_BUFFERED_BYTES       | 256 MiB              | request bodies held at once by one process       |
 | CONVZOO_BODY_TIMEOUT_S           | 10                   | longest wait for the next piece of a body (408)  |
+| CONVZOO_MAX_HEADER_BYTES         | 64 KiB               | request line and headers of a request (431)      |
+| CONVZOO_HEADER_TIMEOUT_S         | 10                   | time for a request's line and headers (408)      |
+| CONVZOO_MAX_JSON_BYTES           | 16 MiB               | JSON body of /v1 :predict and /v2 infer (413)    |
 | CONVZOO_FORWARDED_ALLOW_IPS      | (none)               | proxies whose X-Forwarded-* are believed         |
 | CONVZOO_METRICS_DIR              | own per server       | this server's Prometheus multiprocess folder     |
 
@@ -63,6 +66,10 @@ class Limits:
     max_request_decode_bytes: int = 1 * GiB
     max_body_bytes: int = 64 * KiB
     """Every route but ``/classify`` takes JSON (``{}``) or nothing."""
+    max_json_bytes: int = 16 * MiB
+    """The JSON of a tensor request (``/v1 :predict``, ``/v2 infer``; with the binary data
+    extension, its JSON header): parsed into Python objects, which take up to ~25 times its size
+    (``service.core.json_memory``)."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,8 @@ class ServiceConfig:
     gpus: int = 0
     decode_memory_bytes: int = 512 * MiB
     body_timeout_s: int = 10
+    max_header_bytes: int = 64 * KiB
+    header_timeout_s: int = 10
     max_buffered_bytes: int = 256 * MiB
     forwarded_allow_ips: str = ""
     metrics_dir: str | None = None
@@ -177,6 +186,7 @@ def load_config() -> ServiceConfig:
         max_image_decode_bytes=_int("CONVZOO_MAX_IMAGE_DECODE_BYTES", Limits.max_image_decode_bytes),
         max_request_decode_bytes=_int("CONVZOO_MAX_REQUEST_DECODE_BYTES", Limits.max_request_decode_bytes),
         max_body_bytes=_int("CONVZOO_MAX_BODY_BYTES", Limits.max_body_bytes),
+        max_json_bytes=_int("CONVZOO_MAX_JSON_BYTES", Limits.max_json_bytes),
     )
     gpus = count_gpus()
     workers = _int("CONVZOO_WORKERS", gpus or default_cpu_workers())
@@ -200,6 +210,8 @@ def load_config() -> ServiceConfig:
         gpus=gpus,
         decode_memory_bytes=_int("CONVZOO_DECODE_MEMORY_BYTES", ServiceConfig.decode_memory_bytes),
         body_timeout_s=_int("CONVZOO_BODY_TIMEOUT_S", ServiceConfig.body_timeout_s),
+        max_header_bytes=_int("CONVZOO_MAX_HEADER_BYTES", ServiceConfig.max_header_bytes),
+        header_timeout_s=_int("CONVZOO_HEADER_TIMEOUT_S", ServiceConfig.header_timeout_s),
         max_buffered_bytes=_int("CONVZOO_MAX_BUFFERED_BYTES", ServiceConfig.max_buffered_bytes),
         forwarded_allow_ips=os.environ.get("CONVZOO_FORWARDED_ALLOW_IPS", "").strip(),
         metrics_dir=os.environ.get("CONVZOO_METRICS_DIR") or None,

@@ -19,14 +19,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
+import re
+import reprlib
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import numpy as np
@@ -38,7 +41,7 @@ from service.config import ServiceConfig
 from service.images import RESAMPLING, InvalidImage, Resize, crop_box, open_upload, prepare_image
 from service.metrics import metrics, outcome_of
 from service.registry import Policy, Registry, ServedVersion, UnknownModel, load_version, parse_models
-from service.repository import parse_model_spec
+from service.repository import parse_model_spec, parse_version
 from service.watcher import Watcher
 
 logger = logging.getLogger("bentoml.convzoo")
@@ -50,6 +53,17 @@ decoded on the event loop's thread when it is the worker's only request (``Defer
 answering probes and metrics while it decodes. On one Sapphire Rapids core (``prepare_image``,
 generated images): a 12 MP JPEG 5.8 ms (a real phone photo ~15), a 1.1 MP PNG 12.2 ms (5.4 MiB),
 a 4 MP PNG 43 ms (19 MiB), a 40 MP PNG 357 ms (191 MiB)."""
+
+
+T = TypeVar("T")
+SHOWN = reprlib.Repr()
+"""How an error message shows a value a client sent: short, however large or deep it is."""
+SHOWN.maxlevel, SHOWN.maxlist, SHOWN.maxdict, SHOWN.maxstring, SHOWN.maxother = 3, 6, 4, 40, 40
+
+
+def shown(value: Any) -> str:
+    """``value`` as an error message shows it (``SHOWN``)."""
+    return SHOWN.repr(value)
 
 
 class ApiError(Exception):
@@ -114,6 +128,7 @@ class Core:
         self.decoders = anyio.CapacityLimiter(config.decode_threads) if config.decode_threads else None
         self.serial_decoder = threading.Lock()
         self.decode_memory = DecodeMemory(config.decode_memory_bytes)
+        self.json_parser = anyio.CapacityLimiter(1)  # one JSON parse of the process at a time
 
     def start(self, default_folder: Path, default_tag: str, where: str = "CPU") -> None:
         """Serve ``default_tag`` (``name:version``, the export in ``default_folder``: BentoML's copy)
@@ -145,11 +160,42 @@ class Core:
         self.watcher.start()
 
     def model(self, name: str | None = None, version: int | str | None = None) -> ServedVersion:
-        """The version asked for; 404 naming what is served."""
+        """The version asked for (``version`` as a client wrote it: ``parse_version``'s ASCII
+        digits, else 400); 404 naming what is served."""
+        if version is not None:
+            try:
+                version = parse_version(version)
+            except ValueError as error:
+                raise ApiError(400, str(error)) from None
         try:
             return self.registry.get(name, version)
         except UnknownModel as error:
             raise ApiError(404, str(error), served=self.registry.listing()) from None
+
+    async def parse_json(self, text: bytes, convert: Callable[[Any], T]) -> T:
+        """``convert(json.loads(text))``, within the limits: 413 when the parse could take more
+        memory than a request's decoding may (``json_memory``: counted from the text before
+        parsing); else in a thread, one parse of the process at a time, once that much of the
+        process's decoding memory is free (``DecodeMemory``, shared with image decoding), which it
+        holds until ``convert`` returned (``convert`` checks counts and shapes before it decodes
+        anything, and what it returns is all that stays of the parsed objects). 400 for text that
+        is not JSON or is nested too deeply.
+
+        The parse is ``loads_in_steps``: ``json.loads`` would hold the GIL for the whole text, and
+        the event loop would wait for it; in steps, it waits ~0.1 s at most for 15.8 MiB of pixel
+        lists (``CONVZOO_MAX_JSON_BYTES`` bounds the text; README, "Reliability")."""
+        limits = self.config.limits
+        cost = json_memory(text)
+        limit = min(limits.max_request_decode_bytes, self.decode_memory.capacity)
+        if cost > limit:
+            raise ApiError(
+                413,
+                f"parsing this JSON ({len(text)} bytes) may take {cost} bytes of memory; one request "
+                f"may take {limit} (CONVZOO_MAX_REQUEST_DECODE_BYTES, CONVZOO_DECODE_MEMORY_BYTES): "
+                "send fewer values, or the tensor as binary data",
+            )
+        async with self.decode_memory.hold(cost):
+            return await anyio.to_thread.run_sync(_parse_json, text, convert, limiter=self.json_parser)
 
     async def decode(self, served: ServedVersion, uploads: list[Upload]) -> np.ndarray | Deferred:
         """Encoded images -> uint8 ``[n, height, width, 3]`` at ``served``'s input size, as
@@ -246,10 +292,14 @@ class Core:
         traceback, counted as ``error`` and answered 500: the request never hangs."""
         if isinstance(error, ApiError):
             self.record(protocol, served, error.outcome, images, None)
-            return error
-        logger.error("%s request failed: %r", protocol, error, exc_info=error)
-        self.record(protocol, served, "error", images, None)
-        return ApiError(500, f"the server failed on this request ({type(error).__name__}); see its log")
+            failure = ApiError(error.status, error.message, **error.details)
+        else:
+            logger.error("%s request failed: %r", protocol, error, exc_info=error)
+            self.record(protocol, served, "error", images, None)
+            what = type(error).__name__
+            failure = ApiError(500, f"the server failed on this request ({what}); see its log")
+        forget_frames(error)
+        return failure
 
     def public_limits(self) -> dict[str, int]:
         """What ``/metadata`` says under ``limits``."""
@@ -265,6 +315,146 @@ class Core:
             "top_k_default": config.top_k,
             "top_k_max": config.max_top_k,
         }
+
+
+def forget_frames(error: BaseException) -> None:
+    """Drop the tracebacks of ``error`` and the exceptions it chains: their frames hold the request
+    (its body, the parsed JSON), and the handler that caught it holds the error, a reference cycle
+    that only a full garbage collection frees, which ``gc.freeze`` and the raised thresholds of
+    ``service.service`` make rare (a refused 59 MiB JSON body kept 2.6 GB)."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        error.__traceback__ = None
+        if error.__cause__ is not None:
+            forget_frames(error.__cause__)
+        error = error.__context__
+
+
+JSON_COSTS = {b"[": 96, b"{": 240, b",": 40, b":": 40, b'"': 32}
+"""Bytes of Python objects that each of these characters of a JSON text can stand for, at most,
+as ``json.loads`` builds them (CPython 3.11, 64-bit): a list (56 bytes, pointers over-allocated)
+and its first element, a dict (232 bytes up to 5 keys), an element or a dict's value (its pointer
+and a number object of up to 32 bytes), half of a string (49 bytes and its pointer). Counted in
+the text, strings included, so that it over- and never under-counts (tests/test_json_limits.py
+measures shapes against it)."""
+
+
+def json_memory(text: bytes) -> int:
+    """An upper bound of the memory ``json.loads(text)`` takes, and of what is decoded from it
+    (base64 strings: three quarters of their size again): three times the text, plus ``JSON_COSTS`` per
+    structural character. C-speed counts; ~16 ms for 16 MiB."""
+    return 3 * len(text) + 4096 + sum(cost * text.count(char) for char, cost in JSON_COSTS.items())
+
+
+WALKED_DEPTH = 3
+"""JSON containers this shallow (the request, its list of instances or inputs, an image) may be
+read an element at a time by ``loads_in_steps``; deeper values in one call of the C parser each."""
+STEP_BYTES = 4096
+"""An element of at least this much text is a step of its own (``loads_in_steps``)."""
+MAX_SMALL_STEPS = 64
+"""Smaller elements a walked container may have before it is parsed again in one call."""
+_SCAN = json.JSONDecoder().scan_once
+_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def loads_in_steps(text: bytes) -> Any:
+    """``json.loads(text)``, the same value and the same errors, read in steps: a container of the
+    first ``WALKED_DEPTH`` levels whose first element is large (``STEP_BYTES`` of text) is walked in
+    Python, each element parsed by json's C scanner; any other value is one call of it (a
+    container whose elements turn out small, after ``MAX_SMALL_STEPS`` of them, is parsed again
+    in one call: Python steps stay few, ~1 per 4 KiB, and the work at most doubles per level).
+    ``json.loads`` holds the GIL for the whole text (0.9 s for 15.8 MiB of pixel lists on this
+    machine); between two steps here another thread, the event loop's, gets it back."""
+    string = text.decode(json.detect_encoding(text), "surrogatepass")
+    value, end = _value(string, 0, 0)
+    end = _SPACE.match(string, end).end()
+    if end != len(string):
+        raise json.JSONDecodeError("Extra data", string, end)
+    return value
+
+
+def _scan(string: str, at: int) -> tuple[Any, int]:
+    try:
+        return _SCAN(string, at)
+    except StopIteration as stop:
+        raise json.JSONDecodeError("Expecting value", string, stop.value) from None
+
+
+def _value(string: str, at: int, depth: int) -> tuple[Any, int]:
+    at = _SPACE.match(string, at).end()
+    opener = string[at : at + 1]
+    if depth >= WALKED_DEPTH or opener not in ("[", "{"):
+        return _scan(string, at)
+    walked = (_array if opener == "[" else _object)(string, at, depth)
+    return walked if walked is not None else _scan(string, at)
+
+
+def _array(string: str, start: int, depth: int) -> tuple[list, int] | None:
+    """The array at ``start`` walked element by element; None when its elements are small."""
+    at = _SPACE.match(string, start + 1).end()
+    if string.startswith("]", at):
+        return [], at + 1
+    items, small = [], 0
+    while True:
+        value, end = _value(string, at, depth + 1)
+        small += end - at < STEP_BYTES
+        if small > (0 if not items else MAX_SMALL_STEPS):
+            return None
+        items.append(value)
+        at = _SPACE.match(string, end).end()
+        if string.startswith(",", at):
+            at += 1
+        elif string.startswith("]", at):
+            return items, at + 1
+        else:
+            raise json.JSONDecodeError("Expecting ',' delimiter", string, at)
+
+
+def _object(string: str, start: int, depth: int) -> tuple[dict, int] | None:
+    """The object at ``start`` walked member by member; None when its values are small."""
+    at = _SPACE.match(string, start + 1).end()
+    members: dict[str, Any] = {}
+    if string.startswith("}", at):
+        return members, at + 1
+    small = 0
+    while True:
+        at = _SPACE.match(string, at).end()
+        if not string.startswith('"', at):
+            raise json.JSONDecodeError("Expecting property name enclosed in double quotes", string, at)
+        key, at = _scan(string, at)
+        at = _SPACE.match(string, at).end()
+        if not string.startswith(":", at):
+            raise json.JSONDecodeError("Expecting ':' delimiter", string, at)
+        members[key], end = _value(string, at + 1, depth + 1)
+        small += end - at < STEP_BYTES
+        if small > MAX_SMALL_STEPS:
+            return None
+        at = _SPACE.match(string, end).end()
+        if string.startswith(",", at):
+            at += 1
+        elif string.startswith("}", at):
+            return members, at + 1
+        else:
+            raise json.JSONDecodeError("Expecting ',' delimiter", string, at)
+
+
+def _parse_json(text: bytes, convert: Callable[[Any], T]) -> T:
+    """``Core.parse_json``'s work in its thread."""
+    problem = None
+    try:
+        tree = loads_in_steps(text)
+    except RecursionError:
+        problem = "the JSON is nested too deeply"
+    except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError is a ValueError
+        problem = f"the request is not valid JSON ({error})"
+    if problem is not None:  # raised here, not in the except clause: no context holding the text
+        raise ApiError(400, problem)
+    try:
+        return convert(tree)
+    except RecursionError:
+        problem = "the JSON is nested too deeply"
+    raise ApiError(400, problem)
 
 
 def resize_pixels(images: np.ndarray, resize: Resize) -> np.ndarray:
@@ -331,7 +521,7 @@ def pixel_array(
         and len(shape) == 4
         and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
     ):
-        raise ApiError(400, f"input '{name}' must have the shape [n, height, width, 3], got {shape!r}")
+        raise ApiError(400, f"input '{name}' must have the shape [n, height, width, 3], got {shown(shape)}")
     count, height, width, channels = shape
     if channels != 3 or 0 in (count, height, width):
         raise ApiError(

@@ -8,7 +8,11 @@ one piece (a refused body never reaches BentoML, so nothing there logs a traceba
 
 - 413 when the Content-Length exceeds the route's limit (nothing of the body is read), or when a
   body without Content-Length (chunked) grows past it (reading stops there): ``max_upload_bytes``
-  for the upload route, ``max_body_bytes`` (a JSON ``{}``) for every other route;
+  for the upload route and for a body in the binary data extension on the routes that take it
+  (``binary_paths``, with ``Inference-Header-Content-Length``), ``max_json_bytes`` for a tensor
+  route's JSON body
+  (``tensor_paths``: parsing JSON takes up to ~25 times its size, ``service.core.json_memory``),
+  ``max_body_bytes`` (a JSON ``{}``) for every other route;
 - 408 when the client sends no part of the body for ``body_timeout_s``, or not all of it within
   ``body_deadline_s`` (the request timeout; the connection closes). While it waits for a body, a
   request holds no concurrency slot of BentoML (``service.app`` puts the guards in front);
@@ -68,6 +72,26 @@ MAX_TEXT_BYTES = 1024 * 1024
 """What Starlette's form parser (which BentoML calls with its defaults) accepts: 1000 files, 1000
 text fields, 1 MiB per text value. Beyond, or on a part without a name, it raises and BentoML
 answers 500; the guard refuses first, with a 400."""
+
+
+MAX_NUMBER_DIGITS = 18
+"""Digits of the longest number a client may write in a header or a form field (``ascii_int``)."""
+
+
+def ascii_int(text: str | bytes, max_digits: int = MAX_NUMBER_DIGITS) -> int | None:
+    """The non-negative integer ``text`` writes in 1 to ``max_digits`` ASCII digits (surrounding
+    spaces allowed), else None. ``str.isdigit`` is not this test: it holds for ``'²'`` (which
+    ``int()`` refuses), ``'٢'`` and ``'２'`` (which ``int()`` reads as 2), and for 5,000 digits
+    (which ``int()`` refuses past 4,300). The one rule for a number in a header or a form field
+    (versions have theirs: ``service.repository.parse_version``)."""
+    if isinstance(text, str):
+        if not text.isascii():
+            return None
+        text = text.encode("ascii")
+    text = text.strip()
+    if not 1 <= len(text) <= max_digits or not text.isdigit():  # bytes.isdigit: ASCII digits only
+        return None
+    return int(text)
 
 
 class ApiKeyGuard:
@@ -153,8 +177,10 @@ class RequestGuard:
         upload_path: str,
         file_field: str,
         tensor_paths: tuple[str, ...] = (),
+        binary_paths: tuple[str, ...] = (),
         max_upload_bytes: int,
         max_body_bytes: int,
+        max_json_bytes: int | None = None,
         body_timeout_s: float,
         body_deadline_s: float = 60,
         max_buffered_bytes: int = 256 * 1024 * 1024,
@@ -163,8 +189,10 @@ class RequestGuard:
         self.upload_path = upload_path
         self.file_field = file_field
         self.tensor_paths = tensor_paths
+        self.binary_paths = binary_paths
         self.max_upload_bytes = max_upload_bytes
         self.max_body_bytes = max_body_bytes
+        self.max_json_bytes = max_upload_bytes if max_json_bytes is None else max_json_bytes
         self.body_timeout_s = body_timeout_s
         self.body_deadline_s = body_deadline_s
         self.max_buffered_bytes = max_buffered_bytes
@@ -193,22 +221,28 @@ class RequestGuard:
         """The whole body, once it passed every check; ``Refusal`` otherwise."""
         content_types: list[bytes] = []
         length = b""
+        binary_data = False  # the Open Inference Protocol's binary data extension: JSON, then bytes
         for key, value in scope["headers"]:
             key = key.lower()
             if key == b"content-type":
                 content_types.append(value)
             elif key == b"content-length":
                 length = length or value
+            elif key == b"inference-header-content-length":
+                binary_data = True
         if len(content_types) > 1:
             raise Refusal(400, "more than one Content-Type header: send exactly one", kind="bad_header")
         form_upload = scope["method"] == "POST" and scope["path"] == self.upload_path
-        upload = form_upload or (scope["method"] == "POST" and scope["path"].startswith(self.tensor_paths))
-        limit = self.max_upload_bytes if upload else self.max_body_bytes
+        tensors = scope["method"] == "POST" and scope["path"].startswith(self.tensor_paths)
+        binary_data = binary_data and scope["path"].startswith(self.binary_paths)
+        route = "upload" if form_upload or (tensors and binary_data) else "json" if tensors else "body"
+        limit, _ = self._limit(route)
         content_type = content_types[0] if content_types else b""
         raw = form_upload and content_type.split(b";")[0].strip().lower().startswith(RAW_IMAGE_TYPES)
         form = self._form(content_type) if form_upload and not raw else None
-        if length.isdigit() and int(length) > limit:
-            raise Refusal(413, self._too_large(int(length), upload), [(b"connection", b"close")])
+        declared = ascii_int(length)  # uvicorn checked it is a number; None: chunked
+        if declared is not None and declared > limit:
+            raise Refusal(413, self._too_large(declared, route), [(b"connection", b"close")])
         chunks: list[bytes] = []
         received = 0
         more = True
@@ -225,7 +259,7 @@ class RequestGuard:
                     more = message.get("more_body", False)
                     received += len(chunk)
                     if received > limit:
-                        raise Refusal(413, self._too_large(received, upload), [(b"connection", b"close")])
+                        raise Refusal(413, self._too_large(received, route), [(b"connection", b"close")])
                     if self.buffered + len(chunk) > self.max_buffered_bytes:
                         raise Refusal(
                             503,
@@ -276,12 +310,16 @@ class RequestGuard:
             )
         return FormInspector(options[b"boundary"], self.file_field)
 
-    def _too_large(self, size: int, upload: bool) -> str:
-        limit, setting = (
-            (self.max_upload_bytes, "CONVZOO_MAX_REQUEST_BYTES")
-            if upload
-            else (self.max_body_bytes, "CONVZOO_MAX_BODY_BYTES")
-        )
+    def _limit(self, route: str) -> tuple[int, str]:
+        """The body limit of a kind of request, and its setting."""
+        if route == "upload" or (route == "json" and self.max_upload_bytes < self.max_json_bytes):
+            return self.max_upload_bytes, "CONVZOO_MAX_REQUEST_BYTES"
+        if route == "json":
+            return self.max_json_bytes, "CONVZOO_MAX_JSON_BYTES"
+        return self.max_body_bytes, "CONVZOO_MAX_BODY_BYTES"
+
+    def _too_large(self, size: int, route: str) -> str:
+        limit, setting = self._limit(route)
         return f"request body of {size}+ bytes exceeds the limit of {limit} bytes ({setting})"
 
 
@@ -328,17 +366,19 @@ def _log_refusal(scope: Scope, refusal: Refusal) -> None:
     logger.warning(
         "refused %s %s from %s:%s: %s %s",
         scope["method"],
-        _printable(scope["path"]),
+        printable(scope["path"]),
         client[0],
         client[1],
         refusal.status,
-        _printable(str(refusal.reason), 500),
+        printable(str(refusal.reason), 500),
     )
 
 
-def _printable(text: str, limit: int = 200) -> str:
-    """``text`` cut to ``limit`` characters, control characters escaped: one log line, whatever the
-    client sent (a path may hold a percent-encoded newline)."""
+def printable(text: str, limit: int = 200) -> str:
+    """``text`` cut to ``limit`` characters, every character that is not printable escaped (``\\n``,
+    ``\\x1b``, ``\\u2028``): one log line, whatever the client sent (a path may hold a
+    percent-encoded newline). The one rule for client text in a log line: convzoo's refusal lines
+    and BentoML's access log (``service.app.EscapedAccessLog``) use it."""
     cut = text[:limit] + ("..." if len(text) > limit else "")
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in cut)
 
@@ -551,6 +591,20 @@ def _user_safe_decode(value: bytes) -> str:
         return value.decode("utf-8")
     except UnicodeDecodeError:
         return value.decode("latin-1")
+
+
+async def internal_error(scope: Scope, send: Send, error: Exception | None) -> None:
+    """A JSON 500 for a request whose handler failed (``error``) or returned without answering
+    (None), logged once with the traceback; the error's traceback is cleared after (its frames
+    hold the request)."""
+    route = f"{scope.get('method', '')} {printable(scope.get('path', ''))}"
+    if error is None:
+        logger.error("%s returned without an answer", route)
+    else:
+        logger.error("%s failed: %r", route, error, exc_info=error)
+        error.__traceback__ = None
+    what = type(error).__name__ if error else "no answer"
+    await _send_json(send, 500, f"the server failed on this request ({what}); see its log")
 
 
 async def _send_json(

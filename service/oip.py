@@ -37,7 +37,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, Router
 
-from service.core import ApiError, Core, Upload, check_count, pixel_array
+from service.core import ApiError, Core, Upload, check_count, pixel_array, shown
+from service.middleware import ascii_int
 from service.registry import ServedVersion
 
 PATH = "/v2"
@@ -113,8 +114,11 @@ async def infer(core: Core, request: Request, name: str, version: str | None) ->
     try:
         served = core.model(name, version)
         body = await request.body()
-        header, binary = _split(body, request.headers.get("inference-header-content-length"))
-        inputs, binary_output, request_id = _parse(header, binary, core.config.limits)
+        header, binary = _split(body, request.headers.get("inference-header-content-length"), core.config)
+        limits = core.config.limits
+        inputs, binary_output, request_id = await core.parse_json(
+            header, lambda parsed: _parse(parsed, binary, limits)
+        )
         ((input_name, tensor),) = inputs.items()
         count = len(tensor)
         prepare = core.decode if input_name == BYTES_INPUT else core.pixels
@@ -128,26 +132,30 @@ async def infer(core: Core, request: Request, name: str, version: str | None) ->
     return answer
 
 
-def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
-    """The JSON header and the binary data after it (binary data extension)."""
+def _split(body: bytes, header_length: str | None, config: Any) -> tuple[bytes, memoryview]:
+    """The JSON header and the binary data after it (binary data extension); 413 for a JSON
+    header over ``CONVZOO_MAX_JSON_BYTES`` (``RequestGuard`` bounds a body without binary data)."""
     if header_length is None:
         return body, memoryview(b"")
-    if not header_length.strip().isdigit() or int(header_length) > len(body):
+    length = ascii_int(header_length)
+    if length is None or length > len(body):
         raise ApiError(
             400,
-            f"Inference-Header-Content-Length {header_length!r} is not a length within the body "
-            f"({len(body)} bytes)",
+            f"Inference-Header-Content-Length {ascii(header_length[:30])} is not a length within the "
+            f"body ({len(body)} bytes)",
         )
-    length = int(header_length)
+    if length > config.limits.max_json_bytes:
+        raise ApiError(
+            413,
+            f"a JSON header of {length} bytes exceeds the limit of {config.limits.max_json_bytes} bytes "
+            "(CONVZOO_MAX_JSON_BYTES)",
+        )
     return body[:length], memoryview(body)[length:]
 
 
-def _parse(header: bytes, binary: memoryview, limits: Any) -> tuple[dict[str, Any], bool, str | None]:
-    """({input name: list of Upload | uint8 array}, whether the output goes binary, the id)."""
-    try:
-        request = json.loads(header)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise ApiError(400, f"the request is not valid JSON ({error})") from None
+def _parse(request: Any, binary: memoryview, limits: Any) -> tuple[dict[str, Any], bool, str | None]:
+    """({input name: list of Upload | uint8 array}, whether the output goes binary, the id) of the
+    parsed JSON header."""
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
         raise ApiError(400, "the request must be a JSON object with a list of 'inputs'")
     if len(request["inputs"]) != 1:
@@ -178,7 +186,7 @@ def _binary_part(tensor: dict, binary: memoryview, offset: int) -> tuple[memoryv
     if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
         raise ApiError(
             400,
-            f"input {tensor.get('name')!r}: binary_data_size {size!r} does not fit the "
+            f"input {shown(tensor.get('name'))}: binary_data_size {shown(size)} does not fit the "
             f"{len(binary) - offset} bytes of binary data left",
         )
     return binary[offset : offset + size], offset + size
@@ -188,11 +196,11 @@ def _input(tensor: dict, chunk: memoryview | None, limits: Any) -> Any:
     name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
     if name not in (BYTES_INPUT, PIXELS_INPUT):
         raise ApiError(
-            400, f"unknown input {name!r}: send '{BYTES_INPUT}' (BYTES) or '{PIXELS_INPUT}' (UINT8)"
+            400, f"unknown input {shown(name)}: send '{BYTES_INPUT}' (BYTES) or '{PIXELS_INPUT}' (UINT8)"
         )
     wanted = "BYTES" if name == BYTES_INPUT else "UINT8"
     if datatype != wanted:
-        raise ApiError(400, f"input '{name}' must be {wanted}, got {datatype!r}")
+        raise ApiError(400, f"input '{name}' must be {wanted}, got {shown(datatype)}")
     if name == PIXELS_INPUT:
         return pixel_array(shape, limits, data=tensor.get("data"), buffer=chunk, name=name)
     return _byte_strings(tensor, shape, chunk, limits)
@@ -206,7 +214,7 @@ def _byte_strings(tensor: dict, shape: Any, chunk: memoryview | None, limits: An
         and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
         and (len(shape) == 1 or shape[1] == 1)
     ):
-        raise ApiError(400, f"input '{BYTES_INPUT}' must have the shape [n] (or [n, 1]), got {shape!r}")
+        raise ApiError(400, f"input '{BYTES_INPUT}' must have the shape [n] (or [n, 1]), got {shown(shape)}")
     count = shape[0]
     check_count(count, limits)
     elements = _unpack_bytes(chunk, count) if chunk is not None else _json_bytes(tensor, count)

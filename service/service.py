@@ -50,10 +50,11 @@ from service.answers import public_metadata, top_k_answer
 from service.app import ConvzooService
 from service.config import ServiceConfig, settings
 from service.core import ApiError, Core, Upload
-from service.middleware import FORM, ApiKeyGuard, ParsedForm, RequestGuard
+from service.middleware import FORM, ApiKeyGuard, ParsedForm, RequestGuard, ascii_int
 from service.model_store import ServedModel, check_export
 from service.oip import mount_oip
 from service.openapi import ApiDescription
+from service.repository import parse_model_spec
 from service.tfserving import mount_tfserving
 from service.ui import mount_ui
 
@@ -64,7 +65,10 @@ MODEL = ServedModel(CONFIG)
 CORE = Core(CONFIG)
 """This worker's served models (filled when ``Classifier`` is constructed)."""
 TENSOR_PATHS = ("/v2/models/", "/v1/models/")
-"""Routes whose bodies carry images (tensors) and are bounded like uploads (``RequestGuard``)."""
+"""Routes whose bodies carry images (tensors): JSON bounded by ``CONVZOO_MAX_JSON_BYTES``, the
+binary data extension like uploads (``RequestGuard``)."""
+BINARY_PATHS = ("/v2/models/",)
+"""Routes that take the binary data extension (``Inference-Header-Content-Length``)."""
 
 
 def choose_runtime_or_exit(model: bentoml.Model, config: ServiceConfig) -> runtimes.Choice:
@@ -233,18 +237,23 @@ def _top_k(values: list[str] | None, config: ServiceConfig) -> int | str:
     """The request's ``top_k`` (default ``CONVZOO_TOP_K``), or why it is refused."""
     if not values:
         return config.top_k
-    value = values[-1].strip()
-    if not value.isdigit() or not 1 <= int(value) <= config.max_top_k:
-        return f"top_k must be an integer from 1 to {config.max_top_k}, got {values[-1][:20]!r}"
-    return int(value)
+    value = ascii_int(values[-1])
+    if value is None or not 1 <= value <= config.max_top_k:
+        return f"top_k must be an integer from 1 to {config.max_top_k}, got {ascii(values[-1][:20])}"
+    return value
 
 
-def _model_spec(model: str | None) -> tuple[str | None, str | None]:
-    """``name`` / ``name:version`` / nothing -> (name, version) for ``Core.model``."""
-    if not model:
+def _model_spec(model: Any) -> tuple[str | None, int | None]:
+    """``name`` / ``name:version`` / nothing -> (name, version) for ``Core.model``
+    (``service.repository.parse_model_spec``: a version is ASCII digits); 400 for anything else."""
+    if model is None or model == "":
         return None, None
-    name, _, version = model.strip().partition(":")
-    return name, version or None
+    if not isinstance(model, str):
+        raise ApiError(400, f"model must be a string NAME or NAME:VERSION, got {type(model).__name__}")
+    try:
+        return parse_model_spec(model)
+    except ValueError as error:
+        raise ApiError(400, str(error)) from None
 
 
 GC_THRESHOLDS = (10_000, 50, 100)
@@ -292,9 +301,11 @@ Classifier.add_asgi_middleware(
     RequestGuard,
     upload_path="/classify",
     tensor_paths=TENSOR_PATHS,
+    binary_paths=BINARY_PATHS,
     file_field="images",
     max_upload_bytes=CONFIG.limits.max_request_bytes,
     max_body_bytes=CONFIG.limits.max_body_bytes,
+    max_json_bytes=CONFIG.limits.max_json_bytes,
     body_timeout_s=CONFIG.body_timeout_s,
     body_deadline_s=CONFIG.timeout_s,
     max_buffered_bytes=CONFIG.max_buffered_bytes,

@@ -33,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, Router
 
-from service.core import ApiError, Core, Upload, pixel_array
+from service.core import ApiError, Core, Upload, check_count, pixel_array, shown
 from service.registry import ServedVersion
 
 PATH = "/v1"
@@ -129,18 +129,14 @@ async def predict(core: Core, request: Request, name: str, version: str | None) 
     count = 0
     try:
         served = core.model(name, version)
-        try:
-            body = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError) as error:
-            raise ApiError(400, f"the request is not valid JSON ({error})") from None
-        signature, rows, values = _request(body)
-        input_name = SIGNATURES[signature]
-        count = len(values) if isinstance(values, list) else 0
+        limits = core.config.limits
+        rows, inputs = await core.parse_json(await request.body(), lambda body: _inputs(body, limits))
+        count = len(inputs)
         with served.hold():
-            if input_name == "image_bytes":
-                images = await core.decode(served, _uploads(values))
+            if isinstance(inputs, np.ndarray):
+                images = await core.pixels(served, inputs)
             else:
-                images = await core.pixels(served, _pixels(values, core.config.limits))
+                images = await core.decode(served, inputs)
             probabilities = await served.infer(images)
     except Exception as error:  # an ApiError, or a failure of the server's own (500)
         failure = core.failed("tfserving", served, count, error)
@@ -154,13 +150,23 @@ async def predict(core: Core, request: Request, name: str, version: str | None) 
     return answer
 
 
+def _inputs(body: Any, limits: Any) -> tuple[bool, list[Upload] | np.ndarray]:
+    """(row format?, the uploads or the pixels) of a parsed predict request; the count of
+    instances is checked before any of them is decoded."""
+    signature, rows, values = _request(body)
+    if SIGNATURES[signature] == "image_bytes":
+        check_count(len(values), limits)
+        return rows, _uploads(values)
+    return rows, _pixels(values, limits)
+
+
 def _request(body: Any) -> tuple[str, bool, Any]:
     """(signature, row format?, the input's values) of a predict request."""
     if not isinstance(body, dict):
         raise ApiError(400, "the request must be a JSON object with 'instances' or 'inputs'")
     signature = body.get("signature_name", "serving_default")
     if not isinstance(signature, str) or signature not in SIGNATURES:
-        raise ApiError(400, f"signature_name {signature!r} is not one of: {', '.join(SIGNATURES)}")
+        raise ApiError(400, f"signature_name {shown(signature)} is not one of: {', '.join(SIGNATURES)}")
     input_name = SIGNATURES[signature]
     if ("instances" in body) == ("inputs" in body):
         raise ApiError(400, "send exactly one of 'instances' (row format) or 'inputs' (columnar format)")
@@ -177,7 +183,7 @@ def _request(body: Any) -> tuple[str, bool, Any]:
 
 def _named(value: dict, input_name: str) -> Any:
     if set(value) != {input_name}:
-        raise ApiError(400, f"the signature's only input is '{input_name}', got {sorted(value)}")
+        raise ApiError(400, f"the signature's only input is '{input_name}', got {shown(sorted(value))}")
     return value[input_name]
 
 

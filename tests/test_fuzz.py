@@ -447,14 +447,15 @@ def _mutate(data: bytes, seed: int) -> bytes:
 def test_v2_requests_parse_or_raise_only_api_errors(seed, cut, raw):
     """Mutated Open Inference Protocol requests (JSON header and binary part): parsed, or an
     ``ApiError`` 4xx; never another exception."""
-    from service.core import ApiError
+    from service.config import ServiceConfig
+    from service.core import ApiError, _parse_json
     from service.oip import _parse, _split
 
     body = _mutate(V2_HEADER, seed) + bytes(12) + raw
     length = str(len(V2_HEADER) + cut)
     try:
-        header, binary = _split(body, length)
-        _parse(header, binary, LIMITS)
+        header, binary = _split(body, length, ServiceConfig(limits=LIMITS))
+        _parse_json(header, lambda parsed: _parse(parsed, binary, LIMITS))
     except ApiError as error:
         assert 400 <= error.status < 500 and error.message
 
@@ -472,14 +473,65 @@ def test_v2_requests_parse_or_raise_only_api_errors(seed, cut, raw):
 def test_tfserving_requests_parse_or_raise_only_api_errors(value, signature, rows):
     """Arbitrary JSON values as TF Serving predict requests: parsed, or an ``ApiError`` 4xx."""
     from service.core import ApiError
-    from service.tfserving import SIGNATURES, _pixels, _request, _uploads
+    from service.tfserving import _inputs
 
     body = {"signature_name": signature, "instances" if rows else "inputs": value}
     try:
-        signature, _, values = _request(body)
-        if SIGNATURES[signature] == "image_bytes":
-            _uploads(values)
-        else:
-            _pixels(values, LIMITS)
+        _inputs(body, LIMITS)
     except ApiError as error:
         assert 400 <= error.status < 500 and error.message
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=JSON_VALUES, indent=st.sampled_from([None, 0, 2]), step=st.sampled_from([1, 40, 4096]))
+def test_loads_in_steps_reads_what_json_loads_reads(value, indent, step):
+    """``service.core.loads_in_steps`` (the JSON tensor routes' parser) against ``json.loads``:
+    the same value for any JSON text, walked in steps of any size."""
+    from service import core
+
+    text = json.dumps(value, indent=indent).encode()
+    saved = core.STEP_BYTES, core.MAX_SMALL_STEPS
+    core.STEP_BYTES, core.MAX_SMALL_STEPS = step, 2
+    try:
+        assert core.loads_in_steps(text) == json.loads(text)
+    finally:
+        core.STEP_BYTES, core.MAX_SMALL_STEPS = saved
+
+
+@settings(max_examples=500, deadline=None)
+@given(value=JSON_VALUES, seed=st.integers(0, 2**32 - 1), step=st.sampled_from([1, 40]))
+def test_loads_in_steps_refuses_what_json_loads_refuses(value, seed, step):
+    """Mutated JSON texts: ``loads_in_steps`` raises a ValueError exactly when ``json.loads`` does
+    (RecursionError included), and otherwise reads the same value."""
+    from service import core
+
+    text = bytearray(json.dumps(value).encode())
+    rng = random.Random(seed)
+    for _ in range(rng.randint(1, 3)):
+        at = rng.randrange(len(text) + 1)
+        choice = rng.random()
+        if choice < 0.4 and text:
+            del text[min(at, len(text) - 1)]
+        elif choice < 0.8:
+            text[at:at] = bytes([rng.choice(b'[]{},:" 0a\\-.eE')])
+        else:
+            text[at:at] = b"[" * 1200
+    saved = core.STEP_BYTES, core.MAX_SMALL_STEPS
+    core.STEP_BYTES, core.MAX_SMALL_STEPS = step, 2
+    try:
+        try:
+            expected = json.loads(bytes(text))
+        except (ValueError, RecursionError) as error:
+            with pytest.raises(type(error) if isinstance(error, RecursionError) else ValueError):
+                core.loads_in_steps(bytes(text))
+        else:
+            assert core.loads_in_steps(bytes(text)) == expected
+    finally:
+        core.STEP_BYTES, core.MAX_SMALL_STEPS = saved
