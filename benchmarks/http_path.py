@@ -67,14 +67,14 @@ def stub_model(classes: int) -> None:
 
 def stub_decoding() -> None:
     """Decoding answers a blank image at once (the header is still read by ``open_upload``)."""
-    from service import core
+    from service import dataplane
 
     def prepare(
         data: bytes, filename: str, resize: Any, limits: Any = None, opened: Any = None
     ) -> np.ndarray:
         return np.zeros((resize.height, resize.width, 3), np.uint8)
 
-    core.prepare_image = prepare
+    dataplane.prepare_image = prepare
 
 
 def share_bentoml_metrics() -> None:

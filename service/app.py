@@ -80,11 +80,18 @@ class ConvzooService(bentoml.Service):
             ),
         )
 
+    def add_route(self, route: Any) -> None:
+        """A Starlette route matched before BentoML's mounts: an exact path such as ``GET /v2``,
+        which the mount at ``/v2`` alone answers with a redirect to ``/v2/``."""
+        self.__dict__.setdefault("_exact_routes", []).append(route)
+
     def to_asgi(self, is_main: bool = True) -> Any:
         config = settings()
         set_library_environment(config)
         connection.install(config)  # before uvicorn loads its config: the request head's bounds
         app = super().to_asgi(is_main)
+        for route in reversed(self.__dict__.get("_exact_routes", [])):
+            app.router.routes.insert(0, route)
         label_metrics_by_route(app)
         escape_access_log(app)
         guards_first(app)

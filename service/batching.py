@@ -14,8 +14,9 @@ waiting, up to ``max_batch_size`` images, in arrival order. So:
   batches grow with the load, by themselves, and a request waits at most about one model call.
 
 ``at_once`` (on where a worker has one CPU, and so decodes in the batch): a one-image request
-whose decoding is cheap (``Deferred.quick``: ``service.core.QUICK_DECODE_BYTES``), that is the
-process's only request (``REQUESTS``, counted by ``service.middleware.RequestGuard``) and the
+whose decoding is cheap (``Deferred.quick``: ``service.dataplane.QUICK_DECODE_BYTES``), that is the
+process's only request (``requests_now()``: ``service.activity.Activity.count``, which
+``service.middleware.RequestGuard`` keeps) and the
 batcher's only caller, while the model is idle, runs right here in the event loop's thread,
 without the hand-over to the model's thread and back (about 0.1 ms less per request at one client
 on real photos: benchmarks/README.md, "The HTTP path"). The loop is then busy for that one image's
@@ -44,16 +45,6 @@ from typing import Any
 import numpy as np
 
 
-class Requests:
-    """How many HTTP requests this process is answering right now (``RequestGuard`` counts them)."""
-
-    def __init__(self) -> None:
-        self.now = 0
-
-
-REQUESTS = Requests()
-
-
 @dataclass(frozen=True)
 class Deferred:
     """A request's images still to be made: ``make()`` returns the uint8 array of ``count`` images
@@ -64,7 +55,7 @@ class Deferred:
     quick: bool = False
     """``make`` is cheap enough for the event loop's thread (``Batcher(at_once=True)``): a few
     milliseconds, not the third of a second a 40-megapixel PNG takes, during which no probe would
-    answer (``service.core.QUICK_DECODE_BYTES``)."""
+    answer (``service.dataplane.QUICK_DECODE_BYTES``)."""
 
 
 def _quick(images: np.ndarray | Deferred) -> bool:
@@ -94,10 +85,12 @@ class Batcher:
         on_batch: Callable[[int, float], None] = lambda size, seconds: None,
         on_wait: Callable[[float], None] = lambda seconds: None,
         at_once: bool = False,
+        requests_now: Callable[[], int] = lambda: 0,
     ) -> None:
         self.model = model
         self.max_batch_size = max_batch_size
         self.at_once = at_once  # a lone one-image request runs in the caller's thread (module docstring)
+        self.requests_now = requests_now  # HTTP requests the process is answering (service.activity)
         self.running = False  # a model call is under way in the model's thread
         self.callers = 0  # requests inside __call__ now
         self.on_batch = on_batch  # every model call: its size and seconds (metrics)
@@ -117,7 +110,7 @@ class Batcher:
         try:
             if self.at_once and pending.count == 1 and _quick(images) and self._idle():
                 await asyncio.sleep(0)  # requests that arrived in the same turn of the loop enter first
-                if self._idle() and self.callers == 1 and REQUESTS.now <= 1:
+                if self._idle() and self.callers == 1 and self.requests_now() <= 1:
                     return self._run_here(pending)
             self.queue.append(pending)
             self.wakeup.set()

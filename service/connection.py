@@ -28,7 +28,6 @@ Each refusal is one log line and counted in ``convzoo_refusals_total`` (``header
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any
 
@@ -36,6 +35,7 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from service.config import ServiceConfig
+from service.errors import ServiceError, error_body
 from service.metrics import count_refusal
 from service.middleware import printable
 
@@ -120,7 +120,7 @@ class HeadGuard:
         logger.warning(
             "refused a request head from %s:%s: %s %s", client[0], client[1], status, printable(reason)
         )
-        payload = json.dumps({"error": reason}).encode()
+        payload = error_body(ServiceError(status, reason))
         phrase = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
         self.transport.write(
             b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"

@@ -29,9 +29,9 @@ one piece (a refused body never reaches BentoML, so nothing there logs a traceba
   middle is read to its end (within the limit) before the answer, so the client, still sending,
   gets the JSON answer and not a connection reset.
 
-The guard also counts the requests the process is answering (``service.batching.REQUESTS``: the
-batcher runs a lone request at once, without its thread). Every refusal is one log line: status,
-reason, client and route. Redirects are relative
+The guard also counts the requests the process is answering in ``activity``
+(``service.activity``: the batcher runs a lone request at once, without its thread). Every refusal
+is one log line: status, reason, client and route. Redirects are relative
 (``Location: /ui/``, never built from the client's Host header).
 
 ``ApiKeyGuard`` (on when ``CONVZOO_API_KEY`` is set) answers 401 to every request, on every path
@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -53,7 +52,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from python_multipart.multipart import TOKEN_CHARS, MultipartParser, parse_options_header
 
-from service.batching import REQUESTS
+from service.activity import Activity
+from service.errors import ServiceError, internal, send_error
 from service.metrics import count_refusal
 
 Scope = dict[str, Any]
@@ -122,14 +122,14 @@ class ApiKeyGuard:
         elif scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})  # policy violation
         else:
-            refusal = Refusal(
+            refusal = ServiceError(
                 401,
                 "missing or wrong API key: send the header 'Authorization: Bearer <key>' "
                 "(the key the server was started with, CONVZOO_API_KEY)",
-                [(b"www-authenticate", b"Bearer")],
+                headers=[(b"www-authenticate", b"Bearer")],
             )
-            _log_refusal(scope, refusal)
-            await _send_json(send, refusal.status, refusal.reason, headers=refusal.headers)
+            log_refusal(scope, refusal)
+            await send_error(send, refusal)
 
     def _is_page(self, scope: Scope) -> bool:
         path = scope["path"]
@@ -150,23 +150,6 @@ class ApiKeyGuard:
         return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key)
 
 
-class Refusal(Exception):
-    """A request the guard answers itself: ``status`` and the reason, in words a user understands."""
-
-    def __init__(
-        self,
-        status: int,
-        reason: str,
-        headers: list[tuple[bytes, bytes]] | None = None,
-        kind: str | None = None,
-    ) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-        self.headers = headers or []
-        self.kind = kind  # the metric's reason label; None: the status's (service.metrics)
-
-
 class RequestGuard:
     """Reads, bounds and checks every HTTP request's body before the app sees it (module docstring)."""
 
@@ -184,8 +167,10 @@ class RequestGuard:
         body_timeout_s: float,
         body_deadline_s: float = 60,
         max_buffered_bytes: int = 256 * 1024 * 1024,
+        activity: Activity | None = None,
     ) -> None:
         self.app = app
+        self.activity = activity or Activity()
         self.upload_path = upload_path
         self.file_field = file_field
         self.tensor_paths = tensor_paths
@@ -204,21 +189,20 @@ class RequestGuard:
             return
         send = relative_redirects(send)
         held = [0]  # bytes of this request's body counted in self.buffered, until it is answered
-        REQUESTS.now += 1
-        try:
+        with self.activity.request():
             try:
-                body = await self._read(scope, receive, held)
-            except Refusal as refusal:
-                _log_refusal(scope, refusal)
-                await _send_json(send, refusal.status, refusal.reason, headers=refusal.headers)
-                return
-            await self.app(scope, _replay(body, receive), send)
-        finally:
-            self.buffered -= held[0]
-            REQUESTS.now -= 1
+                try:
+                    body = await self._read(scope, receive, held)
+                except ServiceError as refusal:
+                    log_refusal(scope, refusal)
+                    await send_error(send, refusal)
+                    return
+                await self.app(scope, _replay(body, receive), send)
+            finally:
+                self.buffered -= held[0]
 
     async def _read(self, scope: Scope, receive: Receive, held: list[int]) -> bytes:
-        """The whole body, once it passed every check; ``Refusal`` otherwise."""
+        """The whole body, once it passed every check; ``ServiceError`` otherwise."""
         content_types: list[bytes] = []
         length = b""
         binary_data = False  # the Open Inference Protocol's binary data extension: JSON, then bytes
@@ -231,7 +215,7 @@ class RequestGuard:
             elif key == b"inference-header-content-length":
                 binary_data = True
         if len(content_types) > 1:
-            raise Refusal(400, "more than one Content-Type header: send exactly one", kind="bad_header")
+            raise ServiceError(400, "more than one Content-Type header: send exactly one", kind="bad_header")
         form_upload = scope["method"] == "POST" and scope["path"] == self.upload_path
         tensors = scope["method"] == "POST" and scope["path"].startswith(self.tensor_paths)
         binary_data = binary_data and scope["path"].startswith(self.binary_paths)
@@ -242,7 +226,7 @@ class RequestGuard:
         form = self._form(content_type) if form_upload and not raw else None
         declared = ascii_int(length)  # uvicorn checked it is a number; None: chunked
         if declared is not None and declared > limit:
-            raise Refusal(413, self._too_large(declared, route), [(b"connection", b"close")])
+            raise ServiceError(413, self._too_large(declared, route), headers=[(b"connection", b"close")])
         chunks: list[bytes] = []
         received = 0
         more = True
@@ -254,14 +238,16 @@ class RequestGuard:
                     timeout.reschedule(min(loop.time() + self.body_timeout_s, deadline))
                     message = await receive()
                     if message["type"] != "http.request":  # the client went away
-                        raise Refusal(400, "the client closed the connection before the end of the body")
+                        raise ServiceError(400, "the client closed the connection before the end of the body")
                     chunk = message.get("body", b"")
                     more = message.get("more_body", False)
                     received += len(chunk)
                     if received > limit:
-                        raise Refusal(413, self._too_large(received, route), [(b"connection", b"close")])
+                        raise ServiceError(
+                            413, self._too_large(received, route), headers=[(b"connection", b"close")]
+                        )
                     if self.buffered + len(chunk) > self.max_buffered_bytes:
-                        raise Refusal(
+                        raise ServiceError(
                             503,
                             f"the server holds {self.buffered} bytes of request bodies already, its limit "
                             f"is {self.max_buffered_bytes} (CONVZOO_MAX_BUFFERED_BYTES): try again shortly",
@@ -276,18 +262,18 @@ class RequestGuard:
             else:
                 idle = self.body_timeout_s
                 reason = f"no part of the request body arrived for {idle:g} s (CONVZOO_BODY_TIMEOUT_S)"
-            raise Refusal(408, reason, [(b"connection", b"close")]) from None
+            raise ServiceError(408, reason, headers=[(b"connection", b"close")]) from None
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         if form is not None:
             problem = form.feed_body(body)
             if problem:
-                raise Refusal(400, problem)
+                raise ServiceError(400, problem)
             scope[FORM] = form.form()
             self.buffered += len(body)  # the parsed copy of the files is held too, until the answer
             held[0] += len(body)
         elif raw:
             if not body:
-                raise Refusal(400, "the body is empty: send the image file as the body")
+                raise ServiceError(400, "the body is empty: send the image file as the body")
             query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
             scope[FORM] = ParsedForm([("body", body)], query)
         return body
@@ -296,14 +282,14 @@ class RequestGuard:
         content_type, options = parse_options_header(content_type_header)
         if content_type != b"multipart/form-data" or not options.get(b"boundary"):
             shown = content_type_header.decode("latin-1") or "(none)"
-            raise Refusal(
+            raise ServiceError(
                 415,
                 f"unsupported content type {shown!r}: send the images as multipart/form-data "
                 f"in the field '{self.file_field}'",
             )
         if set(options) - {b"boundary"}:
             names = ", ".join(sorted(o.decode("latin-1") for o in options if o != b"boundary"))
-            raise Refusal(
+            raise ServiceError(
                 400,
                 f"multipart/form-data takes a boundary and nothing else (got {names}); "
                 "field names are read as UTF-8",
@@ -360,7 +346,7 @@ def _path_of(location: bytes) -> bytes:
     return (path + (f"?{parts.query}" if parts.query else "")).encode("latin-1")
 
 
-def _log_refusal(scope: Scope, refusal: Refusal) -> None:
+def log_refusal(scope: Scope, refusal: ServiceError) -> None:
     count_refusal(refusal.status, refusal.kind)
     client = scope.get("client") or ("?", 0)
     logger.warning(
@@ -370,7 +356,7 @@ def _log_refusal(scope: Scope, refusal: Refusal) -> None:
         client[0],
         client[1],
         refusal.status,
-        printable(str(refusal.reason), 500),
+        printable(refusal.message, 500),
     )
 
 
@@ -603,23 +589,4 @@ async def internal_error(scope: Scope, send: Send, error: Exception | None) -> N
     else:
         logger.error("%s failed: %r", route, error, exc_info=error)
         error.__traceback__ = None
-    what = type(error).__name__ if error else "no answer"
-    await _send_json(send, 500, f"the server failed on this request ({what}); see its log")
-
-
-async def _send_json(
-    send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    payload = json.dumps({"error": message}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-                *(headers or []),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload})
+    await send_error(send, internal(error))

@@ -1,6 +1,6 @@
 """The Open Inference Protocol (v2) over HTTP, under ``/v2``, as Triton, OpenVINO Model Server,
 KServe and MLServer speak it (README, "Protocols"; contract 3 in docs/design.md). A thin adapter
-over ``service.core``: it translates requests, answers and errors, and nothing else.
+over ``service.dataplane``: it translates requests, answers and errors, and nothing else.
 
 - ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready`` (the health routes need no API key);
 - ``GET /v2/models/{name}[/versions/{v}]``: the model's metadata (inputs, outputs, datatypes,
@@ -29,7 +29,6 @@ import binascii
 import json
 import re
 import struct
-import time
 from typing import Any
 
 import numpy as np
@@ -37,49 +36,73 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, Router
 
-from service.core import ApiError, Core, Upload, check_count, pixel_array, shown
+from service.dataplane import DataPlane, Files, InferRequest, ModelSpec, Pixels, Upload
+from service.errors import ServiceError, answers_errors
+from service.limits import check_count
 from service.middleware import ascii_int
 from service.registry import ServedVersion
+from service.tensors import pixel_array, shown
 
 PATH = "/v2"
 MODEL_PATH = re.compile(r"^(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<tail>/ready|/infer)?$")
 BYTES_INPUT, PIXELS_INPUT, OUTPUT = "image_bytes", "images", "probabilities"
-SERVER = {"name": "convzoo", "extensions": ["binary_tensor_data"]}
+SERVER = {"name": "convzoo", "extensions": ["binary_tensor_data", "model_repository"]}
 
 
-def mount_oip(service: Any, core: Core) -> None:
-    """Serve the protocol at ``/v2`` from ``service`` (a ``bentoml.Service``)."""
-    service.mount_asgi_app(oip_app(core), path=PATH, name="oip")
+def mount_oip(service: Any, plane: DataPlane) -> None:
+    """Serve the protocol at ``/v2`` from ``service`` (a ``bentoml.Service``; ``GET /v2`` itself
+    as an exact route, which the mount alone would redirect to ``/v2/``)."""
+    service.mount_asgi_app(oip_app(plane), path=PATH, name="oip")
+    service.add_route(Route(PATH, server, methods=["GET"]))
 
 
-def oip_app(core: Core) -> Router:
-    async def server(request: Request) -> Response:
-        from service.openapi import convzoo_version
+async def server(request: Request) -> Response:
+    """The server's metadata (``GET /v2``)."""
+    from service.openapi import convzoo_version
 
-        return JSONResponse({**SERVER, "version": convzoo_version(None)})
+    return JSONResponse({**SERVER, "version": convzoo_version(None)})
+
+
+def oip_app(plane: DataPlane) -> Router:
+    @answers_errors
+    async def index(request: Request) -> Response:
+        """``POST /v2/repository/index`` (the model repository extension): body empty or
+        ``{"ready": true}`` (only what is served)."""
+        body = await request.body()
+        try:
+            options = json.loads(body) if body.strip() else {}
+        except ValueError:
+            raise ServiceError(
+                400, 'the body must be empty or a JSON object such as {"ready": true}'
+            ) from None
+        if not isinstance(options, dict) or not isinstance(options.get("ready", False), bool):
+            raise ServiceError(400, 'the body must be empty or a JSON object such as {"ready": true}')
+        return JSONResponse(plane.repository_index(ready_only=options.get("ready", False)))
 
     async def live(request: Request) -> Response:
         return Response(status_code=200)
 
     async def ready(request: Request) -> Response:
-        return Response(status_code=200 if core.registry and core.registry.models else 503)
+        return Response(status_code=200 if plane.registry and plane.registry.models else 503)
 
+    @answers_errors
     async def model(request: Request) -> Response:
         match = MODEL_PATH.match(request.path_params["rest"])
         if match is None:
-            return _error(404, f"no such route: {request.url.path}")
+            raise ServiceError(404, f"no such route: {request.url.path}")
         tail = match["tail"] or ""
         if (tail == "/infer") != (request.method == "POST"):
-            return _error(405, f"{request.method} is not allowed on {request.url.path}")
+            raise ServiceError(405, f"{request.method} is not allowed on {request.url.path}")
+        spec = ModelSpec(name=match["name"], version=match["version"])
         if tail == "/infer":
-            return await infer(core, request, match["name"], match["version"])
+            return await infer(plane, request, spec)
         try:
-            served = core.model(match["name"], match["version"])
-        except ApiError as error:
-            return _error(error.status, error.message)
+            served = plane.resolve(spec)
+        except ServiceError as error:
+            raise ServiceError(error.status, error.message) from None
         if tail == "/ready":
             return Response(status_code=200)
-        return JSONResponse(model_metadata(core, served, match["version"] is None))
+        return JSONResponse(model_metadata(plane, served, match["version"] is None))
 
     return Router(
         routes=[
@@ -87,13 +110,14 @@ def oip_app(core: Core) -> Router:
             Route("/health/live", live, methods=["GET"]),
             Route("/health/ready", ready, methods=["GET"]),
             Route("/models/{rest:path}", model, methods=["GET", "POST"]),
+            Route("/repository/index", index, methods=["POST"]),
         ]
     )
 
 
-def model_metadata(core: Core, served: ServedVersion, all_versions: bool) -> dict[str, Any]:
+def model_metadata(plane: DataPlane, served: ServedVersion, all_versions: bool) -> dict[str, Any]:
     """The protocol's model metadata (with convzoo's own under ``parameters``)."""
-    versions = sorted(core.registry.models.get(served.name, {})) if all_versions else [served.version]
+    versions = sorted(plane.registry.models.get(served.name, {})) if all_versions else [served.version]
     return {
         "name": served.name,
         "versions": [str(v) for v in versions],
@@ -107,29 +131,23 @@ def model_metadata(core: Core, served: ServedVersion, all_versions: bool) -> dic
     }
 
 
-async def infer(core: Core, request: Request, name: str, version: str | None) -> Response:
-    started = time.perf_counter()
-    served = None
-    count = 0
-    try:
-        served = core.model(name, version)
+async def infer(plane: DataPlane, request: Request, spec: ModelSpec) -> Response:
+    """``/infer``: the body parsed into the data plane's request (inside its life cycle), the
+    answer formatted."""
+    parsed: dict[str, Any] = {}
+
+    async def inputs(served: ServedVersion) -> Files | Pixels:
         body = await request.body()
-        header, binary = _split(body, request.headers.get("inference-header-content-length"), core.config)
-        limits = core.config.limits
-        inputs, binary_output, request_id = await core.parse_json(
-            header, lambda parsed: _parse(parsed, binary, limits)
+        header, binary = _split(body, request.headers.get("inference-header-content-length"), plane.config)
+        limits = plane.config.limits
+        tensors, parsed["binary"], parsed["id"] = await plane.parse_json(
+            header, lambda tree: _parse(tree, binary, limits)
         )
-        ((input_name, tensor),) = inputs.items()
-        count = len(tensor)
-        prepare = core.decode if input_name == BYTES_INPUT else core.pixels
-        with served.hold():
-            probabilities = await served.infer(await prepare(served, tensor))
-    except Exception as error:  # an ApiError, or a failure of the server's own (500)
-        failure = core.failed("v2", served, count, error)
-        return _error(failure.status, failure.message, **failure.details)
-    answer = _answer(served, probabilities, binary_output, request_id)
-    core.record("v2", served, "ok", count, time.perf_counter() - started)
-    return answer
+        ((input_name, tensor),) = tensors.items()
+        return Files(tensor) if input_name == BYTES_INPUT else Pixels(tensor)
+
+    answer = await plane.infer(InferRequest("v2", spec, inputs))
+    return _answer(answer.served, answer.probabilities, parsed["binary"], parsed["id"])
 
 
 def _split(body: bytes, header_length: str | None, config: Any) -> tuple[bytes, memoryview]:
@@ -139,13 +157,13 @@ def _split(body: bytes, header_length: str | None, config: Any) -> tuple[bytes, 
         return body, memoryview(b"")
     length = ascii_int(header_length)
     if length is None or length > len(body):
-        raise ApiError(
+        raise ServiceError(
             400,
             f"Inference-Header-Content-Length {ascii(header_length[:30])} is not a length within the "
             f"body ({len(body)} bytes)",
         )
     if length > config.limits.max_json_bytes:
-        raise ApiError(
+        raise ServiceError(
             413,
             f"a JSON header of {length} bytes exceeds the limit of {config.limits.max_json_bytes} bytes "
             "(CONVZOO_MAX_JSON_BYTES)",
@@ -157,9 +175,9 @@ def _parse(request: Any, binary: memoryview, limits: Any) -> tuple[dict[str, Any
     """({input name: list of Upload | uint8 array}, whether the output goes binary, the id) of the
     parsed JSON header."""
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
-        raise ApiError(400, "the request must be a JSON object with a list of 'inputs'")
+        raise ServiceError(400, "the request must be a JSON object with a list of 'inputs'")
     if len(request["inputs"]) != 1:
-        raise ApiError(
+        raise ServiceError(
             400,
             f"send one input: '{BYTES_INPUT}' (BYTES, encoded files) or '{PIXELS_INPUT}' (UINT8 pixels)",
         )
@@ -167,11 +185,11 @@ def _parse(request: Any, binary: memoryview, limits: Any) -> tuple[dict[str, Any
     offset = 0
     for tensor in request["inputs"]:
         if not isinstance(tensor, dict):
-            raise ApiError(400, "each input must be a JSON object (name, datatype, shape, data)")
+            raise ServiceError(400, "each input must be a JSON object (name, datatype, shape, data)")
         chunk, offset = _binary_part(tensor, binary, offset)
         inputs[tensor.get("name")] = _input(tensor, chunk, limits)
     if offset != len(binary):
-        raise ApiError(400, f"{len(binary) - offset} bytes of binary data after the last input's")
+        raise ServiceError(400, f"{len(binary) - offset} bytes of binary data after the last input's")
     return inputs, _binary_output(request), _request_id(request)
 
 
@@ -184,7 +202,7 @@ def _binary_part(tensor: dict, binary: memoryview, offset: int) -> tuple[memoryv
     if size is None:
         return None, offset
     if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
-        raise ApiError(
+        raise ServiceError(
             400,
             f"input {shown(tensor.get('name'))}: binary_data_size {shown(size)} does not fit the "
             f"{len(binary) - offset} bytes of binary data left",
@@ -195,12 +213,12 @@ def _binary_part(tensor: dict, binary: memoryview, offset: int) -> tuple[memoryv
 def _input(tensor: dict, chunk: memoryview | None, limits: Any) -> Any:
     name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
     if name not in (BYTES_INPUT, PIXELS_INPUT):
-        raise ApiError(
+        raise ServiceError(
             400, f"unknown input {shown(name)}: send '{BYTES_INPUT}' (BYTES) or '{PIXELS_INPUT}' (UINT8)"
         )
     wanted = "BYTES" if name == BYTES_INPUT else "UINT8"
     if datatype != wanted:
-        raise ApiError(400, f"input '{name}' must be {wanted}, got {shown(datatype)}")
+        raise ServiceError(400, f"input '{name}' must be {wanted}, got {shown(datatype)}")
     if name == PIXELS_INPUT:
         return pixel_array(shape, limits, data=tensor.get("data"), buffer=chunk, name=name)
     return _byte_strings(tensor, shape, chunk, limits)
@@ -214,7 +232,9 @@ def _byte_strings(tensor: dict, shape: Any, chunk: memoryview | None, limits: An
         and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
         and (len(shape) == 1 or shape[1] == 1)
     ):
-        raise ApiError(400, f"input '{BYTES_INPUT}' must have the shape [n] (or [n, 1]), got {shown(shape)}")
+        raise ServiceError(
+            400, f"input '{BYTES_INPUT}' must have the shape [n] (or [n, 1]), got {shown(shape)}"
+        )
     count = shape[0]
     check_count(count, limits)
     elements = _unpack_bytes(chunk, count) if chunk is not None else _json_bytes(tensor, count)
@@ -226,17 +246,17 @@ def _unpack_bytes(chunk: memoryview, count: int) -> list[bytes]:
     elements, offset = [], 0
     for i in range(count):
         if offset + 4 > len(chunk):
-            raise ApiError(400, f"'{BYTES_INPUT}': the binary data ends before element {i}'s length")
+            raise ServiceError(400, f"'{BYTES_INPUT}': the binary data ends before element {i}'s length")
         (length,) = struct.unpack_from("<I", chunk, offset)
         offset += 4
         if offset + length > len(chunk):
-            raise ApiError(
+            raise ServiceError(
                 400, f"'{BYTES_INPUT}' element {i} claims {length} bytes; {len(chunk) - offset} are left"
             )
         elements.append(bytes(chunk[offset : offset + length]))
         offset += length
     if offset != len(chunk):
-        raise ApiError(400, f"'{BYTES_INPUT}': {len(chunk) - offset} bytes after its {count} elements")
+        raise ServiceError(400, f"'{BYTES_INPUT}': {len(chunk) - offset} bytes after its {count} elements")
     return elements
 
 
@@ -245,13 +265,13 @@ def _json_bytes(tensor: dict, count: int) -> list[bytes]:
     if isinstance(data, list) and len(data) == 1 and isinstance(data[0], list):
         data = data[0]  # [[...]]: nested once
     if not isinstance(data, list) or len(data) != count or not all(isinstance(d, str) for d in data):
-        raise ApiError(400, f"input '{BYTES_INPUT}' of shape [{count}] needs {count} strings in 'data'")
+        raise ServiceError(400, f"input '{BYTES_INPUT}' of shape [{count}] needs {count} strings in 'data'")
     parameters = tensor.get("parameters") if isinstance(tensor.get("parameters"), dict) else {}
     if parameters.get("content_type") == "base64":
         try:
             return [base64.b64decode(d, validate=True) for d in data]
         except (binascii.Error, ValueError):
-            raise ApiError(400, f"input '{BYTES_INPUT}': an element is not valid base64") from None
+            raise ServiceError(400, f"input '{BYTES_INPUT}': an element is not valid base64") from None
     return [d.encode("utf-8", "surrogatepass") for d in data]
 
 
@@ -263,7 +283,7 @@ def _binary_output(request: dict) -> bool:
     if not isinstance(outputs, list) or any(
         not isinstance(o, dict) or o.get("name") != OUTPUT for o in outputs
     ):
-        raise ApiError(400, f"the only output is '{OUTPUT}'")
+        raise ServiceError(400, f"the only output is '{OUTPUT}'")
     wanted = [
         (o.get("parameters") or {}).get("binary_data")
         for o in outputs
@@ -301,7 +321,3 @@ def _answer(
         media_type="application/octet-stream",
         headers={"Inference-Header-Content-Length": str(len(header))},
     )
-
-
-def _error(status: int, message: str, **details: Any) -> JSONResponse:
-    return JSONResponse({"error": message, **details}, status_code=status)

@@ -21,7 +21,7 @@ import dataclasses
 import logging
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,10 +45,6 @@ from service.repository import (
 )
 
 logger = logging.getLogger("bentoml.convzoo")
-
-
-class UnknownModel(LookupError):
-    """A model or version that is not served; the message names what is."""
 
 
 @dataclass(frozen=True)
@@ -121,6 +117,7 @@ class ServedVersion:
         model: runtimes.LoadedModel,
         config: ServiceConfig,
         source: Path,
+        requests_now: Callable[[], int] = lambda: 0,
     ) -> None:
         self.name = name
         self.version = version
@@ -139,6 +136,7 @@ class ServedVersion:
             on_batch=lambda size, seconds: (batch_size.observe(size), inference.observe(seconds)),
             on_wait=m.queue_seconds.labels(*labels).observe,
             at_once=not config.decode_threads,  # one CPU: decoding in the batch (service.batching)
+            requests_now=requests_now,
         )
         self._in_flight_gauge = m.in_flight.labels(*labels)
         self.decode_seconds = m.decode_seconds.labels(name)
@@ -201,10 +199,18 @@ class ServedVersion:
         )
 
 
-def load_version(folder: Path, name: str, version: int, config: ServiceConfig) -> ServedVersion:
+def load_version(
+    folder: Path,
+    name: str,
+    version: int,
+    config: ServiceConfig,
+    *,
+    requests_now: Callable[[], int] = lambda: 0,
+) -> ServedVersion:
     """``folder`` verified, its runtime chosen, loaded, checked against its metadata and warmed up
     (module docstring); raises ``model_store.InvalidModel`` or ``runtimes.RuntimeUnavailable`` (or
-    the runtime's own error).
+    the runtime's own error). ``requests_now``: the HTTP requests the process is answering, for
+    its batcher (``service.activity``).
 
     A folder of the repository (``CONVZOO_MODELS_DIR/<name>/<version>``) is checked where it lies
     (``repository.containment_problem``), then checked again and loaded from a private snapshot
@@ -213,7 +219,7 @@ def load_version(folder: Path, name: str, version: int, config: ServiceConfig) -
     folder = Path(folder)
     root = Path(config.models_dir)
     if folder.parent.parent != root:
-        return _load(folder, folder, name, version, config)
+        return _load(folder, folder, name, version, config, requests_now)
     if problem := containment_problem(folder, root):
         raise InvalidModel(problem)
     if not is_complete(folder):  # before any snapshot: a flood of empty folders costs little
@@ -223,14 +229,21 @@ def load_version(folder: Path, name: str, version: int, config: ServiceConfig) -
     except InvalidExport as error:
         raise InvalidModel(str(error)) from None
     try:
-        return _load(private, folder, name, version, config)
+        return _load(private, folder, name, version, config, requests_now)
     except InvalidModel as error:
         raise InvalidModel(str(error).replace(str(private), str(folder))) from None
     finally:
         shutil.rmtree(private, ignore_errors=True)
 
 
-def _load(files: Path, folder: Path, name: str, version: int, config: ServiceConfig) -> ServedVersion:
+def _load(
+    files: Path,
+    folder: Path,
+    name: str,
+    version: int,
+    config: ServiceConfig,
+    requests_now: Callable[[], int],
+) -> ServedVersion:
     """``load_version`` of the export whose files are in ``files`` (``folder``: where it is shown)."""
     metadata = check_export(files)
     choice = runtimes.choose(config.runtime, metadata, files, gpus=config.gpus)
@@ -243,7 +256,7 @@ def _load(files: Path, folder: Path, name: str, version: int, config: ServiceCon
     if choice.path is not None:
         choice = dataclasses.replace(choice, path=folder / choice.path.relative_to(files))
     choice = dataclasses.replace(choice, reason=choice.reason.replace(str(files), str(folder)))
-    return ServedVersion(name, version, metadata, choice, model, config, folder)
+    return ServedVersion(name, version, metadata, choice, model, config, folder, requests_now)
 
 
 class Registry:
@@ -255,18 +268,13 @@ class Registry:
         self.models: dict[str, dict[int, ServedVersion]] = {}
         self.lock = threading.Lock()
 
-    def get(self, name: str | None = None, version: int | str | None = None) -> ServedVersion:
-        """The version asked for (``None``: the default model, its highest version served)."""
-        name = name or self.default
-        versions = self.models.get(name)
+    def get(self, name: str | None = None, version: int | None = None) -> ServedVersion | None:
+        """The version asked for (``name`` None: the default model; ``version`` None: the highest
+        served), or None when it is not served (``DataPlane.resolve`` parses and refuses)."""
+        versions = self.models.get(name or self.default)
         if not versions:
-            raise UnknownModel(f"no model {name!r} is served; served: {self.summary()}")
-        if version in (None, ""):
-            return versions[max(versions)]
-        number = int(version) if is_version_name(str(version)) else None
-        if number not in versions:
-            raise UnknownModel(f"model {name!r} has no version {version!r} served; served: {self.summary()}")
-        return versions[number]
+            return None
+        return versions[max(versions)] if version is None else versions.get(version)
 
     def add(self, served: ServedVersion) -> None:
         with self.lock:

@@ -106,9 +106,16 @@ def parse_model_spec(spec: str) -> tuple[str, int | None]:
             f"model name {name!r} is not allowed: letters, digits, '_', '.' and '-' only, "
             "starting with a letter or digit (a name, never a path)"
         )
-    if version in ("", "latest"):
-        return name, None
-    return name, parse_version(version)
+    return name, parse_version_spec(version)
+
+
+def parse_version_spec(text: str | int | None) -> int | None:
+    """The version a client named: ``None``, ``""`` and ``"latest"`` -> None (the highest served),
+    else ``parse_version``'s number (``ValueError`` for anything else). The one rule for a version
+    in a form field, a setting and a URL path."""
+    if text is None or text in ("", "latest"):
+        return None
+    return parse_version(text)
 
 
 MAX_VERSION_DIGITS = 9

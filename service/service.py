@@ -33,10 +33,8 @@ settings, OpenAPI): ``service.app``.
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -45,16 +43,15 @@ from pydantic import BaseModel, Field, WrapValidator
 from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse
 
-from service import runtimes
-from service.answers import public_metadata, top_k_answer
+from service import convzoo, runtimes
 from service.app import ConvzooService
 from service.config import ServiceConfig, settings
-from service.core import ApiError, Core, Upload
-from service.middleware import FORM, ApiKeyGuard, ParsedForm, RequestGuard, ascii_int
+from service.dataplane import DataPlane, ModelSpec, Upload
+from service.errors import ServiceError, error_response
+from service.middleware import ApiKeyGuard, RequestGuard
 from service.model_store import ServedModel, check_export
 from service.oip import mount_oip
 from service.openapi import ApiDescription
-from service.repository import parse_model_spec
 from service.tfserving import mount_tfserving
 from service.ui import mount_ui
 
@@ -62,8 +59,8 @@ logger = logging.getLogger("bentoml.convzoo")  # under "bentoml" so BentoML's lo
 
 CONFIG = settings()
 MODEL = ServedModel(CONFIG)
-CORE = Core(CONFIG)
-"""This worker's served models (filled when ``Classifier`` is constructed)."""
+PLANE = DataPlane(CONFIG)
+"""This worker's data plane: its served models (filled when ``Classifier`` is constructed)."""
 TENSOR_PATHS = ("/v2/models/", "/v1/models/")
 """Routes whose bodies carry images (tensors): JSON bounded by ``CONVZOO_MAX_JSON_BYTES``, the
 binary data extension like uploads (``RequestGuard``)."""
@@ -96,12 +93,13 @@ def check_model_or_exit(model: bentoml.Model, choice: runtimes.Choice) -> None:
 
 def _read_upload(value: Any, handler: Any) -> Upload:
     """Keep the client's filename and bytes (BentoML's own ``Path`` handling drops the name).
-    Only an uploaded file is taken: never a text value, which BentoML would treat as a URL."""
+    Only an uploaded file is taken (BentoML's ``UploadFile``, or the ``Upload`` that
+    ``ClassifyRoute`` read): never a text value, which BentoML would treat as a URL."""
+    if isinstance(value, Upload):
+        return value
     if isinstance(value, UploadFile):
         value.file.seek(0)
         return Upload(value.filename or "", value.file.read())
-    if isinstance(value, Path):  # a direct in-process call
-        return Upload(value.name, value.read_bytes())
     raise ValueError("expected an uploaded file")
 
 
@@ -153,8 +151,8 @@ class Classifier:
             import tensorflow as tf  # only here: an OpenVINO worker never loads TensorFlow
 
             where = f"{_select_device(tf)}, worker {_worker_index()}"
-        CORE.start(Path(model.path), str(model.tag), where)
-        self.core = CORE
+        PLANE.start(Path(model.path), str(model.tag), where)
+        self.plane = PLANE
         _freeze_startup_objects()
 
     @bentoml.api
@@ -167,93 +165,19 @@ class Classifier:
         """Classify the uploaded images (multipart field ``images``), in request order, with the
         default model or ``model`` (``name`` or ``name:version``)."""
         uploads: list[Upload] = images  # type: ignore[assignment]  (see ImageFile)
-        status, answer = await classify_uploads(self.core, uploads, top_k, model)
-        return JSONResponse(answer, status_code=status)
+        try:
+            return JSONResponse(await convzoo.classify(self.plane, uploads, top_k, model))
+        except ServiceError as error:
+            return error_response(error)
 
     @bentoml.api
     async def metadata(self, model: str | None = None) -> dict[str, Any]:
         """The model served (name, version, labels, input_size, ...): the default one or ``model``
         (``name`` or ``name:version``), the request limits, and every model version served."""
         try:
-            served = self.core.model(*_model_spec(model))
-        except ApiError as error:
-            return _error(error.status, error.message, **error.details)
-        extra = {"bentoml_tag": served.key, "limits": self.core.public_limits()}
-        # describe() is public already (made once per version): only the rest is stripped here
-        return {**served.describe(), **public_metadata({**extra, "served": self.core.registry.listing()})}
-
-
-async def classify_uploads(
-    core: Core, uploads: list[Upload], top_k: int, model: str | None
-) -> tuple[int, Any]:
-    """(status, JSON answer) of ``/classify``: the predictions in request order, or the refusal."""
-    started = time.perf_counter()
-    served = None
-    try:
-        served = core.model(*_model_spec(model))
-        with served.hold():
-            probabilities = await served.infer(await core.decode(served, uploads))
-    except Exception as error:  # an ApiError, or a failure of the server's own (500)
-        failure = core.failed("convzoo", served, len(uploads), error)
-        return failure.status, {"error": failure.message, **failure.details}
-    top_k = min(top_k, len(served.labels))
-    answer = [top_k_answer(p, served.labels, top_k) for p in probabilities]
-    core.record("convzoo", served, "ok", len(uploads), time.perf_counter() - started)
-    return 200, answer
-
-
-class LeanClassify:
-    """``POST /classify`` answered from the form ``RequestGuard`` already parsed (``FORM``), or from a
-    raw image body (``Content-Type: image/...``, ``top_k`` and ``model`` in the query): the same
-    answers as the ``classify`` API above, without BentoML parsing the multipart body a second time
-    into temporary files and validating it again (benchmarks/README.md, "The HTTP path"). It sits
-    behind BentoML's own middlewares (metrics, concurrency limit, timeout), like the API."""
-
-    def __init__(self, app: Any, *, core: Core, config: ServiceConfig) -> None:
-        self.app = app
-        self.core = core
-        self.config = config
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        form: ParsedForm | None = scope.get(FORM) if scope["type"] == "http" else None
-        if form is None or scope["path"] != "/classify":
-            await self.app(scope, receive, send)
-            return
-        uploads = [Upload(name, data) for name, data in form.files]
-        top_k = _top_k(form.fields.get("top_k"), self.config)
-        if isinstance(top_k, str):
-            status, answer = 400, {"error": top_k}
-        else:
-            status, answer = await classify_uploads(
-                self.core, uploads, top_k, (form.fields.get("model") or [None])[-1]
-            )
-        body = json.dumps(answer, ensure_ascii=False, separators=(",", ":")).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
-
-def _top_k(values: list[str] | None, config: ServiceConfig) -> int | str:
-    """The request's ``top_k`` (default ``CONVZOO_TOP_K``), or why it is refused."""
-    if not values:
-        return config.top_k
-    value = ascii_int(values[-1])
-    if value is None or not 1 <= value <= config.max_top_k:
-        return f"top_k must be an integer from 1 to {config.max_top_k}, got {ascii(values[-1][:20])}"
-    return value
-
-
-def _model_spec(model: Any) -> tuple[str | None, int | None]:
-    """``name`` / ``name:version`` / nothing -> (name, version) for ``Core.model``
-    (``service.repository.parse_model_spec``: a version is ASCII digits); 400 for anything else."""
-    if model is None or model == "":
-        return None, None
-    if not isinstance(model, str):
-        raise ApiError(400, f"model must be a string NAME or NAME:VERSION, got {type(model).__name__}")
-    try:
-        return parse_model_spec(model)
-    except ValueError as error:
-        raise ApiError(400, str(error)) from None
+            return self.plane.describe(ModelSpec(text=model))
+        except ServiceError as error:
+            return error_response(error)
 
 
 GC_THRESHOLDS = (10_000, 50, 100)
@@ -291,10 +215,6 @@ def _worker_index() -> int:
     return bentoml.server_context.worker_index or 1
 
 
-def _error(status: int, message: str, **details: Any) -> JSONResponse:
-    return JSONResponse({"error": message, **details}, status_code=status)
-
-
 if CONFIG.api_key:  # added first, so it runs before anything reads the body
     Classifier.add_asgi_middleware(ApiKeyGuard, key=CONFIG.api_key)
 Classifier.add_asgi_middleware(
@@ -309,9 +229,13 @@ Classifier.add_asgi_middleware(
     body_timeout_s=CONFIG.body_timeout_s,
     body_deadline_s=CONFIG.timeout_s,
     max_buffered_bytes=CONFIG.max_buffered_bytes,
+    activity=PLANE.activity,
 )
-Classifier.add_asgi_middleware(LeanClassify, core=CORE, config=CONFIG)  # /classify, parsed once
+# /classify over HTTP, parsed once, validated by the API's own input model (service/convzoo.py)
+Classifier.add_asgi_middleware(
+    convzoo.ClassifyRoute, plane=PLANE, spec=Classifier.apis["classify"].input_spec
+)
 Classifier.add_asgi_middleware(ApiDescription, service=Classifier)  # /docs.json for the request's host
 mount_ui(Classifier)  # the browser page at /ui/ (service/ui.py)
-mount_oip(Classifier, CORE)  # /v2/... (service/oip.py)
-mount_tfserving(Classifier, CORE)  # /v1/models/... (service/tfserving.py)
+mount_oip(Classifier, PLANE)  # /v2/... (service/oip.py)
+mount_tfserving(Classifier, PLANE)  # /v1/models/... (service/tfserving.py)

@@ -1,5 +1,5 @@
 """TensorFlow Serving's REST API, under ``/v1``, as TF Serving documents it (``api_rest.md``;
-README, "Protocols"; contract 3 in docs/design.md). A thin adapter over ``service.core``: a
+README, "Protocols"; contract 3 in docs/design.md). A thin adapter over ``service.dataplane``: a
 request that TF Serving answers for our SavedModel gets the same answer here (one export, one
 request, two servers).
 
@@ -25,7 +25,6 @@ import base64
 import binascii
 import json
 import re
-import time
 from typing import Any
 
 import numpy as np
@@ -33,8 +32,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, Router
 
-from service.core import ApiError, Core, Upload, check_count, pixel_array, shown
+from service.dataplane import DataPlane, Files, InferRequest, ModelSpec, Pixels, Upload
+from service.errors import ServiceError, answers_errors, error_response
+from service.limits import check_count
 from service.registry import ServedVersion
+from service.tensors import pixel_array, shown
 
 PATH = "/v1"
 MODEL_PATH = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?P<tail>/metadata|:[a-z]+)?$")
@@ -42,33 +44,49 @@ SIGNATURES = {"serving_default": "images", "serve_bytes": "image_bytes"}
 OUTPUT = "probabilities"
 
 
-def mount_tfserving(service: Any, core: Core) -> None:
+def mount_tfserving(service: Any, plane: DataPlane) -> None:
     """Serve the API at ``/v1`` from ``service`` (a ``bentoml.Service``)."""
-    service.mount_asgi_app(tfserving_app(core), path=PATH, name="tfserving")
+    service.mount_asgi_app(tfserving_app(plane), path=PATH, name="tfserving")
+
+    async def no_listing(request: Request) -> Response:
+        """``GET /v1/models``: TF Serving has no listing; a JSON 404 that says where to look
+        (the exact route: the mount alone would redirect to ``/v1/models/``)."""
+        return error_response(
+            ServiceError(
+                404,
+                "TF Serving's API lists no models: GET /v1/models/{name} for one model's status "
+                f"(served: {plane.registry.summary() if plane.registry else 'nothing yet'}; "
+                "POST /metadata or POST /v2/repository/index list them all)",
+            )
+        )
+
+    service.add_route(Route(f"{PATH}/models", no_listing, methods=["GET"]))
 
 
-def tfserving_app(core: Core) -> Router:
+def tfserving_app(plane: DataPlane) -> Router:
+    @answers_errors
     async def model(request: Request) -> Response:
         match = MODEL_PATH.match(request.path_params["rest"])
         if match is None:
-            return _error(404, f"no such route: {request.url.path}")
+            raise ServiceError(404, f"no such route: {request.url.path}")
         tail = match["tail"] or ""
+        spec = ModelSpec(name=match["name"], version=match["version"])
         if tail.startswith(":"):
             if tail != ":predict":
-                return _error(400, f"{tail[1:]} is not supported: convzoo models serve :predict")
+                raise ServiceError(400, f"{tail[1:]} is not supported: convzoo models serve :predict")
             if request.method != "POST":
-                return _error(405, ":predict takes POST")
-            return await predict(core, request, match["name"], match["version"])
+                raise ServiceError(405, ":predict takes POST")
+            return await predict(plane, request, spec)
         if request.method != "GET":
-            return _error(405, f"{request.url.path} takes GET")
+            raise ServiceError(405, f"{request.url.path} takes GET")
         try:
-            served = core.model(match["name"], match["version"])
-        except ApiError as error:
-            return _error(error.status, error.message)
+            served = plane.resolve(spec)
+        except ServiceError as error:
+            raise ServiceError(error.status, error.message) from None
         if tail == "/metadata":
             return JSONResponse(metadata(served))
         versions = (
-            sorted(core.registry.models.get(served.name, {}))
+            sorted(plane.registry.models.get(served.name, {}))
             if match["version"] is None
             else [served.version]
         )
@@ -123,31 +141,24 @@ def metadata(served: ServedVersion) -> dict[str, Any]:
     }
 
 
-async def predict(core: Core, request: Request, name: str, version: str | None) -> Response:
-    started = time.perf_counter()
-    served = None
-    count = 0
-    try:
-        served = core.model(name, version)
-        limits = core.config.limits
-        rows, inputs = await core.parse_json(await request.body(), lambda body: _inputs(body, limits))
-        count = len(inputs)
-        with served.hold():
-            if isinstance(inputs, np.ndarray):
-                images = await core.pixels(served, inputs)
-            else:
-                images = await core.decode(served, inputs)
-            probabilities = await served.infer(images)
-    except Exception as error:  # an ApiError, or a failure of the server's own (500)
-        failure = core.failed("tfserving", served, count, error)
-        return _error(failure.status, failure.message, **failure.details)
-    key = "predictions" if rows else "outputs"
-    answer = Response(
-        json.dumps({key: probabilities.astype(np.float32).tolist()}, separators=(",", ":")),
+async def predict(plane: DataPlane, request: Request, spec: ModelSpec) -> Response:
+    """``:predict``: the body parsed into the data plane's request (inside its life cycle), the
+    answer formatted."""
+    parsed: dict[str, Any] = {}
+
+    async def inputs(served: ServedVersion) -> Files | Pixels:
+        limits = plane.config.limits
+        parsed["rows"], values = await plane.parse_json(
+            await request.body(), lambda body: _inputs(body, limits)
+        )
+        return Pixels(values) if isinstance(values, np.ndarray) else Files(values)
+
+    answer = await plane.infer(InferRequest("tfserving", spec, inputs))
+    key = "predictions" if parsed["rows"] else "outputs"
+    return Response(
+        json.dumps({key: answer.probabilities.astype(np.float32).tolist()}, separators=(",", ":")),
         media_type="application/json",
     )
-    core.record("tfserving", served, "ok", count, time.perf_counter() - started)
-    return answer
 
 
 def _inputs(body: Any, limits: Any) -> tuple[bool, list[Upload] | np.ndarray]:
@@ -163,13 +174,13 @@ def _inputs(body: Any, limits: Any) -> tuple[bool, list[Upload] | np.ndarray]:
 def _request(body: Any) -> tuple[str, bool, Any]:
     """(signature, row format?, the input's values) of a predict request."""
     if not isinstance(body, dict):
-        raise ApiError(400, "the request must be a JSON object with 'instances' or 'inputs'")
+        raise ServiceError(400, "the request must be a JSON object with 'instances' or 'inputs'")
     signature = body.get("signature_name", "serving_default")
     if not isinstance(signature, str) or signature not in SIGNATURES:
-        raise ApiError(400, f"signature_name {shown(signature)} is not one of: {', '.join(SIGNATURES)}")
+        raise ServiceError(400, f"signature_name {shown(signature)} is not one of: {', '.join(SIGNATURES)}")
     input_name = SIGNATURES[signature]
     if ("instances" in body) == ("inputs" in body):
-        raise ApiError(400, "send exactly one of 'instances' (row format) or 'inputs' (columnar format)")
+        raise ServiceError(400, "send exactly one of 'instances' (row format) or 'inputs' (columnar format)")
     rows = "instances" in body
     values = body["instances"] if rows else body["inputs"]
     if rows and isinstance(values, list):
@@ -177,13 +188,13 @@ def _request(body: Any) -> tuple[str, bool, Any]:
     elif isinstance(values, dict) and "b64" not in values:
         values = _named(values, input_name)
     if not isinstance(values, list) or not values:
-        raise ApiError(400, f"'{input_name}' must be a non-empty list of instances")
+        raise ServiceError(400, f"'{input_name}' must be a non-empty list of instances")
     return signature, rows, values
 
 
 def _named(value: dict, input_name: str) -> Any:
     if set(value) != {input_name}:
-        raise ApiError(400, f"the signature's only input is '{input_name}', got {shown(sorted(value))}")
+        raise ServiceError(400, f"the signature's only input is '{input_name}', got {shown(sorted(value))}")
     return value[input_name]
 
 
@@ -191,11 +202,11 @@ def _uploads(values: list) -> list[Upload]:
     uploads = []
     for i, value in enumerate(values):
         if not (isinstance(value, dict) and set(value) == {"b64"} and isinstance(value["b64"], str)):
-            raise ApiError(400, f'image_bytes[{i}] must be {{"b64": "<base64 of the file>"}}')
+            raise ServiceError(400, f'image_bytes[{i}] must be {{"b64": "<base64 of the file>"}}')
         try:
             uploads.append(Upload(f"image_bytes[{i}]", base64.b64decode(value["b64"], validate=True)))
         except (binascii.Error, ValueError):
-            raise ApiError(400, f"image_bytes[{i}] is not valid base64") from None
+            raise ServiceError(400, f"image_bytes[{i}] is not valid base64") from None
     return uploads
 
 
@@ -207,9 +218,7 @@ def _pixels(values: list, limits: Any) -> np.ndarray:
         shape.append(len(probe))
         probe = probe[0] if probe else None
     if len(shape) != 4:
-        raise ApiError(400, f"'images' must be pixel lists [n][height][width][3], got {len(shape)} levels")
+        raise ServiceError(
+            400, f"'images' must be pixel lists [n][height][width][3], got {len(shape)} levels"
+        )
     return pixel_array(shape, limits, data=values, name="images")
-
-
-def _error(status: int, message: str, **details: Any) -> JSONResponse:
-    return JSONResponse({"error": message, **details}, status_code=status)

@@ -61,6 +61,7 @@ class Watcher:
         self.default_policy = default_policy
         self.loader = loader
         self.refused: dict[tuple[str, int], tuple] = {}  # version -> the files' state when refused
+        self.reasons: dict[tuple[str, int], str] = {}  # version -> why it was refused (one line)
         self.noted: set[str] = set()  # what the last poll ignored (each noted once in the log)
         self._noted_now: set[str] = set()
         self._lines_now = self._quiet = 0
@@ -135,6 +136,7 @@ class Watcher:
             self._follow(name, available)
         present = {(name, version) for name, versions in listing.items() for version in versions}
         self.refused = {key: state for key, state in self.refused.items() if key in present}
+        self.reasons = {key: reason for key, reason in self.reasons.items() if key in self.refused}
         for name in sorted(set(self.registry.models) - set(listing)):
             self._follow(name, [])  # its folder is gone (or is no longer a plain folder)
         if self._quiet:
@@ -197,6 +199,7 @@ class Watcher:
             served = self.loader(folder, name, version, self.config)
         except Exception as error:
             self.refused[(name, version)] = state
+            self.reasons[(name, version)] = _one_line(error)
             metrics().model_loads.labels(name, str(version), "refused").inc()
             self._say(
                 logging.WARNING,
@@ -209,6 +212,7 @@ class Watcher:
             )
             return False
         self.refused.pop((name, version), None)
+        self.reasons.pop((name, version), None)
         self.registry.add(served)
         metrics().model_loads.labels(name, str(version), "loaded").inc()
         logger.info(

@@ -175,8 +175,7 @@ def test_a_lone_one_image_request_runs_at_once_in_the_callers_thread():
 
 def test_at_once_still_batches_requests_that_arrive_together_or_beside_others():
     """Requests arriving in the same turn of the loop batch in the model's thread (never one by one
-    in the loop), and so does a request while the process answers another one (``REQUESTS``)."""
-    from service import batching
+    in the loop), and so does a request while the process answers another one (``requests_now``)."""
 
     async def together():
         model = RecordingModel()
@@ -194,12 +193,8 @@ def test_at_once_still_batches_requests_that_arrive_together_or_beside_others():
 
     async def beside_another():
         model = RecordingModel()
-        batcher = Batcher(model, 32, at_once=True)
-        batching.REQUESTS.now += 2  # this request and another one are being answered
-        try:
-            result = await batcher(images(3))
-        finally:
-            batching.REQUESTS.now -= 2
+        batcher = Batcher(model, 32, at_once=True, requests_now=lambda: 2)  # this one and another
+        result = await batcher(images(3))
         return model, result, threading.get_ident()
 
     model, result, loop_thread = asyncio.run(beside_another())

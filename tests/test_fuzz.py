@@ -446,17 +446,18 @@ def _mutate(data: bytes, seed: int) -> bytes:
 @given(seed=st.integers(0, 2**32), cut=st.integers(-20, 20), raw=st.binary(max_size=64))
 def test_v2_requests_parse_or_raise_only_api_errors(seed, cut, raw):
     """Mutated Open Inference Protocol requests (JSON header and binary part): parsed, or an
-    ``ApiError`` 4xx; never another exception."""
+    ``ServiceError`` 4xx; never another exception."""
     from service.config import ServiceConfig
-    from service.core import ApiError, _parse_json
+    from service.errors import ServiceError
+    from service.jsonbody import parse_json
     from service.oip import _parse, _split
 
     body = _mutate(V2_HEADER, seed) + bytes(12) + raw
     length = str(len(V2_HEADER) + cut)
     try:
         header, binary = _split(body, length, ServiceConfig(limits=LIMITS))
-        _parse_json(header, lambda parsed: _parse(parsed, binary, LIMITS))
-    except ApiError as error:
+        parse_json(header, lambda parsed: _parse(parsed, binary, LIMITS))
+    except ServiceError as error:
         assert 400 <= error.status < 500 and error.message
 
 
@@ -471,14 +472,14 @@ def test_v2_requests_parse_or_raise_only_api_errors(seed, cut, raw):
     rows=st.booleans(),
 )
 def test_tfserving_requests_parse_or_raise_only_api_errors(value, signature, rows):
-    """Arbitrary JSON values as TF Serving predict requests: parsed, or an ``ApiError`` 4xx."""
-    from service.core import ApiError
+    """Arbitrary JSON values as TF Serving predict requests: parsed, or a ``ServiceError`` 4xx."""
+    from service.errors import ServiceError
     from service.tfserving import _inputs
 
     body = {"signature_name": signature, "instances" if rows else "inputs": value}
     try:
         _inputs(body, LIMITS)
-    except ApiError as error:
+    except ServiceError as error:
         assert 400 <= error.status < 500 and error.message
 
 
@@ -492,9 +493,9 @@ JSON_VALUES = st.recursive(
 @settings(max_examples=300, deadline=None)
 @given(value=JSON_VALUES, indent=st.sampled_from([None, 0, 2]), step=st.sampled_from([1, 40, 4096]))
 def test_loads_in_steps_reads_what_json_loads_reads(value, indent, step):
-    """``service.core.loads_in_steps`` (the JSON tensor routes' parser) against ``json.loads``:
+    """``service.jsonbody.loads_in_steps`` (the JSON tensor routes' parser) against ``json.loads``:
     the same value for any JSON text, walked in steps of any size."""
-    from service import core
+    from service import jsonbody as core
 
     text = json.dumps(value, indent=indent).encode()
     saved = core.STEP_BYTES, core.MAX_SMALL_STEPS
@@ -510,7 +511,7 @@ def test_loads_in_steps_reads_what_json_loads_reads(value, indent, step):
 def test_loads_in_steps_refuses_what_json_loads_refuses(value, seed, step):
     """Mutated JSON texts: ``loads_in_steps`` raises a ValueError exactly when ``json.loads`` does
     (RecursionError included), and otherwise reads the same value."""
-    from service import core
+    from service import jsonbody as core
 
     text = bytearray(json.dumps(value).encode())
     rng = random.Random(seed)

@@ -31,8 +31,10 @@ from service import repository
 from service.answers import public_metadata, strip_paths
 from service.app import OTHER, RouteLabels
 from service.config import Limits, ServiceConfig
-from service.core import ApiError, DecodeMemory, Upload, check_decode_budget
+from service.dataplane import DecodeMemory, Upload
+from service.errors import ServiceError
 from service.images import Resize, decode_cost
+from service.limits import check_decode_budget
 from service.middleware import ApiKeyGuard, RequestGuard
 from service.openapi import request_url
 
@@ -336,10 +338,10 @@ def test_the_decode_budget_refuses_costly_requests_before_decoding():
     assert cost >= 6000 * 6000 * 2 * 3  # counted at 16 bits, plus the RGB result
     limits = ServiceConfig().limits
     uploads = [Upload(f"{i}.png", gray16) for i in range(32)]
-    with pytest.raises(ApiError) as refusal:
+    with pytest.raises(ServiceError) as refusal:
         check_decode_budget(uploads, [cost] * 32, limits)
     assert refusal.value.status == 413 and "CONVZOO_MAX_REQUEST_DECODE_BYTES" in refusal.value.message
-    with pytest.raises(ApiError) as refusal:
+    with pytest.raises(ServiceError) as refusal:
         check_decode_budget(uploads[:1], [cost], Limits(max_image_decode_bytes=cost - 1))
     assert (
         refusal.value.status == 413

@@ -227,7 +227,7 @@ def test_a_lone_phone_jpeg_may_decode_on_the_event_loop_a_large_png_may_not():
     """``core.QUICK_DECODE_BYTES`` (``Batcher(at_once=True)``): a 12 MP JPEG, which libjpeg shrinks
     while decoding (EXIF-rotated too: PIL's draft), is quick; a 4 MP PNG, decoded at full size,
     goes to the model's thread."""
-    from service.core import QUICK_DECODE_BYTES
+    from service.dataplane import QUICK_DECODE_BYTES
 
     phone = files.encode(files.photo((4000, 3000), seed=3), "JPEG", quality=85)
     rotated = files.exif_rotated_jpeg(files.photo((3000, 4000), seed=3))  # PIL decodes it at 1/8

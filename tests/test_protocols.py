@@ -186,6 +186,25 @@ def test_v2_health_and_metadata(server, client):
     assert meta["parameters"]["labels"] == metadata(server)["labels"]
 
 
+def test_v2_and_v1_roots_answer_without_a_redirect(server, client):
+    """``GET /v2`` is the server's metadata (tritonclient's ``get_server_metadata``), not a 307 to
+    ``/v2/``; ``POST /v2/repository/index`` lists every version served (``get_model_repository_index``);
+    ``GET /v1/models`` is a JSON 404 that says where to look, not a 307."""
+    root = requests.get(f"{server.url}/v2", headers=dict(AUTH), allow_redirects=False, timeout=10)
+    assert root.status_code == 200 and root.json()["name"] == "convzoo"
+    meta = client.get_server_metadata(headers=dict(AUTH))
+    assert meta["name"] == "convzoo" and "model_repository" in meta["extensions"]
+    index = client.get_model_repository_index(headers=dict(AUTH))
+    assert [(m["name"], m["version"], m["state"]) for m in index] == [
+        (DEFAULT, "2", "READY"),
+        (SMALL, "1", "READY"),
+    ]
+    listing = requests.get(f"{server.url}/v1/models", headers=dict(AUTH), allow_redirects=False, timeout=10)
+    assert listing.status_code == 404 and "location" not in listing.headers
+    assert "GET /v1/models/{name}" in listing.json()["error"]
+    assert requests.get(f"{server.url}/v2", allow_redirects=False, timeout=10).status_code == 401
+
+
 def test_v2_bytes_agree_with_classify_on_real_photos(server, client):
     named = photos(4)
     expected = classify(server, named)

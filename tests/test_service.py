@@ -342,19 +342,52 @@ def test_many_images_in_one_request_answer_in_order(server, reference):
         assert_matches(answer, reference(data, name), top_k=3)
 
 
-def test_bentoml_client_classifies_files_on_disk(server, reference, tmp_path):
+def test_bentoml_client_classifies_files_on_disk(server, reference, exported_model, tmp_path):
+    """BentoML's own clients call ``/classify`` with every parameter (they send form fields
+    JSON-encoded, ``"servicetest:1"``) and get exactly what curl's plain fields get; ``latest``
+    names the highest version; an unknown model is refused naming it as the client wrote it."""
+    import asyncio
+
     import bentoml
 
     paths = []
     for name in ["rgb.jpg", "rgb.webp"]:
         paths.append(tmp_path / name)
         paths[-1].write_bytes(files.valid_files()[name][0])
+    sent = [(path.name, path.read_bytes()) for path in paths]
+    version = int(exported_model.name)
     with bentoml.SyncHTTPClient(server.url) as client:
         answers = client.classify(images=paths, top_k=2)
+        pinned = client.classify(images=paths, top_k=2, model=f"{MODEL_NAME}:{version}")
+        latest = client.classify(images=paths, top_k=2, model=f"{MODEL_NAME}:latest")
         metadata = client.metadata()
-    assert metadata["name"] == MODEL_NAME
+        pinned_metadata = client.metadata(model=f"{MODEL_NAME}:{version}")
+        with pytest.raises(bentoml.exceptions.BentoMLException) as unknown:
+            client.classify(images=paths, model="nope")
+    assert metadata["name"] == MODEL_NAME and pinned_metadata["version"] == version
     for path, answer in zip(paths, answers, strict=True):
         assert_matches(answer, reference(path.read_bytes(), path.name), top_k=2)
+    with_curl = expect(classify(server, sent, top_k="2", model=f"{MODEL_NAME}:{version}"), 200, server)
+    assert pinned == latest == answers == with_curl
+    assert "no model 'nope' is served" in str(unknown.value)
+
+    async def with_the_async_client():
+        async with bentoml.AsyncHTTPClient(server.url) as client:
+            return await client.classify(images=paths, top_k=2, model=f"{MODEL_NAME}:{version}")
+
+    assert asyncio.run(with_the_async_client()) == with_curl
+
+
+def test_latest_names_the_highest_version_everywhere(server, exported_model):
+    """``name:latest`` in a form field and ``versions/latest`` in a URL path resolve alike."""
+    data = files.valid_files()["rgb.png"][0]
+    version = str(int(exported_model.name))
+    by_field = expect(classify(server, [("a.png", data)], model=f"{MODEL_NAME}:latest"), 200, server)
+    assert by_field == expect(classify(server, [("a.png", data)]), 200, server)
+    v2 = requests.get(f"{server.url}/v2/models/{MODEL_NAME}/versions/latest", timeout=30)
+    assert v2.status_code == 200 and v2.json()["versions"] == [version]
+    v1 = requests.get(f"{server.url}/v1/models/{MODEL_NAME}/versions/latest", timeout=30)
+    assert v1.status_code == 200 and [s["version"] for s in v1.json()["model_version_status"]] == [version]
 
 
 def test_phone_photo_is_classified_upright(server):
@@ -462,7 +495,7 @@ def test_concurrent_clients_are_served_in_batches(server, reference):
 
 def test_a_lone_costly_image_leaves_the_event_loop_answering(server):
     """``Batcher(at_once)`` runs a lone request on the event loop's thread only when its decoding is
-    quick (``service.core.QUICK_DECODE_BYTES``): while a lone 36-megapixel 16-bit PNG decodes
+    quick (``service.dataplane.QUICK_DECODE_BYTES``): while a lone 36-megapixel 16-bit PNG decodes
     (288 MB, a third of a second or more), ``/livez`` keeps answering at once. Run on the event
     loop, it held every probe for the whole decoding (337 ms against 0.9 ms, benchmarks/README.md)."""
     png = files.sixteen_bit_gray_png(6000, 6000, value=0)
