@@ -175,7 +175,7 @@ def json_bodies(url: str, model: str, worker: psutil.Process, shapes: list[tuple
 
 
 def one_call_stall(url: str, model: str, lists: int) -> None:
-    """A value made of small pieces is parsed in one call (``service.jsonbody.loads_in_steps``): how
+    """A value made of small pieces is parsed in one call (``service.serving.jsonbody.loads_in_steps``): how
     long ``/livez`` waits meanwhile, for ``lists`` empty lists inside one input (its parse within
     the memory budget)."""
     body = b'{"inputs":[[' + b"[]," * (lists - 1) + b"[]]]}"

@@ -3,7 +3,7 @@
     python -m benchmarks.http_path                    # 3 rounds of 2,000 requests per variant
     python -m benchmarks.http_path --requests 4000 --rounds 5 --decode
 
-Builds the very ASGI app that ``bentoml serve`` runs (``service.app.ConvzooService.to_asgi``, its
+Builds the very ASGI app that ``bentoml serve`` runs (``service.http.app.ConvzooService.to_asgi``, its
 startup included), with the model replaced by a function that answers at once and, unless
 ``--decode``, the decoding by a stub (the upload's header is still read: that is the request
 path's own check), then posts it real multipart uploads of the ``photos`` set (``benchmarks.images``),
@@ -45,7 +45,7 @@ def variants() -> dict[str, Callable[[list[Any]], list[Any]]]:
     return {
         "full": lambda middleware: middleware,
         "- BentoML metrics (RouteLabels)": without("RouteLabels"),
-        "- BentoML access log": without("EscapedAccessLog"),  # service.app wraps BentoML's
+        "- BentoML access log": without("EscapedAccessLog"),  # service.http.app wraps BentoML's
         "- BentoML timeout": without("TimeoutMiddleware"),
         "- BentoML max concurrency": without("MaxConcurrencyMiddleware"),
     }
@@ -57,7 +57,8 @@ def _name(middleware: Any) -> str:
 
 def stub_model(classes: int) -> None:
     """The runtime answers at once: ``service.runtimes.load`` returns constant probabilities."""
-    from service import registry, runtimes
+    from service import runtimes
+    from service.serving import registry
 
     def load(choice: Any, folder: Any, threads: int | None = None) -> runtimes.LoadedModel:
         return runtimes.LoadedModel(lambda images: np.full((len(images), classes), 1 / classes, np.float32))
@@ -67,7 +68,7 @@ def stub_model(classes: int) -> None:
 
 def stub_decoding() -> None:
     """Decoding answers a blank image at once (the header is still read by ``open_upload``)."""
-    from service import dataplane
+    from service.serving import dataplane
 
     def prepare(
         data: bytes, filename: str, resize: Any, limits: Any = None, opened: Any = None
@@ -158,7 +159,7 @@ async def measure(args: argparse.Namespace) -> dict[str, list[float]]:
     if not args.decode:
         stub_decoding()
     share_bentoml_metrics()
-    from service import app as service_app
+    from service.http import app as service_app
     from service.service import Classifier
 
     tracing_kept: list[Any] = []

@@ -18,7 +18,7 @@ Reported: the median over runs of images/s, and the p50/p95 latency of one batch
   in-graph; TensorFlow only);
 - ``pil``: the JPEG bytes decoded and resized with PIL here, then the runtime (what the peer
   servers do per request);
-- ``service``: the JPEG bytes through the service's own ``service.images.prepare_image``
+- ``service``: the JPEG bytes through the service's own ``service.serving.images.prepare_image``
   (libjpeg-turbo at reduced scale, crop, PIL resize), then the runtime: what the service computes
   per image, without HTTP. Reported for reference, not part of the ceiling.
 
@@ -166,7 +166,7 @@ def make_calls(predict, serve_bytes, images: list[bytes], size: tuple[int, int],
 
         return mode
 
-    from service.images import Resize, prepare_image
+    from service.serving.images import Resize, prepare_image
 
     resize = Resize.from_metadata(metadata)
     calls = {

@@ -144,7 +144,7 @@ def build(args: argparse.Namespace) -> str:
     check_docker()
     sys.path.insert(0, str(REPO))
     from service.config import load_config
-    from service.model_store import resolve_model
+    from service.serving.model_store import resolve_model
 
     model_tag = str(resolve_model(load_config()))  # imported into the BentoML store if missing
     version = model_tag.partition(":")[2]

@@ -35,15 +35,13 @@
 The same settings apply to ``bentoml serve`` from the repository root and to a built Bento.
 ``settings()`` reads them once per process; nothing else in ``service/`` reads the environment.
 The decoding memory of an image is its pixels times the bytes per pixel its decoding holds at once
-(``service.images.decode_cost``: the decoded mode, 16-bit, alpha, and the 8-bit RGB result).
+(``service.serving.images.open_upload``: the decoded mode, 16-bit, alpha, and the 8-bit RGB result).
 """
 
 from __future__ import annotations
 
 import functools
 import os
-import shutil
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,7 +76,7 @@ class ServiceConfig:
     models_dir: Path = REPO_MODELS_DIR
     models: str | None = None
     """``CONVZOO_MODELS``: ``name[:policy]`` items, policy ``latest`` (default), ``latest=N``,
-    ``all``, a version ``3`` or versions ``3+5`` (``service.registry.parse_models``); unset: every
+    ``all``, a version ``3`` or versions ``3+5`` (``service.serving.registry.parse_models``); unset: every
     model of the repository at its latest version."""
     poll_s: int = 5
     limits: Limits = Limits()
@@ -160,20 +158,21 @@ def cpu_count() -> int:
     return os.cpu_count() or 1  # not Linux
 
 
+NVIDIA_GPUS = "/proc/driver/nvidia/gpus"
+"""The NVIDIA driver's listing: one folder per GPU (a container sees the GPUs it was given)."""
+
+
 def count_gpus() -> int:
-    """NVIDIA GPUs this process may use (CUDA_VISIBLE_DEVICES, else ``nvidia-smi -L``); 0 if none."""
+    """NVIDIA GPUs this process may use (CUDA_VISIBLE_DEVICES, else the driver's listing,
+    ``NVIDIA_GPUS``); 0 if none. One directory listing, never a subprocess: ``settings()`` runs
+    when ``service.service`` is imported (it used to run ``nvidia-smi -L``, up to 10 s)."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         return len([d for d in visible.split(",") if d.strip() not in ("", "-1")])
-    if shutil.which("nvidia-smi") is None:
-        return 0
     try:
-        listing = subprocess.run(
-            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10, check=True
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
+        return sum(1 for entry in Path(NVIDIA_GPUS).iterdir() if entry.is_dir())
+    except OSError:
         return 0
-    return sum(1 for line in listing.splitlines() if line.startswith("GPU "))
 
 
 def load_config() -> ServiceConfig:

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from service.config import load_config
-from service.model_store import ModelNotFound, resolve_model
+from service.serving.model_store import ModelNotFound, resolve_model
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,7 @@ CPUs beside it and describes each in ``metadata.json["runtimes"]`` (schema below
 
 Every derived form is the graph *after* the model's resize: uint8 ``[n, height, width, 3]`` at the
 model's input size -> float32 probabilities. The service resizes each upload to that size before
-batching (``service.images``), so it loses nothing; TensorFlow keeps serving any size.
+batching (``service.serving.images``), so it loses nothing; TensorFlow keeps serving any size.
 
 ``CONVZOO_RUNTIME`` chooses (``choose``):
 

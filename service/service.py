@@ -6,12 +6,12 @@ versions, the decoding within limits), through three protocols:
 
 - convzoo's own API, here: ``POST /classify`` (multipart uploads, optional ``model``) and
   ``POST /metadata``;
-- the Open Inference Protocol (v2) under ``/v2`` (``service.oip``), as Triton and KServe speak it;
-- TensorFlow Serving's REST API under ``/v1`` (``service.tfserving``).
+- the Open Inference Protocol (v2) under ``/v2`` (``service.protocols.oip``), as Triton and KServe speak it;
+- TensorFlow Serving's REST API under ``/v1`` (``service.protocols.tfserving``).
 
 Each worker process (one per GPU, else one) checks every upload's header, refuses bad requests
 with a 4xx JSON answer, and hands the request to the ``Batcher`` of the model version asked for
-(``service.batching``), which merges concurrent requests into one call of the model in a worker
+(``service.serving.batching``), which merges concurrent requests into one call of the model in a worker
 thread. The uploads are decoded and resized in a thread pool, before, when the process may use
 several CPUs, or by the model's thread just before the batch when it has one (``service.core``).
 The model runs on the runtime that ``service.runtimes`` chooses (``CONVZOO_RUNTIME``, default
@@ -21,13 +21,13 @@ for the default model), else TensorFlow's ``serving_default``.
 The model lives in the API process on purpose: no second service, no pickling, no local HTTP hop
 per batch, no batching window to wait for (measured in benchmarks/README.md, "What we tried").
 
-The default model is declared at class level (``service.model_store.ServedModel``, a BentoML model
+The default model is declared at class level (``service.serving.model_store.ServedModel``, a BentoML model
 reference), so ``bentoml build`` packages it; it is resolved, and the runtime chosen, when the
 server starts and when a worker constructs ``Classifier``, never when this module is imported
 (a default model or runtime that cannot serve stops the server with one line). Which model:
-``CONVZOO_MODEL`` (see ``service.model_store``); which others: ``CONVZOO_MODELS`` (see
-``service.registry``); every setting: ``service.config``; the app around the API (metrics, library
-settings, OpenAPI): ``service.app``.
+``CONVZOO_MODEL`` (see ``service.serving.model_store``); which others: ``CONVZOO_MODELS`` (see
+``service.serving.registry``); every setting: ``service.config``; the app around the API (metrics, library
+settings, OpenAPI): ``service.http.app``.
 """
 
 from __future__ import annotations
@@ -43,17 +43,20 @@ from pydantic import BaseModel, Field, WrapValidator
 from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse
 
-from service import convzoo, runtimes
-from service.app import ConvzooService
+from service import runtimes
 from service.config import ServiceConfig, settings
-from service.dataplane import DataPlane, ModelSpec, Upload
-from service.errors import ServiceError, error_response
-from service.middleware import ApiKeyGuard, RequestGuard
-from service.model_store import ServedModel, check_export
-from service.oip import mount_oip
-from service.openapi import ApiDescription
-from service.tfserving import mount_tfserving
-from service.ui import mount_ui
+from service.http.app import ConvzooService
+from service.http.auth import ApiKeyGuard
+from service.http.body import RequestGuard
+from service.http.openapi import ApiDescription
+from service.http.ui import mount_ui
+from service.protocols import convzoo
+from service.protocols.oip import mount_oip
+from service.protocols.tfserving import mount_tfserving
+from service.serving.dataplane import DataPlane
+from service.serving.errors import ServiceError, error_response
+from service.serving.model_store import ServedModel, check_export
+from service.serving.requests import ModelSpec, Upload
 
 logger = logging.getLogger("bentoml.convzoo")  # under "bentoml" so BentoML's log config shows it
 
@@ -69,8 +72,10 @@ BINARY_PATHS = ("/v2/models/",)
 
 
 def choose_runtime_or_exit(model: bentoml.Model, config: ServiceConfig) -> runtimes.Choice:
-    """The runtime for ``model`` (``service.runtimes.choose``); a requested runtime that cannot
-    serve stops the service with one line, ``auto``'s fallback to TensorFlow is a warning."""
+    """The runtime for ``model`` (``service.runtimes.choose``), in the server process before any
+    worker starts; a requested runtime that cannot serve stops the service with one line,
+    ``auto``'s fallback to TensorFlow is a warning (each worker warns again for every version it
+    loads: ``service.serving.registry.load_version``, where a worker chooses, once per version)."""
     try:
         choice = runtimes.choose(config.runtime, model.info.metadata, model.path, gpus=config.gpus)
     except runtimes.RuntimeUnavailable as error:
@@ -127,7 +132,7 @@ class Prediction(BaseModel):
     workers=CONFIG.workers,
     resources={"gpu": CONFIG.gpus} if CONFIG.gpus else None,
     traffic={"timeout": CONFIG.timeout_s, "max_concurrency": CONFIG.max_concurrency},
-    service_class=ConvzooService,  # convzoo's app and OpenAPI description (service/app.py)
+    service_class=ConvzooService,  # convzoo's app and OpenAPI description (service/http/app.py)
 )
 class Classifier:
     """Image classification over HTTP (see README, "Service")."""
@@ -145,7 +150,6 @@ class Classifier:
 
     def __init__(self) -> None:
         model: bentoml.Model = self.bento_model
-        choose_runtime_or_exit(model, CONFIG)  # the warning, in the worker's log too
         where = "CPU"
         if CONFIG.gpus:
             import tensorflow as tf  # only here: an OpenVINO worker never loads TensorFlow
@@ -231,11 +235,11 @@ Classifier.add_asgi_middleware(
     max_buffered_bytes=CONFIG.max_buffered_bytes,
     activity=PLANE.activity,
 )
-# /classify over HTTP, parsed once, validated by the API's own input model (service/convzoo.py)
+# /classify over HTTP, parsed once, validated by the API's own input model (service/protocols/convzoo.py)
 Classifier.add_asgi_middleware(
     convzoo.ClassifyRoute, plane=PLANE, spec=Classifier.apis["classify"].input_spec
 )
 Classifier.add_asgi_middleware(ApiDescription, service=Classifier)  # /docs.json for the request's host
-mount_ui(Classifier)  # the browser page at /ui/ (service/ui.py)
-mount_oip(Classifier, PLANE)  # /v2/... (service/oip.py)
-mount_tfserving(Classifier, PLANE)  # /v1/models/... (service/tfserving.py)
+mount_ui(Classifier)  # the browser page at /ui/ (service/http/ui.py)
+mount_oip(Classifier, PLANE)  # /v2/... (service/protocols/oip.py)
+mount_tfserving(Classifier, PLANE)  # /v1/models/... (service/protocols/tfserving.py)

@@ -1,4 +1,4 @@
-"""``service.batching.Batcher`` in process: batches form by themselves, deferred work (the decoding
+"""``service.serving.batching.Batcher`` in process: batches form by themselves, deferred work (the decoding
 of one-CPU servers) runs in the model's thread, and a failure stays with the requests it concerns.
 
 The batcher under real load is measured by tests/test_reliability.py and the benchmarks; here each
@@ -13,7 +13,7 @@ import threading
 import numpy as np
 import pytest
 
-from service.batching import Batcher, Deferred
+from service.serving.batching import Batcher, Deferred
 
 
 class RecordingModel:

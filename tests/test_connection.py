@@ -1,5 +1,5 @@
 """Issue #31, item 1: the request head (line and headers) is bounded in size and time in the HTTP
-connection itself (``service.connection``), for both of uvicorn's HTTP implementations.
+connection itself (``service.http.connection``), for both of uvicorn's HTTP implementations.
 
 Each test runs a real uvicorn server in a thread, with the guarded protocol (httptools, which
 ``bentoml serve`` uses, and h11) and small bounds (16 KiB, 1 s), and attacks it over a socket.
@@ -16,7 +16,7 @@ import time
 import pytest
 import uvicorn
 
-from service.connection import GuardedH11Protocol, GuardedHttpToolsProtocol
+from service.http.connection import GuardedH11Protocol, GuardedHttpToolsProtocol
 
 MAX_HEADER_BYTES = 16 * 1024
 TIMEOUT_S = 1.0

@@ -19,11 +19,11 @@ from prometheus_client import REGISTRY
 from test_service import MODEL_NAME
 
 from service.config import Limits, ServiceConfig
-from service.convzoo import ClassifyRoute
-from service.dataplane import DataPlane
-from service.middleware import RequestGuard
-from service.oip import oip_app
-from service.tfserving import tfserving_app
+from service.http.body import RequestGuard
+from service.protocols.convzoo import ClassifyRoute
+from service.protocols.oip import oip_app
+from service.protocols.tfserving import tfserving_app
+from service.serving.dataplane import DataPlane
 
 LIMITS = Limits(max_images=4, max_pixels=4096 * 4096)
 
@@ -182,3 +182,35 @@ def test_the_repository_index_lists_served_and_refused_versions(plane, apps):
     assert index[1]["version"] == "2" and index[1]["state"] == "UNAVAILABLE" and index[1]["reason"]
     assert call(apps["v2"], "POST", "/repository/index", json={"ready": True}).json() == [ready]
     assert call(apps["v2"], "POST", "/repository/index", content=b"[").status_code == 400
+
+
+@pytest.mark.parametrize(
+    "shape",
+    ["pixel lists", "flat numbers", "small strings", "base64", "many objects", "empty lists", "deep"],
+)
+def test_json_memory_bounds_what_parsing_takes(shape):
+    """``jsonbody.json_memory`` (counted from the text, before parsing) is at least the memory
+    ``json.loads`` takes for it (tracemalloc's peak), for the shapes tensor requests take and a few
+    that make many small objects."""
+    import json
+    import tracemalloc
+
+    from service.serving.jsonbody import json_memory
+
+    value = {
+        "pixel lists": [[[[i % 256, 7, 255] for i in range(64)] for _ in range(64)]],
+        "flat numbers": list(range(100_000)),
+        "small strings": ["a"] * 50_000,
+        "base64": [base64.b64encode(bytes(30_000)).decode()] * 4,
+        "many objects": [{"b64": "x"} for _ in range(20_000)],
+        "empty lists": [[] for _ in range(50_000)],
+        "deep": [[[[1]]]] * 20_000,
+    }[shape]
+    text = json.dumps(value).encode()
+    tracemalloc.start()
+    try:
+        parsed = json.loads(text)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert parsed == value and peak <= json_memory(text), (peak, json_memory(text))

@@ -1,12 +1,12 @@
 """Hostile uploads, in process: the decode/validate layer and the upload guard under fuzzing.
 
-- ``service.images.prepare_image`` on mutated JPEG / PNG / GIF / WebP / BMP files (bit flips,
+- ``service.serving.images.prepare_image`` on mutated JPEG / PNG / GIF / WebP / BMP files (bit flips,
   truncations, insertions, deletions, huge integers written over the header) either returns a
   model-ready array or raises ``InvalidImage`` (never anything else), within ``SECONDS_PER_IMAGE``;
   a separate process decodes a seeded corpus of the same mutations and must not grow its peak
   memory beyond what the pixel limit allows.
 - Decompression bombs of every format are refused from the header, at once.
-- ``service.middleware.RequestGuard`` in front of Starlette's own form parser (what BentoML uses,
+- ``service.http.body.RequestGuard`` in front of Starlette's own form parser (what BentoML uses,
   answering 500 when it fails) on random and mutated multipart bodies: a 2xx/4xx answer, never a
   5xx or an exception.
 
@@ -37,8 +37,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from service.config import Limits
-from service.images import InvalidImage, Resize, prepare_image
-from service.middleware import FormInspector, RequestGuard, split_plain_form
+from service.http.body import RequestGuard
+from service.http.forms import FormInspector, split_plain_form
+from service.serving.images import InvalidImage, Resize, prepare_image
 
 REPO = Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024
@@ -159,7 +160,7 @@ import json, re, sys
 from pathlib import Path
 sys.path[:0] = [{tests!r}, {repo!r}]
 from test_fuzz import LIMITS, RESIZE, SEEDS
-from service.images import InvalidImage, prepare_image
+from service.serving.images import InvalidImage, prepare_image
 
 def peak_mib():  # this process's own high-water mark (ru_maxrss would include its parent's)
     status = Path("/proc/self/status").read_text()
@@ -448,9 +449,9 @@ def test_v2_requests_parse_or_raise_only_api_errors(seed, cut, raw):
     """Mutated Open Inference Protocol requests (JSON header and binary part): parsed, or an
     ``ServiceError`` 4xx; never another exception."""
     from service.config import ServiceConfig
-    from service.errors import ServiceError
-    from service.jsonbody import parse_json
-    from service.oip import _parse, _split
+    from service.protocols.oip import _parse, _split
+    from service.serving.errors import ServiceError
+    from service.serving.jsonbody import parse_json
 
     body = _mutate(V2_HEADER, seed) + bytes(12) + raw
     length = str(len(V2_HEADER) + cut)
@@ -473,8 +474,8 @@ def test_v2_requests_parse_or_raise_only_api_errors(seed, cut, raw):
 )
 def test_tfserving_requests_parse_or_raise_only_api_errors(value, signature, rows):
     """Arbitrary JSON values as TF Serving predict requests: parsed, or a ``ServiceError`` 4xx."""
-    from service.errors import ServiceError
-    from service.tfserving import _inputs
+    from service.protocols.tfserving import _inputs
+    from service.serving.errors import ServiceError
 
     body = {"signature_name": signature, "instances" if rows else "inputs": value}
     try:
@@ -493,9 +494,9 @@ JSON_VALUES = st.recursive(
 @settings(max_examples=300, deadline=None)
 @given(value=JSON_VALUES, indent=st.sampled_from([None, 0, 2]), step=st.sampled_from([1, 40, 4096]))
 def test_loads_in_steps_reads_what_json_loads_reads(value, indent, step):
-    """``service.jsonbody.loads_in_steps`` (the JSON tensor routes' parser) against ``json.loads``:
+    """``service.serving.jsonbody.loads_in_steps`` (the JSON tensor routes' parser) against ``json.loads``:
     the same value for any JSON text, walked in steps of any size."""
-    from service import jsonbody as core
+    from service.serving import jsonbody as core
 
     text = json.dumps(value, indent=indent).encode()
     saved = core.STEP_BYTES, core.MAX_SMALL_STEPS
@@ -511,7 +512,7 @@ def test_loads_in_steps_reads_what_json_loads_reads(value, indent, step):
 def test_loads_in_steps_refuses_what_json_loads_refuses(value, seed, step):
     """Mutated JSON texts: ``loads_in_steps`` raises a ValueError exactly when ``json.loads`` does
     (RecursionError included), and otherwise reads the same value."""
-    from service import jsonbody as core
+    from service.serving import jsonbody as core
 
     text = bytearray(json.dumps(value).encode())
     rng = random.Random(seed)

@@ -1,9 +1,9 @@
 """Issue #24, "Hardening": each attack found against the service, as a test.
 
-In process (the attack is a request): the guards of ``service.middleware`` (body limits on every
+In process (the attack is a request): the guards of ``service.http.body`` (body limits on every
 route, the 408 for a stalled body, the form read to its end before a refusal, the Content-Type
 tricks that would turn a text value into a URL BentoML fetches, relative redirects, one log line
-per refusal), the metrics labels of ``service.app.RouteLabels``, what ``/metadata`` shows
+per refusal), the metrics labels of ``service.http.app.RouteLabels``, what ``/metadata`` shows
 (``service.answers.public_metadata``), the docs' URL and the decode budget. The attacks that
 are memory or time run against real servers in tests/test_hardening_served.py.
 """
@@ -29,14 +29,16 @@ from test_service import REPO
 
 from service import repository
 from service.answers import public_metadata, strip_paths
-from service.app import OTHER, RouteLabels
 from service.config import Limits, ServiceConfig
-from service.dataplane import DecodeMemory, Upload
-from service.errors import ServiceError
-from service.images import Resize, decode_cost
-from service.limits import check_decode_budget
-from service.middleware import ApiKeyGuard, RequestGuard
-from service.openapi import request_url
+from service.http.app import OTHER, RouteLabels
+from service.http.auth import ApiKeyGuard
+from service.http.body import RequestGuard
+from service.http.openapi import request_url
+from service.serving.dataplane import DecodeMemory
+from service.serving.errors import ServiceError
+from service.serving.images import Resize, open_upload
+from service.serving.limits import check_decode_budget
+from service.serving.requests import Upload
 
 MiB = 1024 * 1024
 KEY = f"hardening-{secrets.token_hex(8)}"
@@ -334,7 +336,8 @@ def test_the_decode_budget_refuses_costly_requests_before_decoding():
     """Attack 2, in process: 32 16-bit 6000x6000 PNGs of 70 KB each cost 9 GB to decode."""
     gray16 = files.sixteen_bit_gray_png(6000, 6000, value=0)
     assert len(gray16) < 100_000
-    cost = decode_cost(gray16, Resize(128, 128))
+    cost, image = open_upload(gray16, Resize(128, 128))
+    image.close()
     assert cost >= 6000 * 6000 * 2 * 3  # counted at 16 bits, plus the RGB result
     limits = ServiceConfig().limits
     uploads = [Upload(f"{i}.png", gray16) for i in range(32)]
@@ -373,7 +376,7 @@ def test_decode_memory_bounds_what_concurrent_decodes_hold():
 def test_the_library_environment_comes_from_the_settings(monkeypatch, tmp_path):
     """What uvicorn (forwarded headers), OpenTelemetry and prometheus_client read from the
     environment is set from ``service.config`` in each worker, before BentoML builds the app."""
-    from service.app import metrics_folder, set_library_environment
+    from service.http.app import metrics_folder, set_library_environment
 
     for name in ("OTEL_SDK_DISABLED", "FORWARDED_ALLOW_IPS", "PROMETHEUS_MULTIPROC_DIR"):
         monkeypatch.delenv(name, raising=False)

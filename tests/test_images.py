@@ -1,4 +1,4 @@
-"""service.images: every format and mode users send decodes to upright RGB; bad uploads are refused.
+"""service.serving.images: every format and mode users send decodes to upright RGB; bad uploads are refused.
 
 All files are generated here (``tests/service_files.py``) and decoded in-process (no server).
 """
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import service_files as files
 
-from service import images
 from service.config import Limits
-from service.images import InvalidImage, Resize, crop_box, decode, decode_cost, prepare_image
+from service.serving import images
+from service.serving.images import InvalidImage, Resize, crop_box, decode, open_upload, prepare_image
 
 REPO = Path(__file__).resolve().parents[1]
 VALID = files.valid_files()
@@ -22,7 +22,7 @@ REFUSED = files.refused_files()
 
 
 def decode_image(data: bytes, name: str, limits: Limits = Limits()) -> np.ndarray:
-    """``service.images.decode`` as an array."""
+    """``service.serving.images.decode`` as an array."""
     return np.asarray(decode(data, name, limits))
 
 
@@ -164,6 +164,14 @@ def test_reduced_scale_keeps_gray_and_orientation():
     assert np.abs(rotated.astype(int) - reference.astype(int)).mean() < 3
 
 
+def upload_cost(data: bytes, resize, limits=None) -> int:
+    """``open_upload``'s decoding cost of ``data`` (the image it opened, closed)."""
+    cost, image = open_upload(data, resize, limits or Limits())
+    if image is not None:
+        image.close()
+    return cost
+
+
 def _peak_script(code: str) -> str:
     """A script that prints how much its peak memory (VmHWM: its own, where ru_maxrss would include
     its parent's) grows, in MiB, while it runs ``code``, which may use ``data``, the bytes of the
@@ -171,8 +179,10 @@ def _peak_script(code: str) -> str:
     return (
         "import re, sys\n"
         "from pathlib import Path\n"
-        "from service.images import Resize, decode, decode_cost, prepare_image\n"
+        "from service.serving.images import Resize, decode, prepare_image\n"
         "from service.config import Limits\n"
+        "from PIL import Image, ImageOps, TiffImagePlugin\n"
+        "Image.init()  # the plugins imported before measuring: decoding, not module imports\n"
         "def peak():\n"
         "    status = Path('/proc/self/status').read_text()\n"
         "    return int(re.search(r'VmHWM:\\s+(\\d+) kB', status).group(1)) / 1024\n"
@@ -208,7 +218,7 @@ def test_decode_cost_covers_the_memory_decoding_really_takes(name, tmp_path):
             [sys.executable, "-c", script, str(path)], capture_output=True, text=True, check=True, cwd=REPO
         ).stdout
     )
-    estimate_mib = decode_cost(path.read_bytes(), Resize(64, 64), Limits(max_file_bytes=1 << 30)) / 2**20
+    estimate_mib = upload_cost(path.read_bytes(), Resize(64, 64), Limits(max_file_bytes=1 << 30)) / 2**20
     assert measured_mib <= estimate_mib * 1.05 + 2, (measured_mib, estimate_mib)
     assert estimate_mib <= measured_mib * 1.6 + 8, (measured_mib, estimate_mib)
 
@@ -217,23 +227,23 @@ def test_decode_cost_counts_a_scaled_jpeg_at_its_decoded_size():
     photo = files.encode(files.photo((4000, 3000), seed=2), "JPEG", quality=85)
     width, height = images._jpeg_scaled_size(4000, 3000, 128)
     assert (width, height) == (500, 375)
-    assert decode_cost(photo, Resize(128, 128)) == width * height * 7
-    assert decode_cost(b"not an image", Resize(128, 128)) == 0
+    assert upload_cost(photo, Resize(128, 128)) == width * height * 7
+    assert upload_cost(b"not an image", Resize(128, 128)) == 0
     bomb = files.png_bomb(50_000, 50_000)  # refused by the pixel limit (400) before any budget
-    assert decode_cost(bomb, Resize(128, 128)) == 0
+    assert upload_cost(bomb, Resize(128, 128)) == 0
 
 
 def test_a_lone_phone_jpeg_may_decode_on_the_event_loop_a_large_png_may_not():
     """``core.QUICK_DECODE_BYTES`` (``Batcher(at_once=True)``): a 12 MP JPEG, which libjpeg shrinks
     while decoding (EXIF-rotated too: PIL's draft), is quick; a 4 MP PNG, decoded at full size,
     goes to the model's thread."""
-    from service.dataplane import QUICK_DECODE_BYTES
+    from service.serving.dataplane import QUICK_DECODE_BYTES
 
     phone = files.encode(files.photo((4000, 3000), seed=3), "JPEG", quality=85)
     rotated = files.exif_rotated_jpeg(files.photo((3000, 4000), seed=3))  # PIL decodes it at 1/8
     png = files.encode(files.photo((2000, 2000), seed=3), "PNG")
-    assert decode_cost(phone, Resize(128, 128)) <= QUICK_DECODE_BYTES < decode_cost(png, Resize(128, 128))
-    assert decode_cost(rotated, Resize(128, 128)) == 500 * 375 * (5 + 5)  # the draft, and its upright copy
+    assert upload_cost(phone, Resize(128, 128)) <= QUICK_DECODE_BYTES < upload_cost(png, Resize(128, 128))
+    assert upload_cost(rotated, Resize(128, 128)) == 500 * 375 * (5 + 5)  # the draft, and its upright copy
 
 
 def test_sixteen_bit_values_scale_exactly_as_before():

@@ -449,8 +449,8 @@ def test_data_gives_held_out_metrics_and_gated_cpu_forms(shared_imagenette, tmp_
 
 
 def test_unknowns_are_validated_and_left_out_of_bentomls_metadata():
-    from service.model_store import without_nulls
     from service.repository import InvalidExport, validate_metadata
+    from service.serving.model_store import without_nulls
 
     metadata = {"labels": ["a"], "metrics": {"top1": None, "top5": None}, "dataset": None}
     validate_metadata({**metadata, "unknown": {"metrics": "no held-out data"}}, "here", required=())

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_service import REPO, Server, expect
 
-from service.images import Resize, prepare_image
+from service.serving.images import Resize, prepare_image
 
 tritonclient = pytest.importorskip("tritonclient.http")
 
@@ -139,7 +139,7 @@ def assert_same_answers(actual, expected, atol: float = SAME) -> None:
 
 def decoded(data: bytes) -> np.ndarray:
     """The photo decoded full size, upright, as the client's own pixels."""
-    from service.images import decode
+    from service.serving.images import decode
 
     return np.asarray(decode(data, "photo"))
 

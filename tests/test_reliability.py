@@ -40,8 +40,8 @@ from test_fuzz import BOUNDARY, bodies
 from test_service import BENTOML, MODEL_NAME, REPO, Server, server_env
 
 from service.config import ServiceConfig
-from service.model_store import InvalidModel, check_export, resolve_model
 from service.repository import parse_model_spec, version_folders
+from service.serving.model_store import InvalidModel, check_export, resolve_model
 
 MiB = 1024 * 1024
 KEY = f"convzoo-test-{secrets.token_hex(12)}"

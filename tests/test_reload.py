@@ -2,9 +2,10 @@
 version goes live within the poll interval and load time, a corrupt one is refused while the
 served one keeps serving, a removed one is retired; not one request fails meanwhile.
 
-Plus the watcher and the version policies in process (``service.watcher``, ``service.registry``),
-with a stand-in loader: which versions each policy serves, a refused folder tried again only once
-its files change, a retired version released only when its last request has ended.
+Plus the watcher and the version policies in process (``service.serving.watcher``,
+``service.serving.registry``), with a stand-in loader: which versions each policy serves, a
+refused folder tried again only once its files change, a retired version released only when its
+last request has ended.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ import service_files as files
 from test_service import REPO, Server, expect
 
 from service.config import ServiceConfig
-from service.registry import Policy, Registry, parse_models
-from service.watcher import Watcher
+from service.serving.registry import Policy, Registry, parse_models
+from service.serving.watcher import Watcher
 
 LOCUST = Path(sys.executable).parent / "locust"
 RELOAD_DEADLINE_S = 30

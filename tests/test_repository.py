@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from service import repository
-from service.model_store import InvalidModel, check_export
+from service.serving.model_store import InvalidModel, check_export
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -138,4 +138,13 @@ def test_the_repository_contract_needs_neither_bentoml_nor_the_rest_of_service()
     loaded = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
     ).stdout
-    assert json.loads(loaded) == ["service", "service.config", "service.repository", "service.runtimes"]
+    assert json.loads(loaded) == [
+        "service",
+        "service.config",
+        "service.repository",
+        "service.repository.containment",
+        "service.repository.files",
+        "service.repository.layout",
+        "service.repository.schema",
+        "service.runtimes",
+    ]

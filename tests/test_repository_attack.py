@@ -29,8 +29,8 @@ from test_service import REPO, Server
 
 from service import repository
 from service.config import ServiceConfig
-from service.model_store import InvalidModel, check_export, model_folder
-from service.registry import load_version, parse_models
+from service.serving.model_store import InvalidModel, check_export, model_folder
+from service.serving.registry import load_version, parse_models
 
 DEFAULT_EXPORT = REPO / "models" / "imagenette" / "2"
 POLL_S = 1
@@ -388,8 +388,8 @@ def test_a_folder_replaced_by_a_link_after_load_is_retired(tmp_path, caplog):
     """Attack 5 after load: a served model folder (``other``) or version folder (``third/1``)
     swapped for a symbolic link to the same files: no longer in the repository, so retired (its
     requests finish first), noted once; the default model keeps its version whatever happens."""
-    from service.registry import Policy, Registry
-    from service.watcher import Watcher
+    from service.serving.registry import Policy, Registry
+    from service.serving.watcher import Watcher
 
     repo = tmp_path / "repo"
     for name in ("imagenette", "other", "third"):

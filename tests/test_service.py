@@ -31,7 +31,7 @@ import pytest
 import requests
 import service_files as files
 
-from service.images import decode
+from service.serving.images import decode
 
 REPO = Path(__file__).resolve().parents[1]
 BENTOML = Path(sys.executable).parent / "bentoml"
@@ -495,7 +495,7 @@ def test_concurrent_clients_are_served_in_batches(server, reference):
 
 def test_a_lone_costly_image_leaves_the_event_loop_answering(server):
     """``Batcher(at_once)`` runs a lone request on the event loop's thread only when its decoding is
-    quick (``service.dataplane.QUICK_DECODE_BYTES``): while a lone 36-megapixel 16-bit PNG decodes
+    quick (``service.serving.dataplane.QUICK_DECODE_BYTES``): while a lone 36-megapixel 16-bit PNG decodes
     (288 MB, a third of a second or more), ``/livez`` keeps answering at once. Run on the event
     loop, it held every probe for the whole decoding (337 ms against 0.9 ms, benchmarks/README.md)."""
     png = files.sixteen_bit_gray_png(6000, 6000, value=0)

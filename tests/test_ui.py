@@ -1,4 +1,4 @@
-"""The browser page at ``/ui`` (service/ui.py) in a real Chromium, against a real ``bentoml serve``.
+"""The browser page at ``/ui`` (service/http/ui.py) in a real Chromium, against a real ``bentoml serve``.
 
 Chromium is Debian's (``apt-get install chromium chromium-driver``; ``.ci/run`` installs it),
 driven by Selenium through the system chromedriver: nothing is downloaded. Without Chromium,

@@ -1,4 +1,4 @@
-// convzoo page (service/ui.py): pick or drop images, POST them to the service's own API
+// convzoo page (service/http/ui.py): pick or drop images, POST them to the service's own API
 // (`../classify`, `../metadata`), show each image's top classes. With several models served,
 // choose one, or compare two side by side on the same images. No framework, no external
 // resources. With CONVZOO_API_KEY on the server, the key is asked once and kept in

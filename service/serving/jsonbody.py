@@ -1,4 +1,4 @@
-"""A JSON tensor body read within the limits (``service.dataplane.DataPlane.parse_json`` runs
+"""A JSON tensor body read within the limits (``service.serving.dataplane.DataPlane.parse_json`` runs
 ``parse_json`` in its thread): ``json_memory`` bounds what parsing may take before it starts, and
 ``loads_in_steps`` parses in steps so that the event loop is not held for the whole text.
 """
@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from service.errors import ServiceError
+from service.serving.errors import ServiceError
 
 T = TypeVar("T")
 
@@ -20,7 +20,7 @@ JSON_COSTS = {b"[": 96, b"{": 240, b",": 40, b":": 40, b'"': 32}
 as ``json.loads`` builds them (CPython 3.11, 64-bit): a list (56 bytes, pointers over-allocated)
 and its first element, a dict (232 bytes up to 5 keys), an element or a dict's value (its pointer
 and a number object of up to 32 bytes), half of a string (49 bytes and its pointer). Counted in
-the text, strings included, so that it over- and never under-counts (tests/test_json_limits.py
+the text, strings included, so that it over- and never under-counts (tests/test_dataplane.py
 measures shapes against it)."""
 
 

@@ -16,13 +16,13 @@ just before BentoML builds the app and uvicorn starts, ``ConvzooService.to_asgi`
   the raw path (``RouteLabels``): a label value per path requested, 401s included, would grow the
   memory of every worker with each new URL, for good;
 - removes BentoML's OpenTelemetry middleware when no span goes anywhere (``tracing``);
-- moves convzoo's guards (``service.middleware``: the API key, then the body's size, time and
+- moves convzoo's guards (``service.http.body``: the API key, then the body's size, time and
   form) right behind the metrics, in front of BentoML's own middlewares: a request waiting for
   its body does not hold one of the ``CONVZOO_MAX_CONCURRENCY`` slots nor count against the
   request timeout, and a refused request is logged once, by the guard (not again by the access
   log), and never reaches a BentoML handler.
 
-``openapi_spec`` gives ``/docs.json`` convzoo's title, version and description (``service.openapi``).
+``openapi_spec`` gives ``/docs.json`` convzoo's title, version and description (``service.http.openapi``).
 """
 
 from __future__ import annotations
@@ -39,19 +39,11 @@ from bentoml._internal.service.openapi.specification import Info, OpenAPISpecifi
 from starlette.middleware import Middleware
 from starlette.routing import Match
 
-from service import connection, openapi
 from service.config import ServiceConfig, settings
-from service.middleware import (
-    ApiKeyGuard,
-    ASGIApp,
-    Message,
-    Receive,
-    RequestGuard,
-    Scope,
-    Send,
-    internal_error,
-    printable,
-)
+from service.http import connection, openapi
+from service.http.asgi import ASGIApp, Message, Receive, Scope, Send, internal_error, printable
+from service.http.auth import ApiKeyGuard
+from service.http.body import RequestGuard
 
 OTHER = "other"
 """The metrics label of every path that no route serves."""

@@ -1,7 +1,7 @@
 """Hot reload: the repository watcher of one worker (a thread that polls, as TF Serving and Triton do).
 
 Every ``CONVZOO_POLL_S`` seconds ``Watcher.poll`` lists ``CONVZOO_MODELS_DIR`` and compares what the
-version policies want (``service.registry.Policy``) with what the ``Registry`` serves:
+version policies want (``service.serving.registry.Policy``) with what the ``Registry`` serves:
 
 - a wanted version not served yet is verified, loaded and warmed up in this thread
   (``registry.load_version``), then added: from then on new requests get it, while requests that
@@ -34,8 +34,8 @@ from pathlib import Path
 
 from service import repository, runtimes
 from service.config import ServiceConfig
-from service.metrics import ProcessSampler, metrics
-from service.registry import Policy, Registry, ServedVersion, load_version
+from service.serving.metrics import ProcessSampler, metrics
+from service.serving.registry import Policy, Registry, ServedVersion, load_version
 
 logger = logging.getLogger("bentoml.convzoo")
 
@@ -60,6 +60,7 @@ class Watcher:
         self.policies = policies
         self.default_policy = default_policy
         self.loader = loader
+        self.where = "CPU"  # the device, for the log lines (DataPlane.start: TensorFlow's GPU)
         self.refused: dict[tuple[str, int], tuple] = {}  # version -> the files' state when refused
         self.reasons: dict[tuple[str, int], str] = {}  # version -> why it was refused (one line)
         self.noted: set[str] = set()  # what the last poll ignored (each noted once in the log)
@@ -194,9 +195,8 @@ class Watcher:
         """Load, warm up and serve this version; False when it is refused."""
         folder = self._folder(name, version)
         state = _files_state(folder)
-        started = time.monotonic()
         try:
-            served = self.loader(folder, name, version, self.config)
+            self.serve(folder, name, version)
         except Exception as error:
             self.refused[(name, version)] = state
             self.reasons[(name, version)] = _one_line(error)
@@ -213,17 +213,26 @@ class Watcher:
             return False
         self.refused.pop((name, version), None)
         self.reasons.pop((name, version), None)
+        return True
+
+    def serve(self, folder: Path, name: str, version: int) -> ServedVersion:
+        """The one way a version starts serving, the default model's included
+        (``DataPlane.start``): loaded and warmed up (``loader``; its errors raised), added to the
+        registry, counted and logged (``where``: the device, for the log line)."""
+        started = time.monotonic()
+        served = self.loader(folder, name, version, self.config)
         self.registry.add(served)
         metrics().model_loads.labels(name, str(version), "loaded").inc()
         logger.info(
-            "now serving %s with %s %s (%s; loaded and warmed up in %.1f s)",
+            "serving %s with %s %s on %s (%s; loaded and warmed up in %.1f s)",
             served.key,
             served.choice.runtime,
             served.choice.precision,
+            self.where,
             served.choice.reason,
             time.monotonic() - started,
         )
-        return True
+        return served
 
     def _retire(self, name: str, version: int) -> None:
         served = self.registry.remove(name, version)

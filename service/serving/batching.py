@@ -14,9 +14,9 @@ waiting, up to ``max_batch_size`` images, in arrival order. So:
   batches grow with the load, by themselves, and a request waits at most about one model call.
 
 ``at_once`` (on where a worker has one CPU, and so decodes in the batch): a one-image request
-whose decoding is cheap (``Deferred.quick``: ``service.dataplane.QUICK_DECODE_BYTES``), that is the
-process's only request (``requests_now()``: ``service.activity.Activity.count``, which
-``service.middleware.RequestGuard`` keeps) and the
+whose decoding is cheap (``Deferred.quick``: ``service.serving.dataplane.QUICK_DECODE_BYTES``), that is the
+process's only request (``requests_now()``: ``service.serving.activity.Activity.count``, which
+``service.http.body.RequestGuard`` keeps) and the
 batcher's only caller, while the model is idle, runs right here in the event loop's thread,
 without the hand-over to the model's thread and back (about 0.1 ms less per request at one client
 on real photos: benchmarks/README.md, "The HTTP path"). The loop is then busy for that one image's
@@ -55,7 +55,7 @@ class Deferred:
     quick: bool = False
     """``make`` is cheap enough for the event loop's thread (``Batcher(at_once=True)``): a few
     milliseconds, not the third of a second a 40-megapixel PNG takes, during which no probe would
-    answer (``service.dataplane.QUICK_DECODE_BYTES``)."""
+    answer (``service.serving.dataplane.QUICK_DECODE_BYTES``)."""
 
 
 def _quick(images: np.ndarray | Deferred) -> bool:
@@ -90,7 +90,7 @@ class Batcher:
         self.model = model
         self.max_batch_size = max_batch_size
         self.at_once = at_once  # a lone one-image request runs in the caller's thread (module docstring)
-        self.requests_now = requests_now  # HTTP requests the process is answering (service.activity)
+        self.requests_now = requests_now  # HTTP requests the process is answering (service.serving.activity)
         self.running = False  # a model call is under way in the model's thread
         self.callers = 0  # requests inside __call__ now
         self.on_batch = on_batch  # every model call: its size and seconds (metrics)

@@ -1,6 +1,6 @@
 """The Open Inference Protocol (v2) over HTTP, under ``/v2``, as Triton, OpenVINO Model Server,
 KServe and MLServer speak it (README, "Protocols"; contract 3 in docs/design.md). A thin adapter
-over ``service.dataplane``: it translates requests, answers and errors, and nothing else.
+over ``service.serving.dataplane``: it translates requests, answers and errors, and nothing else.
 
 - ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready`` (the health routes need no API key);
 - ``GET /v2/models/{name}[/versions/{v}]``: the model's metadata (inputs, outputs, datatypes,
@@ -36,12 +36,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, Router
 
-from service.dataplane import DataPlane, Files, InferRequest, ModelSpec, Pixels, Upload
-from service.errors import ServiceError, answers_errors
-from service.limits import check_count
-from service.middleware import ascii_int
-from service.registry import ServedVersion
-from service.tensors import pixel_array, shown
+from service.http.asgi import ascii_int
+from service.protocols.tensors import pixel_array, shown
+from service.serving.dataplane import DataPlane
+from service.serving.errors import ServiceError, answers_errors
+from service.serving.limits import check_count
+from service.serving.registry import ServedVersion
+from service.serving.requests import Files, InferRequest, ModelSpec, Pixels, Upload
 
 PATH = "/v2"
 MODEL_PATH = re.compile(r"^(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<tail>/ready|/infer)?$")
@@ -58,7 +59,7 @@ def mount_oip(service: Any, plane: DataPlane) -> None:
 
 async def server(request: Request) -> Response:
     """The server's metadata (``GET /v2``)."""
-    from service.openapi import convzoo_version
+    from service.http.openapi import convzoo_version
 
     return JSONResponse({**SERVER, "version": convzoo_version(None)})
 

@@ -1,6 +1,6 @@
 """How many HTTP requests this worker process is answering now: the one thing the HTTP edge tells
-the model's batcher (``service.batching``: a lone request may run at once). The data plane owns
-one ``Activity``; ``service.middleware.RequestGuard`` counts each request in it
+the model's batcher (``service.serving.batching``: a lone request may run at once). The data plane owns
+one ``Activity``; ``service.http.body.RequestGuard`` counts each request in it
 (``with activity.request():``) and each version's ``Batcher`` reads ``activity.count``."""
 
 from __future__ import annotations

@@ -1,14 +1,14 @@
 """Bounds on a request's head (request line and headers), in the HTTP connection itself.
 
 A request's head is parsed by uvicorn's HTTP protocol before any ASGI middleware runs, so neither
-the API key (``service.middleware.ApiKeyGuard``) nor the body guards can bound it. uvicorn keeps no
+the API key (``service.http.body.ApiKeyGuard``) nor the body guards can bound it. uvicorn keeps no
 limit of its own with httptools (the implementation ``bentoml serve`` gets; httptools joins the
 pieces of a header value with ``+=``, so the CPU a never-finished header costs grows with the
 square of its size), and no time limit with either implementation. ``bentoml serve`` builds its
 ``uvicorn.Config`` itself (``_bentoml_impl.worker.service``) with ``http="auto"``; ``install``
 points uvicorn's protocol table (``uvicorn.config.HTTP_PROTOCOLS``: ``auto``, ``httptools``,
 ``h11``) at the subclasses below, in each worker before uvicorn loads its config
-(``service.app.ConvzooService.to_asgi``). Each connection then:
+(``service.http.app.ConvzooService.to_asgi``). Each connection then:
 
 - refuses a head larger than ``max_header_bytes`` (``CONVZOO_MAX_HEADER_BYTES``) with 431 and
   closes: the bytes received while a head is incomplete are counted, so the connection holds at
@@ -35,14 +35,14 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from service.config import ServiceConfig
-from service.errors import ServiceError, error_body
-from service.metrics import count_refusal
-from service.middleware import printable
+from service.http.asgi import printable
+from service.serving.errors import ServiceError, error_body
+from service.serving.metrics import count_refusal
 
 logger = logging.getLogger("bentoml.convzoo")
 PROTOCOLS = {
-    "h11": "service.connection:GuardedH11Protocol",
-    "httptools": "service.connection:GuardedHttpToolsProtocol",
+    "h11": "service.http.connection:GuardedH11Protocol",
+    "httptools": "service.http.connection:GuardedHttpToolsProtocol",
 }
 
 

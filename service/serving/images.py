@@ -22,7 +22,7 @@ Rules:
   accuracy of the default model is unchanged). Every other image, and any JPEG that libjpeg-turbo
   refuses, goes through PIL, which says what is wrong with it; PIL too decodes a JPEG (an
   EXIF-rotated phone photo, CMYK) at a reduced scale, 1/2, 1/4 or 1/8 (``Image.draft``), and the
-  decode budget (``decode_cost``) counts it at that size.
+  decode budget (``open_upload``) counts it at that size.
 """
 
 from __future__ import annotations
@@ -174,21 +174,12 @@ colour is decoded like ``PA``."""
 UNKNOWN_MODE_BYTES_PER_PIXEL = 16
 
 
-def decode_cost(data: bytes, resize: Resize, limits: Limits = Limits()) -> int:
-    """The bytes ``prepare_image`` will hold at once to decode ``data`` (``BYTES_PER_PIXEL`` times
-    the pixels actually decoded: a JPEG that libjpeg-turbo scales counts at its reduced size),
-    read from the header alone; 0 for a file that ``prepare_image`` refuses before decoding it (not
-    an image, too many bytes or pixels: it says why)."""
-    cost, image = open_upload(data, resize, limits)
-    if image is not None:
-        image.close()
-    return cost
-
-
 def open_upload(data: bytes, resize: Resize, limits: Limits = Limits()) -> tuple[int, Image.Image | None]:
-    """``decode_cost`` of ``data``, and the image it opened to read that (its header read, no pixel
-    decoded), for ``prepare_image`` to go on with; None when it could not be opened (or holds too
-    many bytes or pixels), which ``prepare_image`` then says."""
+    """The bytes ``prepare_image`` will hold at once to decode ``data`` (``BYTES_PER_PIXEL`` times
+    the pixels actually decoded: a JPEG that libjpeg-turbo scales counts at its reduced size), read
+    from the header alone, and the image it opened to read that (no pixel decoded), for
+    ``prepare_image`` to go on with; ``(0, None)`` for a file that ``prepare_image`` refuses before
+    decoding it (not an image, too many bytes or pixels: ``decode`` says why, by the same rules)."""
     draft_side = max(resize.height, resize.width)
     if len(data) > limits.max_file_bytes:
         return 0, None
@@ -198,7 +189,7 @@ def open_upload(data: bytes, resize: Resize, limits: Limits = Limits()) -> tuple
         return 0, None
     try:
         width, height = image.size
-        if width * height > limits.max_pixels:
+        if pixels_problem(width, height, limits):
             image.close()
             return 0, None
         orientation = _header_orientation(image)
@@ -244,16 +235,20 @@ def _jpeg_scaled_size(width: int, height: int, min_side: int) -> tuple[int, int]
     return width, height
 
 
+def pixels_problem(width: int, height: int, limits: Limits) -> str | None:
+    """Why an image of these dimensions is refused (read from its header), or None: the one rule
+    of the pixels of an uploaded image."""
+    if width < 1 or height < 1:
+        return f"the image has no pixels ({width}x{height})"
+    if width * height > limits.max_pixels:
+        return f"the image is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}"
+    return None
+
+
 def _check_pixels(image: Image.Image, filename: str, limits: Limits) -> None:
     """Refuse absurd dimensions from the header alone, before any pixel is decoded."""
-    width, height = image.size
-    if width < 1 or height < 1:
-        raise InvalidImage(filename, f"the image has no pixels ({width}x{height})")
-    if width * height > limits.max_pixels:
-        raise InvalidImage(
-            filename,
-            f"the image is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}",
-        )
+    if problem := pixels_problem(*image.size, limits):
+        raise InvalidImage(filename, problem)
 
 
 def _decode_jpeg_scaled(data: bytes, min_side: int) -> Image.Image | None:

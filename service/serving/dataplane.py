@@ -2,13 +2,13 @@
 life, whichever protocol it came in by: resolve the model (``resolve``: the one parser of what a
 client named), hold the version, decode or resize the images within the limits, batch and infer,
 record the outcome and the timings, and turn any failure into one ``ServiceError``
-(``service.errors``). It also keeps the served models (``service.registry``) in step with the
-repository (``service.watcher``). The protocol adapters (``service.service``'s ``ClassifyRoute``:
-the convzoo API; ``service.oip``: the Open Inference Protocol; ``service.tfserving``: TensorFlow
-Serving's REST API) only parse their wire format into an ``InferRequest`` and format the
-``InferResponse``.
+(``service.serving.errors``). It also keeps the served models (``service.serving.registry``) in
+step with the repository (``service.serving.watcher``). The protocol adapters
+(``service.protocols``: ``convzoo``, the convzoo API; ``oip``, the Open Inference Protocol;
+``tfserving``, TensorFlow Serving's REST API) only parse their wire format into an
+``InferRequest`` and format the ``InferResponse``.
 
-Decoding is bounded by memory, not only by pixels (``service.images.open_upload``'s cost: the
+Decoding is bounded by memory, not only by pixels (``service.serving.images.open_upload``'s cost: the
 bytes per pixel each mode really takes, 16-bit and alpha included): a request whose images would
 need more than ``CONVZOO_MAX_IMAGE_DECODE_BYTES`` for one of them or
 ``CONVZOO_MAX_REQUEST_DECODE_BYTES`` for all is refused with 413 before anything is decoded, and
@@ -27,8 +27,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,93 +36,30 @@ import numpy as np
 from PIL import Image
 
 from service import runtimes
-from service.activity import Activity
-from service.batching import Deferred
 from service.config import ServiceConfig
-from service.errors import ServiceError, forget_frames, internal
-from service.images import RESAMPLING, InvalidImage, Resize, crop_box, open_upload, prepare_image
-from service.jsonbody import json_memory
-from service.jsonbody import parse_json as parse_json_text
-from service.limits import check_count, check_decode_budget, public_limits
-from service.metrics import metrics
-from service.registry import Policy, Registry, ServedVersion, load_version, parse_models
 from service.repository import parse_model_spec, parse_version_spec
-from service.watcher import Watcher
+from service.serving.activity import Activity
+from service.serving.batching import Deferred
+from service.serving.errors import ServiceError, forget_frames, internal
+from service.serving.images import RESAMPLING, InvalidImage, Resize, crop_box, open_upload, prepare_image
+from service.serving.jsonbody import json_memory
+from service.serving.jsonbody import parse_json as parse_json_text
+from service.serving.limits import check_count, check_decode_budget, public_limits
+from service.serving.metrics import metrics
+from service.serving.registry import Policy, Registry, ServedVersion, load_version, parse_models
+from service.serving.requests import Files, InferRequest, InferResponse, ModelSpec, Upload
+from service.serving.watcher import Watcher
 
 T = TypeVar("T")
 logger = logging.getLogger("bentoml.convzoo")
 QUICK_DECODE_BYTES = 8 * 1024 * 1024
-"""A request whose decoding needs at most this much memory (``images.decode_cost``: any JPEG that
+"""A request whose decoding needs at most this much memory (``images.open_upload``: any JPEG that
 libjpeg shrinks while decoding, 12 MP phone photos included, or about 1.5 megapixels of PNG) may be
 decoded on the event loop's thread when it is the worker's only request (``Deferred.quick``,
 ``Batcher(at_once=True)``); a larger one always goes to the model's thread, so that the loop keeps
 answering probes and metrics while it decodes. On one Sapphire Rapids core (``prepare_image``,
 generated images): a 12 MP JPEG 5.8 ms (a real phone photo ~15), a 1.1 MP PNG 12.2 ms (5.4 MiB),
 a 4 MP PNG 43 ms (19 MiB), a 40 MP PNG 357 ms (191 MiB)."""
-
-
-@dataclass(frozen=True)
-class Upload:
-    """One encoded image: the client's filename (or a name for it) and its bytes."""
-
-    filename: str
-    data: bytes
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """The model a client named, parsed by ``DataPlane.resolve`` inside the request's life:
-    ``text`` as a form field or ``/metadata`` writes it (``name``, ``name:3``, ``name:latest``;
-    None or empty: the default model), or ``name`` and ``version`` from a URL path (``version``
-    None or ``latest``: the highest served)."""
-
-    text: str | None = None
-    name: str | None = None
-    version: str | None = None
-
-
-@dataclass(frozen=True)
-class Files:
-    """Encoded images (``/classify``'s uploads, ``image_bytes``), decoded as ``/classify`` does."""
-
-    uploads: list[Upload]
-
-    @property
-    def count(self) -> int:
-        return len(self.uploads)
-
-
-@dataclass(frozen=True)
-class Pixels:
-    """uint8 images ``[n, h, w, 3]`` of any size, cropped and resized as an upload is."""
-
-    array: np.ndarray
-
-    @property
-    def count(self) -> int:
-        return len(self.array)
-
-
-Inputs = Files | Pixels
-
-
-@dataclass(frozen=True)
-class InferRequest:
-    """One request, as every protocol says it. ``protocol``: the metrics' label (``convzoo``,
-    ``v2``, ``tfserving``). ``inputs``: the images, or the adapter's parse of its body
-    (``served -> Inputs``, awaited inside the life cycle once the model is resolved, so a body that
-    is refused is counted with the model's labels; it checks the image count as it parses, before
-    anything is allocated). Images given ready are counted by the data plane."""
-
-    protocol: str
-    model: ModelSpec
-    inputs: Inputs | Callable[[ServedVersion], Awaitable[Inputs]]
-
-
-@dataclass(frozen=True)
-class InferResponse:
-    served: ServedVersion
-    probabilities: np.ndarray
 
 
 class DecodeMemory:
@@ -173,24 +109,6 @@ class DataPlane:
         name, version = parse_model_spec(default_tag)
         _, pinned = parse_model_spec(self.config.model)
         self.registry = Registry(default=name)
-        try:
-            served = load_version(
-                default_folder, name, int(version), self.config, requests_now=self.activity.count
-            )
-        except (runtimes.RuntimeUnavailable, ValueError) as error:
-            print(f"convzoo: cannot serve {default_tag}: {error}", file=sys.stderr, flush=True)
-            raise SystemExit(2) from None
-        self.registry.add(served)
-        metrics().model_loads.labels(name, str(version), "loaded").inc()
-        choice = served.choice
-        logger.info(
-            "serving %s with %s %s on %s (%s)",
-            served.key,
-            choice.runtime,
-            choice.precision,
-            where,
-            choice.reason,
-        )
         default_policy = Policy("specific", versions=(pinned,)) if pinned else Policy()
         self.watcher = Watcher(
             self.registry,
@@ -199,6 +117,12 @@ class DataPlane:
             default_policy,
             loader=functools.partial(load_version, requests_now=self.activity.count),
         )
+        self.watcher.where = where
+        try:
+            self.watcher.serve(default_folder, name, int(version))
+        except (runtimes.RuntimeUnavailable, ValueError) as error:
+            print(f"convzoo: cannot serve {default_tag}: {error}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
         self.watcher.poll()  # the rest of the repository, before the worker says it is ready
         self.watcher.start()
 
@@ -341,7 +265,7 @@ class DataPlane:
     async def pixels(self, served: ServedVersion, images: np.ndarray) -> np.ndarray:
         """uint8 ``[n, h, w, 3]`` of any size -> ``served``'s input size (cropped and resized as an
         upload is; in a thread when that is work). The count and the pixels per image were checked
-        where the shape was read (``service.tensors.pixel_array``)."""
+        where the shape was read (``service.protocols.tensors.pixel_array``)."""
         height, width = images.shape[1:3]
         resize = served.resize
         if (height, width) == (resize.height, resize.width):

@@ -1,6 +1,6 @@
 """The served models: every model version a worker answers for, each with its runtime, its batcher
-and its counters; the core that every protocol (``service.service``, ``service.oip``,
-``service.tfserving``) shares (docs/design.md, "Serving a repository").
+and its counters; the core that every protocol (``service.service``, ``service.protocols.oip``,
+``service.protocols.tfserving``) shares (docs/design.md, "Serving a repository").
 
 - ``Policy``: which versions of a model are served, as TensorFlow Serving and Triton name it:
   the latest N (default 1), specific versions, or all. ``parse_models`` reads ``CONVZOO_MODELS``.
@@ -30,11 +30,7 @@ import numpy as np
 
 from service import runtimes
 from service.answers import public_metadata
-from service.batching import Batcher
 from service.config import ServiceConfig
-from service.images import Resize
-from service.metrics import metrics
-from service.model_store import InvalidModel, check_export
 from service.repository import (
     InvalidExport,
     containment_problem,
@@ -43,6 +39,10 @@ from service.repository import (
     is_version_name,
     snapshot,
 )
+from service.serving.batching import Batcher
+from service.serving.images import Resize
+from service.serving.metrics import metrics
+from service.serving.model_store import InvalidModel, check_export
 
 logger = logging.getLogger("bentoml.convzoo")
 
@@ -135,7 +135,7 @@ class ServedVersion:
             config.max_batch_size,
             on_batch=lambda size, seconds: (batch_size.observe(size), inference.observe(seconds)),
             on_wait=m.queue_seconds.labels(*labels).observe,
-            at_once=not config.decode_threads,  # one CPU: decoding in the batch (service.batching)
+            at_once=not config.decode_threads,  # one CPU: decoding in the batch (service.serving.batching)
             requests_now=requests_now,
         )
         self._in_flight_gauge = m.in_flight.labels(*labels)
@@ -210,7 +210,7 @@ def load_version(
     """``folder`` verified, its runtime chosen, loaded, checked against its metadata and warmed up
     (module docstring); raises ``model_store.InvalidModel`` or ``runtimes.RuntimeUnavailable`` (or
     the runtime's own error). ``requests_now``: the HTTP requests the process is answering, for
-    its batcher (``service.activity``).
+    its batcher (``service.serving.activity``).
 
     A folder of the repository (``CONVZOO_MODELS_DIR/<name>/<version>``) is checked where it lies
     (``repository.containment_problem``), then checked again and loaded from a private snapshot
@@ -247,6 +247,8 @@ def _load(
     """``load_version`` of the export whose files are in ``files`` (``folder``: where it is shown)."""
     metadata = check_export(files)
     choice = runtimes.choose(config.runtime, metadata, files, gpus=config.gpus)
+    if config.runtime == "auto" and not config.gpus and (choice.key == "tensorflow" or choice.skipped):
+        logger.warning("%s:%s: %s", name, version, choice.reason.replace(str(files), str(folder)))
     model = runtimes.load(choice, files, threads=config.worker_cpus)
     resize = Resize.from_metadata(metadata)
     if problem := runtimes.signature_problem(model, (resize.height, resize.width), len(metadata["labels"])):

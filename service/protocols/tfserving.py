@@ -1,5 +1,5 @@
 """TensorFlow Serving's REST API, under ``/v1``, as TF Serving documents it (``api_rest.md``;
-README, "Protocols"; contract 3 in docs/design.md). A thin adapter over ``service.dataplane``: a
+README, "Protocols"; contract 3 in docs/design.md). A thin adapter over ``service.serving.dataplane``: a
 request that TF Serving answers for our SavedModel gets the same answer here (one export, one
 request, two servers).
 
@@ -32,11 +32,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, Router
 
-from service.dataplane import DataPlane, Files, InferRequest, ModelSpec, Pixels, Upload
-from service.errors import ServiceError, answers_errors, error_response
-from service.limits import check_count
-from service.registry import ServedVersion
-from service.tensors import pixel_array, shown
+from service.protocols.tensors import pixel_array, shown
+from service.serving.dataplane import DataPlane
+from service.serving.errors import ServiceError, answers_errors, error_response
+from service.serving.limits import check_count
+from service.serving.registry import ServedVersion
+from service.serving.requests import Files, InferRequest, ModelSpec, Pixels, Upload
 
 PATH = "/v1"
 MODEL_PATH = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?P<tail>/metadata|:[a-z]+)?$")

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import ServiceError
-from service.limits import check_count
+from service.serving.errors import ServiceError
+from service.serving.limits import check_count
 
 SHOWN = reprlib.Repr()
 """How an error message shows a value a client sent: short, however large or deep it is."""

@@ -19,9 +19,9 @@ from typing import Any
 
 from starlette.staticfiles import StaticFiles
 
-from service.middleware import ASGIApp, Message, Receive, Scope, Send
+from service.http.asgi import ASGIApp, Message, Receive, Scope, Send
 
-STATIC_DIR = Path(__file__).parent / "static"
+STATIC_DIR = Path(__file__).resolve().parents[1] / "static"
 MOUNT_PATH = "/ui"
 
 SECURITY_HEADERS = [
@@ -68,7 +68,7 @@ LANDING_PAGE = STATIC_DIR / "api.html"
 
 class LandingPage:
     """``GET /``: convzoo's API page (``static/api.html``: BentoML's own Swagger UI assets, the
-    OpenAPI description of ``service.openapi``, a link to the page) instead of BentoML's, which
+    OpenAPI description of ``service.http.openapi``, a link to the page) instead of BentoML's, which
     is titled "BentoML Prediction Service" and loads Google's tag manager from the internet."""
 
     def __init__(self, app: ASGIApp) -> None:

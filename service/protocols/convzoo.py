@@ -1,4 +1,4 @@
-"""convzoo's own API, ``POST /classify``: a thin adapter over ``service.dataplane``.
+"""convzoo's own API, ``POST /classify``: a thin adapter over ``service.serving.dataplane``.
 
 ``/classify`` has one definition, the ``@bentoml.api classify`` of ``service.service.Classifier``
 (its parameters, their types and bounds: what ``/schema.json`` and ``/docs.json`` show and what
@@ -21,9 +21,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from service.answers import top_k_answer
-from service.dataplane import DataPlane, Files, InferRequest, ModelSpec, Upload
-from service.errors import ServiceError, send_error
-from service.middleware import FORM, ParsedForm
+from service.http.forms import FORM, ParsedForm
+from service.serving.dataplane import DataPlane
+from service.serving.errors import ServiceError, send_error
+from service.serving.requests import Files, InferRequest, ModelSpec, Upload
 
 PATH = "/classify"
 

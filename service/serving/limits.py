@@ -1,14 +1,14 @@
 """The request limits checked once each, where what they bound is first known and before anything
 is allocated: the image count (``check_count``), the decoding memory (``check_decode_budget``);
-pixels per image are checked by ``service.images.open_upload`` (files) and
-``service.tensors.pixel_array`` (tensors). ``public_limits``: what ``/metadata`` shows of them.
+pixels per image are checked by ``service.serving.images.open_upload`` (files) and
+``service.protocols.tensors.pixel_array`` (tensors). ``public_limits``: what ``/metadata`` shows of them.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from service.errors import ServiceError
+from service.serving.errors import ServiceError
 
 
 def check_decode_budget(uploads: list[Any], costs: list[int], limits: Any) -> None:

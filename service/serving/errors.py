@@ -19,7 +19,7 @@ from typing import Any
 
 from starlette.responses import Response
 
-from service.metrics import outcome_of
+from service.serving.metrics import outcome_of
 
 
 class ServiceError(Exception):
@@ -27,7 +27,7 @@ class ServiceError(Exception):
     details (``files``: the refused images, each ``{"index", "file", "reason"}``; ``served``: what
     is served, for an unknown model). ``headers``: extra answer headers (``www-authenticate``,
     ``connection: close``); ``kind``: the refusal's reason label in the guards' metric (None: the
-    status's, ``service.metrics.count_refusal``)."""
+    status's, ``service.serving.metrics.count_refusal``)."""
 
     def __init__(
         self,

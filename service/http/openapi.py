@@ -2,7 +2,7 @@
 
 BentoML 1.4 titles the spec with the service name, versions it ``None`` outside a Bento and
 describes it with a placeholder README ("This is a Machine Learning Service created with
-BentoML"). ``service.app.ConvzooService`` replaces that ``info`` block with convzoo's: what is
+BentoML"). ``service.http.app.ConvzooService`` replaces that ``info`` block with convzoo's: what is
 served, how to call it with curl, and the page at ``/ui/``. Everything else in the spec (paths,
 schemas) stays BentoML's. ``ApiDescription`` answers ``GET /docs.json`` itself, so the curl
 examples name the address the client used (scheme, host and port), not a fixed localhost:3000.
@@ -16,7 +16,7 @@ import logging
 import re
 from typing import Any
 
-from service.middleware import ASGIApp, Receive, Scope, Send
+from service.http.asgi import ASGIApp, Receive, Scope, Send
 
 logger = logging.getLogger("bentoml.convzoo")
 

@@ -1,10 +1,10 @@
 """convzoo's own Prometheus metrics, on BentoML's ``/metrics`` beside BentoML's request metrics.
 
-Created on first use in the worker (``metrics()``), after ``service.app`` has pointed
+Created on first use in the worker (``metrics()``), after ``service.http.app`` has pointed
 ``PROMETHEUS_MULTIPROC_DIR`` at this server's folder, so every worker writes its own files and
 ``/metrics`` adds them up. The names, types and labels are the contract the Prometheus rules, the
 alerts and the dashboard rely on (``deploy/prometheus/metrics.txt``, checked by
-``tests/test_metrics.py``); the README lists them ("Monitoring").
+``tests/test_monitoring.py``); docs/operations.md lists them ("Monitoring").
 
 Outcomes of a request or image: ``ok``, ``invalid_image`` (400), ``invalid_input`` (400: a tensor,
 JSON or parameter), ``too_large`` (413), ``unknown_model`` (404), ``error`` (5xx).
@@ -179,5 +179,5 @@ class ProcessSampler:
 
 
 def count_refusal(status: int, reason: str | None = None) -> None:
-    """One request refused by a guard (``service.middleware``)."""
+    """One request refused by a guard (``service.http.body``)."""
     metrics().refusals.labels(str(status), reason or REFUSAL_REASONS.get(status, "bad_form")).inc()
