@@ -6,11 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers import SHARED_DATA, export_test_model
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data" / "imagenette2-train"
 
 
 @pytest.fixture(scope="session")
@@ -23,9 +21,7 @@ def shared_imagenette() -> Path:
 
 @pytest.fixture(scope="session")
 def exported_model(tmp_path_factory) -> Path:
-    """The service tests' small model (tests/test_service.py), exported once for every module."""
-    from test_service import export_test_model
-
+    """The service tests' small model (tests/helpers.py), exported once for every module."""
     return Path(export_test_model(tmp_path_factory.mktemp("models")))
 
 

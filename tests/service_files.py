@@ -12,6 +12,7 @@ import struct
 import zlib
 
 import numpy as np
+from hypothesis import strategies as st
 from PIL import Image
 
 MiB = 1024 * 1024
@@ -154,3 +155,48 @@ def multipart(parts: list[tuple[str, str | None, bytes]], boundary: str = BOUNDA
         disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
         body += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + content + b"\r\n"
     return body + f"--{boundary}--\r\n".encode()
+
+
+# -------------------------------------------- random multipart bodies for the fuzz tests
+
+FUZZ_BOUNDARY = "fuzzboundary"
+"""The boundary of the fuzzed bodies (tests/test_fuzz.py in process, tests/test_reliability.py over
+HTTP)."""
+
+
+def fuzz_multipart(parts: list[tuple[bytes, bytes]]) -> bytes:
+    """A body from (Content-Disposition value, content) pairs."""
+    body = b"".join(
+        b"--"
+        + FUZZ_BOUNDARY.encode()
+        + b"\r\nContent-Disposition: "
+        + disposition
+        + b"\r\nContent-Type: application/octet-stream\r\n\r\n"
+        + content
+        + b"\r\n"
+        for disposition, content in parts
+    )
+    return body + b"--" + FUZZ_BOUNDARY.encode() + b"--\r\n"
+
+
+fuzz_dispositions = st.one_of(
+    st.just(b'form-data; name="images"; filename="a.jpg"'),
+    st.just(b'form-data; name="images"'),
+    st.just(b'form-data; name="other"; filename="b.png"'),
+    st.just(b"form-data"),
+    st.binary(max_size=80),
+)
+fuzz_bodies = st.one_of(
+    st.binary(max_size=2048),
+    st.lists(st.tuples(fuzz_dispositions, st.binary(max_size=512)), max_size=4).map(fuzz_multipart),
+    st.tuples(
+        st.lists(st.tuples(fuzz_dispositions, st.binary(max_size=512)), min_size=1, max_size=3),
+        st.integers(0, 10_000),
+        st.binary(max_size=16),
+    ).map(lambda t: splice(fuzz_multipart(t[0]), t[1], t[2])),
+)
+
+
+def splice(body: bytes, at: int, junk: bytes) -> bytes:
+    at %= len(body) + 1
+    return body[:at] + junk + body[at + len(junk) :]

@@ -23,7 +23,7 @@ import psutil
 import pytest
 import requests
 import service_files as files
-from test_service import REPO, Server
+from helpers import REPO, Server
 
 MiB = 1024 * 1024
 KEY = f"attack-{secrets.token_hex(8)}"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from test_data import make_folder
+from training_helpers import make_folder
 
 from service.config import cpu_count
 from training import __main__ as cli

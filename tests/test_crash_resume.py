@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_data import make_folder
+from training_helpers import make_folder
 
 from training.backup import read_metadata
 from training.runs import read_log

@@ -8,32 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
+from training_helpers import CLASSES, PER_CLASS, make_folder
 
 from training.data import SplitFractions, load_data, load_folder, pipeline, split_folder, tfds_splits
 from training.end_to_end import Augmentation
 from training.labels import IMAGENETTE_LABELS, human_labels, load_label_map
 
-CLASSES = ("n01440764", "n02102040", "n03888257")  # tench, English springer, parachute
-PER_CLASS = 20
 SIZE = 16
-
-
-def make_folder(root: Path, classes=CLASSES, per_class: int = PER_CLASS) -> Path:
-    """JPEGs of varied sizes per class, plus a grayscale, a palette and an RGBA PNG."""
-    rng = np.random.default_rng(0)
-    for c in classes:
-        (root / c).mkdir(parents=True)
-        for i in range(per_class - 1):
-            pixels = rng.integers(0, 256, (20 + i, 30 - i % 5, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(root / c / f"img_{i:03d}.jpg")
-    Image.fromarray(rng.integers(0, 256, (24, 24), dtype=np.uint8)).save(root / classes[0] / "gray.png")
-    Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).convert("P").save(
-        root / classes[1] / "palette.png"
-    )
-    Image.fromarray(rng.integers(0, 256, (24, 24, 4), dtype=np.uint8)).save(root / classes[2] / "rgba.png")
-    (root / classes[0] / "notes.txt").write_text("not an image")
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import requests
 import tensorflow as tf
-from test_service import SERVER_SETTINGS, Server, server_env
+from helpers import SERVER_SETTINGS, Server, server_env
 
 from service import repository
 from training.data import split_folder

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_data import make_folder
+from training_helpers import make_folder, read_log, run_cli
 
 from training import __main__ as cli
 from training import fit, kit, runs
@@ -36,30 +32,6 @@ def parse(*argv: str) -> argparse.Namespace:
 def config_of(args: argparse.Namespace) -> dict:
     """run.json's ``config`` for parsed fit flags."""
     return Recipe.from_args(args).config()
-
-
-def read_log(run_dir: Path) -> list[dict]:
-    with open(run_dir / "log.csv", newline="") as f:
-        return list(csv.DictReader(f))
-
-
-CRASHING = Path(__file__).with_name("crashing_training.py")
-
-
-def run_cli(
-    argv: list[str], env: dict | None = None, crash_at: str | None = None
-) -> subprocess.CompletedProcess:
-    """``python -m training ...`` in a fresh process (so it can be killed for real); ``crash_at``
-    ("EPOCH:BATCH"): through ``tests/crashing_training.py``, which dies there."""
-    command = [sys.executable, str(CRASHING), crash_at] if crash_at else [sys.executable, "-m", "training"]
-    return subprocess.run(
-        [*command, *argv],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 @pytest.fixture(scope="module")

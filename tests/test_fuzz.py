@@ -248,49 +248,10 @@ def guarded_app(max_bytes: int) -> RequestGuard:
 
 
 GUARDED_APP = guarded_app(max_bytes=64 * 1024)
-BOUNDARY = "fuzzboundary"
-
-
-def multipart(parts: list[tuple[bytes, bytes]]) -> bytes:
-    """A body from (Content-Disposition value, content) pairs."""
-    body = b"".join(
-        b"--"
-        + BOUNDARY.encode()
-        + b"\r\nContent-Disposition: "
-        + disposition
-        + b"\r\nContent-Type: application/octet-stream\r\n\r\n"
-        + content
-        + b"\r\n"
-        for disposition, content in parts
-    )
-    return body + b"--" + BOUNDARY.encode() + b"--\r\n"
-
-
-dispositions = st.one_of(
-    st.just(b'form-data; name="images"; filename="a.jpg"'),
-    st.just(b'form-data; name="images"'),
-    st.just(b'form-data; name="other"; filename="b.png"'),
-    st.just(b"form-data"),
-    st.binary(max_size=80),
-)
-bodies = st.one_of(
-    st.binary(max_size=2048),
-    st.lists(st.tuples(dispositions, st.binary(max_size=512)), max_size=4).map(multipart),
-    st.tuples(
-        st.lists(st.tuples(dispositions, st.binary(max_size=512)), min_size=1, max_size=3),
-        st.integers(0, 10_000),
-        st.binary(max_size=16),
-    ).map(lambda t: _splice(multipart(t[0]), t[1], t[2])),
-)
-
-
-def _splice(body: bytes, at: int, junk: bytes) -> bytes:
-    at %= len(body) + 1
-    return body[:at] + junk + body[at + len(junk) :]
 
 
 @settings(max_examples=300, deadline=None)
-@given(bodies, st.booleans())
+@given(files.fuzz_bodies, st.booleans())
 def test_random_multipart_bodies_get_an_answer_never_an_error(body, chunked):
     response = asyncio.run(_post(GUARDED_APP, body, chunked))
     assert response.status_code in (200, 400, 413), (response.status_code, response.text)
@@ -299,14 +260,16 @@ def test_random_multipart_bodies_get_an_answer_never_an_error(body, chunked):
 
 
 FORMS_STARLETTE_FAILS_ON = {
-    "nameless part": multipart([(b'form-data; name="images"; filename="a.jpg"', b"x"), (b"form-data", b"y")]),
-    "text over 1 MiB": multipart(
+    "nameless part": files.fuzz_multipart(
+        [(b'form-data; name="images"; filename="a.jpg"', b"x"), (b"form-data", b"y")]
+    ),
+    "text over 1 MiB": files.fuzz_multipart(
         [
             (b'form-data; name="images"; filename="a.jpg"', b"x"),
             (b'form-data; name="top_k"', b"5" * (MiB + 1)),
         ]
     ),
-    "1001 fields": multipart(
+    "1001 fields": files.fuzz_multipart(
         [(b'form-data; name="images"; filename="a.jpg"', b"x")] + [(b'form-data; name="note"', b"1")] * 1001
     ),
 }
@@ -321,7 +284,7 @@ def test_forms_the_parser_would_fail_on_are_refused_first(case):
 def _inspect(body: bytes, plain: bool) -> tuple:
     """(problem, files, fields) of ``FormInspector`` on the whole ``body``: through ``feed_body``
     (the plain split where it applies), or through python-multipart alone."""
-    inspector = FormInspector(BOUNDARY.encode(), "images")
+    inspector = FormInspector(files.FUZZ_BOUNDARY.encode(), "images")
     problem = inspector.feed_body(body) if plain else inspector.feed(body, last=True)
     if problem:
         return problem, None, None
@@ -333,7 +296,7 @@ plain_headers = st.lists(
     st.one_of(
         st.tuples(
             st.sampled_from([b"Content-Disposition", b"content-disposition", b"Content-Type", b"X-a"]),
-            dispositions,
+            files.fuzz_dispositions,
         ),
         st.tuples(st.binary(min_size=1, max_size=12), st.binary(max_size=40)),
     ),
@@ -345,7 +308,7 @@ plain_headers = st.lists(
 def plain_forms(draw) -> bytes:
     """Bodies near the plain shape: arbitrary header lines and contents, optional padding and
     epilogues, delimiters inside the contents; mutated now and then."""
-    boundary = BOUNDARY.encode()
+    boundary = files.FUZZ_BOUNDARY.encode()
     body = draw(st.sampled_from([b"", b"\r\n", b"preamble\r\n"]))
     for headers, content in draw(
         st.lists(st.tuples(plain_headers, st.binary(max_size=64)), min_size=1, max_size=4)
@@ -360,12 +323,12 @@ def plain_forms(draw) -> bytes:
         )
     body += b"--" + boundary + b"--" + draw(st.sampled_from([b"", b"\r\n", b"\r\nepilogue", b"--"]))
     if draw(st.booleans()):
-        body = _splice(body, draw(st.integers(0, 10_000)), draw(st.binary(min_size=1, max_size=4)))
+        body = files.splice(body, draw(st.integers(0, 10_000)), draw(st.binary(min_size=1, max_size=4)))
     return body
 
 
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.one_of(bodies, plain_forms()))
+@given(st.one_of(files.fuzz_bodies, plain_forms()))
 def test_the_plain_split_finds_what_python_multipart_finds(body):
     """``split_plain_form`` (the fast path of the upload guard) takes a body only when it finds the
     same parts, headers and data as python-multipart's streaming parser: the same problem, files
@@ -383,13 +346,13 @@ def test_what_clients_send_takes_the_plain_split():
     request = httpx.Request(
         "POST", "http://x/classify", files=[("images", ("a.jpg", jpeg))], data={"top_k": "3"}
     )
-    browser = multipart(
+    browser = files.fuzz_multipart(
         [(b'form-data; name="images"; filename="a.jpg"', jpeg), (b'form-data; name="top_k"', b"2")]
     )
     for body, header in [
         (ours, content_type),
         (request.read(), request.headers["content-type"]),
-        (browser, f"multipart/form-data; boundary={BOUNDARY}"),
+        (browser, f"multipart/form-data; boundary={files.FUZZ_BOUNDARY}"),
     ]:
         boundary = header.split("boundary=")[1].encode()
         assert split_plain_form(body, boundary) is not None, body[:200]
@@ -407,7 +370,7 @@ async def _post(app: RequestGuard, body: bytes, chunked: bool) -> httpx.Response
         return await client.post(
             "/classify",
             content=chunks() if chunked else body,
-            headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+            headers={"Content-Type": f"multipart/form-data; boundary={files.FUZZ_BOUNDARY}"},
         )
 
 

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 import service_files as files
+from helpers import REPO
 from service_files import BOUNDARY, multipart
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Mount, Route
-from test_service import REPO
 
 from service import repository
 from service.answers import public_metadata, strip_paths

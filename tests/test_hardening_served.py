@@ -28,8 +28,8 @@ import psutil
 import pytest
 import requests
 import service_files as files
+from helpers import REPO, Server
 from service_files import BOUNDARY, multipart
-from test_service import REPO, Server
 
 MiB = 1024 * 1024
 KEY = f"hardening-{secrets.token_hex(8)}"

@@ -86,7 +86,7 @@ def labels_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def photos() -> list[bytes]:
     """Encoded photos of different sizes: Imagenette JPEGs when present, else generated PNG/JPEG."""
-    from conftest import SHARED_DATA
+    from helpers import SHARED_DATA
 
     if SHARED_DATA.is_dir():
         classes = sorted(p for p in SHARED_DATA.iterdir() if p.is_dir())[:3]
@@ -394,7 +394,7 @@ def test_command_line_imports_and_says_what_it_skipped(sources, labels_file, tmp
 def test_bentoml_serves_the_imported_model(sources, photos, bentoml_home, tmp_path):
     """A real ``bentoml serve`` on a repository holding only the imported model."""
     import tensorflow as tf
-    from test_service import Server, classify, expect, server_env
+    from helpers import Server, classify, expect, server_env
 
     from training.import_model import import_model
 

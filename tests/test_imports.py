@@ -1,6 +1,7 @@
 """The modules of ``training/`` import each other without a cycle (module-level and function-level
 imports alike), the exporter depends on nothing in the trainer, the zoo (``training.architectures``)
-on nothing of ``training`` outside it, and no function of ``training/`` or ``service/`` is over 80 lines."""
+on nothing of ``training`` outside it, and no function of ``training/`` or ``service/`` is over 80 lines; no
+test module imports another (what they share lives in tests/helpers.py and its siblings)."""
 
 from __future__ import annotations
 
@@ -105,3 +106,47 @@ def test_no_function_is_over_80_lines(package):
 def test_the_cycle_finder_finds_one():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def imports_of_test_modules(source: str) -> list[str]:
+    """The imports of test modules (``test_*``) or of ``conftest`` in ``source``, at any depth, as
+    ``"LINE: module"``: what test modules share lives in tests/helpers.py, tests/training_helpers.py
+    and tests/service_files.py instead."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names = [node.module or ""]
+        else:
+            continue
+        for name in names:
+            top = name.split(".")[0]
+            if top.startswith("test_") or top == "conftest" or (top == "tests" and ".test_" in f".{name}"):
+                found.append((node.lineno, name))
+    return [f"{line}: {name}" for line, name in sorted(found)]
+
+
+def test_no_test_module_imports_another():
+    found = {
+        str(path.relative_to(ROOT)): imports
+        for path in sorted((ROOT / "tests").glob("*.py"))
+        if (imports := imports_of_test_modules(path.read_text(encoding="utf-8")))
+    }
+    assert not found, f"test modules imported elsewhere (move what they share to tests/helpers.py): {found}"
+
+
+def test_the_test_import_finder_finds_them():
+    source = (
+        "import test_service\n"
+        "from test_data import make_folder\n"
+        "def f():\n    from conftest import SHARED_DATA\n"
+        "import tests.test_fit as fit\n"
+        "from helpers import Server\nimport service_files\nfrom tests import helpers\n"
+    )
+    assert imports_of_test_modules(source) == [
+        "1: test_service",
+        "2: test_data",
+        "4: conftest",
+        "5: tests.test_fit",
+    ]

@@ -8,7 +8,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from test_data import make_folder
+from training_helpers import make_folder
 
 from training import __main__ as cli
 from training.mixing import batch_mixers, mix

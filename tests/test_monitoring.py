@@ -18,13 +18,17 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import (
+    DASHBOARD,
+    PROMETHEUS,
+    RULE_FILES,
+    contract,
+    dashboard_expressions,
+    dashboard_panels,
+)
 
 REPO = Path(__file__).resolve().parents[1]
-PROMETHEUS = REPO / "deploy" / "prometheus"
-CONTRACT = PROMETHEUS / "metrics.txt"
-RULE_FILES = [PROMETHEUS / "recording-rules.yml", PROMETHEUS / "alerting-rules.yml"]
 RULE_TESTS = sorted((PROMETHEUS / "tests").glob("*.yml"))
-DASHBOARD = REPO / "deploy" / "grafana" / "convzoo-dashboard.json"
 KUBERNETES = REPO / "deploy" / "kubernetes"
 PROMETHEUSRULE = KUBERNETES / "monitoring" / "prometheusrule.yaml"
 PODMONITOR = KUBERNETES / "monitoring" / "podmonitor.yaml"
@@ -43,22 +47,6 @@ PROMQL_WORDS = {
 
 
 # --- the contract -------------------------------------------------------------------------------
-
-
-def contract() -> dict[str, dict]:
-    """deploy/prometheus/metrics.txt as {name: {"type", "labels", "help"}} (NAME TYPE LABELS HELP)."""
-    metrics = {}
-    for number, line in enumerate(CONTRACT.read_text().splitlines(), 1):
-        if not line.strip() or line.startswith("#"):
-            continue
-        name, kind, labels, help_ = line.split(maxsplit=3)
-        assert name not in metrics, f"metrics.txt:{number}: {name} twice"
-        metrics[name] = {
-            "type": kind,
-            "labels": [] if labels == "-" else labels.split(","),
-            "help": help_,
-        }
-    return metrics
 
 
 def series_names() -> set[str]:
@@ -101,20 +89,6 @@ def recorded_names() -> set[str]:
 
 def alerts() -> list[dict]:
     return rules(RULE_FILES[1])
-
-
-def dashboard_panels() -> list[dict]:
-    return json.loads(DASHBOARD.read_text())["panels"]
-
-
-def dashboard_expressions() -> list[str]:
-    """Every panel query of the Grafana dashboard, with Grafana's variables replaced ($model: every
-    model, $__rate_interval: 1m): ready to send to a real Prometheus (the live test does)."""
-    return [
-        target["expr"].replace("$__rate_interval", "1m").replace("$model", ".*")
-        for panel in dashboard_panels()
-        for target in panel["targets"]
-    ]
 
 
 def prometheusrule_text() -> str:

@@ -68,8 +68,7 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-from test_monitoring import PROMETHEUS, RULE_FILES, dashboard_expressions
-from test_service import REPO, Server, free_port
+from helpers import PROMETHEUS, REPO, RULE_FILES, Server, dashboard_expressions, free_port
 
 PROMETHEUS_BIN = shutil.which("prometheus")
 pytestmark = pytest.mark.skipif(

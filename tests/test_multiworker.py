@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_data import make_folder
+from training_helpers import make_folder
 
 from training import distribute
 

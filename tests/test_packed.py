@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_data import make_folder
+from training_helpers import make_folder
 
 from training import __main__ as cli
 from training.data import SplitFractions, split_folder
@@ -247,7 +247,7 @@ def test_fit_packed_imports_no_tensorflow():
 
 
 def test_fit_packed_killed_mid_epoch_then_the_same_command_resumes(packed, tmp_path):
-    from test_fit import read_log, run_cli
+    from training_helpers import read_log, run_cli
 
     argv = [
         "fit-packed",

@@ -15,7 +15,7 @@ import os
 import keras
 import numpy as np
 import pytest
-from conftest import SHARED_DATA
+from helpers import SHARED_DATA
 from variants import HEAVY_AT_REFERENCE_SIZE, variant_params
 
 from training.architectures import create_model, list_models, model_info

@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 import requests
 import service_files as files
+from helpers import REPO, Server, expect
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_service import REPO, Server, expect
 
 from service.serving.images import Resize, prepare_image
 
@@ -545,8 +545,8 @@ def test_per_model_metrics(server):
 
 def test_metrics_follow_the_contract_the_rules_rely_on(server):
     """Every metric of deploy/prometheus/metrics.txt is on /metrics with exactly its labels and type."""
+    from helpers import contract
     from prometheus_client.parser import text_string_to_metric_families
-    from test_monitoring import contract
 
     text = requests.get(f"{server.url}/metrics", headers=dict(AUTH), timeout=10).text
     families = {family.name: family for family in text_string_to_metric_families(text)}

@@ -1,6 +1,6 @@
 """The service under hostile clients, overload and faults: a real ``bentoml serve`` with tight limits.
 
-One server for the module (the model of tests/test_service.py), started with an API key and a
+One server for the module (the model of tests/helpers.py), started with an API key and a
 concurrency limit of ``MAX_CONCURRENCY`` so that a burst of a few dozen requests overloads it:
 
 - authentication: every path but the health probes answers 401 without the key, which never
@@ -35,9 +35,8 @@ import pytest
 import requests
 import schemathesis
 import service_files as files
+from helpers import BENTOML, MODEL_NAME, REPO, Server, server_env
 from hypothesis import HealthCheck, given, settings
-from test_fuzz import BOUNDARY, bodies
-from test_service import BENTOML, MODEL_NAME, REPO, Server, server_env
 
 from service.config import ServiceConfig
 from service.repository import parse_model_spec, version_folders
@@ -166,13 +165,13 @@ def check_operation(operation, url: str, statuses: dict[str, set[int]]) -> None:
 
 
 @settings(max_examples=40, deadline=None, database=None)
-@given(body=bodies)
+@given(body=files.fuzz_bodies)
 def test_random_multipart_bodies_over_http_never_get_a_server_error(guarded, body):
     response = requests.post(
         f"{guarded.url}/classify",
         data=body,
         timeout=30,
-        headers={**AUTH, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+        headers={**AUTH, "Content-Type": f"multipart/form-data; boundary={files.FUZZ_BOUNDARY}"},
     )
     assert response.status_code in (200, 400, 413), response.text[:300]
     assert "error" in response.json() or response.status_code == 200
@@ -238,11 +237,11 @@ def trickle(port: int, length: int, stop: threading.Event):
     sock = socket.create_connection(("127.0.0.1", port))
     head = (
         f"POST /classify HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n"
-        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+        f"Content-Type: multipart/form-data; boundary={files.FUZZ_BOUNDARY}\r\n"
         f"Content-Length: {length}\r\n\r\n"
     ).encode()
     part = (
-        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="images"; '
+        f'--{files.FUZZ_BOUNDARY}\r\nContent-Disposition: form-data; name="images"; '
         'filename="slow.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
     ).encode()
     sock.sendall(head + part)

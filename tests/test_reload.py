@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 import service_files as files
-from test_service import REPO, Server, expect
+from helpers import REPO, Server, expect
 
 from service.config import ServiceConfig
 from service.serving.registry import Policy, Registry, parse_models

@@ -47,7 +47,7 @@ def test_checksums_see_a_flipped_byte_in_a_variables_shard(exported_model, tmp_p
 
 
 def test_the_service_refuses_a_corrupt_export_with_one_line(exported_model, tmp_path):
-    from test_service import Server, server_env
+    from helpers import Server, server_env
 
     models = tmp_path / "models"
     copy = models / exported_model.parent.name / exported_model.name

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import requests
 import service_files as files
-from test_service import REPO, Server
+from helpers import REPO, Server
 
 from service import repository
 from service.config import ServiceConfig

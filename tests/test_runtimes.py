@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import requests
 import service_files as files
-from test_service import LABELS, Server, classify, expect, export_test_model, server_env
+from helpers import LABELS, Server, classify, expect, export_test_model, server_env
 
 from service import repository, runtimes
 
@@ -48,7 +48,7 @@ def real_or_generated_images(count: int, offset: int, data_dir: Path | None) -> 
 
 @pytest.fixture(scope="module")
 def data_dir():
-    from conftest import SHARED_DATA
+    from helpers import SHARED_DATA
 
     return SHARED_DATA if SHARED_DATA.is_dir() else None
 

@@ -30,7 +30,7 @@ from urllib.parse import urlparse
 import pytest
 import requests
 import service_files as files
-from test_service import Server, expect, server_env
+from helpers import Server, expect, server_env
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = next(filter(None, map(shutil.which, ["chromium", "chromium-browser", "google-chrome"])), None)
@@ -374,7 +374,7 @@ def test_choose_a_model_or_compare_two_on_the_same_photos(browser, two_model_ser
 
 def test_too_many_files_are_explained_on_each(browser, server, tmp_path):
     paths = []
-    for i in range(9):  # the server takes 8 (CONVZOO_MAX_IMAGES in test_service)
+    for i in range(9):  # the server takes 8 (CONVZOO_MAX_IMAGES in helpers.SERVER_SETTINGS)
         paths.append(tmp_path / f"{i}.png")
         paths[-1].write_bytes(files.encode(files.photo((40, 30), seed=i), "PNG"))
     open_page(browser, server)
@@ -518,7 +518,7 @@ def take_screenshot(output: Path, photos_dir: Path, count: int = 3) -> None:
 
 
 if __name__ == "__main__":
-    from conftest import SHARED_DATA
+    from helpers import SHARED_DATA
 
     parser = argparse.ArgumentParser(description="Take the README's screenshot of /ui.")
     parser.add_argument("--screenshot", type=Path, required=True)
