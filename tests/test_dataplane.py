@@ -15,8 +15,8 @@ import httpx
 import numpy as np
 import pytest
 import service_files as files
+from helpers import MODEL_NAME
 from prometheus_client import REGISTRY
-from test_service import MODEL_NAME
 
 from service.config import Limits, ServiceConfig
 from service.http.body import RequestGuard

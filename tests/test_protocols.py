@@ -158,6 +158,20 @@ def test_both_models_are_served_and_listed(server):
     assert small["name"] == SMALL and small["version"] == 1 and small["input_size"] == [48, 48]
 
 
+def test_the_optimize_hint_names_a_folder_that_exists(server, repository):
+    """A version served without its faster forms says how to make them: the log's command names
+    its folder in the repository (absolute here: the repository is outside the server's working
+    directory), and ``/metadata`` the same folder as ``$CONVZOO_MODELS_DIR/...`` (it shows no
+    absolute path; it used to cut it to ``optimize 1``)."""
+    import re
+
+    reason = metadata(server, f"{SMALL}:1")["runtime"]["reason"]
+    assert f"`python -m training optimize $CONVZOO_MODELS_DIR/{SMALL}/1`" in reason, reason
+    logged = re.findall(r"`python -m training optimize ([^`]+)`", server.log.read_text())
+    assert logged and all(Path(folder).is_dir() for folder in logged), logged
+    assert str(repository / SMALL / "1") in logged
+
+
 def test_each_model_answers_for_itself(server):
     named = photos(2)
     default, small = classify(server, named), classify(server, named, SMALL)

@@ -39,8 +39,8 @@ from helpers import BENTOML, MODEL_NAME, REPO, Server, server_env
 from hypothesis import HealthCheck, given, settings
 
 from service.config import ServiceConfig
-from service.repository import parse_model_spec, version_folders
-from service.serving.model_store import InvalidModel, check_export, resolve_model
+from service.repository import InvalidExport, parse_model_spec, version_folders
+from service.serving.model_store import check_export, resolve_model
 
 MiB = 1024 * 1024
 KEY = f"convzoo-test-{secrets.token_hex(12)}"
@@ -295,7 +295,7 @@ def test_symlinks_out_of_the_repository_are_refused(exported_model, tmp_path):
     (models / "elsewhere").symlink_to(outside / "elsewhere")
     (models / MODEL_NAME / "2").symlink_to(outside / "elsewhere" / "1")
     for spec in ("elsewhere", f"{MODEL_NAME}:2", MODEL_NAME):  # MODEL_NAME: 2 is the latest
-        with pytest.raises(InvalidModel, match="symbolic link.*only from inside the (model )?repository"):
+        with pytest.raises(InvalidExport, match="symbolic link.*only from inside the (model )?repository"):
             resolve_model(config_for(models, spec))
 
 
@@ -325,11 +325,11 @@ def test_an_incomplete_or_corrupt_export_is_refused_naming_folder_and_reason(
     shutil.copytree(exported_model, models / MODEL_NAME / "2")
     check_export(models / MODEL_NAME / "2")
     CORRUPTIONS[reason](models / MODEL_NAME / "2")
-    with pytest.raises(InvalidModel, match=reason) as refused:
+    with pytest.raises(InvalidExport, match=reason) as refused:
         check_export(models / MODEL_NAME / "2")
     assert str(models / MODEL_NAME / "2") in str(refused.value)
     # the latest version is broken: no silent fallback to version 1
-    with pytest.raises(InvalidModel, match=reason):
+    with pytest.raises(InvalidExport, match=reason):
         resolve_model(config_for(models, MODEL_NAME))
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from service import repository
-from service.serving.model_store import InvalidModel, check_export
+from service.repository import InvalidExport
+from service.serving.model_store import check_export
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,7 +43,7 @@ def test_checksums_see_a_flipped_byte_in_a_variables_shard(exported_model, tmp_p
     flip_a_byte(shard)
     problem = repository.checksum_problem(copy, repository.read_metadata(copy)["files"])
     assert problem == f"{shard} does not match its recorded SHA-256 (corrupt)"
-    with pytest.raises(InvalidModel, match="SHA-256"):
+    with pytest.raises(InvalidExport, match="SHA-256"):
         check_export(copy)
 
 

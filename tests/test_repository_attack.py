@@ -29,7 +29,8 @@ from helpers import REPO, Server
 
 from service import repository
 from service.config import ServiceConfig
-from service.serving.model_store import InvalidModel, check_export, model_folder
+from service.repository import InvalidExport
+from service.serving.model_store import check_export, model_folder
 from service.serving.registry import load_version, parse_models
 
 DEFAULT_EXPORT = REPO / "models" / "imagenette" / "2"
@@ -95,7 +96,7 @@ def test_metadata_never_names_a_path_or_option_outside_its_folder(scratch, tmp_p
     """Attack 5: ``runtimes[...].path``, ``files`` and ``config`` from ``metadata.json`` that leave
     the folder or write elsewhere are refused before anything is read (schema, for every reader)."""
     folder = export_copy(tmp_path / "repo" / "m" / "1", **changes)
-    with pytest.raises(InvalidModel, match=reason):
+    with pytest.raises(InvalidExport, match=reason):
         check_export(folder)
 
 
@@ -105,36 +106,36 @@ def test_links_and_special_files_are_refused(scratch, tmp_path):
     repo, outside = tmp_path / "repo", scratch / "outside" / "1"
     (repo / "m").mkdir(parents=True)
     (repo / "m" / "1").symlink_to(outside)
-    with pytest.raises(InvalidModel, match="symbolic link"):
+    with pytest.raises(InvalidExport, match="symbolic link"):
         check_export(repo / "m" / "1", repo)
     (repo / "n").symlink_to(scratch / "outside")
-    with pytest.raises(InvalidModel, match="symbolic link"):
+    with pytest.raises(InvalidExport, match="symbolic link"):
         check_export(repo / "n" / "1", repo)
-    with pytest.raises(InvalidModel, match="symbolic link"):
+    with pytest.raises(InvalidExport, match="symbolic link"):
         model_folder(repo, "n")
     inner = export_copy(repo / "k" / "1")
     shard = next((inner / "variables").glob("variables.data-*"))
     shard.unlink()
     shard.symlink_to(next((outside / "variables").glob("variables.data-*")))
-    with pytest.raises(InvalidModel, match="variables.data-.* is a symbolic link"):
+    with pytest.raises(InvalidExport, match="variables.data-.* is a symbolic link"):
         check_export(inner, repo)
-    with pytest.raises(InvalidModel, match="symbolic link"):
+    with pytest.raises(InvalidExport, match="symbolic link"):
         check_export(inner)  # a store's copy, checked on its own
     named = export_copy(repo / "j" / "1")
     (named / "x\nFAKE LINE\x1b[2J").symlink_to("/etc/hostname")
-    with pytest.raises(InvalidModel) as refused:
+    with pytest.raises(InvalidExport) as refused:
         check_export(named, repo)
     assert "x\\nFAKE LINE\\x1b[2J is a symbolic link" in str(refused.value)  # one line, no escape
     fifo = export_copy(repo / "f" / "1")
     os.mkfifo(fifo / "openvino" / "pipe")
-    with pytest.raises(InvalidModel, match="not a plain file"):
+    with pytest.raises(InvalidExport, match="not a plain file"):
         check_export(fifo, repo)
     assert check_export(scratch / "repo" / "m" / "1", scratch / "repo")["name"] == "imagenette"
 
 
 def test_a_huge_metadata_file_is_refused_before_it_is_parsed(tmp_path):
     folder = export_copy(tmp_path / "m" / "1", notes="x" * (repository.MAX_METADATA_BYTES + 1))
-    with pytest.raises(InvalidModel, match="MAX_METADATA_BYTES"):
+    with pytest.raises(InvalidExport, match="MAX_METADATA_BYTES"):
         check_export(folder)
 
 
@@ -156,10 +157,10 @@ def test_an_export_is_checked_against_its_metadata_at_load(scratch, tmp_path, co
     """Attack 9: labels against the output size, the input against ``input_size``, each refused
     with a one-line reason; a consistent copy loads."""
     few = export_copy(tmp_path / "few" / "1", labels=["a", "b"])
-    with pytest.raises(InvalidModel, match=r"10\] for one image; metadata.json has 2 labels"):
+    with pytest.raises(InvalidExport, match=r"10\] for one image; metadata.json has 2 labels"):
         load_version(few, "few", 1, config)
     small = export_copy(tmp_path / "small" / "1", input_size=[64, 64])
-    with pytest.raises(InvalidModel, match=r"input is \[None, 128, 128, 3\].*input_size"):
+    with pytest.raises(InvalidExport, match=r"input is \[None, 128, 128, 3\].*input_size"):
         load_version(small, "small", 1, config)
 
 

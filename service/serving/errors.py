@@ -5,9 +5,11 @@ protocol adapters alike; ``error_body`` turns it into ``{"error": message, **det
 JSON error answer of the service (the guards', the adapters', the connection's 431/408, the 500 of
 a handler that failed) is written by it.
 
-Load-time problems (a repository contract broken, a runtime missing) have their own exceptions
-(``service.repository.InvalidExport``, ``service.runtimes.RuntimeUnavailable``): they never reach
-a client as such.
+Load-time problems have their own exceptions, none of which writes JSON or reaches a client as
+such: ``service.repository.InvalidExport`` (a folder that breaks the repository contract: the
+schema, containment, checksums, the SavedModel's files), ``service.runtimes.RuntimeUnavailable``
+(a runtime that cannot serve) and ``service.serving.model_store.ModelNotFound`` (no default model
+at start).
 """
 
 from __future__ import annotations

@@ -60,20 +60,16 @@ class ModelNotFound(LookupError):
     """The configured model is neither in the model repository nor in the BentoML store."""
 
 
-class InvalidModel(ValueError):
-    """A model folder that must not be served: incomplete, corrupt, or outside the repository."""
-
-
 def model_folder(models_dir: Path, name: str, version: str | int | None = None) -> Path:
     """``models_dir/name[/version]``, refused when the name or version is not one, or when the
     model folder is a symbolic link (the version folder is checked by ``check_export``)."""
     if not repository.is_valid_name(name) or (
         version is not None and not repository.is_version_name(str(version))
     ):
-        raise InvalidModel(f"{name!r} version {version!r} is not a model name and version")
+        raise repository.InvalidExport(f"{name!r} version {version!r} is not a model name and version")
     root = Path(models_dir)
     if (root / name).is_symlink():
-        raise InvalidModel(
+        raise repository.InvalidExport(
             f"{root / name} is a symbolic link (to {(root / name).resolve()}); models are served "
             f"only from inside the model repository {root}"
         )
@@ -81,7 +77,7 @@ def model_folder(models_dir: Path, name: str, version: str | int | None = None) 
 
 
 def check_export(folder: Path, root: Path | None = None) -> dict:
-    """The metadata of a complete export at ``folder``; raises ``InvalidModel`` saying why not.
+    """The metadata of a complete export at ``folder``; raises ``repository.InvalidExport`` saying why not.
 
     First the one containment check (``repository.containment_problem``): with ``root`` (the
     model repository), ``folder`` is ``root/<name>/<version>`` reached without a symbolic link;
@@ -95,19 +91,16 @@ def check_export(folder: Path, root: Path | None = None) -> dict:
     """
     folder = Path(folder)
     if problem := repository.containment_problem(folder, root):
-        raise InvalidModel(problem)
-    try:
-        metadata = repository.read_metadata(folder, required=repository.SERVING_KEYS)
-    except repository.InvalidExport as error:
-        raise InvalidModel(str(error)) from None
+        raise repository.InvalidExport(problem)
+    metadata = repository.read_metadata(folder, required=repository.SERVING_KEYS)
     graph = folder / "saved_model.pb"
     if not graph.is_file() or graph.stat().st_size == 0:
-        raise InvalidModel(f"{folder}: saved_model.pb is missing or empty (an interrupted copy?)")
+        raise repository.InvalidExport(f"{folder}: saved_model.pb is missing or empty (an interrupted copy?)")
     if problem := _protobuf_problem(graph.read_bytes()):
-        raise InvalidModel(f"{folder}: saved_model.pb is corrupt or truncated ({problem})")
+        raise repository.InvalidExport(f"{folder}: saved_model.pb is corrupt or truncated ({problem})")
     _check_variables(folder / "variables")
     if metadata.get("files") and (problem := repository.checksum_problem(folder, metadata["files"])):
-        raise InvalidModel(problem)
+        raise repository.InvalidExport(problem)
     return metadata
 
 
@@ -145,10 +138,10 @@ def _varint(data: bytes, position: int) -> tuple[int, int]:
 
 def _check_variables(folder: Path) -> None:
     if not (folder / "variables.index").is_file():
-        raise InvalidModel(f"{folder.parent}: variables/variables.index is missing")
+        raise repository.InvalidExport(f"{folder.parent}: variables/variables.index is missing")
     shards = sorted(folder.glob("variables.data-*-of-*"))
     if not shards:
-        raise InvalidModel(f"{folder.parent}: variables/ has no variables.data-* shard")
+        raise repository.InvalidExport(f"{folder.parent}: variables/ has no variables.data-* shard")
     expected = int(shards[0].name.rsplit("-of-", 1)[1])
     missing = [
         f"variables.data-{i:05d}-of-{expected:05d}"
@@ -156,7 +149,7 @@ def _check_variables(folder: Path) -> None:
         if not (folder / f"variables.data-{i:05d}-of-{expected:05d}").is_file()
     ]
     if missing:
-        raise InvalidModel(f"{folder.parent}: variables/ lacks {', '.join(missing)}")
+        raise repository.InvalidExport(f"{folder.parent}: variables/ lacks {', '.join(missing)}")
 
 
 def store_versions(name: str) -> list[int]:
@@ -176,10 +169,8 @@ def import_export(models_dir: Path, name: str, version: str | int) -> bentoml.Mo
         raise ModelNotFound(f"no exported model at {source}")
     # even when imported before: the repository is the truth
     check_export(source, Path(models_dir))
-    try:  # what is checked and copied is a fixed snapshot: nothing swapped in meanwhile is read
-        private = repository.snapshot(models_dir, name, int(version))
-    except repository.InvalidExport as error:
-        raise InvalidModel(str(error)) from None
+    # what is checked and copied is a fixed snapshot: nothing swapped in meanwhile is read
+    private = repository.snapshot(models_dir, name, int(version))
     try:
         return _import(private, source, tag)
     finally:
@@ -262,7 +253,7 @@ def resolve_model_or_exit(config: ServiceConfig) -> str:
     """
     try:
         return resolve_model(config)
-    except (ModelNotFound, InvalidModel, ValueError) as error:
+    except (ModelNotFound, ValueError) as error:  # InvalidExport is a ValueError
         print(f"convzoo: cannot serve a model: {error}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
 

@@ -42,7 +42,7 @@ from service.repository import (
 from service.serving.batching import Batcher
 from service.serving.images import Resize
 from service.serving.metrics import metrics
-from service.serving.model_store import InvalidModel, check_export
+from service.serving.model_store import check_export
 
 logger = logging.getLogger("bentoml.convzoo")
 
@@ -118,6 +118,7 @@ class ServedVersion:
         config: ServiceConfig,
         source: Path,
         requests_now: Callable[[], int] = lambda: 0,
+        hint: tuple[str, str] | None = None,
     ) -> None:
         self.name = name
         self.version = version
@@ -142,8 +143,11 @@ class ServedVersion:
         self.decode_seconds = m.decode_seconds.labels(name)
         self.request_images = m.request_images.labels(*labels)
         self._ok: dict[str, tuple[Any, Any, Any]] = {}  # protocol -> its bound success metrics
+        shown_choice = choice  # /metadata shows no absolute path: the hint's folder as it may (hint_folder)
+        if hint is not None:
+            shown_choice = dataclasses.replace(choice, reason=choice.reason.replace(*hint))
         self.description = public_metadata(
-            {**metadata, "name": name, "version": version, "runtime": runtimes.describe(choice)}
+            {**metadata, "name": name, "version": version, "runtime": runtimes.describe(shown_choice)}
         )
 
     def count_ok(self, protocol: str, images: int, seconds: float) -> None:
@@ -208,7 +212,7 @@ def load_version(
     requests_now: Callable[[], int] = lambda: 0,
 ) -> ServedVersion:
     """``folder`` verified, its runtime chosen, loaded, checked against its metadata and warmed up
-    (module docstring); raises ``model_store.InvalidModel`` or ``runtimes.RuntimeUnavailable`` (or
+    (module docstring); raises ``repository.InvalidExport`` or ``runtimes.RuntimeUnavailable`` (or
     the runtime's own error). ``requests_now``: the HTTP requests the process is answering, for
     its batcher (``service.serving.activity``).
 
@@ -221,17 +225,14 @@ def load_version(
     if folder.parent.parent != root:
         return _load(folder, folder, name, version, config, requests_now)
     if problem := containment_problem(folder, root):
-        raise InvalidModel(problem)
+        raise InvalidExport(problem)
     if not is_complete(folder):  # before any snapshot: a flood of empty folders costs little
-        raise InvalidModel(f"{folder}: no saved_model.pb and metadata.json (an interrupted copy?)")
-    try:
-        private = snapshot(root, name, version)
-    except InvalidExport as error:
-        raise InvalidModel(str(error)) from None
+        raise InvalidExport(f"{folder}: no saved_model.pb and metadata.json (an interrupted copy?)")
+    private = snapshot(root, name, version)
     try:
         return _load(private, folder, name, version, config, requests_now)
-    except InvalidModel as error:
-        raise InvalidModel(str(error).replace(str(private), str(folder))) from None
+    except InvalidExport as error:
+        raise InvalidExport(str(error).replace(str(private), str(folder))) from None
     finally:
         shutil.rmtree(private, ignore_errors=True)
 
@@ -247,18 +248,37 @@ def _load(
     """``load_version`` of the export whose files are in ``files`` (``folder``: where it is shown)."""
     metadata = check_export(files)
     choice = runtimes.choose(config.runtime, metadata, files, gpus=config.gpus)
+    in_log, in_answers = hint_folder(folder, name, version, config)
     if config.runtime == "auto" and not config.gpus and (choice.key == "tensorflow" or choice.skipped):
-        logger.warning("%s:%s: %s", name, version, choice.reason.replace(str(files), str(folder)))
+        logger.warning("%s:%s: %s", name, version, choice.reason.replace(str(files), in_log))
     model = runtimes.load(choice, files, threads=config.worker_cpus)
     resize = Resize.from_metadata(metadata)
     if problem := runtimes.signature_problem(model, (resize.height, resize.width), len(metadata["labels"])):
-        raise InvalidModel(f"{folder}: {problem}")
+        raise InvalidExport(f"{folder}: {problem}")
     runtimes.warm_up(model, (resize.height, resize.width), config.max_batch_size)
     runtimes.release_free_memory()
     if choice.path is not None:
         choice = dataclasses.replace(choice, path=folder / choice.path.relative_to(files))
-    choice = dataclasses.replace(choice, reason=choice.reason.replace(str(files), str(folder)))
-    return ServedVersion(name, version, metadata, choice, model, config, folder, requests_now)
+    choice = dataclasses.replace(choice, reason=choice.reason.replace(str(files), in_log))
+    return ServedVersion(
+        name, version, metadata, choice, model, config, folder, requests_now, (in_log, in_answers)
+    )
+
+
+def hint_folder(folder: Path, name: str, version: int, config: ServiceConfig) -> tuple[str, str]:
+    """How a version's folder is written in a hint a user pastes (``python -m training optimize
+    FOLDER``), in the log and in ``/metadata``: its folder in the repository (the default model's
+    too, not BentoML's copy of it) relative to the server's working directory when inside it
+    (``models/mine/1``, both); else absolute in the log and ``$CONVZOO_MODELS_DIR/mine/1`` in
+    ``/metadata``, which shows no absolute path."""
+    repository = Path(config.models_dir) / name / str(version)
+    target = (repository if repository.is_dir() else Path(folder)).absolute()
+    try:
+        relative = str(target.relative_to(Path.cwd()))
+    except ValueError:
+        in_answers = f"$CONVZOO_MODELS_DIR/{name}/{version}" if repository.is_dir() else target.name
+        return str(target), in_answers
+    return relative, relative
 
 
 class Registry:
