@@ -67,7 +67,7 @@ class Limits:
     max_json_bytes: int = 16 * MiB
     """The JSON of a tensor request (``/v1 :predict``, ``/v2 infer``; with the binary data
     extension, its JSON header): parsed into Python objects, which take up to ~25 times its size
-    (``service.core.json_memory``)."""
+    (``service.serving.jsonbody.json_memory``)."""
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,7 @@ def worker_cpus(workers: int) -> int:
 def default_decode_threads(worker_cpus: int) -> int:
     """0 when a worker has one CPU, else 4 (or one per CPU of the worker, if it has more).
 
-    0: the model's thread decodes a batch's uploads just before running it (``service.core``). On
+    0: the model's thread decodes a batch's uploads just before running it (``service.serving.dataplane``). On
     one CPU nothing decodes in parallel with anything; decoding in the batch leaves the event loop
     to HTTP alone and runs a batch's decoding and its model call in one go, as the in-process
     ceiling does (benchmarks/README.md, "The HTTP path"). With more CPUs, threads decode in

@@ -1,33 +1,36 @@
 """The convzoo HTTP service: raw images in, class probabilities out (BentoML 1.4).
 
 One BentoML service, ``Classifier`` (``bentoml serve``; ``bentofile.yaml`` names it), port 3000,
-serving every model of the repository (``service.core``: the registry, the watcher that reloads new
-versions, the decoding within limits), through three protocols:
+serving every model of the repository (``service.serving.dataplane``: the registry, the watcher
+that reloads new versions, one life cycle for every request) through three protocols
+(``service.protocols``, thin adapters):
 
-- convzoo's own API, here: ``POST /classify`` (multipart uploads, optional ``model``) and
-  ``POST /metadata``;
-- the Open Inference Protocol (v2) under ``/v2`` (``service.protocols.oip``), as Triton and KServe speak it;
+- convzoo's own API: ``POST /classify`` (multipart uploads, optional ``top_k`` and ``model``) and
+  ``POST /metadata``, defined here (the ``@bentoml.api`` methods: their parameters are the API)
+  and answered over HTTP by ``service.protocols.convzoo.ClassifyRoute``;
+- the Open Inference Protocol (v2) under ``/v2`` (``service.protocols.oip``), as Triton and KServe
+  speak it;
 - TensorFlow Serving's REST API under ``/v1`` (``service.protocols.tfserving``).
 
 Each worker process (one per GPU, else one) checks every upload's header, refuses bad requests
 with a 4xx JSON answer, and hands the request to the ``Batcher`` of the model version asked for
-(``service.serving.batching``), which merges concurrent requests into one call of the model in a worker
-thread. The uploads are decoded and resized in a thread pool, before, when the process may use
-several CPUs, or by the model's thread just before the batch when it has one (``service.core``).
-The model runs on the runtime that ``service.runtimes`` chooses (``CONVZOO_RUNTIME``, default
-``auto``): on a CPU, the fastest OpenVINO form of the export that passed its accuracy gate (int8
-for the default model), else TensorFlow's ``serving_default``.
+(``service.serving.batching``), which merges concurrent requests into one call of the model in a
+worker thread. The uploads are decoded and resized in a thread pool, before, when the process may
+use several CPUs, or by the model's thread just before the batch when it has one
+(``service.serving.dataplane``). The model runs on the runtime that ``service.runtimes`` chooses
+(``CONVZOO_RUNTIME``, default ``auto``): on a CPU, the fastest OpenVINO form of the export that
+passed its accuracy gate (int8 for the default model), else TensorFlow's ``serving_default``.
 
 The model lives in the API process on purpose: no second service, no pickling, no local HTTP hop
 per batch, no batching window to wait for (measured in benchmarks/README.md, "What we tried").
 
-The default model is declared at class level (``service.serving.model_store.ServedModel``, a BentoML model
-reference), so ``bentoml build`` packages it; it is resolved, and the runtime chosen, when the
-server starts and when a worker constructs ``Classifier``, never when this module is imported
-(a default model or runtime that cannot serve stops the server with one line). Which model:
-``CONVZOO_MODEL`` (see ``service.serving.model_store``); which others: ``CONVZOO_MODELS`` (see
-``service.serving.registry``); every setting: ``service.config``; the app around the API (metrics, library
-settings, OpenAPI): ``service.http.app``.
+The default model is declared at class level (``service.serving.model_store.ServedModel``, a
+BentoML model reference), so ``bentoml build`` packages it; it is resolved, and the runtime
+chosen, when the server starts and when a worker constructs ``Classifier``, never when this module
+is imported (a default model or runtime that cannot serve stops the server with one line). Which
+model: ``CONVZOO_MODEL`` (see ``service.serving.model_store``); which others: ``CONVZOO_MODELS``
+(see ``service.serving.registry``); every setting: ``service.config``; the app around the API
+(metrics, library settings, OpenAPI): ``service.http.app``.
 """
 
 from __future__ import annotations

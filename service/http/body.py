@@ -11,7 +11,7 @@ one piece (a refused body never reaches BentoML, so nothing there logs a traceba
   for the upload route and for a body in the binary data extension on the routes that take it
   (``binary_paths``, with ``Inference-Header-Content-Length``), ``max_json_bytes`` for a tensor
   route's JSON body
-  (``tensor_paths``: parsing JSON takes up to ~25 times its size, ``service.core.json_memory``),
+  (``tensor_paths``: parsing JSON takes up to ~25 times its size, ``service.serving.jsonbody.json_memory``),
   ``max_body_bytes`` (a JSON ``{}``) for every other route;
 - 408 when the client sends no part of the body for ``body_timeout_s``, or not all of it within
   ``body_deadline_s`` (the request timeout; the connection closes). While it waits for a body, a

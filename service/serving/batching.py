@@ -4,7 +4,7 @@
 thread (the runtimes release the GIL, so HTTP goes on meanwhile). A request is a uint8 array
 ``[n, h, w, 3]`` of already validated images, or a ``Deferred``: the work that makes that array
 (decoding the uploads), done in the model's thread just before the call, for every request of the
-batch in turn (``service.core``: the choice on one CPU, where the event loop and the model share
+batch in turn (``service.serving.dataplane``: the choice on one CPU, where the event loop and the model share
 the core, so the batch decodes and runs in one go, as the in-process ceiling does:
 benchmarks/README.md, "The HTTP path"). When the model is free, the next call takes every request
 waiting, up to ``max_batch_size`` images, in arrival order. So:

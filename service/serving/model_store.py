@@ -52,8 +52,8 @@ from service.config import DEFAULT_MODEL, ServiceConfig
 
 logger = logging.getLogger(__name__)
 
-BENTO_YAML = Path(__file__).resolve().parents[2] / "bento.yaml"
-"""Where ``bento.yaml`` lies when this file runs from a built Bento (``<bento>/src/service/``)."""
+BENTO_YAML = Path(__file__).resolve().parents[3] / "bento.yaml"
+"""Where ``bento.yaml`` lies when this file runs from a built Bento (``<bento>/src/service/serving/``)."""
 
 
 class ModelNotFound(LookupError):
