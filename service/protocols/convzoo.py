@@ -63,6 +63,8 @@ class ClassifyRoute:
         self.app = app
         self.plane = plane
         self.spec = spec
+        # a form of files only (most requests): the API's own defaults, nothing to validate
+        self.defaults = {name: field.get_default() for name, field in spec.model_fields.items()}
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         form: ParsedForm | None = scope.get(FORM) if scope["type"] == "http" else None
@@ -72,11 +74,15 @@ class ClassifyRoute:
         fields = {name: form_value(values[-1]) for name, values in form.fields.items() if values}
         uploads = [Upload(name, data) for name, data in form.files]
         try:
-            try:
-                request = self.spec.model_validate({**fields, "images": uploads})
-            except ValidationError as error:
-                raise ServiceError(400, validation_problem(error)) from None
-            answer = await classify(self.plane, request.images, request.top_k, request.model)
+            if fields:
+                try:
+                    request = self.spec.model_validate({**fields, "images": uploads})
+                except ValidationError as error:
+                    raise ServiceError(400, validation_problem(error)) from None
+                uploads, top_k, model = request.images, request.top_k, request.model
+            else:
+                top_k, model = self.defaults["top_k"], self.defaults["model"]
+            answer = await classify(self.plane, uploads, top_k, model)
         except ServiceError as error:
             await send_error(send, error)
             return
