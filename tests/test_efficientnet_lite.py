@@ -295,3 +295,50 @@ def test_a_zip_state_dict_loads_like_the_legacy_one(tmp_path):
     for x, y in zip(a.weights, b.weights, strict=True):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(x), keras.ops.convert_to_numpy(y))
     keras.backend.clear_session()
+
+
+# ------------------------------------------------------------------------------ a head from ImageNet's
+
+
+IMAGENETTE_IDS = [
+    "n01440764", "n02102040", "n02979186", "n03000684", "n03028079",
+    "n03394916", "n03417042", "n03425413", "n03445777", "n03888257",
+]  # fmt: skip
+
+
+def test_imagenette_folders_map_to_their_imagenet_indices():
+    from training.labels import imagenet_indices
+
+    assert imagenet_indices(IMAGENETTE_IDS) == [0, 217, 482, 491, 497, 566, 569, 571, 574, 701]
+    with pytest.raises(ValueError, match="not ImageNet-1k WordNet ids"):
+        imagenet_indices(["cats", "n01440764"])
+
+
+def test_head_from_weights_needs_weights():
+    from training.recipe import Recipe
+
+    with pytest.raises(ValueError, match="--head-from-weights needs --weights"):
+        Recipe(arch="efficientnet_lite0", data="photos", head_from_weights=True).config()
+
+
+@needs_package
+def test_head_from_weights_starts_as_the_imagenet_head_restricted_to_the_classes():
+    """The end-to-end model fit builds, after ``start_head``: its 10 logits are the ImageNet
+    model's logits of those 10 classes, so it answers as the ImageNet model does among them."""
+    from training import finetune
+    from training.recipe import Recipe
+    from training.runs import build_model as build_run_model
+
+    config = Recipe(
+        arch="efficientnet_lite0", data="photos", image_size=64, weights="imagenet", head_from_weights=True
+    ).config()
+    model = build_run_model(config, 10)
+    finetune.start_head(model, config, IMAGENETTE_IDS)
+    state = read_state_dict(package_weights("efficientnet_lite0"))
+    head = finetune.backbone_of(model).get_layer("predictions")
+    rows = [0, 217, 482, 491, 497, 566, 569, 571, 574, 701]
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(head.kernel), state["_fc.weight"][rows].T)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(head.bias), state["_fc.bias"][rows])
+    with pytest.raises(ValueError, match="EfficientNet-Lite only"):
+        finetune.start_head(model, {**config, "arch": "resnet50"}, IMAGENETTE_IDS)
+    keras.backend.clear_session()

@@ -99,6 +99,11 @@ class Recipe:
         "with --weights: the backbone's learning rate as a fraction of the head's",
         type=float,
     )
+    head_from_weights: bool = _f(
+        False,
+        "with --weights of an EfficientNet-Lite and class folders named by ImageNet WordNet ids: "
+        "start the new classifier from the pretrained one's rows of those classes",
+    )
 
     # ----------------------------------------------------------------- command line
 
@@ -230,6 +235,7 @@ class Recipe:
             weights=config.get("weights"),
             freeze_epochs=config.get("freeze_epochs", 0),
             backbone_lr_scale=config.get("backbone_lr_scale", BACKBONE_LR_SCALE),
+            head_from_weights=config.get("head_from_weights", False),
             **overrides,
         )
 

@@ -189,3 +189,17 @@ def load_torch_pretrained(
     for assignment in torch_mapping(model, shapes, new_head=num_classes != 1000):
         assignment.variable.assign(assignment.value(state[assignment.key]).astype(np.float32))
     return model, scaling_layers(model_info(name).preprocessing)
+
+
+def imagenet_head(name: str, weights: str | Path, rows: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The pretrained classifier's ``rows`` (ImageNet class indices) as a Keras Dense kernel
+    ``(features, len(rows))`` and bias: a new head that starts as the ImageNet head restricted to
+    those classes (``fit --head-from-weights``)."""
+    path, state = read_weights(name, weights)
+    kernel, bias = state.get("_fc.weight"), state.get("_fc.bias")
+    if kernel is None or bias is None:
+        raise TorchWeightsError(f"{path} has no classifier (_fc.weight, _fc.bias) to start a head from")
+    bad = [r for r in rows if not 0 <= r < kernel.shape[0]]
+    if bad:
+        raise TorchWeightsError(f"{path}: class index {bad[0]} outside its {kernel.shape[0]}-class head")
+    return kernel[rows].T.astype(np.float32), bias[rows].astype(np.float32)
