@@ -92,10 +92,16 @@ class Watcher:
             if not repository.is_valid_name(name):
                 continue
             available = repository.version_folders(models_dir, name)
-            policy = self.default_policy if name == self.registry.default else None
-            policy = policy or (self.policies or {}).get(name) or Policy()
+            asked = (self.policies or {}).get(name)
+            if name == self.registry.default:
+                # The default keeps its own version (the latest, or CONVZOO_MODEL's pin); unpinned,
+                # it also serves what CONVZOO_MODELS asks of it (imagenette:2+3: v2 beside v3).
+                extra = asked.select(available) if asked and self.default_policy.kind == "latest" else []
+                versions = sorted(set(self.default_policy.select(available)) | set(extra))
+            else:
+                versions = (asked or Policy()).select(available)
             if (models_dir / name).is_dir():
-                wanted[name] = policy.select(available)
+                wanted[name] = versions
         return wanted
 
     def poll(self) -> None:
