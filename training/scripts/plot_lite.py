@@ -4,9 +4,8 @@ against training time, from scratch and from ImageNet weights (README, "Start fr
 python training/scripts/plot_lite.py LABEL=runs/NAME/log.csv ... [--out docs/lite-scratch-vs-imagenet.png]
 
 Each curve: one run's log.csv (``epoch_seconds`` summed: the training time ``--time-limit`` counts,
-validation included), a point per epoch, starting at 0 s from the untrained model's accuracy
-(chance, 10 %) unless the LABEL ends with ``@START`` (a top-1 measured before training, e.g.
-``head from ImageNet@0.9866``).
+validation included), a point per epoch; ``LABEL@START`` adds a point at 0 s (a top-1 measured
+before training, e.g. chance: ``from scratch@0.1``).
 """
 
 from __future__ import annotations
@@ -36,19 +35,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", metavar="LABEL=LOG_CSV")
     parser.add_argument("--out", type=Path, default=Path("docs/lite-scratch-vs-imagenet.png"))
-    parser.add_argument("--title", default="EfficientNet-Lite0 on Imagenette, 224 px, 2 CPU cores")
+    parser.add_argument("--title", default="EfficientNet-Lite0 on Imagenette, 160 px, 2 CPU cores")
     args = parser.parse_args()
     fig, ax = plt.subplots(figsize=(7, 4))
     for item in args.runs:
         label, _, path = item.partition("=")
         label, _, start = label.partition("@")
         minutes, top1 = curve(Path(path))
-        ax.plot([0, *minutes], [100 * float(start) if start else 10.0, *top1], "o-", label=label)
+        if start:
+            minutes, top1 = [0.0, *minutes], [100 * float(start), *top1]
+        ax.plot(minutes, top1, "o-", label=label)
     ax.set_xlabel("training time (minutes, this machine)")
     ax.set_ylabel("validation top-1 (%)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="center right", fontsize=8)
     ax.set_title(args.title, fontsize=10)
     fig.tight_layout()
     fig.savefig(args.out, dpi=80)
