@@ -218,12 +218,16 @@ def _read_legacy(path: Path):
         keys = _Unpickler(file, {}).load()
         if not isinstance(keys, list) or set(map(str, keys)) != set(storages):
             raise TorchStateError("its storage list does not match the tensors")
+        size = path.stat().st_size
         for key in keys:
             storage = storages[str(key)]
-            count = np.frombuffer(_read_exactly(file, 8), "<i8")[0]
-            if count != storage.numel:
+            count = int(np.frombuffer(_read_exactly(file, 8), "<i8")[0])
+            if count != storage.numel or count < 0:
                 raise TorchStateError(f"storage {key} has {count} elements, the tensors say {storage.numel}")
-            storage.fill(_read_exactly(file, int(count) * storage.type.dtype.itemsize))
+            nbytes = count * storage.type.dtype.itemsize
+            if nbytes > size - file.tell():  # before allocating what a hostile header claims
+                raise TorchStateError("truncated file")
+            storage.fill(_read_exactly(file, nbytes))
     return state
 
 
@@ -246,5 +250,8 @@ def _read_zip(path: Path):
         storages: dict[str, _Storage] = {}
         state = _Unpickler(io.BytesIO(archive.read(pickles[0])), storages).load()
         for key, storage in storages.items():
-            storage.fill(archive.read(f"{folder}data/{key}"))
+            if storage.numel < 0:
+                raise TorchStateError(f"storage {key} claims {storage.numel} elements")
+            with archive.open(f"{folder}data/{key}") as member:  # no more than the tensors need
+                storage.fill(member.read(storage.numel * storage.type.dtype.itemsize))
     return state
