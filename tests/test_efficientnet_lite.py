@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import pickle
 import zipfile
@@ -341,4 +342,32 @@ def test_head_from_weights_starts_as_the_imagenet_head_restricted_to_the_classes
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(head.bias), state["_fc.bias"][rows])
     with pytest.raises(ValueError, match="EfficientNet-Lite only"):
         finetune.start_head(model, {**config, "arch": "resnet50"}, IMAGENETTE_IDS)
+    keras.backend.clear_session()
+
+
+@pytest.mark.slow
+@needs_package
+def test_fit_takes_a_state_dict_path_and_the_head_from_weights(tmp_path):
+    """``fit --weights PATH.pth --head-from-weights --freeze-epochs 1`` on three ImageNet-synset
+    class folders: after the frozen epoch the backbone is still exactly the file's tensors."""
+    from test_data import make_folder
+
+    from training import __main__ as cli
+    from training.runs import load_checkpoint
+
+    folder = make_folder(tmp_path / "photos", classes=("n01440764", "n02102040", "n03888257"), per_class=8)
+    path = package_weights("efficientnet_lite0")
+    argv = ["fit", "--arch", "efficientnet_lite0", "--data", str(folder), "--image-size", "32"]
+    argv += ["--epochs", "1", "--batch-size", "8", "--weights", str(path), "--head-from-weights"]
+    argv += ["--freeze-epochs", "1", "--runs-dir", str(tmp_path / "runs"), "--run-name", "r", "--no-export"]
+    assert cli.main(argv) == 0
+    run = json.loads((tmp_path / "runs" / "r" / "run.json").read_text())
+    assert run["config"]["weights"] == str(path.resolve()) and run["config"]["head_from_weights"] is True
+    best = load_checkpoint(tmp_path / "runs" / "r" / "best.keras", compile=False)
+    state = read_state_dict(path)
+    backbone = best.get_layer("efficientnet_lite0")
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(backbone.get_layer("block6d_dwconv").kernel),
+        np.transpose(state["_blocks.14._depthwise_conv.weight"], (2, 3, 0, 1)),
+    )
     keras.backend.clear_session()
