@@ -131,6 +131,24 @@ def test_the_watcher_follows_the_repository(tmp_path):
     assert registry.summary() == "main:3 (default), other:2"
 
 
+def test_a_version_policy_on_the_default_model_serves_its_versions_beside_the_latest(tmp_path):
+    """CONVZOO_MODELS=main:1+2 with an unpinned default: v1 beside v2 (the default's policy was
+    ignored: only the latest was served); the default answers with the latest, and a pin
+    (CONVZOO_MODEL=main:1) keeps only its version."""
+    for version in (1, 2, 3):
+        make_version(tmp_path, "main", version)
+    config = ServiceConfig(models_dir=tmp_path, poll_s=1)
+    registry = Registry(default="main")
+    Watcher(registry, config, parse_models("main:1+2"), Policy(), loader=Stand()).poll()
+    assert registry.summary() == "main:1 (default), main:2 (default), main:3 (default)"
+    assert registry.get().key == "main:3"
+    pinned = Registry(default="main")
+    Watcher(
+        pinned, config, parse_models("main:2+3"), Policy("specific", versions=(1,)), loader=Stand()
+    ).poll()
+    assert pinned.summary() == "main:1 (default)"
+
+
 # -------------------------------------------------------------------------- served, under load
 
 

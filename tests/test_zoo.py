@@ -26,6 +26,7 @@ def test_registry_lists_the_ten_families():
         "densenet",
         "mobilenet",
         "efficientnet",
+        "efficientnet_lite",
         "convnext",
     }
     assert list_models("resnet*") and all(n.startswith("resnet") for n in list_models("resnet*"))

@@ -26,6 +26,7 @@ REPRESENTATIVES = {
     "mobilenet_v3_small",
     "densenet121",
     "efficientnet_b0",
+    "efficientnet_lite0",
     "xception",
     "convnext_tiny",
 }

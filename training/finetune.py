@@ -147,6 +147,25 @@ class FineTuneSchedule(keras.callbacks.Callback):
         self.frozen = frozen
 
 
+def start_head(model: keras.Model, config: dict, class_ids) -> None:
+    """``--head-from-weights``: the new classifier starts as the pretrained one restricted to the
+    dataset's classes (class folders named by ImageNet WordNet ids, e.g. Imagenette's), so training
+    starts from the pretrained model's own answers instead of a random head. EfficientNet-Lite only
+    (its PyTorch weights carry their 1000-class head)."""
+    if not config.get("head_from_weights"):
+        return
+    from training.architectures import model_info
+    from training.architectures.torch_weights import FAMILY, imagenet_head
+    from training.labels import imagenet_indices
+
+    if model_info(config["arch"]).family != FAMILY:
+        raise ValueError("--head-from-weights: EfficientNet-Lite only (its weights carry the ImageNet head)")
+    kernel, bias = imagenet_head(config["arch"], config["weights"], imagenet_indices(class_ids))
+    head = backbone_of(model).get_layer(HEAD_LAYER)
+    head.kernel.assign(kernel)
+    head.bias.assign(bias)
+
+
 def callbacks(config: dict) -> list[keras.callbacks.Callback]:
     """The schedule's callback when fine-tuning (none otherwise)."""
     return [FineTuneSchedule(config.get("freeze_epochs", 0))] if fine_tuning(config) else []
@@ -156,9 +175,12 @@ def config_entries(args) -> dict:
     """The run-configuration entries of these flags (none without --weights: old runs unchanged)."""
     weights = getattr(args, "weights", None)
     freeze = getattr(args, "freeze_epochs", 0) or 0
+    head = bool(getattr(args, "head_from_weights", False))
     if not weights:
         if freeze:
             raise ValueError("--freeze-epochs needs --weights (a frozen random backbone learns nothing)")
+        if head:
+            raise ValueError("--head-from-weights needs --weights")
         return {}
     if weights != "imagenet":
         from pathlib import Path
@@ -171,4 +193,5 @@ def config_entries(args) -> dict:
         "weights": weights,
         "freeze_epochs": int(freeze),
         "backbone_lr_scale": float(getattr(args, "backbone_lr_scale", BACKBONE_LR_SCALE)),
+        **({"head_from_weights": True} if head else {}),  # absent unless set: older runs unchanged
     }

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import keras
 
-from training import distribute
+from training import distribute, finetune
 from training.cli import command_line
 from training.end_to_end import Augmentation
 from training.kit import Session, compile_model
@@ -87,6 +87,7 @@ def fit(recipe: Recipe) -> dict:
     steps_per_epoch = math.ceil(data.sizes["train"] / recipe.batch_size)
     with strategy.scope():
         model = build_model(config, data.num_classes)
+        finetune.start_head(model, config, data.class_ids)
         compile_model(model, config, steps_per_epoch)
     print(
         f"model {model.name}: {model.count_params():,} parameters; {steps_per_epoch} steps per epoch; "

@@ -33,6 +33,7 @@ import keras
 import numpy as np
 
 from service.config import cpu_count
+from training import finetune
 from training.cli import command_line, options_argv
 from training.end_to_end import Augmentation
 from training.kit import Session, compile_model
@@ -126,6 +127,7 @@ def fit_packed(recipe: Recipe, *, workers: int = DEFAULTS["workers"], train_spli
     augmentation = Augmentation(**config["augmentation"])
     batches = Batches(images, labels, len(pack.labels), recipe.batch_size, augmentation, recipe.seed, workers)
     model = build_model(config, len(pack.labels))
+    finetune.start_head(model, config, pack.class_ids)
     enable_jit(model)
     compile_model(model, config, len(batches))
     print(f"model {model.name}: {model.count_params():,} parameters; {len(batches)} steps per epoch")

