@@ -129,8 +129,15 @@ class HeadGuard:
         self.transport.close()
         self._head_complete()
 
-    def _close_guard(self) -> None:
+    # The connection's first head starts with it; a lost connection stops its timer. (Both
+    # protocols put the guard first in their bases, so ``super()`` is uvicorn's protocol.)
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self._head_started()
+
+    def connection_lost(self, exc: Exception | None) -> None:
         self._head_complete()
+        super().connection_lost(exc)  # type: ignore[misc]
 
 
 def _httptools_protocol() -> type:
@@ -144,14 +151,6 @@ def _httptools_protocol() -> type:
             self._guard_init()
             self.in_head = True  # the next bytes belong to a request's head
             self.in_trailer = False  # after a chunk's size line, until its data: maybe the trailer
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._head_started()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._close_guard()
-            super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
             if self.in_head or self.in_trailer:
@@ -201,14 +200,6 @@ class GuardedH11Protocol(HeadGuard, H11Protocol):
         config.h11_max_incomplete_event_size = self.max_header_bytes
         super().__init__(config, server_state, app_state, _loop)
         self._guard_init()
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._head_started()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._close_guard()
-        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         in_head = self.conn.their_state is h11.IDLE
