@@ -12,6 +12,9 @@ from python_multipart.multipart import TOKEN_CHARS, MultipartParser, parse_optio
 
 FORM = "convzoo.form"
 """The scope key under which ``RequestGuard`` leaves a parsed upload (``ParsedForm``)."""
+BODY = "convzoo.body"
+"""The scope key under which ``RequestGuard`` leaves the body of a POST to a tensor route (bytes,
+read and checked), for a route that answers from it (``service.protocols.oip.InferRoute``)."""
 RAW_IMAGE_TYPES = (b"image/", b"application/octet-stream")
 """Content types of a raw upload: the body is one image file (query: ``top_k``, ``model``)."""
 MAX_FORM_PARTS = 1000
