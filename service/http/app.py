@@ -226,6 +226,8 @@ def _real_path(app: ASGIApp) -> ASGIApp:
 ACCESS_LOG_MIDDLEWARE = "AccessLogMiddleware"
 MAX_LOGGED_PATH = 1000
 """Characters of a path that an access log line shows (then ``...``)."""
+MAX_LOGGED_HEADER = 200
+"""Characters of a logged header value that it shows (``printable``'s default)."""
 
 
 def escape_access_log(app: Any) -> None:
@@ -252,6 +254,9 @@ class EscapedAccessLog:
         if scope["type"] not in ("http", "websocket"):
             await self.log(scope, receive, send)
             return
+        if self._shown_as_is(scope):  # nearly every request: the log shows the scope itself
+            await self.log(scope, receive, send)
+            return
         shown = {
             **scope,
             "path": printable(scope["path"], MAX_LOGGED_PATH),
@@ -262,6 +267,17 @@ class EscapedAccessLog:
             REAL_SCOPE: scope,
         }
         await self.log(shown, receive, send)
+
+    def _shown_as_is(self, scope: Scope) -> bool:
+        """Whether ``printable`` leaves the path and the logged headers as they are."""
+        path = scope["path"]
+        if len(path) > MAX_LOGGED_PATH or not path.isprintable():
+            return False
+        return all(
+            len(value) <= MAX_LOGGED_HEADER and value.isascii() and value.decode("ascii").isprintable()
+            for key, value in scope["headers"]
+            if key in self.LOGGED_HEADERS
+        )
 
 
 REAL_SCOPE = "convzoo.scope"
