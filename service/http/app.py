@@ -182,6 +182,13 @@ def without_tracing(app: Any) -> None:
     ]
 
 
+MAX_SEEN_PATHS = 1024
+MAX_SEEN_PATH_LENGTH = 256
+"""``RouteLabels`` remembers the label of at most this many paths of at most this length (any
+client may ask for any path: the memory stays bounded, and a flood of new paths only costs the
+walk of the routes each, as it did before)."""
+
+
 class RouteLabels:
     """Runs BentoML's metrics middleware on a scope whose ``path`` is the route's own path
     (``/classify``; a mount's prefix, ``/ui``) or ``other``; the app behind it sees the real path."""
@@ -190,6 +197,7 @@ class RouteLabels:
         self.metrics = metrics(_real_path(app), **options)
         self.router = router
         self.exact: dict[str, str] = {}  # paths that are a route's own path (bounded by the routes)
+        self.seen: dict[str, str] = {}  # other paths' labels, at most MAX_SEEN_PATHS short ones
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -201,17 +209,29 @@ class RouteLabels:
         await self.metrics(scope, receive, send)
 
     def label(self, scope: Scope) -> str:
+        """The route's label of ``scope``'s path (it depends on the path alone: a route whose
+        method differs still gives its label); remembered for the routes' own paths, and for up
+        to ``MAX_SEEN_PATHS`` others (``/v2/models/<name>/infer``: a walk of every route, a
+        regex match each, per request otherwise), forgotten all at once when full."""
         path = scope["path"]
         if path in self.exact:
             return self.exact[path]
+        if (label := self.seen.get(path)) is not None:
+            return label
+        label = OTHER
         for route in self.router.routes:
             match, _ = route.matches(scope)
             if match != Match.NONE:
                 label = route.path or "/"
                 if label == path:
                     self.exact[path] = label
-                return label
-        return OTHER
+                    return label
+                break
+        if len(path) <= MAX_SEEN_PATH_LENGTH:
+            if len(self.seen) >= MAX_SEEN_PATHS:
+                self.seen.clear()
+            self.seen[path] = label
+        return label
 
 
 def _real_path(app: ASGIApp) -> ASGIApp:
