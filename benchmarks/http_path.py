@@ -37,7 +37,6 @@ from benchmarks.multipart import encode_multipart
 
 CONCURRENCY = 16
 WARMUP_REQUESTS = 100
-V2_MODEL = "imagenette"
 
 
 def variants() -> dict[str, Callable[[list[Any]], list[Any]]]:
@@ -101,10 +100,9 @@ def share_bentoml_metrics() -> None:
     RunnerTrafficMetricsMiddleware._setup = setup
 
 
-async def post(app: Any, body: bytes, content_type: str, route: str = "classify") -> None:
-    """One ``POST /classify`` (or, ``route`` ``v2``, one binary ``POST /v2/models/<model>/infer``,
-    ``content_type`` then its JSON header's length) through ``app``, as uvicorn hands it over (64
-    KiB body chunks)."""
+async def post(app: Any, body: bytes, content_type: str, path: str = "/classify") -> None:
+    """One ``POST /classify`` (or one binary ``POST /v2/models/<model>/infer``, ``content_type``
+    then its JSON header's length) through ``app``, as uvicorn hands it over (64 KiB body chunks)."""
     chunks = [body[at : at + 65536] for at in range(0, len(body), 65536)]
     sent = 0
 
@@ -122,9 +120,8 @@ async def post(app: Any, body: bytes, content_type: str, route: str = "classify"
         if message["type"] == "http.response.start":
             status.append(message["status"])
 
-    path, headers = "/classify", [(b"content-type", content_type.encode())]
-    if route == "v2":
-        path = f"/v2/models/{V2_MODEL}/infer"
+    headers = [(b"content-type", content_type.encode())]
+    if path.startswith("/v2/"):
         headers = [
             (b"content-type", b"application/octet-stream"),
             (b"inference-header-content-length", content_type.encode()),
@@ -153,12 +150,12 @@ async def post(app: Any, body: bytes, content_type: str, route: str = "classify"
         raise RuntimeError(f"the app answered {status} to {path}")
 
 
-async def cpu_ms_per_request(app: Any, bodies: list[tuple[bytes, str]], count: int, route: str) -> float:
+async def cpu_ms_per_request(app: Any, bodies: list[tuple[bytes, str]], count: int, path: str) -> float:
     limit = asyncio.Semaphore(CONCURRENCY)
 
     async def one(index: int) -> None:
         async with limit:
-            await post(app, *bodies[index % len(bodies)], route)
+            await post(app, *bodies[index % len(bodies)], path)
 
     started = time.process_time()
     await asyncio.gather(*(one(i) for i in range(count)))
@@ -168,7 +165,9 @@ async def cpu_ms_per_request(app: Any, bodies: list[tuple[bytes, str]], count: i
 async def measure(args: argparse.Namespace) -> dict[str, list[float]]:
     from benchmarks.modelrepo import DEFAULT_MODEL, DEFAULT_MODELS_DIR, read_metadata, resolve
 
-    stub_model(len(read_metadata(resolve(DEFAULT_MODEL, DEFAULT_MODELS_DIR))["labels"]))
+    ref = resolve(DEFAULT_MODEL, DEFAULT_MODELS_DIR)
+    stub_model(len(read_metadata(ref)["labels"]))
+    path = f"/v2/models/{ref.name}/infer" if args.route == "v2" else "/classify"
     if not args.decode:
         stub_decoding()
     share_bentoml_metrics()
@@ -208,8 +207,8 @@ async def measure(args: argparse.Namespace) -> dict[str, list[float]]:
             for name, make in choices.items():
                 app.user_middleware[:] = make(full)
                 app.middleware_stack = None  # Starlette builds it again on the next call
-                await cpu_ms_per_request(app, bodies, WARMUP_REQUESTS, args.route)
-                results[name].append(await cpu_ms_per_request(app, bodies, args.requests, args.route))
+                await cpu_ms_per_request(app, bodies, WARMUP_REQUESTS, path)
+                results[name].append(await cpu_ms_per_request(app, bodies, args.requests, path))
             print(f"round {round_number + 1}/{args.rounds} done", flush=True)
     return results
 

@@ -99,6 +99,8 @@ def measure(server: RunningServer, route: str, images: list[Path], args, profile
         server.url,
         "--route",
         route,
+        "--model",
+        resolve(args.model, args.models_dir).name,
         "--clients",
         str(args.clients),
         "--warmup",
@@ -197,7 +199,8 @@ def layer_of(frames: list[str]) -> str:
 
 def profile_table(raw: Path, loop_tid: int | None = None) -> tuple[dict[str, Counter], Counter]:
     """{thread: Counter(layer -> samples)} of a ``py-spy record --threads -f raw`` file, and the
-    totals per thread (the event loop: the thread ``loop_tid``, py-spy's thread id as written)."""
+    totals per thread (with ``loop_tid``: "event loop", the thread of that id or Python's
+    ``MainThread``, where uvicorn runs the loop, and "other threads")."""
     layers: dict[str, Counter] = defaultdict(Counter)
     totals: Counter = Counter()
     for line in raw.read_text(errors="replace").splitlines():
@@ -210,7 +213,8 @@ def profile_table(raw: Path, loop_tid: int | None = None) -> tuple[dict[str, Cou
             thread = match["id"]
             frames = frames[1:]
         if loop_tid is not None:
-            thread = "event loop" if thread in (str(loop_tid), hex(loop_tid)) else "other threads"
+            main = thread.lower() in (str(loop_tid), hex(loop_tid)) or "MainThread" in stack.split(";")[0]
+            thread = "event loop" if main else "other threads"
         layers[thread][layer_of(frames)] += int(count)
         totals[thread] += int(count)
     return layers, totals
