@@ -196,6 +196,8 @@ async def measure(args: argparse.Namespace) -> dict[str, list[float]]:
         choices["- InferRoute (the /v2 mount answers)"] = lambda middleware: [
             m for m in middleware if _name(m) != "InferRoute"
         ]
+    if args.only:
+        choices = {name: make for name, make in choices.items() if name in args.only}
     photos = image_set("photos")
     if args.route == "v2":
         bodies = [(body, str(length)) for body, length in (v2_body(p.read_bytes()) for p in photos.paths)]
@@ -214,7 +216,7 @@ async def measure(args: argparse.Namespace) -> dict[str, list[float]]:
 
 
 def table(results: dict[str, list[float]], decode: bool, route: str = "classify") -> str:
-    full = statistics.median(results["full"])
+    full = statistics.median(results["full"]) if "full" in results else None
     what = "POST /classify" if route == "classify" else "binary POST /v2/models/.../infer"
     lines = [
         f"CPU per one-photo {what} in the app (decoding {'included' if decode else 'stubbed'};"
@@ -225,7 +227,7 @@ def table(results: dict[str, list[float]], decode: bool, route: str = "classify"
     ]
     for name, values in results.items():
         median = statistics.median(values)
-        change = "" if name == "full" else f"{median - full:+.3f}"
+        change = "" if name == "full" or full is None else f"{median - full:+.3f}"
         lines.append(f"| {name} | {median:.3f} | {change} |")
     return "\n".join(lines)
 
@@ -240,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         choices=("classify", "v2"),
         default="classify",
         help="/classify (multipart) or /v2 (the binary data extension, as tritonclient sends)",
+    )
+    parser.add_argument(
+        "--only", action="append", default=[], help="measure this variant only (repeatable; e.g. full)"
     )
     args = parser.parse_args(argv)
     results = asyncio.run(measure(args))
