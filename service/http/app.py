@@ -44,6 +44,7 @@ from service.http import connection, openapi
 from service.http.asgi import ASGIApp, Message, Receive, Scope, Send, internal_error, printable
 from service.http.auth import ApiKeyGuard
 from service.http.body import RequestGuard
+from service.http.traffic import BoundTrafficMetrics
 
 OTHER = "other"
 """The metrics label of every path that no route serves."""
@@ -191,21 +192,31 @@ walk of the routes each, as it did before)."""
 
 class RouteLabels:
     """Runs BentoML's metrics middleware on a scope whose ``path`` is the route's own path
-    (``/classify``; a mount's prefix, ``/ui``) or ``other``; the app behind it sees the real path."""
+    (``/classify``; a mount's prefix, ``/ui``) or ``other``; the app behind it sees the real path.
+    An HTTP request's samples are recorded by ``service.http.traffic.BoundTrafficMetrics`` (the
+    same samples, cheaper) when the middleware is BentoML's ``RunnerTrafficMetricsMiddleware``."""
 
     def __init__(self, app: ASGIApp, *, metrics: type, router: Any, **options: Any) -> None:
         self.metrics = metrics(_real_path(app), **options)
+        self.app = app
         self.router = router
         self.exact: dict[str, str] = {}  # paths that are a route's own path (bounded by the routes)
         self.seen: dict[str, str] = {}  # other paths' labels, at most MAX_SEEN_PATHS short ones
+        self.bound: BoundTrafficMetrics | None | bool = False  # made at the first HTTP request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.metrics(scope, receive, send)
             return
+        label = self.label(scope)
+        if self.bound is False:
+            self.bound = BoundTrafficMetrics.of(self.metrics, self.app)
+        if self.bound is not None and label != "/metrics":  # the same samples, children bound once
+            await self.bound(label, scope, receive, send)
+            return
         # BentoML's middleware reads the path once, on entry; ``_real_path`` puts it back behind it
         scope[REAL_PATH] = scope["path"]
-        scope["path"] = self.label(scope)
+        scope["path"] = label
         await self.metrics(scope, receive, send)
 
     def label(self, scope: Scope) -> str:
