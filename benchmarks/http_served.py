@@ -88,6 +88,16 @@ def workers(server_pid: int) -> list[psutil.Process]:
     return found
 
 
+def py_spy() -> str:
+    """py-spy beside this Python (a virtual environment's), else on the PATH."""
+    beside = Path(sys.executable).with_name("py-spy")
+    if beside.is_file():
+        return str(beside)
+    if found := shutil.which("py-spy"):
+        return found
+    raise SystemExit("--py-spy: py-spy is not installed (pip install py-spy)")
+
+
 def measure(server: RunningServer, route: str, images: list[Path], args, profile: Path | None) -> dict:
     """One window of ``route`` against ``server``: its figures (module docstring)."""
     pids = [w.pid for w in workers(server.process.pid)]
@@ -118,7 +128,7 @@ def measure(server: RunningServer, route: str, images: list[Path], args, profile
             if profile is not None:
                 spy = subprocess.Popen(
                     pin_prefix(args.client_cpus)
-                    + [shutil.which("py-spy") or "py-spy", "record", "--threads", "-f", "raw"]
+                    + [py_spy(), "record", "--threads", "-f", "raw"]
                     + ["-r", "100", "-d", str(int(args.seconds)), "-o", str(profile), "--pid", str(pids[0])],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
@@ -171,36 +181,76 @@ LAYERS = (
         ("service/http/app.py", "service/http/asgi.py"),
     ),
     ("our head guard (connection)", ("service/http/connection.py",)),
-    ("BentoML metrics (prometheus_client)", ("http/instruments.py", "prometheus_client/")),
+    (
+        "BentoML metrics (prometheus_client)",
+        ("http/instruments.py", "prometheus_client/", "service/http/traffic.py"),
+    ),
     ("BentoML access log (logging)", ("http/access.py", "logging/")),
     ("BentoML timeout + max concurrency", ("http/traffic.py",)),
-    ("BentoML context + Starlette routing", ("_bentoml_impl/", "bentoml/", "starlette/")),
+    (
+        "BentoML context + Starlette (routing, request, response, errors)",
+        ("_bentoml_impl/", "bentoml/", "starlette/"),
+    ),
     ("anyio (threads, cancel scopes)", ("anyio/",)),
-    ("uvicorn (httptools protocol)", ("uvicorn/", "httptools")),
-    ("asyncio / uvloop scheduling", ("asyncio/", "uvloop", "concurrent/futures", "threading.py")),
+    ("uvicorn's protocol (Python: headers, ASGI messages)", ("uvicorn/protocols/",)),
+    (
+        "asyncio (tasks, futures, events in Python)",
+        ("asyncio/tasks.py", "asyncio/futures.py", "asyncio/locks.py"),
+    ),
 )
-"""A sample belongs to the first layer (in this order) of the innermost frame whose file names one."""
+"""A sample belongs to the first layer (in this order) of the innermost frame whose file names one;
+what is below no such frame is ``NATIVE`` (the event loop's own C: uvloop's socket reads and
+writes, httptools' parsing, the callbacks' C parts) or, for a waiting thread, ``IDLE``."""
+NATIVE = "uvloop + httptools in C (sockets, HTTP parsing, loop)"
+OTHER_NATIVE = "other (no known frame)"
+IDLE = "waiting (not CPU)"
+WAITING = (
+    "_worker (concurrent/futures/thread.py",
+    "wait (threading.py",
+    "get (queue.py",
+    "_run (service/serving/watcher.py",
+)
 
 FRAME = re.compile(r"\((?P<file>[^():]+):\d+\)$")
-THREAD = re.compile(r"^thread \((?P<id>[^)]+)\)")
+THREAD = re.compile(r"^thread \((?P<id>[^)]+)\)(?::\s*(?P<name>.*))?")
+GROUPS = ("event loop", "model thread", "other threads")
+
+
+LOOP_RUN = ("asyncio/runners.py", "asyncio/base_events.py", "uvloop/__init__.py")
+"""Frames of the event loop's own run: the frames above them (uvicorn's and BentoML's start-up)
+say nothing of what the loop is doing."""
 
 
 def layer_of(frames: list[str]) -> str:
+    if frames and frames[-1].startswith(WAITING):
+        return IDLE
     for frame in reversed(frames):
         match = FRAME.search(frame)
         if match is None:
             continue
         path = match["file"]
+        if any(part in path for part in LOOP_RUN):
+            return NATIVE
         for name, parts in LAYERS:
             if any(part in path for part in parts):
                 return name
-    return "other"
+    return OTHER_NATIVE
+
+
+def thread_group(head: str, loop_tid: int | None) -> str:
+    """``event loop`` (the thread ``loop_tid`` or Python's ``MainThread``, where uvicorn runs the
+    loop), ``model thread`` (``convzoo-model``), else ``other threads``."""
+    match = THREAD.match(head)
+    if match is None:
+        return "other threads"
+    if match["id"].lower() in (str(loop_tid), hex(loop_tid or 0)) or match["name"] == "MainThread":
+        return "event loop"
+    return "model thread" if (match["name"] or "").startswith("convzoo-model") else "other threads"
 
 
 def profile_table(raw: Path, loop_tid: int | None = None) -> tuple[dict[str, Counter], Counter]:
-    """{thread: Counter(layer -> samples)} of a ``py-spy record --threads -f raw`` file, and the
-    totals per thread (with ``loop_tid``: "event loop", the thread of that id or Python's
-    ``MainThread``, where uvicorn runs the loop, and "other threads")."""
+    """{thread group: Counter(layer -> samples)} of a ``py-spy record --threads -f raw`` file
+    (``thread_group``), and the samples per group."""
     layers: dict[str, Counter] = defaultdict(Counter)
     totals: Counter = Counter()
     for line in raw.read_text(errors="replace").splitlines():
@@ -208,34 +258,37 @@ def profile_table(raw: Path, loop_tid: int | None = None) -> tuple[dict[str, Cou
         if not stack or not count.isdigit():
             continue
         frames = stack.split(";")
-        thread = "?"
-        if frames and (match := THREAD.match(frames[0])):
-            thread = match["id"]
-            frames = frames[1:]
-        if loop_tid is not None:
-            main = thread.lower() in (str(loop_tid), hex(loop_tid)) or "MainThread" in stack.split(";")[0]
-            thread = "event loop" if main else "other threads"
-        layers[thread][layer_of(frames)] += int(count)
-        totals[thread] += int(count)
+        group = thread_group(frames[0], loop_tid)
+        layers[group][layer_of(frames[1:])] += int(count)
+        totals[group] += int(count)
     return layers, totals
 
 
-def format_profile(raw: Path, loop_tid: int) -> str:
-    layers, totals = profile_table(raw, loop_tid)
-    everything = sum(totals.values()) or 1
+def format_profile(raw: Path, loop_tid: int, cpu_ms: dict[str, float]) -> str:
+    """The layers' shares of each thread's busy samples, and those shares of the thread's CPU per
+    request (``cpu_ms``: group -> ms, from ``/proc``)."""
+    layers, _ = profile_table(raw, loop_tid)
+    busy = {g: sum(n for layer, n in layers[g].items() if layer != IDLE) or 1 for g in GROUPS}
+    total_ms = sum(cpu_ms.values()) or 1
     lines = [
-        f"py-spy samples of the worker ({raw.name}, {everything} active samples at 100 Hz):",
+        f"py-spy samples of the worker ({raw.name}, 100 Hz), each thread's busy samples shared out "
+        "over its CPU per request (/proc):",
         "",
-        "| layer | event loop | other threads | all |",
-        "|---|---:|---:|---:|",
+        "| layer | event loop | model thread | other threads | ms/request | % of the worker |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
-    names = sorted({n for c in layers.values() for n in c}, key=lambda n: -sum(c[n] for c in layers.values()))
+    names = {n for g in GROUPS for n in layers[g] if n != IDLE}
+    rows = []
     for name in names:
-        loop, other = layers["event loop"][name], layers["other threads"][name]
-        lines.append(
-            f"| {name} | {100 * loop / everything:.1f} % | {100 * other / everything:.1f} % "
-            f"| {100 * (loop + other) / everything:.1f} % |"
-        )
+        ms = sum(cpu_ms.get(g, 0) * layers[g][name] / busy[g] for g in GROUPS)
+        cells = " | ".join(f"{100 * layers[g][name] / busy[g]:.1f} %" for g in GROUPS)
+        rows.append((ms, f"| {name} | {cells} | {ms:.3f} | {100 * ms / total_ms:.1f} % |"))
+    lines += [row for _, row in sorted(rows, reverse=True)]
+    lines.append(
+        "| (CPU per request, /proc) | "
+        + " | ".join(f"{cpu_ms.get(g, 0):.3f} ms" for g in GROUPS)
+        + f" | {total_ms:.3f} | 100 % |"
+    )
     return "\n".join(lines)
 
 
@@ -289,7 +342,12 @@ def run_variant(variant: Variant, round_index: int, routes, ref, images, args, r
                     flush=True,
                 )
                 if profile is not None and profile.is_file():
-                    print(format_profile(profile, workers(server.process.pid)[0].pid), flush=True)
+                    cpu = {
+                        "event loop": got["loop_ms"],
+                        "model thread": got["model_ms"],
+                        "other threads": got["other_ms"],
+                    }
+                    print(format_profile(profile, workers(server.process.pid)[0].pid, cpu), flush=True)
     finally:
         for key, value in saved.items():
             if value is None:
