@@ -35,16 +35,18 @@ import shutil
 import statistics
 import subprocess
 import sys
+import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+import requests
 
 from benchmarks.ab import Variant, cpu_seconds
 from benchmarks.images import add_image_set_argument, image_set
 from benchmarks.modelrepo import DEFAULT_MODEL, DEFAULT_MODELS_DIR, REPO, resolve
-from benchmarks.servers import SERVERS, RunningServer, pin_prefix, warm_up
+from benchmarks.servers import SERVERS, RunningServer, free_port, pin_prefix, warm_up
 
 TICKS = os.sysconf("SC_CLK_TCK")
 ROUTES = ("v2", "classify")
@@ -100,7 +102,7 @@ def py_spy() -> str:
 
 def measure(server: RunningServer, route: str, images: list[Path], args, profile: Path | None) -> dict:
     """One window of ``route`` against ``server``: its figures (module docstring)."""
-    pids = [w.pid for w in workers(server.process.pid)]
+    pids = [w.pid for w in workers(server.process.pid)] or [server.process.pid]  # the floor: one process
     command = pin_prefix(args.client_cpus) + [
         sys.executable,
         "-m",
@@ -326,21 +328,7 @@ def run_variant(variant: Variant, round_index: int, routes, ref, images, args, r
                     args.py_spy.mkdir(parents=True, exist_ok=True)
                     profile = args.py_spy / f"{variant.name}-{route}.txt"
                 got = measure(server, route, images, args, profile)
-                f = results[variant.name, route]
-                for key in ("server_ms", "loop_ms", "model_ms", "other_ms", "requests_per_s"):
-                    getattr(f, key).append(got[key])
-                f.p50_ms.append(got["p50_ms"])
-                f.p99_ms.append(got["p99_ms"])
-                f.client_cores.append(got["client_cores"])
-                print(
-                    f"round {round_index} {variant.name} {route}: server {got['server_ms']:.3f} "
-                    f"ms/request (loop {got['loop_ms']:.3f}, model thread {got['model_ms']:.3f}, "
-                    f"other {got['other_ms']:.3f}), {got['requests_per_s']:.1f} requests/s, "
-                    f"p50 {got['p50_ms']:.2f} ms, p99 {got['p99_ms']:.1f} ms, client "
-                    f"{got['client_cores']:.2f} cores, {got['failures']} failures "
-                    f"{got['first_failure'][:60]}",
-                    flush=True,
-                )
+                record(results[variant.name, route], got, f"round {round_index} {variant.name} {route}")
                 if profile is not None and profile.is_file():
                     cpu = {
                         "event loop": got["loop_ms"],
@@ -354,6 +342,57 @@ def run_variant(variant: Variant, round_index: int, routes, ref, images, args, r
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+FLOOR = "uvicorn floor (trivial app)"
+
+
+class FloorServer:
+    """uvicorn serving ``benchmarks.trivial_app`` (uvloop, httptools), pinned as the variants."""
+
+    def __init__(self, cpus: str | None, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "uvicorn", "benchmarks.trivial_app:app", "--port", str(self.port)]
+        command += ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
+        self.process = subprocess.Popen(
+            pin_prefix(cpus) + command, cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT
+        )
+
+    def __enter__(self) -> FloorServer:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(self.url, timeout=2).status_code == 200:
+                    return self
+            except requests.RequestException:
+                time.sleep(0.2)
+        raise RuntimeError("the trivial app did not start")
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+def run_floor(round_index: int, routes, images, args, results) -> None:
+    with FloorServer(args.server_cpus, args.out / "logs" / f"floor-r{round_index}.log") as server:
+        for route in routes:
+            got = measure(server, route, images, args, None)
+            record(results[FLOOR, route], got, f"round {round_index} floor {route}")
+
+
+def record(figures: Figures, got: dict, title: str) -> None:
+    for key in ("server_ms", "loop_ms", "model_ms", "other_ms", "requests_per_s", "p50_ms", "p99_ms"):
+        getattr(figures, key).append(got[key])
+    figures.client_cores.append(got["client_cores"])
+    print(
+        f"{title}: server {got['server_ms']:.3f} ms/request (loop {got['loop_ms']:.3f}, model thread "
+        f"{got['model_ms']:.3f}, other {got['other_ms']:.3f}), {got['requests_per_s']:.1f} requests/s, "
+        f"p50 {got['p50_ms']:.2f} ms, p99 {got['p99_ms']:.1f} ms, client {got['client_cores']:.2f} cores, "
+        f"{got['failures']} failures {got['first_failure'][:60]}",
+        flush=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -374,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-cpus", default="1")
     parser.add_argument("--client-cpus", default="0")
     parser.add_argument("--py-spy", type=Path, default=None, help="profile the first round into DIR")
+    parser.add_argument("--floor", action="store_true", help="also measure uvicorn with a trivial app")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "http_served")
     args = parser.parse_args(argv)
     routes = [r for r in args.routes.split(",") if r]
@@ -386,9 +426,13 @@ def main(argv: list[str] | None = None) -> int:
     ref = resolve(args.model, args.models_dir)
     images = list(image_set(args.image_set).paths)
     results = {(v.name, r): Figures() for v in variants for r in routes}
+    if args.floor:
+        results.update({(FLOOR, r): Figures() for r in routes})
     for round_index in range(1, args.rounds + 1):
         for variant in variants:
             run_variant(variant, round_index, routes, ref, images, args, results)
+        if args.floor:
+            run_floor(round_index, routes, images, args, results)
     print(summary(results))
     return 0
 
