@@ -480,23 +480,31 @@ def test_http_client_sends_binary_v2_requests_the_service_reads(tmp_path):
 
 def test_http_served_groups_profile_samples_by_layer(tmp_path):
     """``benchmarks.http_served.profile_table``: each sample of a py-spy raw profile goes to the layer
-    of its innermost known frame, per thread (the event loop's id against the others)."""
-    from benchmarks.http_served import profile_table
+    of its innermost known frame (below the event loop's own run: its C work), per thread group."""
+    from benchmarks.http_served import IDLE, NATIVE, profile_table
 
     raw = tmp_path / "profile.txt"
     raw.write_text(
-        "thread (0x10);run (uvloop/__init__.py:1);__call__ (service/http/body.py:9);"
-        "loads (json/__init__.py:3) 5\n"
-        "thread (0x10);run (uvloop/__init__.py:1);data_received (uvicorn/x.py:2) 3\n"
-        "thread (0x22);_work (service/serving/batching.py:5);infer (service/runtimes.py:7) 4\n"
+        "thread (16);main (_bentoml_impl/worker/service.py:1);run (asyncio/runners.py:1);"
+        "__call__ (service/http/body.py:9);loads (json/__init__.py:3) 5\n"
+        "thread (16);main (_bentoml_impl/worker/service.py:1);run (asyncio/runners.py:1);"
+        "data_received (uvicorn/protocols/http/httptools_impl.py:2) 3\n"
+        "thread (16);main (_bentoml_impl/worker/service.py:1);run (asyncio/runners.py:1) 7\n"
+        "thread (34): convzoo-model_0;_work (service/serving/batching.py:5);infer (service/runtimes.py:7) 4\n"
+        "thread (34): convzoo-model_0;run (threading.py:1);_worker (concurrent/futures/thread.py:9) 2\n"
+        "thread (35): convzoo-watcher;run (threading.py:1);poll (service/serving/watcher.py:3) 1\n"
     )
-    layers, totals = profile_table(raw, loop_tid=0x10)
-    assert totals == {"event loop": 8, "other threads": 4}
-    assert layers["event loop"] == {"JSON": 5, "uvicorn (httptools protocol)": 3}
-    assert layers["other threads"] == {"model (OpenVINO call)": 4}
+    layers, totals = profile_table(raw, loop_tid=16)
+    assert totals == {"event loop": 15, "model thread": 6, "other threads": 1}
+    assert layers["event loop"] == {
+        "JSON": 5,
+        "uvicorn's protocol (Python: headers, ASGI messages)": 3,
+        NATIVE: 7,
+    }
+    assert layers["model thread"] == {"model (OpenVINO call)": 4, IDLE: 2}
     named = tmp_path / "named.txt"  # py-spy names Python's main thread when it knows it
-    named.write_text("thread (0x7F12): MainThread;run (uvloop/__init__.py:1) 2\n")
-    assert profile_table(named, loop_tid=0x10)[1] == {"event loop": 2}
+    named.write_text("thread (0x7F12): MainThread;run (asyncio/runners.py:1) 2\n")
+    assert profile_table(named, loop_tid=16)[1] == {"event loop": 2}
 
 
 @pytest.mark.slow
