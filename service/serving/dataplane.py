@@ -64,7 +64,8 @@ a 4 MP PNG 43 ms (19 MiB), a 40 MP PNG 357 ms (191 MiB)."""
 INLINE_JSON_BYTES = 16 * 1024
 """JSON texts up to this size are parsed on the event loop, not in a thread (``DataPlane.parse_json``):
 a binary request's JSON header (~200 bytes) parses in microseconds, while the hand-over to a thread
-and back cost ~0.1 ms of CPU a request (benchmarks/README.md, "Where a request's time goes")."""
+and back cost 0.085 ms of CPU a request in process (benchmarks/README.md, "Where a request's time
+goes")."""
 
 
 class DecodeMemory:
