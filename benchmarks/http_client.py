@@ -13,10 +13,10 @@ reads the answer (``Content-Length`` framing), back to back. Two routes, one pho
   ``json.dumps`` separators, ``Inference-Header-Content-Length``);
 - ``classify``: ``POST /classify``, one multipart part ``images`` (``benchmarks.multipart``).
 
-An answer counts when its status is 200 and its body has the route's shape (the binary output's 40
-bytes after the header; a ``label`` in the JSON). Prints ``START`` and ``END`` (flushed) around the
-measured window, then one JSON line: requests, failures, requests/s, p50/p99 ms, and this
-process's CPU seconds in the window.
+An answer counts when its status is 200 and its body has the route's shape (the binary output's
+FP32 probabilities after the header, as many bytes as it says; a ``label`` in the JSON). Prints
+``START`` and ``END`` (flushed) around the measured window, then one JSON line: requests,
+failures, requests/s, p50/p99 ms, and this process's CPU seconds in the window.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from benchmarks.multipart import encode_multipart
 
 CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.IGNORECASE)
 HEADER_LENGTH = re.compile(rb"\r\ninference-header-content-length:\s*(\d+)", re.IGNORECASE)
+BINARY_SIZE = re.compile(rb'"binary_data_size":\s*(\d+)')
 
 
 def v2_body(data: bytes) -> tuple[bytes, int]:
@@ -80,7 +81,11 @@ def answer_ok(route: str, head: bytes, body: bytes) -> bool:
         return False
     if route == "v2":
         match = HEADER_LENGTH.search(head)
-        return match is not None and len(body) - int(match[1]) == 40  # 10 FP32 probabilities
+        if match is None:
+            return False
+        size = BINARY_SIZE.search(body, 0, int(match[1]))
+        raw = len(body) - int(match[1])
+        return size is not None and int(size[1]) == raw and raw > 0 and raw % 4 == 0  # FP32 probabilities
     return b'"label"' in body
 
 

@@ -471,7 +471,7 @@ def test_http_client_sends_binary_v2_requests_the_service_reads(tmp_path):
     header, binary = _split(body, fields[b"Inference-Header-Content-Length"].decode(), config)
     inputs, binary_output, _ = parse_json(header, lambda tree: _parse(tree, binary, config.limits))
     assert [u.data for u in inputs["image_bytes"]] == [jpeg] and binary_output
-    answer = b'{"outputs":[]}'
+    answer = b'{"outputs":[{"parameters":{"binary_data_size":40}}]}'
     ok_head = b"HTTP/1.1 200 OK\r\ninference-header-content-length: %d\r\n" % len(answer)
     assert answer_ok("v2", ok_head, answer + bytes(40)) and not answer_ok("v2", ok_head, answer + bytes(4))
     classify = build_request("classify", "127.0.0.1:3000", jpeg, "x.jpg", "imagenette")
