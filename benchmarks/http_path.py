@@ -2,6 +2,7 @@
 
     python -m benchmarks.http_path                    # 3 rounds of 2,000 requests per variant
     python -m benchmarks.http_path --requests 4000 --rounds 5 --decode
+    python -m benchmarks.http_path --route v2          # the binary data extension of /v2 instead
 
 Builds the very ASGI app that ``bentoml serve`` runs (``service.http.app.ConvzooService.to_asgi``, its
 startup included), with the model replaced by a function that answers at once and, unless
@@ -11,7 +12,8 @@ path's own check), then posts it real multipart uploads of the ``photos`` set (`
 middlewares, convzoo's guards, the multipart split, the header check, the hand-over to the batcher,
 the metrics and the JSON answer. Each variant leaves one layer out (or puts one back) in the same
 app; the difference to ``full`` is that layer's cost. uvicorn's part (the socket, HTTP parsing) is
-not in these figures: benchmarks/README.md, "The HTTP path", measures it on its own.
+not in these figures: benchmarks/README.md, "The HTTP path", measures it on its own;
+``python -m benchmarks.http_served`` measures the served path whole, uvicorn included, per thread.
 
 Variants are interleaved round by round and the median of each is printed (the machine's speed
 drifts within minutes). Run it pinned to one CPU (``taskset -c 1``) for figures comparable with
@@ -29,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.http_client import v2_body
 from benchmarks.images import image_set
 from benchmarks.multipart import encode_multipart
 
@@ -97,8 +100,9 @@ def share_bentoml_metrics() -> None:
     RunnerTrafficMetricsMiddleware._setup = setup
 
 
-async def post(app: Any, body: bytes, content_type: str) -> None:
-    """One ``POST /classify`` through ``app``, as uvicorn hands it over (64 KiB body chunks)."""
+async def post(app: Any, body: bytes, content_type: str, path: str = "/classify") -> None:
+    """One ``POST /classify`` (or one binary ``POST /v2/models/<model>/infer``, ``content_type``
+    then its JSON header's length) through ``app``, as uvicorn hands it over (64 KiB body chunks)."""
     chunks = [body[at : at + 65536] for at in range(0, len(body), 65536)]
     sent = 0
 
@@ -116,19 +120,25 @@ async def post(app: Any, body: bytes, content_type: str) -> None:
         if message["type"] == "http.response.start":
             status.append(message["status"])
 
+    headers = [(b"content-type", content_type.encode())]
+    if path.startswith("/v2/"):
+        headers = [
+            (b"content-type", b"application/octet-stream"),
+            (b"inference-header-content-length", content_type.encode()),
+        ]
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
         "method": "POST",
         "scheme": "http",
-        "path": "/classify",
-        "raw_path": b"/classify",
+        "path": path,
+        "raw_path": path.encode(),
         "query_string": b"",
         "root_path": "",
         "headers": [
             (b"host", b"127.0.0.1:3000"),
-            (b"content-type", content_type.encode()),
+            *headers,
             (b"content-length", str(len(body)).encode()),
         ],
         "client": ("127.0.0.1", 50000),
@@ -137,15 +147,15 @@ async def post(app: Any, body: bytes, content_type: str) -> None:
     }
     await app(scope, receive, send)
     if status != [200]:
-        raise RuntimeError(f"the app answered {status} to an upload")
+        raise RuntimeError(f"the app answered {status} to {path}")
 
 
-async def cpu_ms_per_request(app: Any, bodies: list[tuple[bytes, str]], count: int) -> float:
+async def cpu_ms_per_request(app: Any, bodies: list[tuple[bytes, str]], count: int, path: str) -> float:
     limit = asyncio.Semaphore(CONCURRENCY)
 
     async def one(index: int) -> None:
         async with limit:
-            await post(app, *bodies[index % len(bodies)])
+            await post(app, *bodies[index % len(bodies)], path)
 
     started = time.process_time()
     await asyncio.gather(*(one(i) for i in range(count)))
@@ -155,7 +165,9 @@ async def cpu_ms_per_request(app: Any, bodies: list[tuple[bytes, str]], count: i
 async def measure(args: argparse.Namespace) -> dict[str, list[float]]:
     from benchmarks.modelrepo import DEFAULT_MODEL, DEFAULT_MODELS_DIR, read_metadata, resolve
 
-    stub_model(len(read_metadata(resolve(DEFAULT_MODEL, DEFAULT_MODELS_DIR))["labels"]))
+    ref = resolve(DEFAULT_MODEL, DEFAULT_MODELS_DIR)
+    stub_model(len(read_metadata(ref)["labels"]))
+    path = f"/v2/models/{ref.name}/infer" if args.route == "v2" else "/classify"
     if not args.decode:
         stub_decoding()
     share_bentoml_metrics()
@@ -180,24 +192,34 @@ async def measure(args: argparse.Namespace) -> dict[str, list[float]]:
             *tracing_kept,
             *middleware[at:],
         ]
+    if args.route == "v2":
+        choices["- InferRoute (the /v2 mount answers)"] = lambda middleware: [
+            m for m in middleware if _name(m) != "InferRoute"
+        ]
+    if args.only:
+        choices = {name: make for name, make in choices.items() if name in args.only}
     photos = image_set("photos")
-    bodies = [encode_multipart([(path.name, path.read_bytes())]) for path in photos.paths]
+    if args.route == "v2":
+        bodies = [(body, str(length)) for body, length in (v2_body(p.read_bytes()) for p in photos.paths)]
+    else:
+        bodies = [encode_multipart([(path.name, path.read_bytes())]) for path in photos.paths]
     results: dict[str, list[float]] = {name: [] for name in choices}
     async with app.router.lifespan_context(app):
         for round_number in range(args.rounds):
             for name, make in choices.items():
                 app.user_middleware[:] = make(full)
                 app.middleware_stack = None  # Starlette builds it again on the next call
-                await cpu_ms_per_request(app, bodies, WARMUP_REQUESTS)
-                results[name].append(await cpu_ms_per_request(app, bodies, args.requests))
+                await cpu_ms_per_request(app, bodies, WARMUP_REQUESTS, path)
+                results[name].append(await cpu_ms_per_request(app, bodies, args.requests, path))
             print(f"round {round_number + 1}/{args.rounds} done", flush=True)
     return results
 
 
-def table(results: dict[str, list[float]], decode: bool) -> str:
-    full = statistics.median(results["full"])
+def table(results: dict[str, list[float]], decode: bool, route: str = "classify") -> str:
+    full = statistics.median(results["full"]) if "full" in results else None
+    what = "POST /classify" if route == "classify" else "binary POST /v2/models/.../infer"
     lines = [
-        f"CPU per one-photo POST /classify in the app (decoding {'included' if decode else 'stubbed'};"
+        f"CPU per one-photo {what} in the app (decoding {'included' if decode else 'stubbed'};"
         " model stubbed), medians of the rounds:",
         "",
         "| variant | ms per request | difference to full |",
@@ -205,7 +227,7 @@ def table(results: dict[str, list[float]], decode: bool) -> str:
     ]
     for name, values in results.items():
         median = statistics.median(values)
-        change = "" if name == "full" else f"{median - full:+.3f}"
+        change = "" if name == "full" or full is None else f"{median - full:+.3f}"
         lines.append(f"| {name} | {median:.3f} | {change} |")
     return "\n".join(lines)
 
@@ -215,9 +237,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=2000, help="requests per variant and round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--decode", action="store_true", help="decode the photos for real")
+    parser.add_argument(
+        "--route",
+        choices=("classify", "v2"),
+        default="classify",
+        help="/classify (multipart) or /v2 (the binary data extension, as tritonclient sends)",
+    )
+    parser.add_argument(
+        "--only", action="append", default=[], help="measure this variant only (repeatable; e.g. full)"
+    )
     args = parser.parse_args(argv)
     results = asyncio.run(measure(args))
-    print(table(results, args.decode))
+    print(table(results, args.decode, args.route))
     return 0
 
 

@@ -54,7 +54,7 @@ from service.http.body import RequestGuard
 from service.http.openapi import ApiDescription
 from service.http.ui import mount_ui
 from service.protocols import convzoo
-from service.protocols.oip import mount_oip
+from service.protocols.oip import InferRoute, mount_oip
 from service.protocols.tfserving import mount_tfserving
 from service.serving.dataplane import DataPlane
 from service.serving.errors import ServiceError, error_response
@@ -242,6 +242,8 @@ Classifier.add_asgi_middleware(
 Classifier.add_asgi_middleware(
     convzoo.ClassifyRoute, plane=PLANE, spec=Classifier.apis["classify"].input_spec
 )
+# POST /v2/models/.../infer over HTTP, from the body the guard read (service/protocols/oip.py)
+Classifier.add_asgi_middleware(InferRoute, plane=PLANE)
 Classifier.add_asgi_middleware(ApiDescription, service=Classifier)  # /docs.json for the request's host
 mount_ui(Classifier)  # the browser page at /ui/ (service/http/ui.py)
 mount_oip(Classifier, PLANE)  # /v2/... (service/protocols/oip.py)

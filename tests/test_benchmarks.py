@@ -432,11 +432,13 @@ def test_benchmarks_default_to_real_photos(module):
     assert parser.parse_args([]).image_set == "photos"
 
 
-def test_http_path_prices_each_layer_of_the_real_app(tmp_path):
+@pytest.mark.parametrize("route", ["classify", "v2"])
+def test_http_path_prices_each_layer_of_the_real_app(tmp_path, route):
     """``benchmarks.http_path`` builds the app ``bentoml serve`` runs (model and decoding stubbed)
-    and prices each of BentoML's middlewares by leaving it out, tracing by putting it back."""
+    and prices each of BentoML's middlewares by leaving it out, tracing by putting it back; on
+    ``/v2`` (binary requests) also ``InferRoute``."""
     finished = subprocess.run(
-        [sys.executable, "-m", "benchmarks.http_path", "--requests", "40", "--rounds", "1"],
+        [sys.executable, "-m", "benchmarks.http_path", "--requests", "40", "--rounds", "1", "--route", route],
         cwd=REPO,
         env={**os.environ, "BENTOML_HOME": str(tmp_path), "TF_CPP_MIN_LOG_LEVEL": "2"},
         capture_output=True,
@@ -446,5 +448,102 @@ def test_http_path_prices_each_layer_of_the_real_app(tmp_path):
     assert finished.returncode == 0, finished.stderr[-3000:]
     rows = [line for line in finished.stdout.splitlines() if line.startswith("| ") and "variant" not in line]
     names = [row.split(" | ")[0].strip("| ") for row in rows]
-    assert names[0] == "full" and "+ BentoML tracing (SDK off)" in names and len(names) == 6
+    assert names[0] == "full" and "+ BentoML tracing (SDK off)" in names
+    assert len(names) == (7 if route == "v2" else 6)
     assert all(float(row.split(" | ")[1]) > 0 for row in rows)
+
+
+def test_http_client_sends_binary_v2_requests_the_service_reads(tmp_path):
+    """``benchmarks.http_client``'s ``/v2`` request is the binary data extension the service parses
+    into the very JPEG; its check of an answer wants a 200 with the 40 bytes of 10 probabilities."""
+    from benchmarks.http_client import answer_ok, build_request
+    from service.config import ServiceConfig
+    from service.protocols.oip import _parse, _split
+    from service.serving.jsonbody import parse_json
+
+    jpeg = b"\xff\xd8 not really a JPEG \xff\xd9"
+    request = build_request("v2", "127.0.0.1:3000", jpeg, "x.jpg", "imagenette")
+    head, _, body = request.partition(b"\r\n\r\n")
+    assert head.startswith(b"POST /v2/models/imagenette/infer HTTP/1.1\r\n")
+    fields = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:])
+    assert int(fields[b"Content-Length"]) == len(body)
+    config = ServiceConfig()
+    header, binary = _split(body, fields[b"Inference-Header-Content-Length"].decode(), config)
+    inputs, binary_output, _ = parse_json(header, lambda tree: _parse(tree, binary, config.limits))
+    assert [u.data for u in inputs["image_bytes"]] == [jpeg] and binary_output
+    answer = b'{"outputs":[{"parameters":{"binary_data_size":40}}]}'
+    ok_head = b"HTTP/1.1 200 OK\r\ninference-header-content-length: %d\r\n" % len(answer)
+    assert answer_ok("v2", ok_head, answer + bytes(40)) and not answer_ok("v2", ok_head, answer + bytes(4))
+    classify = build_request("classify", "127.0.0.1:3000", jpeg, "x.jpg", "imagenette")
+    assert classify.startswith(b"POST /classify HTTP/1.1\r\n") and jpeg in classify
+
+
+def test_http_served_groups_profile_samples_by_layer(tmp_path):
+    """``benchmarks.http_served.profile_table``: each sample of a py-spy raw profile goes to the layer
+    of its innermost known frame (below the event loop's own run: its C work), per thread group."""
+    from benchmarks.http_served import IDLE, NATIVE, profile_table
+
+    raw = tmp_path / "profile.txt"
+    raw.write_text(
+        "thread (16);main (_bentoml_impl/worker/service.py:1);run (asyncio/runners.py:1);"
+        "__call__ (service/http/body.py:9);loads (json/__init__.py:3) 5\n"
+        "thread (16);main (_bentoml_impl/worker/service.py:1);run (asyncio/runners.py:1);"
+        "data_received (uvicorn/protocols/http/httptools_impl.py:2) 3\n"
+        "thread (16);main (_bentoml_impl/worker/service.py:1);run (asyncio/runners.py:1) 7\n"
+        "thread (34): convzoo-model_0;_work (service/serving/batching.py:5);infer (service/runtimes.py:7) 4\n"
+        "thread (34): convzoo-model_0;run (threading.py:1);_worker (concurrent/futures/thread.py:9) 2\n"
+        "thread (35): convzoo-watcher;run (threading.py:1);poll (service/serving/watcher.py:3) 1\n"
+    )
+    layers, totals = profile_table(raw, loop_tid=16)
+    assert totals == {"event loop": 15, "model thread": 6, "other threads": 1}
+    assert layers["event loop"] == {
+        "JSON": 5,
+        "uvicorn's protocol (Python: headers, ASGI messages)": 3,
+        NATIVE: 7,
+    }
+    assert layers["model thread"] == {"model (OpenVINO call)": 4, IDLE: 2}
+    named = tmp_path / "named.txt"  # py-spy names Python's main thread when it knows it
+    named.write_text("thread (0x7F12): MainThread;run (asyncio/runners.py:1) 2\n")
+    assert profile_table(named, loop_tid=16)[1] == {"event loop": 2}
+
+
+@pytest.mark.slow
+def test_http_served_measures_both_routes_per_thread(models_dir, tmp_path):
+    """``benchmarks.http_served`` against the real service (one short round): a row per route, the
+    server's CPU per request split by thread, every answer checked."""
+    pin = [] if {0, 1} <= os.sched_getaffinity(0) else ["--server-cpus", "", "--client-cpus", ""]
+    finished = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.http_served",
+            "only:",
+            "--model",
+            MODEL_NAME,
+            "--models-dir",
+            str(models_dir),
+            "--rounds",
+            "1",
+            "--seconds",
+            "2",
+            "--warmup",
+            "1",
+            "--clients",
+            "4",
+            "--image-set",
+            "thumbnails",
+            "--out",
+            str(tmp_path),
+            *pin,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=LOAD_TIMEOUT_S,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "BENTOML_HOME": str(tmp_path / "bentoml")},
+    )
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    rows = [line.split(" | ") for line in finished.stdout.splitlines() if line.startswith("| only |")]
+    assert [row[1] for row in rows] == ["v2", "classify"]
+    assert all(float(row[2]) > 0 and float(row[3]) > 0 for row in rows)
+    assert " 0 failures" in finished.stdout

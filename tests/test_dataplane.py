@@ -214,3 +214,84 @@ def test_json_memory_bounds_what_parsing_takes(shape):
     finally:
         tracemalloc.stop()
     assert parsed == value and peak <= json_memory(text), (peak, json_memory(text))
+
+
+def v2_binary(
+    images: list[bytes], binary_output: bool = True, name: str = "image_bytes"
+) -> tuple[bytes, int]:
+    """A ``/v2`` request in the binary data extension, as tritonclient writes it."""
+    import json
+
+    data = b"".join(len(image).to_bytes(4, "little") + image for image in images)
+    tensor = {"name": name, "shape": [len(images)], "datatype": "BYTES"}
+    header = {"inputs": [{**tensor, "parameters": {"binary_data_size": len(data)}}]}
+    if binary_output:
+        header["outputs"] = [{"name": "probabilities", "parameters": {"binary_data": True}}]
+    text = json.dumps(header).encode()
+    return text + data, len(text)
+
+
+def test_the_infer_route_answers_as_the_v2_mount(plane):
+    """``oip.InferRoute`` (in front of BentoML's context and Starlette's routing under ``bentoml
+    serve``) gives the very answers of the ``/v2`` mount's endpoint, refusals included, and leaves
+    every other request to the app behind it."""
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    from service.protocols.oip import InferRoute
+
+    behind: list[str] = []
+    mounted = Starlette(routes=[Mount("/v2", app=oip_app(plane))])
+
+    async def mount(scope, receive, send):
+        behind.append(scope["path"])
+        await mounted(scope, receive, send)
+
+    def guarded(app):
+        return RequestGuard(
+            app,
+            upload_path="/classify",
+            file_field="images",
+            tensor_paths=("/v2/models/",),
+            binary_paths=("/v2/models/",),
+            max_upload_bytes=8 * 2**20,
+            max_body_bytes=2**20,
+            body_timeout_s=10,
+            activity=plane.activity,
+        )
+
+    fast, slow = guarded(InferRoute(mount, plane=plane)), guarded(mount)
+    image = files.valid_files()["rgb.jpg"][0]
+    body, length = v2_binary([image, image])
+    cases = {
+        "binary": ("{model}/infer", body, length),
+        "binary, JSON output": ("{model}/versions/1/infer", *v2_binary([image], binary_output=False)),
+        "JSON only": ("{model}/infer", body[:length], None),
+        "header past the body": ("{model}/infer", body, len(body) + 1),
+        "unknown model": ("nope/infer", body, length),
+        "bad version": ("{model}/versions/x/infer", body, length),
+        "unknown input": ("{model}/infer", *v2_binary([image], name="pixels")),
+        "not an infer route": ("{model}/ready", body, length),
+    }
+    for case, (path, content, header) in cases.items():
+        path = "/v2/models/" + path.format(model=MODEL_NAME)
+        headers = {"Inference-Header-Content-Length": str(header)} if header is not None else {}
+        behind.clear()
+        answers = [call(app, "POST", path, content=content, headers=headers) for app in (fast, slow)]
+        assert behind == ([path, path] if case == "not an infer route" else [path]), case
+        (a, b) = answers
+        assert (a.status_code, a.headers.get("content-type")) == (
+            b.status_code,
+            b.headers.get("content-type"),
+        ), case
+        assert a.headers.get("inference-header-content-length") == b.headers.get(
+            "inference-header-content-length"
+        )
+        if a.status_code != 200 or "json" in a.headers["content-type"]:
+            assert a.json() == b.json(), case
+        else:
+            split = int(a.headers["inference-header-content-length"])
+            assert a.content[:split] == b.content[:split], case
+            np.testing.assert_allclose(
+                np.frombuffer(a.content[split:], "<f4"), np.frombuffer(b.content[split:], "<f4"), atol=1e-6
+            )

@@ -301,6 +301,28 @@ def test_metrics_are_labelled_by_route_never_by_raw_path():
     assert reached == ["/classify", "/ui/ui.js"]  # the app still sees the real path
 
 
+def test_route_labels_remember_a_bounded_number_of_paths():
+    """The labels of paths that are no route's own (``/v2/models/<name>/infer``) are remembered,
+    so that a request does not walk every route; any client may ask for any path, so at most
+    ``MAX_SEEN_PATHS`` short ones, and the labels stay right when they are forgotten."""
+    from service.http.app import MAX_SEEN_PATH_LENGTH, MAX_SEEN_PATHS
+
+    async def endpoint(request: Request):
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/classify", endpoint, methods=["POST"]), Mount("/v2", app=Starlette())])
+    labelled = RouteLabels(app, metrics=CapturingMetrics, router=app.router)
+
+    def label(path: str) -> str:
+        return labelled.label({"type": "http", "method": "POST", "path": path, "root_path": ""})
+
+    paths = [f"/v2/models/m{i}/infer" for i in range(3 * MAX_SEEN_PATHS)] + ["/v2/" + "a" * 60000, "/x"]
+    assert [label(p) for p in paths] == ["/v2"] * (len(paths) - 1) + [OTHER]
+    assert [label(p) for p in paths[:3]] == ["/v2"] * 3 and label("/classify") == "/classify"
+    assert len(labelled.seen) <= MAX_SEEN_PATHS
+    assert max(map(len, labelled.seen)) <= MAX_SEEN_PATH_LENGTH
+
+
 def test_metadata_shows_no_path_and_no_training_machine():
     """Attack 5: the shipped metadata named the folders of the machines that trained and optimized
     the default model, and its GPU."""

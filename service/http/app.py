@@ -44,6 +44,7 @@ from service.http import connection, openapi
 from service.http.asgi import ASGIApp, Message, Receive, Scope, Send, internal_error, printable
 from service.http.auth import ApiKeyGuard
 from service.http.body import RequestGuard
+from service.http.traffic import BoundTrafficMetrics
 
 OTHER = "other"
 """The metrics label of every path that no route serves."""
@@ -182,36 +183,66 @@ def without_tracing(app: Any) -> None:
     ]
 
 
+MAX_SEEN_PATHS = 1024
+MAX_SEEN_PATH_LENGTH = 256
+"""``RouteLabels`` remembers the label of at most this many paths of at most this length (any
+client may ask for any path: the memory stays bounded, and a flood of new paths only costs the
+walk of the routes each, as it did before)."""
+
+
 class RouteLabels:
     """Runs BentoML's metrics middleware on a scope whose ``path`` is the route's own path
-    (``/classify``; a mount's prefix, ``/ui``) or ``other``; the app behind it sees the real path."""
+    (``/classify``; a mount's prefix, ``/ui``) or ``other``; the app behind it sees the real path.
+    An HTTP request's samples are recorded by ``service.http.traffic.BoundTrafficMetrics`` (the
+    same samples, cheaper) when the middleware is BentoML's ``RunnerTrafficMetricsMiddleware``."""
 
     def __init__(self, app: ASGIApp, *, metrics: type, router: Any, **options: Any) -> None:
         self.metrics = metrics(_real_path(app), **options)
+        self.app = app
         self.router = router
         self.exact: dict[str, str] = {}  # paths that are a route's own path (bounded by the routes)
+        self.seen: dict[str, str] = {}  # other paths' labels, at most MAX_SEEN_PATHS short ones
+        self.bound: BoundTrafficMetrics | None | bool = False  # made at the first HTTP request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.metrics(scope, receive, send)
             return
+        label = self.label(scope)
+        if self.bound is False:
+            self.bound = BoundTrafficMetrics.of(self.metrics, self.app)
+        if self.bound is not None and label != "/metrics":  # the same samples, children bound once
+            await self.bound(label, scope, receive, send)
+            return
         # BentoML's middleware reads the path once, on entry; ``_real_path`` puts it back behind it
         scope[REAL_PATH] = scope["path"]
-        scope["path"] = self.label(scope)
+        scope["path"] = label
         await self.metrics(scope, receive, send)
 
     def label(self, scope: Scope) -> str:
+        """The route's label of ``scope``'s path (it depends on the path alone: a route whose
+        method differs still gives its label); remembered for the routes' own paths, and for up
+        to ``MAX_SEEN_PATHS`` others (``/v2/models/<name>/infer``: a walk of every route, a
+        regex match each, per request otherwise), forgotten all at once when full."""
         path = scope["path"]
         if path in self.exact:
             return self.exact[path]
+        if (label := self.seen.get(path)) is not None:
+            return label
+        label = OTHER
         for route in self.router.routes:
             match, _ = route.matches(scope)
             if match != Match.NONE:
                 label = route.path or "/"
                 if label == path:
                     self.exact[path] = label
-                return label
-        return OTHER
+                    return label
+                break
+        if len(path) <= MAX_SEEN_PATH_LENGTH:
+            if len(self.seen) >= MAX_SEEN_PATHS:
+                self.seen.clear()
+            self.seen[path] = label
+        return label
 
 
 def _real_path(app: ASGIApp) -> ASGIApp:
@@ -226,6 +257,8 @@ def _real_path(app: ASGIApp) -> ASGIApp:
 ACCESS_LOG_MIDDLEWARE = "AccessLogMiddleware"
 MAX_LOGGED_PATH = 1000
 """Characters of a path that an access log line shows (then ``...``)."""
+MAX_LOGGED_HEADER = 200
+"""Characters of a logged header value that it shows (``printable``'s default)."""
 
 
 def escape_access_log(app: Any) -> None:
@@ -252,6 +285,9 @@ class EscapedAccessLog:
         if scope["type"] not in ("http", "websocket"):
             await self.log(scope, receive, send)
             return
+        if self._shown_as_is(scope):  # nearly every request: the log shows the scope itself
+            await self.log(scope, receive, send)
+            return
         shown = {
             **scope,
             "path": printable(scope["path"], MAX_LOGGED_PATH),
@@ -262,6 +298,17 @@ class EscapedAccessLog:
             REAL_SCOPE: scope,
         }
         await self.log(shown, receive, send)
+
+    def _shown_as_is(self, scope: Scope) -> bool:
+        """Whether ``printable`` leaves the path and the logged headers as they are."""
+        path = scope["path"]
+        if len(path) > MAX_LOGGED_PATH or not path.isprintable():
+            return False
+        return all(
+            len(value) <= MAX_LOGGED_HEADER and value.isascii() and value.decode("ascii").isprintable()
+            for key, value in scope["headers"]
+            if key in self.LOGGED_HEADERS
+        )
 
 
 REAL_SCOPE = "convzoo.scope"

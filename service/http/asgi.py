@@ -85,6 +85,8 @@ def printable(text: str, limit: int = 200) -> str:
     percent-encoded newline). The one rule for client text in a log line: convzoo's refusal lines
     and BentoML's access log (``service.http.app.EscapedAccessLog``) use it."""
     cut = text[:limit] + ("..." if len(text) > limit else "")
+    if cut.isprintable():  # nearly every path and header: nothing to escape
+        return cut
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in cut)
 
 

@@ -52,7 +52,7 @@ from service.http.asgi import (
     log_refusal,
     relative_redirects,
 )
-from service.http.forms import FORM, RAW_IMAGE_TYPES, FormInspector, ParsedForm
+from service.http.forms import BODY, FORM, RAW_IMAGE_TYPES, FormInspector, ParsedForm
 from service.serving.activity import Activity
 from service.serving.errors import ServiceError, send_error
 
@@ -178,6 +178,8 @@ class RequestGuard:
             scope[FORM] = form.form()
             self.buffered += len(body)  # the parsed copy of the files is held too, until the answer
             held[0] += len(body)
+        elif tensors:
+            scope[BODY] = body
         elif raw:
             if not body:
                 raise ServiceError(400, "the body is empty: send the image file as the body")

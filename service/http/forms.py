@@ -12,6 +12,9 @@ from python_multipart.multipart import TOKEN_CHARS, MultipartParser, parse_optio
 
 FORM = "convzoo.form"
 """The scope key under which ``RequestGuard`` leaves a parsed upload (``ParsedForm``)."""
+BODY = "convzoo.body"
+"""The scope key under which ``RequestGuard`` leaves the body of a POST to a tensor route (bytes,
+read and checked), for a route that answers from it (``service.protocols.oip.InferRoute``)."""
 RAW_IMAGE_TYPES = (b"image/", b"application/octet-stream")
 """Content types of a raw upload: the body is one image file (query: ``top_k``, ``model``)."""
 MAX_FORM_PARTS = 1000
@@ -37,17 +40,23 @@ class FormInspector:
         self._field = b""
         self._value = b""
         self._disposition = b""
-        self._parser = MultipartParser(
-            boundary,
-            {
-                "on_part_begin": self._part_begin,
-                "on_header_field": self._header_field,
-                "on_header_value": self._header_value,
-                "on_header_end": self._header_end,
-                "on_headers_finished": self._headers_finished,
-                "on_part_data": self._part_data,
-            },
-        )
+        self._streaming: MultipartParser | None = None  # made on first use: a plain form needs none
+
+    @property
+    def _parser(self) -> MultipartParser:
+        if self._streaming is None:
+            self._streaming = MultipartParser(
+                self.boundary,
+                {
+                    "on_part_begin": self._part_begin,
+                    "on_header_field": self._header_field,
+                    "on_header_value": self._header_value,
+                    "on_header_end": self._header_end,
+                    "on_headers_finished": self._headers_finished,
+                    "on_part_data": self._part_data,
+                },
+            )
+        return self._streaming
 
     def feed_body(self, body: bytes) -> str | None:
         """Parse the whole body; the first problem found, if any. A body of the plain shape every

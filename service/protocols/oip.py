@@ -37,9 +37,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, Router
 
 from service.http.asgi import ascii_int
+from service.http.forms import BODY
 from service.protocols.tensors import pixel_array, shown
 from service.serving.dataplane import DataPlane
-from service.serving.errors import ServiceError, answers_errors
+from service.serving.errors import ServiceError, answers_errors, send_error
 from service.serving.limits import check_count
 from service.serving.registry import ServedVersion
 from service.serving.requests import Files, InferRequest, ModelSpec, Pixels, Upload
@@ -133,13 +134,26 @@ def model_metadata(plane: DataPlane, served: ServedVersion, all_versions: bool) 
 
 
 async def infer(plane: DataPlane, request: Request, spec: ModelSpec) -> Response:
-    """``/infer``: the body parsed into the data plane's request (inside its life cycle), the
-    answer formatted."""
+    """``/infer`` as a Starlette endpoint (``oip_app`` on its own; under ``bentoml serve``,
+    ``InferRoute`` answers first)."""
+    body = await request.body()
+    content, headers = await infer_answer(
+        plane, spec, body, request.headers.get("inference-header-content-length")
+    )
+    response = Response(content)
+    response.raw_headers = headers
+    return response
+
+
+async def infer_answer(
+    plane: DataPlane, spec: ModelSpec, body: bytes, header_length: str | None
+) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """``/infer``'s answer (its body and headers): the body parsed into the data plane's request
+    (inside its life cycle), the answer formatted; ``ServiceError`` when refused."""
     parsed: dict[str, Any] = {}
 
     async def inputs(served: ServedVersion) -> Files | Pixels:
-        body = await request.body()
-        header, binary = _split(body, request.headers.get("inference-header-content-length"), plane.config)
+        header, binary = _split(body, header_length, plane.config)
         limits = plane.config.limits
         tensors, parsed["binary"], parsed["id"] = await plane.parse_json(
             header, lambda tree: _parse(tree, binary, limits)
@@ -149,6 +163,46 @@ async def infer(plane: DataPlane, request: Request, spec: ModelSpec) -> Response
 
     answer = await plane.infer(InferRequest("v2", spec, inputs))
     return _answer(answer.served, answer.probabilities, parsed["binary"], parsed["id"])
+
+
+INFER_PREFIX = PATH + "/models/"
+
+
+class InferRoute:
+    """``POST /v2/models/{name}[/versions/{v}]/infer`` over HTTP, answered from the body that
+    ``service.http.body.RequestGuard`` already read (``BODY``), in front of BentoML's request
+    context and Starlette's routing, the Starlette request and response objects (as
+    ``service.protocols.convzoo.ClassifyRoute`` answers ``/classify``; benchmarks/README.md,
+    "Where a request's time goes"). The same answers as the ``/v2`` mount's endpoint, which
+    answers every other request under ``/v2`` (and ``/infer`` without the guard in front)."""
+
+    def __init__(self, app: Any, *, plane: DataPlane) -> None:
+        self.app = app
+        self.plane = plane
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        body = scope.get(BODY) if scope["type"] == "http" and scope["method"] == "POST" else None
+        path = scope["path"] if body is not None else ""
+        match = MODEL_PATH.match(path[len(INFER_PREFIX) :]) if path.startswith(INFER_PREFIX) else None
+        if match is None or match["tail"] != "/infer":
+            await self.app(scope, receive, send)
+            return
+        header_length = next(
+            (
+                v.decode("latin-1")
+                for k, v in scope["headers"]
+                if k.lower() == b"inference-header-content-length"
+            ),
+            None,
+        )
+        spec = ModelSpec(name=match["name"], version=match["version"])
+        try:
+            content, headers = await infer_answer(self.plane, spec, body, header_length)
+        except ServiceError as error:
+            await send_error(send, error)
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": content})
 
 
 def _split(body: bytes, header_length: str | None, config: Any) -> tuple[bytes, memoryview]:
@@ -300,7 +354,8 @@ def _request_id(request: dict) -> str | None:
 
 def _answer(
     served: ServedVersion, probabilities: np.ndarray, binary: bool, request_id: str | None
-) -> Response:
+) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """The answer's body and headers (as Starlette's ``Response`` would write them)."""
     output: dict[str, Any] = {"name": OUTPUT, "datatype": "FP32", "shape": list(probabilities.shape)}
     raw = np.ascontiguousarray(probabilities, dtype="<f4").tobytes() if binary else b""
     if binary:
@@ -316,9 +371,9 @@ def _answer(
         answer["id"] = request_id
     header = json.dumps(answer, separators=(",", ":")).encode()
     if not binary:
-        return Response(header, media_type="application/json")
-    return Response(
-        header + raw,
-        media_type="application/octet-stream",
-        headers={"Inference-Header-Content-Length": str(len(header))},
-    )
+        return header, [(b"content-length", b"%d" % len(header)), (b"content-type", b"application/json")]
+    return header + raw, [
+        (b"inference-header-content-length", b"%d" % len(header)),
+        (b"content-length", b"%d" % (len(header) + len(raw))),
+        (b"content-type", b"application/octet-stream"),
+    ]

@@ -61,6 +61,12 @@ answering probes and metrics while it decodes. On one Sapphire Rapids core (``pr
 generated images): a 12 MP JPEG 5.8 ms (a real phone photo ~15), a 1.1 MP PNG 12.2 ms (5.4 MiB),
 a 4 MP PNG 43 ms (19 MiB), a 40 MP PNG 357 ms (191 MiB)."""
 
+INLINE_JSON_BYTES = 16 * 1024
+"""JSON texts up to this size are parsed on the event loop, not in a thread (``DataPlane.parse_json``):
+a binary request's JSON header (~200 bytes) parses in microseconds, while the hand-over to a thread
+and back cost 0.085 ms of CPU a request in process (benchmarks/README.md, "Where a request's time
+goes")."""
+
 
 class DecodeMemory:
     """Bytes that the decodes of one process may hold at once: ``async with memory.hold(n)`` waits
@@ -226,7 +232,11 @@ class DataPlane:
 
         The parse is ``loads_in_steps``: ``json.loads`` would hold the GIL for the whole text, and
         the event loop would wait for it; in steps, it waits ~0.1 s at most for 15.8 MiB of pixel
-        lists (``CONVZOO_MAX_JSON_BYTES`` bounds the text; README, "Reliability")."""
+        lists (``CONVZOO_MAX_JSON_BYTES`` bounds the text; README, "Reliability").
+
+        A text of at most ``INLINE_JSON_BYTES`` (the JSON header of a binary request, a small JSON
+        request) is parsed right here, on the event loop: microseconds, less than the hand-over
+        to a thread and back would cost."""
         limits = self.config.limits
         cost = json_memory(text)
         limit = min(limits.max_request_decode_bytes, self.decode_memory.capacity)
@@ -237,6 +247,8 @@ class DataPlane:
                 f"may take {limit} (CONVZOO_MAX_REQUEST_DECODE_BYTES, CONVZOO_DECODE_MEMORY_BYTES): "
                 "send fewer values, or the tensor as binary data",
             )
+        if len(text) <= INLINE_JSON_BYTES:
+            return parse_json_text(text, convert)
         async with self.decode_memory.hold(cost):
             return await anyio.to_thread.run_sync(parse_json_text, text, convert, limiter=self.json_parser)
 

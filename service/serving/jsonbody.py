@@ -49,7 +49,11 @@ def loads_in_steps(text: bytes) -> Any:
     container whose elements turn out small, after ``MAX_SMALL_STEPS`` of them, is parsed again
     in one call: Python steps stay few, ~1 per 4 KiB, and the work at most doubles per level).
     ``json.loads`` holds the GIL for the whole text (0.9 s for 15.8 MiB of pixel lists on this
-    machine); between two steps here another thread, the event loop's, gets it back."""
+    machine); between two steps here another thread, the event loop's, gets it back. A text
+    shorter than one step (``STEP_BYTES``: the JSON header of a binary request) is one step:
+    ``json.loads`` itself, without walking it in Python first."""
+    if len(text) < STEP_BYTES:
+        return json.loads(text)
     string = text.decode(json.detect_encoding(text), "surrogatepass")
     value, end = _value(string, 0, 0)
     end = _SPACE.match(string, end).end()

@@ -1,0 +1,441 @@
+"""Where a served request's CPU goes: the server's CPU per request on ``/v2`` (binary) and
+``/classify``, per thread of its worker, for variants run in interleaved rounds; optionally a
+py-spy profile of the worker, grouped by layer.
+
+    python -m benchmarks.http_served base: --rounds 1 --py-spy benchmarks/results/http_served
+    python -m benchmarks.http_served before@/tmp/convzoo-before: after: --rounds 5
+    python -m benchmarks.http_served one: two:CONVZOO_WORKERS=2 --server-cpus 0,1 --client-cpus 0,1
+
+Each variant is ``NAME[@CHECKOUT]:[VAR=VALUE,...]`` as for ``benchmarks.ab``. Every round starts
+each variant's server in turn (``bentoml serve``, ``taskset -c 1``), warms it up, and for each
+route runs ``benchmarks.http_client`` (``taskset -c 0``; asyncio, keep-alive connections,
+prepared requests: much leaner than Locust, whose CPU would crowd a shared machine) for
+``--seconds`` after ``--warmup``. Figures of the measured window only:
+
+- server CPU ms per request: user + system of the server's whole process tree (``benchmarks.ab``'s
+  measure), divided by the requests answered;
+- per thread of the worker (``/proc/<pid>/task/*/stat``): the main thread (uvicorn's event loop),
+  the busiest other thread (the model's thread, which also decodes when the worker has one CPU)
+  and all others together, in ms per request;
+- requests/s, p50 and p99 as the client saw them, and the client's own CPU.
+
+The summary gives the median of each figure over the rounds. With ``--py-spy DIR`` (first round
+only, its figures then perturbed by the sampling) each window is also sampled
+(``py-spy record --threads -f raw``) and ``profile_table`` attributes every sample of the worker
+to a layer (``LAYERS``): the innermost frame that belongs to a known file decides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import requests
+
+from benchmarks.ab import Variant, cpu_seconds
+from benchmarks.images import add_image_set_argument, image_set
+from benchmarks.modelrepo import DEFAULT_MODEL, DEFAULT_MODELS_DIR, REPO, resolve
+from benchmarks.servers import SERVERS, RunningServer, free_port, pin_prefix, warm_up
+
+TICKS = os.sysconf("SC_CLK_TCK")
+ROUTES = ("v2", "classify")
+
+
+@dataclass
+class Figures:
+    server_ms: list[float] = field(default_factory=list)
+    loop_ms: list[float] = field(default_factory=list)
+    model_ms: list[float] = field(default_factory=list)
+    other_ms: list[float] = field(default_factory=list)
+    requests_per_s: list[float] = field(default_factory=list)
+    p50_ms: list[float] = field(default_factory=list)
+    p99_ms: list[float] = field(default_factory=list)
+    client_cores: list[float] = field(default_factory=list)
+
+
+def thread_ticks(pid: int) -> dict[int, int]:
+    """CPU ticks (user + system) of each thread of ``pid`` so far."""
+    ticks = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        ticks[int(task.name)] = int(fields[11]) + int(fields[12])
+    return ticks
+
+
+def workers(server_pid: int) -> list[psutil.Process]:
+    """The server's worker processes: its descendants that run the service (BentoML's
+    ``_bentoml_impl.worker.service``)."""
+    found = []
+    for child in psutil.Process(server_pid).children(recursive=True):
+        try:
+            if any("worker" in part for part in child.cmdline()):
+                found.append(child)
+        except psutil.Error:
+            continue
+    return found
+
+
+def py_spy() -> str:
+    """py-spy beside this Python (a virtual environment's), else on the PATH."""
+    beside = Path(sys.executable).with_name("py-spy")
+    if beside.is_file():
+        return str(beside)
+    if found := shutil.which("py-spy"):
+        return found
+    raise SystemExit("--py-spy: py-spy is not installed (pip install py-spy)")
+
+
+def measure(server: RunningServer, route: str, images: list[Path], args, profile: Path | None) -> dict:
+    """One window of ``route`` against ``server``: its figures (module docstring)."""
+    pids = [w.pid for w in workers(server.process.pid)] or [server.process.pid]  # the floor: one process
+    command = pin_prefix(args.client_cpus) + [
+        sys.executable,
+        "-m",
+        "benchmarks.http_client",
+        "--url",
+        server.url,
+        "--route",
+        route,
+        "--model",
+        resolve(args.model, args.models_dir).name,
+        "--clients",
+        str(args.clients),
+        "--warmup",
+        str(args.warmup),
+        "--seconds",
+        str(args.seconds),
+        *map(str, images),
+    ]
+    client = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True)
+    spy = None
+    result: dict = {}
+    for line in client.stdout:
+        if line.strip() == "START":
+            tree, before = cpu_seconds(server.process.pid), {pid: thread_ticks(pid) for pid in pids}
+            if profile is not None:
+                spy = subprocess.Popen(
+                    pin_prefix(args.client_cpus)
+                    + [py_spy(), "record", "--threads", "-f", "raw"]
+                    + ["-r", "100", "-d", str(int(args.seconds)), "-o", str(profile), "--pid", str(pids[0])],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+        elif line.strip() == "END":
+            tree = cpu_seconds(server.process.pid) - tree
+            after = {pid: thread_ticks(pid) for pid in pids}
+        elif line.startswith("{"):
+            result = json.loads(line)
+    client.wait()
+    if spy is not None:
+        spy.wait()
+    if not result.get("requests"):
+        raise RuntimeError(f"{route}: no request answered ({result})")
+    count = result["requests"]
+    loop = model = other = 0.0
+    for pid in pids:
+        used = {tid: after[pid].get(tid, 0) - before[pid].get(tid, 0) for tid in after[pid]}
+        loop += used.pop(pid, 0)
+        busiest = max(used.values(), default=0)
+        model += busiest
+        other += sum(used.values()) - busiest
+    per_request = 1e3 / TICKS / count
+    return {
+        **result,
+        "server_ms": 1e3 * tree / count,
+        "loop_ms": loop * per_request,
+        "model_ms": model * per_request,
+        "other_ms": other * per_request,
+        "client_cores": result["client_cpu_s"] / result["seconds"],
+    }
+
+
+LAYERS = (
+    ("decode (PIL, simplejpeg)", ("service/serving/images.py", "PIL/", "simplejpeg")),
+    ("model (OpenVINO call)", ("service/runtimes.py", "openvino/")),
+    ("batcher", ("service/serving/batching.py",)),
+    (
+        "data plane",
+        ("service/serving/dataplane.py", "service/serving/registry.py", "service/serving/limits.py"),
+    ),
+    ("JSON", ("json/", "service/serving/jsonbody.py")),
+    ("protocol adapter (oip, convzoo)", ("service/protocols/", "service/answers.py")),
+    (
+        "our guards (body, form, key)",
+        ("service/http/body.py", "service/http/forms.py", "service/http/auth.py"),
+    ),
+    (
+        "our wrappers (route labels, escaped log, always-answer)",
+        ("service/http/app.py", "service/http/asgi.py"),
+    ),
+    ("our head guard (connection)", ("service/http/connection.py",)),
+    (
+        "BentoML metrics (prometheus_client)",
+        ("http/instruments.py", "prometheus_client/", "service/http/traffic.py"),
+    ),
+    ("BentoML access log (logging)", ("http/access.py", "logging/")),
+    ("BentoML timeout + max concurrency", ("http/traffic.py",)),
+    (
+        "BentoML context + Starlette (routing, request, response, errors)",
+        ("_bentoml_impl/", "bentoml/", "starlette/"),
+    ),
+    ("anyio (threads, cancel scopes)", ("anyio/",)),
+    ("uvicorn's protocol (Python: headers, ASGI messages)", ("uvicorn/protocols/",)),
+    (
+        "asyncio (tasks, futures, events in Python)",
+        ("asyncio/tasks.py", "asyncio/futures.py", "asyncio/locks.py"),
+    ),
+)
+"""A sample belongs to the first layer (in this order) of the innermost frame whose file names one;
+what is below no such frame is ``NATIVE`` (the event loop's own C: uvloop's socket reads and
+writes, httptools' parsing, the callbacks' C parts) or, for a waiting thread, ``IDLE``."""
+NATIVE = "uvloop + httptools in C (sockets, HTTP parsing, loop)"
+OTHER_NATIVE = "other (no known frame)"
+IDLE = "waiting (not CPU)"
+WAITING = (
+    "_worker (concurrent/futures/thread.py",
+    "wait (threading.py",
+    "get (queue.py",
+    "_run (service/serving/watcher.py",
+)
+
+FRAME = re.compile(r"\((?P<file>[^():]+):\d+\)$")
+THREAD = re.compile(r"^thread \((?P<id>[^)]+)\)(?::\s*(?P<name>.*))?")
+GROUPS = ("event loop", "model thread", "other threads")
+
+
+LOOP_RUN = ("asyncio/runners.py", "asyncio/base_events.py", "uvloop/__init__.py")
+"""Frames of the event loop's own run: the frames above them (uvicorn's and BentoML's start-up)
+say nothing of what the loop is doing."""
+
+
+def layer_of(frames: list[str]) -> str:
+    if frames and frames[-1].startswith(WAITING):
+        return IDLE
+    for frame in reversed(frames):
+        match = FRAME.search(frame)
+        if match is None:
+            continue
+        path = match["file"]
+        if any(part in path for part in LOOP_RUN):
+            return NATIVE
+        for name, parts in LAYERS:
+            if any(part in path for part in parts):
+                return name
+    return OTHER_NATIVE
+
+
+def thread_group(head: str, loop_tid: int | None) -> str:
+    """``event loop`` (the thread ``loop_tid`` or Python's ``MainThread``, where uvicorn runs the
+    loop), ``model thread`` (``convzoo-model``), else ``other threads``."""
+    match = THREAD.match(head)
+    if match is None:
+        return "other threads"
+    if match["id"].lower() in (str(loop_tid), hex(loop_tid or 0)) or match["name"] == "MainThread":
+        return "event loop"
+    return "model thread" if (match["name"] or "").startswith("convzoo-model") else "other threads"
+
+
+def profile_table(raw: Path, loop_tid: int | None = None) -> tuple[dict[str, Counter], Counter]:
+    """{thread group: Counter(layer -> samples)} of a ``py-spy record --threads -f raw`` file
+    (``thread_group``), and the samples per group."""
+    layers: dict[str, Counter] = defaultdict(Counter)
+    totals: Counter = Counter()
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = stack.split(";")
+        group = thread_group(frames[0], loop_tid)
+        layers[group][layer_of(frames[1:])] += int(count)
+        totals[group] += int(count)
+    return layers, totals
+
+
+def format_profile(raw: Path, loop_tid: int, cpu_ms: dict[str, float]) -> str:
+    """The layers' shares of each thread's busy samples, and those shares of the thread's CPU per
+    request (``cpu_ms``: group -> ms, from ``/proc``)."""
+    layers, _ = profile_table(raw, loop_tid)
+    busy = {g: sum(n for layer, n in layers[g].items() if layer != IDLE) or 1 for g in GROUPS}
+    total_ms = sum(cpu_ms.values()) or 1
+    lines = [
+        f"py-spy samples of the worker ({raw.name}, 100 Hz), each thread's busy samples shared out "
+        "over its CPU per request (/proc):",
+        "",
+        "| layer | event loop | model thread | other threads | ms/request | % of the worker |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    names = {n for g in GROUPS for n in layers[g] if n != IDLE}
+    rows = []
+    for name in names:
+        ms = sum(cpu_ms.get(g, 0) * layers[g][name] / busy[g] for g in GROUPS)
+        cells = " | ".join(f"{100 * layers[g][name] / busy[g]:.1f} %" for g in GROUPS)
+        rows.append((ms, f"| {name} | {cells} | {ms:.3f} | {100 * ms / total_ms:.1f} % |"))
+    lines += [row for _, row in sorted(rows, reverse=True)]
+    lines.append(
+        "| (CPU per request, /proc) | "
+        + " | ".join(f"{cpu_ms.get(g, 0):.3f} ms" for g in GROUPS)
+        + f" | {total_ms:.3f} | 100 % |"
+    )
+    return "\n".join(lines)
+
+
+def summary(results: dict[tuple[str, str], Figures]) -> str:
+    lines = [
+        "",
+        "| variant | route | server CPU ms/request | event loop | model thread | other threads "
+        "| requests/s | p50 ms | p99 ms | client cores | server ms, every round |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for (name, route), f in results.items():
+        m = statistics.median
+        lines.append(
+            f"| {name} | {route} | {m(f.server_ms):.3f} | {m(f.loop_ms):.3f} | {m(f.model_ms):.3f} "
+            f"| {m(f.other_ms):.3f} | {m(f.requests_per_s):.1f} | {m(f.p50_ms):.2f} | {m(f.p99_ms):.1f} "
+            f"| {m(f.client_cores):.2f} | {', '.join(f'{x:.3f}' for x in f.server_ms)} |"
+        )
+    return "\n".join(lines)
+
+
+def run_variant(variant: Variant, round_index: int, routes, ref, images, args, results) -> None:
+    """One server start of ``variant``: a window per route, its figures added to ``results``."""
+    saved = {key: os.environ.get(key) for key in variant.env}
+    os.environ.update(variant.env)
+    log = args.out / "logs" / f"{variant.name}-r{round_index}.log"
+    try:
+        with RunningServer(
+            SERVERS["bentoml"], ref, args.models_dir, args.server_cpus, log, repo=variant.checkout
+        ) as server:
+            server.wait_ready()
+            warm_up(server.url, images[:40])
+            for route in routes:
+                profile = None
+                if args.py_spy is not None and round_index == 1:
+                    args.py_spy.mkdir(parents=True, exist_ok=True)
+                    profile = args.py_spy / f"{variant.name}-{route}.txt"
+                got = measure(server, route, images, args, profile)
+                record(results[variant.name, route], got, f"round {round_index} {variant.name} {route}")
+                if profile is not None and profile.is_file():
+                    cpu = {
+                        "event loop": got["loop_ms"],
+                        "model thread": got["model_ms"],
+                        "other threads": got["other_ms"],
+                    }
+                    print(format_profile(profile, workers(server.process.pid)[0].pid, cpu), flush=True)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+FLOOR = "uvicorn floor (trivial app)"
+
+
+class FloorServer:
+    """uvicorn serving ``benchmarks.trivial_app`` (uvloop, httptools), pinned as the variants."""
+
+    def __init__(self, cpus: str | None, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "uvicorn", "benchmarks.trivial_app:app", "--port", str(self.port)]
+        command += ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
+        self.process = subprocess.Popen(
+            pin_prefix(cpus) + command, cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT
+        )
+
+    def __enter__(self) -> FloorServer:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(self.url, timeout=2).status_code == 200:
+                    return self
+            except requests.RequestException:
+                time.sleep(0.2)
+        raise RuntimeError("the trivial app did not start")
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+def run_floor(round_index: int, routes, images, args, results) -> None:
+    with FloorServer(args.server_cpus, args.out / "logs" / f"floor-r{round_index}.log") as server:
+        for route in routes:
+            got = measure(server, route, images, args, None)
+            record(results[FLOOR, route], got, f"round {round_index} floor {route}")
+
+
+def record(figures: Figures, got: dict, title: str) -> None:
+    for key in ("server_ms", "loop_ms", "model_ms", "other_ms", "requests_per_s", "p50_ms", "p99_ms"):
+        getattr(figures, key).append(got[key])
+    figures.client_cores.append(got["client_cores"])
+    print(
+        f"{title}: server {got['server_ms']:.3f} ms/request (loop {got['loop_ms']:.3f}, model thread "
+        f"{got['model_ms']:.3f}, other {got['other_ms']:.3f}), {got['requests_per_s']:.1f} requests/s, "
+        f"p50 {got['p50_ms']:.2f} ms, p99 {got['p99_ms']:.1f} ms, client {got['client_cores']:.2f} cores, "
+        f"{got['failures']} failures {got['first_failure'][:60]}",
+        flush=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.http_served",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("variants", nargs="+", help="NAME[@CHECKOUT]:[VAR=VALUE,...]")
+    parser.add_argument("--routes", default="v2,classify", help="comma-separated: v2, classify")
+    parser.add_argument("--model", default=os.environ.get("CONVZOO_MODEL") or DEFAULT_MODEL)
+    add_image_set_argument(parser)
+    parser.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--warmup", type=float, default=3)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--server-cpus", default="1")
+    parser.add_argument("--client-cpus", default="0")
+    parser.add_argument("--py-spy", type=Path, default=None, help="profile the first round into DIR")
+    parser.add_argument("--floor", action="store_true", help="also measure uvicorn with a trivial app")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "http_served")
+    args = parser.parse_args(argv)
+    routes = [r for r in args.routes.split(",") if r]
+    if not set(routes) <= set(ROUTES):
+        parser.error(f"--routes: choose from {', '.join(ROUTES)}")
+    try:
+        variants = [Variant.parse(text) for text in args.variants]
+    except ValueError as error:
+        parser.error(str(error))
+    ref = resolve(args.model, args.models_dir)
+    images = list(image_set(args.image_set).paths)
+    results = {(v.name, r): Figures() for v in variants for r in routes}
+    if args.floor:
+        results.update({(FLOOR, r): Figures() for r in routes})
+    for round_index in range(1, args.rounds + 1):
+        for variant in variants:
+            run_variant(variant, round_index, routes, ref, images, args, results)
+        if args.floor:
+            run_floor(round_index, routes, images, args, results)
+    print(summary(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
