@@ -22,13 +22,19 @@ probabilities ``[n, classes]`` (the cast, the family's scaling, the backbone and
 
 The split is the one the model was trained with (fractions and seed from the export's metadata or
 its run folder); the test split is never used for calibration. Running it again replaces the
-derived forms (they are reproducible from the SavedModel); each is written to a hidden folder and
-renamed into place, and ``metadata.json`` is replaced atomically last.
+derived forms (they are reproducible from the SavedModel). On the command line the version is
+measured in a hidden copy beside it (``.tmp-<version>-optimize-<pid>``, its files hard links) that
+then takes its place in one atomic exchange (``publish``): a server polling the repository sees the
+old version or the new one, never new forms beside the old ``metadata.json``, and reloads it
+(``service.serving.watcher``). During ``export`` and ``import`` the forms are written into the
+version's own hidden folder before it is published.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import errno
 import json
 import os
 import re
@@ -42,7 +48,15 @@ from pathlib import Path
 import numpy as np
 
 from service.config import cpu_count
-from service.repository import InvalidExport, file_records, read_metadata, replace_folder, write_json
+from service.repository import (
+    InvalidExport,
+    file_records,
+    fsync_dir,
+    fsync_tree,
+    read_metadata,
+    replace_folder,
+    write_json,
+)
 from service.runtimes import (
     GATE,
     OPENVINO_PRECISION_HINT,
@@ -505,8 +519,8 @@ def already_optimized(folder: Path, metadata: dict) -> str | None:
         return None
     return (
         f"{folder} already has its runtimes measured ({', '.join(measured)}); `--rewrite` measures "
-        "them again and rewrites its openvino/ and metadata.json in place (a committed model shows "
-        "as modified; a server that serves it keeps the old forms until it restarts)"
+        "them again and rewrites its openvino/ and metadata.json (a committed model shows as "
+        "modified; a server that serves it loads it again once it is rewritten)"
     )
 
 
@@ -529,7 +543,7 @@ def main(args: argparse.Namespace) -> int:
         held_out = held_out_for_export(
             folder, metadata, data=args.data, calibration=args.calibration, limit=args.limit
         )
-        runtimes = optimize_export(folder, held_out, precisions=precisions)
+        runtimes = measured_aside(folder, lambda copy: optimize_export(copy, held_out, precisions=precisions))
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -537,6 +551,55 @@ def main(args: argparse.Namespace) -> int:
     for key, found in runtimes.items():
         print("  " + summary_line(key, found))
     return 0
+
+
+def measured_aside(folder: Path, measure) -> dict:
+    """``measure(copy)`` on a hidden copy of the version ``folder`` (hard links: no bytes copied;
+    what ``optimize_export`` writes replaces files, never writes into them), then the copy
+    published in its place (``publish``); the copy is removed whatever happens."""
+    folder = Path(folder)
+    copy = folder.parent / f".tmp-{folder.name}-optimize-{os.getpid()}"
+    shutil.rmtree(copy, ignore_errors=True)
+    try:
+        shutil.copytree(folder, copy, symlinks=True, ignore=_hidden, copy_function=_link_or_copy)
+        result = measure(copy)
+        publish(copy, folder)
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)  # after publish: the old version
+    return result
+
+
+def publish(new: Path, folder: Path) -> None:
+    """Put the finished folder ``new`` (a sibling) in the place of ``folder`` in one step: Linux's
+    ``renameat2(RENAME_EXCHANGE)`` swaps the two names atomically, so ``folder`` is never absent
+    nor half-written, and ``new`` then holds the old version (the caller removes it). Where the
+    exchange is not available (another OS, a file system without it), two renames
+    (``service.repository.replace_folder``: ``folder`` absent for an instant)."""
+    fsync_tree(new)
+    try:
+        renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    except (OSError, TypeError):  # no C library to ask (Windows)
+        renameat2 = None
+    if renameat2 is not None:
+        at_cwd, exchange = -100, 2  # AT_FDCWD, RENAME_EXCHANGE (linux/fcntl.h, linux/fs.h)
+        if renameat2(at_cwd, os.fsencode(new), at_cwd, os.fsencode(folder), exchange) == 0:
+            fsync_dir(Path(folder).parent)
+            return
+        code = ctypes.get_errno()
+        if code not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise OSError(code, f"cannot exchange {new} and {folder}: {os.strerror(code)}")
+    replace_folder(new, folder)
+
+
+def _hidden(_folder: str, names: list[str]) -> list[str]:
+    return [name for name in names if name.startswith(".")]
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def optimize_exported_run(version_dir: Path, run_dir: Path | None = None, shown: Path | None = None) -> None:

@@ -14,19 +14,30 @@ version policies want (``service.serving.registry.Policy``) with what the ``Regi
 - a served version no longer wanted (a newer one took its place, its folder was removed, its whole
   model folder was removed) is taken out of the registry, and released once its last request has
   ended (``ServedVersion.in_flight``); the default model always keeps one version;
+- a served version whose files change in place (``python -m training optimize --rewrite``, a
+  version copied over) is loaded again the same way, then swapped in: new requests get the new
+  load, requests that hold the old one finish on it, and the old one is released after its last
+  request. A change that fails verification (a rewrite half done, a corrupt copy) keeps the old load
+  serving, with one refusal logged; it is tried again once its files change. Noticing a change costs
+  a ``stat`` of each file of every served version per poll (``_files_state``), no reading;
 - what the repository holds besides models is ignored with one log line each, once
   (``repository.scan_versions``: a folder named ``²`` or ``007``, a symbolic link, a file): it
   never stops the watcher, and a model added beside it is still loaded. Symbolic links are never
   followed (``repository.containment_problem``, checked again by every load).
 
 Writers put a version in place by renaming a finished folder (``training.export`` does): a folder
-still being copied in place is refused, then loaded once the copy is complete.
+still being copied in place is refused, then loaded once the copy is complete. ``optimize``
+replaces a version folder it measures again in one atomic exchange (``training.optimize.publish``),
+so a poll never sees its rewrite half done; hidden entries (``.tmp-*``) are not part of a version's
+state.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -62,6 +73,7 @@ class Watcher:
         self.loader = loader
         self.where = "CPU"  # the device, for the log lines (DataPlane.start: TensorFlow's GPU)
         self.refused: dict[tuple[str, int], tuple] = {}  # version -> the files' state when refused
+        self.loaded: dict[tuple[str, int], tuple] = {}  # served version -> its files' state when loaded
         self.reasons: dict[tuple[str, int], str] = {}  # version -> why it was refused (one line)
         self.noted: set[str] = set()  # what the last poll ignored (each noted once in the log)
         self._noted_now: set[str] = set()
@@ -147,6 +159,7 @@ class Watcher:
         self.reasons = {key: reason for key, reason in self.reasons.items() if key in self.refused}
         for name in sorted(set(self.registry.models) - set(listing)):
             self._follow(name, [])  # its folder is gone (or is no longer a plain folder)
+        self._reload_changed()
         if self._quiet:
             logger.warning(
                 "... and %d more entries of %s refused or ignored (not logged one by one)",
@@ -173,10 +186,45 @@ class Watcher:
                 continue  # never leave the default model with nothing to serve
             self._retire(name, version)
 
-    def _refused_now(self, name: str, version: int) -> bool:
+    def _reload_changed(self) -> None:
+        """Load again every served version whose files changed since it was loaded (module
+        docstring); a change that does not load leaves the old load serving."""
+        self.loaded = {key: state for key, state in self.loaded.items() if self.registry.get(*key)}
+        for served in self.registry.all():
+            key = (served.name, served.version)
+            folder = self._folder(*key)
+            if not folder.is_dir() or folder.is_symlink():
+                continue  # not in the repository (a Bento's own model), or going away
+            state = _files_state(folder)
+            if state == self.loaded.get(key) or self._refused_now(*key, state):
+                continue
+            try:
+                self.serve(folder, *key, state=state)
+            except Exception as error:
+                self.refused[key] = state
+                self.reasons[key] = _one_line(error)
+                metrics().model_loads.labels(served.name, str(served.version), "refused").inc()
+                self._say(
+                    logging.WARNING,
+                    "refused the changed files of %s in %s: %s; still serving it as loaded before (%s)",
+                    served.key,
+                    folder,
+                    _one_line(error),
+                    self.registry.summary(),
+                )
+                continue
+            self.refused.pop(key, None)
+            self.reasons.pop(key, None)
+            self._release(served, f"reloaded {served.key} (its files changed): new requests get the new load")
+
+    def _refused_now(self, name: str, version: int, state: tuple | None = None) -> bool:
         """Whether this version was refused and its files have not changed since."""
         key = (name, version)
-        return key in self.refused and self.refused[key] == _files_state(self._folder(name, version))
+        if key not in self.refused:
+            return False
+        if state is None:
+            state = _files_state(self._folder(name, version))
+        return self.refused[key] == state
 
     def _folder(self, name: str, version: int) -> Path:
         return Path(self.config.models_dir) / name / str(version)
@@ -202,7 +250,7 @@ class Watcher:
         folder = self._folder(name, version)
         state = _files_state(folder)
         try:
-            self.serve(folder, name, version)
+            self.serve(folder, name, version, state=state)
         except Exception as error:
             self.refused[(name, version)] = state
             self.reasons[(name, version)] = _one_line(error)
@@ -221,13 +269,18 @@ class Watcher:
         self.reasons.pop((name, version), None)
         return True
 
-    def serve(self, folder: Path, name: str, version: int) -> ServedVersion:
+    def serve(self, folder: Path, name: str, version: int, state: tuple | None = None) -> ServedVersion:
         """The one way a version starts serving, the default model's included
         (``DataPlane.start``): loaded and warmed up (``loader``; its errors raised), added to the
-        registry, counted and logged (``where``: the device, for the log line)."""
+        registry (in place of a load of the same version), counted and logged (``where``: the
+        device, for the log line). ``state``: its repository folder's ``_files_state``, taken
+        before the load (a change during the load is loaded again at the next poll)."""
         started = time.monotonic()
+        if state is None:
+            state = _files_state(self._folder(name, version))
         served = self.loader(folder, name, version, self.config)
         self.registry.add(served)
+        self.loaded[(name, version)] = state
         metrics().model_loads.labels(name, str(version), "loaded").inc()
         logger.info(
             "serving %s with %s %s on %s (%s; loaded and warmed up in %.1f s)",
@@ -243,9 +296,18 @@ class Watcher:
     def _retire(self, name: str, version: int) -> None:
         served = self.registry.remove(name, version)
         if served is not None:
-            served.batcher.close()
-            self.retiring.append(served)
-            logger.info("retiring %s: new requests go to %s", served.key, self.registry.summary())
+            self._release(served, f"retiring {served.key}: new requests go to {self.registry.summary()}")
+
+    def _release(self, served: ServedVersion, line: str) -> None:
+        """``served`` no longer handed out: released once its last request has ended."""
+        served.batcher.close()
+        self.retiring.append(served)
+        now = self.registry.get(served.name, served.version)
+        if now is not None:  # a reload: the old load's series goes down unless the new one has it
+            default = served.name == self.registry.default
+            if served.info_labels(default) != now.info_labels(default):
+                metrics().model_info.labels(*served.info_labels(default)).set(0)
+        logger.info("%s", line)
 
     def _release_finished(self) -> None:
         """Drop the retired versions whose last request has ended (their memory goes back)."""
@@ -262,17 +324,24 @@ class Watcher:
 
 
 def _files_state(folder: Path) -> tuple:
-    """Every file's path, size and modification time under ``folder`` (changes when it does)."""
+    """Every file's path, size, modification time and inode under ``folder`` (changes when it
+    does; a rename into place changes the inode even when size and time are the same): one
+    ``stat`` per file, nothing read. Hidden entries (a writer's ``.tmp-*``) and symbolic links
+    are left out (never followed; a load refuses them)."""
+    found = []
     try:
-        return tuple(
-            sorted(
-                (str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns)
-                for p in folder.rglob("*")
-                if p.is_file()
-            )
-        )
+        for parent, folders, files in os.walk(folder):
+            folders[:] = [name for name in folders if not name.startswith(".")]
+            for name in files:
+                if name.startswith("."):
+                    continue
+                path = os.path.join(parent, name)
+                info = os.lstat(path)
+                if stat.S_ISREG(info.st_mode):
+                    found.append((os.path.relpath(path, folder), info.st_size, info.st_mtime_ns, info.st_ino))
     except OSError:
         return ()
+    return tuple(sorted(found))
 
 
 def _one_line(error: BaseException) -> str:
