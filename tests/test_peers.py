@@ -142,7 +142,10 @@ class PeerProcess:
             self._remember_children()
             assert self.process.poll() is None, f"{self.peer.name} exited early:\n{self.log_tail()}"
             try:
-                if requests.get(self.url + self.peer.ready_path, timeout=2).status_code == 200:
+                if (
+                    requests.get(self.url + self.peer.ready_path.format(name=MODEL), timeout=2).status_code
+                    == 200
+                ):
                     return time.monotonic() - self.started
             except requests.RequestException:
                 pass

@@ -44,7 +44,10 @@ class Peer:
       ``/v2``) also takes ``[1, 1]``, so one client may send ``[1, 1]`` everywhere;
     - ``binary_output``: it answers ``probabilities`` as binary data when asked
       (``"parameters": {"binary_data": true}`` on the output); else always JSON;
-    - ``batching``: how it batches, in words; ``ready_timeout_s``: longest start-up seen x ~3.
+    - ``batching``: how it batches, in words; ``ready_timeout_s``: longest start-up seen x ~3;
+    - ``ready_path``: answers 200 once the model serves (``.format(name=MODEL_NAME)``): the model's
+      OIP readiness, not the server's (Triton's ``/v2/health/ready`` says 200 before PyTriton has
+      loaded the model, and infer then answers 404).
     """
 
     name: str
@@ -57,7 +60,7 @@ class Peer:
     binary_output: bool
     batching: str
     ready_timeout_s: float
-    ready_path: str = "/v2/health/ready"
+    ready_path: str = "/v2/models/{name}/ready"
 
 
 PEERS: dict[str, Peer] = {
@@ -92,10 +95,10 @@ PEERS: dict[str, Peer] = {
             title="KServe 0.21.0 model server",
             module="benchmarks.peers.kserve_server",
             env="kserve",
-            binary=True,
+            binary=False,  # it decodes binary BYTES as UTF-8 text (InferRequest.from_bytes): no JPEG
             json_bytes="base64",
             shape=(1,),
-            binary_output=True,
+            binary_output=False,
             batching="none (the KServe model server has no batcher; KServe batches in its agent sidecar)",
             ready_timeout_s=180,
         ),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import uuid
 
 from kserve import InferOutput, InferRequest, InferResponse, Model, ModelServer
 
@@ -46,7 +47,10 @@ class ConvzooModel(Model):
             probabilities, binary_data=bool(getattr(payload, "use_binary_outputs", False))
         )
         return InferResponse(
-            model_name=self.name, infer_outputs=[output], response_id=payload.id, use_binary_outputs=False
+            model_name=self.name,
+            infer_outputs=[output],
+            response_id=payload.id or str(uuid.uuid4()),
+            use_binary_outputs=False,
         )
 
 

@@ -17,8 +17,8 @@ A local Ray instance is started with as many CPUs as this process may use (its a
 shuts Serve and Ray down.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI must see the classes of the routes' parameters
+# (under Ray's ingress a string annotation `Request` became a query parameter).
 import argparse
 import asyncio
 import json
@@ -61,6 +61,10 @@ class OIPClassifier:
     @app.get("/v2/health/live")
     async def live(self) -> Response:
         return Response(status_code=200)
+
+    @app.get("/v2/models/{name}/ready")
+    async def model_ready(self, name: str) -> Response:
+        return Response(status_code=200 if name == self.model.name else 404)
 
     @app.post("/v2/models/{name}/infer")
     async def infer(self, name: str, request: Request) -> Response:

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import socket
 import sys
+import sysconfig
 
 import numpy as np
 
@@ -41,6 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(parser, port=8000, batch_wait_ms=0.0)
     args = parser.parse_args(argv)
     model = load(args)
+
+    # Triton's Python backend stub (which hands each batch to this process) loads libpython: the
+    # one of this interpreter, not another build of the same version the system may have.
+    libdir = sysconfig.get_config_var("LIBDIR")
+    if libdir:
+        os.environ["LD_LIBRARY_PATH"] = os.pathsep.join(
+            filter(None, [libdir, os.environ.get("LD_LIBRARY_PATH")])
+        )
 
     from pytriton.decorators import batch
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
