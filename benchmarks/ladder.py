@@ -115,6 +115,7 @@ def run_step(
     protocol: str = "classify",
     model: str | None = None,
     classes: int | None = None,
+    column: bool = False,
 ) -> Step:
     """Run Locust for one step and return its figures; its console output goes to PREFIX.log.
     ``protocol`` (``benchmarks.wire.PROTOCOLS``), ``model`` (the name in the OIP path) and
@@ -130,6 +131,7 @@ def run_step(
         "CONVZOO_BENCH_PROTOCOL": protocol,
         "CONVZOO_BENCH_MODEL": model or "",
         "CONVZOO_BENCH_CLASSES": "" if classes is None else str(classes),
+        "CONVZOO_BENCH_COLUMN": "1" if column else "",
     }
     log_path = csv_prefix.with_suffix(".log")
     before = server_metrics.read(host)

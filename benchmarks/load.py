@@ -442,6 +442,7 @@ def _ladder(
         "protocol": spec.protocol,
         "model": ref.name if ref else None,
         "classes": len(read_metadata(ref)["labels"]) if ref else None,
+        "column": spec.column,
     }
     warm_up(url, images, **workload)
     label = name if name in known_servers() or name in OIP_PEERS else "host"

@@ -17,6 +17,7 @@ share a process:
 | CONVZOO_BENCH_PROTOCOL             | ``classify`` (default), ``oip-binary`` or ``oip-json``      |
 | CONVZOO_BENCH_MODEL                | the model's name in ``/v2/models/<name>/infer`` (OIP)       |
 | CONVZOO_BENCH_CLASSES              | values expected in ``probabilities`` per image (OIP)        |
+| CONVZOO_BENCH_COLUMN               | ``1``: ``image_bytes`` of shape ``[n, 1]`` (Triton)         |
 | CONVZOO_BENCH_TIMES                | a JSON file for the exact percentiles and Locust's own CPU  |
 
 The files are read once at start and every request body is built then, so the load generator
@@ -57,10 +58,15 @@ CLASSES_VAR = "CONVZOO_BENCH_CLASSES"
 
 
 def build_requests(
-    paths: list[Path], per_request: int, protocol: str = "classify", model: str | None = None
+    paths: list[Path],
+    per_request: int,
+    protocol: str = "classify",
+    model: str | None = None,
+    column: bool = False,
 ) -> list[wire.Prepared]:
     """One prepared request per starting image (``benchmarks.wire.build_all``)."""
-    return wire.build_all(protocol, [(path.name, path.read_bytes()) for path in paths], per_request, model)
+    files = [(path.name, path.read_bytes()) for path in paths]
+    return wire.build_all(protocol, files, per_request, model, column)
 
 
 def _load_requests() -> list[wire.Prepared]:
@@ -77,6 +83,7 @@ def _load_requests() -> list[wire.Prepared]:
             int(os.environ.get(PER_REQUEST_VAR, "1")),
             os.environ.get(PROTOCOL_VAR) or "classify",
             os.environ.get(MODEL_VAR),
+            os.environ.get("CONVZOO_BENCH_COLUMN") == "1",
         )
     except ValueError as error:
         raise SystemExit(f"{PROTOCOL_VAR}/{MODEL_VAR}: {error}") from None

@@ -47,6 +47,7 @@ class ServerSpec:
     protocol: str = "classify"  # what the load generator sends (``benchmarks.wire.PROTOCOLS``)
     ready_path: str = "/readyz"
     venv: str | None = None  # the peer's own virtual environment (``benchmarks.peers.envs``)
+    column: bool = False  # ``image_bytes`` as ``[n, 1]`` (Triton with batching), not ``[n]``
 
     @property
     def oip(self) -> bool:
@@ -105,14 +106,16 @@ def peer_specs() -> dict[str, ServerSpec]:
     except ImportError:
         return {}
     return {
-        name: ServerSpec(
+        # a peer named as one of the old TensorFlow servers ("ray") is this run's "ray-oip"
+        (f"{name}-oip" if name in SERVERS else name): ServerSpec(
             name,
             _field(spec, "title", name),
             _field(spec, "module"),
             float(_field(spec, "ready_timeout_s", 300)),
             protocol="oip-binary" if _field(spec, "binary", False) else "oip-json",
-            ready_path="/v2/health/ready",
+            ready_path=_field(spec, "ready_path", None) or "/v2/health/ready",
             venv=_field(spec, "env"),
+            column=len(_field(spec, "shape", None) or (1,)) == 2,
         )
         for name, spec in PEERS.items()
     }
@@ -213,6 +216,7 @@ class RunningServer:
     ):
         """``repo``: the checkout to run the server from (another one: ``benchmarks.ab``)."""
         self.spec = spec
+        self.ready_path = spec.ready_path.format(name=ref.name)  # a peer's: its model's readiness
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         python = peer_python(spec)  # before anything is opened: may raise ServerError
@@ -247,7 +251,7 @@ class RunningServer:
                     f"before it was ready; last log lines:\n{self.log_tail()}"
                 )
             try:
-                if requests.get(f"{self.url}{self.spec.ready_path}", timeout=5).status_code == 200:
+                if requests.get(f"{self.url}{self.ready_path}", timeout=5).status_code == 200:
                     return time.monotonic() - start
             except requests.RequestException:
                 pass
@@ -339,11 +343,12 @@ def warm_up(
     protocol: str = "classify",
     model: str | None = None,
     classes: int | None = None,
+    column: bool = False,
 ) -> None:
     """Send every image once, one request each, in ``protocol`` (``benchmarks.wire``); raises
     ``ServerError`` on any answer the load generator would count as failed."""
     for path in images:
-        prepared = wire.build(protocol, [(path.name, path.read_bytes())], model)
+        prepared = wire.build(protocol, [(path.name, path.read_bytes())], model, column)
         response = requests.post(
             f"{url}{prepared.path}", data=prepared.body, headers=prepared.headers, timeout=120
         )

@@ -48,9 +48,12 @@ def infer_path(model: str) -> str:
     return f"/v2/models/{model}/infer"
 
 
-def build(protocol: str, files: list[tuple[str, bytes]], model: str | None = None) -> Prepared:
+def build(
+    protocol: str, files: list[tuple[str, bytes]], model: str | None = None, column: bool = False
+) -> Prepared:
     """The request carrying ``files`` ((filename, bytes) pairs) in ``protocol``; ``model``: the
-    name in the OIP path."""
+    name in the OIP path; ``column``: ``image_bytes`` of shape ``[n, 1]`` instead of ``[n]`` (Triton
+    with batching needs a dimension of its own; convzoo and the other peers take both)."""
     if protocol == "classify":
         body, content_type = encode_multipart(files)
         return Prepared("/classify", body, {"Content-Type": content_type}, len(files))
@@ -58,7 +61,8 @@ def build(protocol: str, files: list[tuple[str, bytes]], model: str | None = Non
         raise ValueError(f"unknown protocol {protocol!r}; one of {', '.join(PROTOCOLS)}")
     if not model:
         raise ValueError(f"{protocol} needs the model's name (the path /v2/models/<name>/infer)")
-    tensor = {"name": BYTES_INPUT, "datatype": "BYTES", "shape": [len(files)]}
+    shape = [len(files), 1] if column else [len(files)]
+    tensor = {"name": BYTES_INPUT, "datatype": "BYTES", "shape": shape}
     if protocol == "oip-json":
         tensor["parameters"] = {"content_type": "base64"}
         tensor["data"] = [base64.b64encode(data).decode("ascii") for _, data in files]
@@ -76,11 +80,15 @@ def build(protocol: str, files: list[tuple[str, bytes]], model: str | None = Non
 
 
 def build_all(
-    protocol: str, files: list[tuple[str, bytes]], per_request: int, model: str | None = None
+    protocol: str,
+    files: list[tuple[str, bytes]],
+    per_request: int,
+    model: str | None = None,
+    column: bool = False,
 ) -> list[Prepared]:
     """One request per starting file, ``per_request`` consecutive files each (wrapping around)."""
     return [
-        build(protocol, [files[(start + i) % len(files)] for i in range(per_request)], model)
+        build(protocol, [files[(start + i) % len(files)] for i in range(per_request)], model, column)
         for start in range(len(files))
     ]
 

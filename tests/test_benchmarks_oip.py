@@ -66,6 +66,14 @@ def test_oip_requests_round_trip_through_convzoos_parser(protocol, files):
         assert wire.HEADER_LENGTH not in prepared.headers
 
 
+@pytest.mark.parametrize("protocol", ["oip-binary", "oip-json"])
+def test_a_column_of_bytes_as_triton_wants_it_parses_too(protocol):
+    prepared = wire.build(protocol, [("a.jpg", JPEG_A), ("b.jpg", JPEG_B)], "m", column=True)
+    header = prepared.body[: int(prepared.headers.get(wire.HEADER_LENGTH, len(prepared.body)))]
+    assert json.loads(header)["inputs"][0]["shape"] == [2, 1]
+    assert parsed_by_convzoo(prepared)[0] == [JPEG_A, JPEG_B]
+
+
 def test_a_frame_cut_short_is_refused_by_convzoos_parser():
     """The builder's framing is what the parser checks: one byte less and it no longer fits."""
     prepared = wire.build("oip-binary", [("a.jpg", JPEG_A)], "m")
@@ -261,5 +269,10 @@ def test_convzoos_two_rows_and_the_peers_speak_oip():
     except ImportError:
         pytest.skip("benchmarks.peers has no PEERS yet")
     for name in OIP_PEERS:
-        spec = server_spec(name)
-        assert name in PEERS and spec.oip and spec.ready_path == "/v2/health/ready" and spec.venv
+        spec = server_spec(name)  # "ray-oip": PEERS["ray"] where that name is the old peer's
+        assert (
+            spec.oip
+            and spec.ready_path.startswith("/v2/")
+            and spec.venv
+            and spec.module in {peer.module for peer in PEERS.values()}
+        )
