@@ -306,8 +306,9 @@ def check_metadata(url: str, ref: ModelRef | None) -> dict:
 
 def check_oip_model(url: str, ref: ModelRef) -> dict:
     """The OIP model metadata of ``ref``: ``GET /v2/models/<name>/versions/<v>``, else (a server
-    that does not route versions) ``GET /v2/models/<name>`` listing that version or none;
-    ``ServerError`` when the server serves another model or version."""
+    that does not route versions) ``GET /v2/models/<name>`` listing that version or none, else
+    (no metadata routes) the model's readiness, versioned or not; ``ServerError`` when the server
+    serves another model or version."""
     answered = []
     for path in (f"/v2/models/{ref.name}/versions/{ref.version}", f"/v2/models/{ref.name}"):
         response = requests.get(f"{url}{path}", timeout=30)
@@ -326,6 +327,13 @@ def check_oip_model(url: str, ref: ModelRef) -> dict:
                 f"{url}{path} describes {metadata.get('name')} versions {versions}, not {ref.spec}"
             )
         return metadata
+    # A server without the metadata routes (the Ray peer): the model's own readiness, for a
+    # server started with --model NAME:VERSION; the warm-up then checks every answer.
+    for path in (f"/v2/models/{ref.name}/versions/{ref.version}/ready", f"/v2/models/{ref.name}/ready"):
+        response = requests.get(f"{url}{path}", timeout=30)
+        answered.append(f"{path}: {response.status_code}")
+        if response.status_code == 200:
+            return {"name": ref.name, "versions": [str(ref.version)], "checked": path}
     raise ServerError(f"{url} does not describe {ref.spec} ({', '.join(answered)})")
 
 
