@@ -12,7 +12,11 @@ The server's side of the step comes from its ``/metrics``, read just before and 
 Locust run (``benchmarks.server_metrics``): mean queue time per request, mean inference time per
 batch, mean batch size and the largest worker's resident memory. Those deltas also cover Locust's
 start (~1-2 s, users spawning) that ``--reset-stats`` leaves out of the client-side figures. Peer
-servers without convzoo metrics (FastAPI, Ray Serve) leave them ``None`` (empty cells).
+servers without convzoo metrics leave them ``None`` (empty cells).
+
+The generator's side: the CPU Locust's own process spent over the measured span (user + system
+seconds ÷ wall seconds, from the locustfile; 1.0 = its one core, the most a gevent process can use)
+and the machine's 1-minute load average at the end of the step.
 """
 
 from __future__ import annotations
@@ -56,6 +60,18 @@ class Step:
     inference_ms: float | None = None  # mean duration of one model call (one batch)
     batch_size: float | None = None  # mean images per model call
     rss_mib: float | None = None  # the largest worker's resident memory after the step
+    # The load generator's side.
+    generator_cpu: float | None = None  # Locust's CPU seconds ÷ wall seconds (1.0: its one core)
+    load_average: float | None = None  # the machine's 1-minute load average after the step
+
+    @property
+    def ok_per_s(self) -> float:
+        """Successful requests per second."""
+        return self.requests_per_s * (self.requests - self.failures) / self.requests if self.requests else 0.0
+
+
+GENERATOR_SATURATED = 0.9
+"""Locust's CPU share (of its one core) from which the generator, not the server, sets the pace."""
 
 
 class LocustError(RuntimeError):
@@ -95,8 +111,15 @@ def run_step(
     images_per_request: int,
     csv_prefix: Path,
     cpus: str | None,
+    *,
+    protocol: str = "classify",
+    model: str | None = None,
+    classes: int | None = None,
+    column: bool = False,
 ) -> Step:
-    """Run Locust for one step and return its figures; its console output goes to PREFIX.log."""
+    """Run Locust for one step and return its figures; its console output goes to PREFIX.log.
+    ``protocol`` (``benchmarks.wire.PROTOCOLS``), ``model`` (the name in the OIP path) and
+    ``classes`` (values per image in an OIP answer) tell the users what to send and expect."""
     csv_prefix.parent.mkdir(parents=True, exist_ok=True)
     times = Path(f"{csv_prefix}_times.json")
     times.unlink(missing_ok=True)
@@ -105,6 +128,10 @@ def run_step(
         "CONVZOO_BENCH_IMAGES": os.pathsep.join(str(p) for p in images),
         "CONVZOO_BENCH_IMAGES_PER_REQUEST": str(images_per_request),
         "CONVZOO_BENCH_TIMES": str(times),
+        "CONVZOO_BENCH_PROTOCOL": protocol,
+        "CONVZOO_BENCH_MODEL": model or "",
+        "CONVZOO_BENCH_CLASSES": "" if classes is None else str(classes),
+        "CONVZOO_BENCH_COLUMN": "1" if column else "",
     }
     log_path = csv_prefix.with_suffix(".log")
     before = server_metrics.read(host)
@@ -122,7 +149,12 @@ def run_step(
         raise LocustError(f"locust exited with code {finished.returncode}:\n{tail}")
     after = server_metrics.read(host)
     step = parse_stats(Path(f"{csv_prefix}_stats.csv"), server, users, images_per_request)
-    step = replace(step, top_failure=top_failure(Path(f"{csv_prefix}_failures.csv")), **exact_times(times))
+    step = replace(
+        step,
+        top_failure=top_failure(Path(f"{csv_prefix}_failures.csv")),
+        load_average=os.getloadavg()[0],
+        **exact_times(times),
+    )
     return with_server_figures(step, server_metrics.between(before, after))
 
 
@@ -173,13 +205,17 @@ def parse_stats(stats_csv: Path, server: str, users: int, images_per_request: in
 
 def exact_times(path: Path) -> dict[str, float]:
     """The step's exact latency percentiles (``benchmarks.locustfile`` writes them), to replace
-    Locust's rounded ones; nothing when the file is missing or holds no request."""
+    Locust's rounded ones, and Locust's CPU share; nothing when the file is missing, no latency
+    when it holds no request."""
     try:
         times = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-    keys = ("p50_ms", "p95_ms", "p99_ms", "mean_ms")
-    return {key: float(times[key]) for key in keys if key in times} if times.get("count") else {}
+    keys = ("p50_ms", "p95_ms", "p99_ms", "mean_ms") if times.get("count") else ()
+    found = {key: float(times[key]) for key in keys if key in times}
+    if "generator_cpu" in times:
+        found["generator_cpu"] = float(times["generator_cpu"])
+    return found
 
 
 def top_failure(failures_csv: Path, limit: int = 160) -> str:

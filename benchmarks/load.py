@@ -1,27 +1,39 @@
-"""Load-test the service (and its peers) over a ladder of concurrent users; write a report.
+"""Load-test the service and its peers over a ladder of concurrent users; write a report.
 
-    python -m benchmarks.load                      # the BentoML service, started here
-    python -m benchmarks.load --compare            # + the service on TensorFlow, FastAPI and Ray
-                                                   #   Serve peers, and the ceilings
+    python -m benchmarks.load                      # the BentoML service (/classify), started here
+    python -m benchmarks.load --compare            # convzoo /v2 and /classify, then Triton, MLServer,
+                                                   #   KServe and Ray Serve on OIP v2, and the ceiling
     python -m benchmarks.load --host http://127.0.0.1:3000   # a server that is already running
-    python -m benchmarks.load --servers fastapi --users 1,4 --step-seconds 5 --no-ceiling
+    python -m benchmarks.load --servers bentoml-v2 --users 1,4 --step-seconds 5 --no-ceiling
+    python -m benchmarks.load --servers fastapi,ray   # the old TensorFlow tutorial peers (extras)
 
-For each server: start it (``taskset -c SERVER_CPUS``), wait for ``/readyz``, check with
-``/metadata`` that it serves the requested export, warm it up (every image once, then a short
-untimed run at the top of the ladder), then one headless Locust run per step of the ladder
-(``taskset -c LOCUST_CPUS``, fixed time per step, closed loop), and stop it. The in-process
-ceilings (``benchmarks.raw``) run alone, on the server CPUs: one per runtime that a measured
-server uses (the service's default runtime, ``auto``: OpenVINO int8 for the default model;
-TensorFlow for ``bentoml-tf`` and the peers), each just before the first server that runs on it
-(and the 12 MP one just after the service's 12 MP step), and each server is judged against its
-own runtime's ceiling. Servers run one after the other, never together, on the same images and the
-same ladder.
+For each server: start it (``taskset -c SERVER_CPUS``; a peer of ``benchmarks.peers.PEERS`` with the
+Python of its own virtual environment, built on first use), wait until it is ready, check that it
+serves the requested export (``POST /metadata``, or the OIP model metadata), warm it up (every image
+once, then a short untimed run at the top of the ladder), then one headless Locust run per step of
+the ladder (``taskset -c LOCUST_CPUS``, fixed time per step, closed loop), and stop it. A server
+that cannot be built, started or checked gets a NOT MEASURED line and the run goes on.
+
+``--compare`` (issue 34) measures, on the same export, images and ladder (1, 32, 64 users, 20 s a
+step after a 5 s warm-up): convzoo's ``/v2`` (OIP, binary tensor extension), convzoo's
+``/classify``, then the peers ``triton``, ``mlserver``, ``kserve`` and ``ray-oip`` (OIP v2, binary
+where the peer accepts it); the in-process ceiling of the same work (convzoo's decoding + the
+model, ``benchmarks.raw``'s ``service`` mode, batch sizes up to 32) on the server CPUs before the
+first server and again after the last. Its report opens with one table: requests/s and p50 per
+level, p99 per level and best ÷ ceiling per server, the load generator's CPU and the load average
+per level, then issue 34's goals marked pass/FAIL. The old TensorFlow tutorial peers (``fastapi``,
+``ray``, and ``bentoml-tf``) run only when named in ``--servers``, and never in that table.
+
+Otherwise the in-process ceilings (``benchmarks.raw``) run alone, on the server CPUs: one per
+runtime that a measured server uses, each just before the first server that runs on it (and the
+12 MP one just after the service's 12 MP step), and each server is judged against its own
+runtime's ceiling. Servers run one after the other, never together.
 
 Output in ``benchmarks/results/<timestamp>/`` (or ``--out``): ``steps.csv``, ``ceiling.csv`` and
-``ceiling-<runtime>.json``, ``report.md`` (header, targets, a table per server, the ceilings),
-``plot.png``, plus ``locust/`` (Locust's own CSVs and logs per step) and ``logs/`` (servers).
-``--docs docs`` also writes the report and its plot as the repository's ``docs/performance.md`` and
-``docs/performance.png`` (the README links them): the last row of benchmarks/README.md's log.
+``ceiling-<runtime>.json``, ``report.md`` (header, headline, targets, a table per server, the
+ceilings), ``plot.png``, plus ``locust/`` (Locust's own CSVs and logs per step) and ``logs/``
+(servers). ``--docs docs`` also writes the report and its plot as the repository's
+``docs/performance.md`` and ``docs/performance.png`` (the README links them).
 """
 
 from __future__ import annotations
@@ -43,18 +55,42 @@ from benchmarks.modelrepo import DEFAULT_MODEL, DEFAULT_MODELS_DIR, REPO, ModelR
 from benchmarks.report import (
     accuracy_targets,
     evaluate_targets,
+    generator_note,
+    generator_table,
+    headline_table,
+    issue34_goals,
     plot,
+    same_work_ceiling,
+    verdict,
     write_ceiling_csv,
     write_markdown,
     write_steps_csv,
 )
-from benchmarks.servers import SERVERS, RunningServer, ServerError, check_metadata, pin_prefix, warm_up
+from benchmarks.servers import (
+    OIP_PEERS,
+    SERVERS,
+    RunningServer,
+    ServerError,
+    ServerSpec,
+    check_served,
+    known_servers,
+    peer_python,
+    pin_prefix,
+    server_spec,
+    warm_up,
+)
+from benchmarks.wire import PROTOCOLS
 from service import runtimes
 from service.config import cpu_count
 
 RESULTS_DIR = REPO / "benchmarks" / "results"
 DEFAULT_USERS = "1,2,4,8,16,32,64"
-COMPARE_SERVERS = ("bentoml", "bentoml-tf", "fastapi", "ray")
+COMPARE_USERS = "1,32,64"
+DEFAULT_CEILING_BATCH_SIZES = "1,2,4,8,16,32,64"
+COMPARE_CEILING_BATCH_SIZES = "1,8,16,32"
+COMPARE_SERVERS = ("bentoml-v2", "bentoml", *OIP_PEERS)
+EXTRAS = ("bentoml-tf", "fastapi", "ray")
+"""The TensorFlow tutorial peers (and the service on TensorFlow): labelled extras, never headline rows."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,10 +109,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     target.add_argument(
         "--servers",
         default="bentoml",
-        help=f"comma-separated, of {', '.join(SERVERS)} (default: %(default)s)",
+        help=f"comma-separated, of {', '.join([*SERVERS, *OIP_PEERS])} (default: %(default)s)",
     )
     target.add_argument("--host", help="measure the server already running at this URL instead")
-    parser.add_argument("--users", default=DEFAULT_USERS, help="the ladder (default: %(default)s)")
+    parser.add_argument(
+        "--users", help=f"the ladder (default: {DEFAULT_USERS}; with --compare {COMPARE_USERS})"
+    )
     parser.add_argument("--step-seconds", type=float, default=20, help="Locust run time per step")
     parser.add_argument(
         "--warmup-seconds",
@@ -96,7 +134,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-pin", action="store_true", help="run everything without taskset")
     parser.add_argument("--no-ceiling", action="store_true", help="skip the in-process ceiling")
-    parser.add_argument("--ceiling-batch-sizes", default="1,2,4,8,16,32,64")
+    parser.add_argument(
+        "--ceiling-batch-sizes",
+        help=f"default: {DEFAULT_CEILING_BATCH_SIZES}; with --compare {COMPARE_CEILING_BATCH_SIZES}",
+    )
+    parser.add_argument(
+        "--ceiling-modes",
+        help="benchmarks.raw modes (default: all; with --compare service, the same work as the servers)",
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="classify",
+        help="what to send to --host (default: %(default)s; the OIP ones need the export's name)",
+    )
     parser.add_argument(
         "--no-large-photo",
         action="store_true",
@@ -128,10 +179,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
+    _defaults(args)
     users = [int(u) for u in args.users.split(",")]
     server_cpus, locust_cpus = (None, None) if args.no_pin else (args.server_cpus, args.locust_cpus)
     servers = _servers(args)
-    ref = None if args.host and args.no_ceiling else resolve(args.model, args.models_dir)
+    ref = (
+        None
+        if args.host and args.no_ceiling and args.protocol == "classify"
+        else resolve(args.model, args.models_dir)
+    )
     out = args.out or RESULTS_DIR / datetime.now().strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     images_used = image_set(args.image_set)
@@ -148,18 +204,28 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     problems: dict[str, str] = {}
     subject = "bentoml" if "bentoml" in servers else servers[0]
     large_ceiling = None
+    if not args.host:
+        _prepare(servers, problems)  # the peers' environments, before anything is timed
     for name in servers:
+        if name in problems:
+            continue
         runtime = _runtime(name)
         if not args.no_ceiling and runtime not in ceilings:
             ceilings[runtime] = _ceiling(ref, args, server_cpus, out, runtime)
         try:
             by_server[name] = _measure(name, ref, args, images, users, server_cpus, locust_cpus, out)
         except (ServerError, LocustError, subprocess.TimeoutExpired) as error:
-            problems[name] = str(error).splitlines()[0]
+            problems[name] = str(error).splitlines()[0] if str(error) else type(error).__name__
             print(f"[{name}] NOT MEASURED: {error}", flush=True)
             continue
         if name == subject and LARGE_PHOTO_STEPS.get(name) is not None and runtime in ceilings:
             large_ceiling = _ceiling(ref, args, server_cpus, out, runtime, images="phone")["ceiling"]
+    headline_runtime = _runtime("bentoml")
+    if args.compare and not args.no_ceiling and headline_runtime in ceilings:
+        # the same work again after the last server: the machine's drift over the run, shown
+        ceilings[f"{headline_runtime} (after)"] = _ceiling(
+            ref, args, server_cpus, out, headline_runtime, suffix="after"
+        )
 
     if subject not in by_server:
         subject = next(iter(by_server), servers[0])
@@ -180,7 +246,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         )
     if ref is not None and ceiling:
         targets += accuracy_targets(read_metadata(ref), ceiling["runtime"]["key"])
-    titles = {name: SERVERS[name].title if name in SERVERS else name for name in servers}
+    titles = {name: _title(name) for name in servers}
+    same_work = same_work_ceiling(
+        [found["ceiling"] for key, found in ceilings.items() if key.split(" ")[0] == headline_runtime]
+    )
+    headline, goals = _headline(servers, titles, by_server, users, same_work, ceilings, problems, args)
     header.append(f"Load average at the end: {_load_average()}")
     write_markdown(
         out / "report.md",
@@ -191,6 +261,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         ceilings=ceilings,
         targets=targets,
         problems=problems,
+        headline=headline,
     )
     plot(
         out / "plot.png",
@@ -198,17 +269,117 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         {runtime: found["ceiling"] for runtime, found in ceilings.items()},
         f"{ref.spec if ref else args.host}, {cpu_count()} CPUs, {args.images_per_request} image(s)/request",
     )
+    if headline:
+        print("\n" + "\n".join(line for line in headline if not line.startswith("![")))
     print(f"\nTargets (service under test: {subject}):")
     if not targets:
         print("  none could be evaluated (they need the ceiling and measured steps)")
     for target in targets:
-        print(
-            f"  {'pass' if target.passed else 'FAIL'}  {target.name}: {target.measured} (goal {target.goal})"
-        )
+        print(f"  {verdict(target)}  {target.name}: {target.measured} (goal {target.goal})")
+    if goals:
+        print("\nGoals of issue 34:")
+        for goal in goals:
+            print(f"  {verdict(goal)}  {goal.name}: {goal.measured} (goal {goal.goal})")
     print(f"\nreport: {out / 'report.md'}\nplot:   {out / 'plot.png'}")
     if args.docs:
         print("published: " + ", ".join(str(path) for path in publish(out, args.docs)))
     return 0 if all_steps else 1
+
+
+def _prepare(servers: list[str], problems: dict[str, str]) -> None:
+    """Build each peer's virtual environment now (``benchmarks.peers.envs.ensure_env``: minutes
+    the first time, nothing after), so no build runs between two timed servers; a server that is
+    unknown or whose environment cannot be built goes into ``problems`` (NOT MEASURED)."""
+    for name in servers:
+        try:
+            spec = server_spec(name)
+            if spec.venv is not None:
+                print(f"[{name}] environment {spec.venv!r} ...", flush=True)
+                print(f"[{name}] environment ready: {peer_python(spec)}", flush=True)
+        except ServerError as error:
+            problems[name] = str(error).splitlines()[0]
+            print(f"[{name}] NOT MEASURED: {error}", flush=True)
+
+
+def _defaults(args: argparse.Namespace) -> None:
+    """The ladder, the ceiling's batch sizes and modes: --compare's own unless given."""
+    if args.users is None:
+        args.users = COMPARE_USERS if args.compare else DEFAULT_USERS
+    if args.ceiling_batch_sizes is None:
+        args.ceiling_batch_sizes = (
+            COMPARE_CEILING_BATCH_SIZES if args.compare else DEFAULT_CEILING_BATCH_SIZES
+        )
+    if args.ceiling_modes is None and args.compare:
+        args.ceiling_modes = "service"
+
+
+def _title(name: str) -> str:
+    """A server's title for the report; the TensorFlow tutorial peers labelled as extras."""
+    try:
+        title = server_spec(name).title
+    except ServerError:
+        title = name  # a peer benchmarks.peers does not know (its row says why), or --host
+    return f"{title} [extra: TensorFlow, not the same model]" if name in EXTRAS else title
+
+
+def _headline(
+    servers: list[str],
+    titles: dict[str, str],
+    by_server: dict[str, list[Step]],
+    users: list[int],
+    same_work: float | None,
+    ceilings: dict[str, dict],
+    problems: dict[str, str],
+    args,
+) -> tuple[list[str], list]:
+    """The report's opening (issue 34): the table of every non-extra server, the generator's CPU
+    and load average per level, the ceiling it divides by, and (with --compare) the goals."""
+    rows = [(name, titles[name]) for name in servers if name not in EXTRAS]
+    if not rows or not any(by_server.get(name) for name, _ in rows) and not args.compare:
+        return [], []
+    measured = [
+        f"{found['ceiling']['service_images_per_s']:.1f} images/s ({key}, batch "
+        f"{found['ceiling']['service_batch_size']})"
+        for key, found in ceilings.items()
+        if key.split(" ")[0] == _runtime("bentoml") and found["ceiling"].get("service_images_per_s")
+    ]
+    lines = [
+        "## Headline: the same export, every server",
+        "",
+        headline_table(rows, by_server, users, same_work, problems),
+        "",
+        f"Requests/s: successful answers per second ({args.images_per_request} photo(s) per request); "
+        "p50/p99 from every "
+        "response time of the step; best ÷ in-process ceiling: the server's best images/s ÷ "
+        + (
+            f"{same_work:.1f} images/s, the same work in one process with no HTTP (convzoo's "
+            f"decoding + the model, `benchmarks.raw` `service` mode, on the server CPU; measured "
+            f"{' and '.join(measured)})."
+            if same_work
+            else "the ceiling (not measured in this run: --no-ceiling)."
+        ),
+        "",
+        "### The load generator and the machine",
+        "",
+        generator_table(rows, by_server, users),
+        "",
+        "Locust CPU: its process's user + system CPU seconds ÷ wall seconds over the measured "
+        "span (1.00 = all of its one core); load avg: the 1-minute load average after the step.",
+        "",
+        generator_note({name: by_server[name] for name, _ in rows if by_server.get(name)}),
+        "",
+    ]
+    goals = issue34_goals(by_server, same_work) if args.compare else []
+    if goals:
+        lines += [
+            "### Goals of issue 34",
+            "",
+            "| goal | measured | wanted | result |",
+            "|---|---|---|---|",
+            *(f"| {g.name} | {g.measured} | {g.goal} | {verdict(g)} |" for g in goals),
+            "",
+        ]
+    return lines, goals
 
 
 def publish(out: Path, docs: Path) -> list[Path]:
@@ -225,9 +396,10 @@ def _servers(args: argparse.Namespace) -> list[str]:
     if args.host:
         return [args.host]
     names = list(COMPARE_SERVERS) if args.compare else [s.strip() for s in args.servers.split(",")]
-    unknown = [n for n in names if n not in SERVERS]
+    known = {*known_servers(), *OIP_PEERS}
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(f"unknown servers {unknown}; choose from {list(SERVERS)}")
+        raise ValueError(f"unknown servers {unknown}; choose from {sorted(known)}")
     return names
 
 
@@ -243,22 +415,37 @@ def _measure(
 ) -> list[Step]:
     """All steps of the ladder against one server (started and stopped here unless --host)."""
     if args.host:
-        check_metadata(args.host, ref)
-        return _ladder(name, args.host, args, images, users, locust_cpus, out)
-    spec = SERVERS[name]
+        host = ServerSpec("host", args.host, None, 0, protocol=args.protocol)
+        check_served(args.host, ref, host)
+        return _ladder(name, host, args.host, ref, args, images, users, locust_cpus, out)
+    spec = server_spec(name)
     print(f"[{name}] starting: {spec.title}", flush=True)
     with RunningServer(spec, ref, args.models_dir, server_cpus, out / "logs" / f"{name}.log") as server:
         print(f"[{name}] {shlex.join(server.argv)}", flush=True)
         print(f"[{name}] ready after {server.wait_ready():.1f} s on {server.url}", flush=True)
-        check_metadata(server.url, ref)
-        return _ladder(name, server.url, args, images, users, locust_cpus, out)
+        check_served(server.url, ref, spec)
+        return _ladder(name, spec, server.url, ref, args, images, users, locust_cpus, out)
 
 
 def _ladder(
-    name: str, url: str, args, images: list[Path], users: list[int], locust_cpus: str | None, out: Path
+    name: str,
+    spec: ServerSpec,
+    url: str,
+    ref: ModelRef | None,
+    args,
+    images: list[Path],
+    users: list[int],
+    locust_cpus: str | None,
+    out: Path,
 ) -> list[Step]:
-    warm_up(url, images)
-    label = name if name in SERVERS else "host"
+    workload = {
+        "protocol": spec.protocol,
+        "model": ref.name if ref else None,
+        "classes": len(read_metadata(ref)["labels"]) if ref else None,
+        "column": spec.column,
+    }
+    warm_up(url, images, **workload)
+    label = name if name in known_servers() or name in OIP_PEERS else "host"
     if args.warmup_seconds > 0:
         print(f"[{name}] warm-up: {max(users)} users for {args.warmup_seconds:g} s", flush=True)
         run_step(
@@ -270,6 +457,7 @@ def _ladder(
             args.images_per_request,
             out / "locust" / f"{label}-warmup",
             locust_cpus,
+            **workload,
         )
     steps = []
     for index, count in enumerate(users, 1):
@@ -287,16 +475,18 @@ def _ladder(
             args.images_per_request,
             out / "locust" / f"{label}-u{count}",
             locust_cpus,
+            **workload,
         )
         steps.append(step)
+        cpu = "" if step.generator_cpu is None else f", Locust CPU {step.generator_cpu:.2f}"
         print(
-            f" {step.images_per_s:.1f} images/s, p50 {step.p50_ms:.0f} ms, p99 {step.p99_ms:.0f} ms, "
-            f"{step.failures} failures of {step.requests}",
+            f" {step.ok_per_s:.1f} req/s, {step.images_per_s:.1f} images/s, p50 {step.p50_ms:.2f} ms, "
+            f"p99 {step.p99_ms:.0f} ms, {step.failures} failures of {step.requests}{cpu}",
             flush=True,
         )
-    if (name == "bentoml" or name not in SERVERS) and not args.no_large_photo:  # the service, or --host
+    if (name == "bentoml" or label == "host") and not args.no_large_photo:  # the service, or --host
         phone = list(image_set("phone").paths)
-        warm_up(url, phone[:2])
+        warm_up(url, phone[:2], **workload)
         step = run_step(
             f"{name} (12 MP)",
             url,
@@ -306,6 +496,7 @@ def _ladder(
             1,
             out / "locust" / f"{label}-phone-u1",
             locust_cpus,
+            **workload,
         )
         LARGE_PHOTO_STEPS[name] = step
         print(f"[{name}] one client, 12 MP phone JPEGs: p50 {step.p50_ms:.1f} ms", flush=True)
@@ -317,16 +508,28 @@ LARGE_PHOTO_STEPS: dict[str, Step] = {}
 
 
 def _runtime(server: str) -> str:
-    """The runtime of a server in this run (an already running ``--host``: the service's default)."""
-    return SERVERS[server].model_runtime() if server in SERVERS else SERVERS["bentoml"].model_runtime()
+    """The runtime of a server in this run (an already running ``--host``, or a peer on the same
+    export as the service: the service's default)."""
+    try:
+        return server_spec(server).model_runtime()
+    except ServerError:
+        return SERVERS["bentoml"].model_runtime()
 
 
 def _ceiling(
-    ref: ModelRef, args, server_cpus: str | None, out: Path, runtime: str, images: str | None = None
+    ref: ModelRef,
+    args,
+    server_cpus: str | None,
+    out: Path,
+    runtime: str,
+    images: str | None = None,
+    suffix: str | None = None,
 ) -> dict:
     """Run ``benchmarks.raw`` on ``runtime`` in its own process on the server CPUs; its JSON.
-    ``images``: another image set than the run's, at batch 1 only (the large-photo check)."""
-    result_path = out / (f"ceiling-{runtime}.json" if images is None else f"ceiling-{runtime}-{images}.json")
+    ``images``: another image set than the run's, at batch 1 only (the large-photo check);
+    ``suffix``: a second measurement of the same (``after``: once every server has run)."""
+    name = "-".join(part for part in ("ceiling", runtime, images, suffix) if part)
+    result_path = out / f"{name}.json"
     argv = pin_prefix(server_cpus) + [
         sys.executable,
         "-m",
@@ -346,7 +549,9 @@ def _ceiling(
         "--json",
         str(result_path),
     ]
-    print(f"[ceiling {runtime}] {shlex.join(argv)}", flush=True)
+    if args.ceiling_modes:
+        argv += ["--modes", args.ceiling_modes]
+    print(f"[ceiling {runtime}{f' {suffix}' if suffix else ''}] {shlex.join(argv)}", flush=True)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     subprocess.run(argv, cwd=REPO, env=env, check=True)
     return json.loads(result_path.read_text())
@@ -378,7 +583,9 @@ def _header(ref: ModelRef | None, args, images: str, server_cpus, locust_cpus, u
         pinning,
         f"Ladder: {', '.join(map(str, users))} concurrent users, {args.step_seconds:g} s per step "
         f"after an untimed {args.warmup_seconds:g} s warm-up; closed loop (no wait between "
-        "requests); Locust FastHttpUser, --reset-stats (ramp-up excluded)",
+        "requests); Locust FastHttpUser, --reset-stats (ramp-up excluded); one load generator "
+        "for every server (benchmarks/locustfile.py: /classify multipart, or OIP v2 with the "
+        "binary tensor extension where the server accepts it, else JSON with base64 BYTES)",
         f"Command: `{command}`",
     ]
 

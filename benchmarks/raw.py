@@ -20,12 +20,13 @@ Reported: the median over runs of images/s, and the p50/p95 latency of one batch
   servers do per request);
 - ``service``: the JPEG bytes through the service's own ``service.serving.images.prepare_image``
   (libjpeg-turbo at reduced scale, crop, PIL resize), then the runtime: what the service computes
-  per image, without HTTP. Reported for reference, not part of the ceiling.
+  per image, without HTTP, and what every peer of ``benchmarks.load --compare`` computes too (they
+  import the same decoding): the ceiling of the same work (``service_images_per_s`` in the
+  summary, its best batch size), which ``--compare`` divides every server's best by.
 
-``bytes`` and ``pil`` are end-to-end (JPEG bytes in, probabilities out) with the exported model's
-own decoding or the usual PIL one; the end-to-end ceiling is the better of the two at its best
-batch size. The ``service`` mode tells how much of the service's distance to the ceiling is its
-decoding and how much is serving (``service_images_per_s`` in the summary). Batches cycle through
+``bytes``, ``pil`` and ``service`` are end-to-end (JPEG bytes in, probabilities out) with the
+exported model's own decoding, the usual PIL one or the service's; the end-to-end ceiling of the
+issue-22 targets is the best of them at its best batch size. Batches cycle through
 the benchmark's image set (``benchmarks.images``), so every batch holds a mix of sizes.
 
 ``--cpus`` pins this process (and TensorFlow's thread pools, sized from the affinity) to the

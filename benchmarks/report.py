@@ -17,6 +17,15 @@ runtime that serves it, with itself on TensorFlow, and with peers:
 
 "Saturation" is the step with the most images/s. "p99 no worse" compares the p99 of both servers
 at the same number of users: the one where the service under test saturates.
+
+The headline of ``--compare`` (issue 34): one row per server on the same export (convzoo's ``/v2``
+and ``/classify``, then the OIP peers), requests/s and p50 per level of the ladder, p99 per level,
+and each server's best images/s ÷ the in-process ceiling of the same work (convzoo's decoding + the
+model, ``benchmarks.raw``'s ``service`` mode, best batch size up to 32); beside it the load
+generator's CPU and the load average per level. Its goals (``issue34_goals``), each from the same
+run: convzoo at least Triton's requests/s at every level with a p50 no worse (each protocol),
+``/v2`` and ``/classify`` each at least 0.90 of the ceiling at saturation, and the two protocols'
+saturation images/s within 5 % of each other.
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from benchmarks.ladder import Step
+from benchmarks.ladder import GENERATOR_SATURATED, Step
 
 EFFICIENCY_GOAL = 0.90
 ONE_CLIENT_RATIO_GOAL = 1.3
@@ -42,6 +51,10 @@ ONE_USER_P50_GOAL_MS = 5.0
 FASTAPI_FACTOR_GOAL = 2.0
 TENSORFLOW_FACTOR_GOAL = 2.0
 TOP1_DROP_GOAL = 0.005
+SAME_WORK_GOAL = 0.90
+PROTOCOLS_APART_GOAL = 0.05
+CONVZOO_ROWS = {"bentoml-v2": "convzoo /v2", "bentoml": "convzoo /classify"}
+REFERENCE_PEER = "triton"
 
 
 @dataclass(frozen=True)
@@ -186,6 +199,145 @@ def _versus(
     )
 
 
+def same_work_ceiling(ceilings: list[dict]) -> float | None:
+    """The in-process images/s of the same work every server does (convzoo's decoding + the
+    model: ``benchmarks.raw``'s ``service`` mode, best batch size), the mean of the measurements
+    taken in the run (before the first server and after the last); None without one."""
+    found = [c["service_images_per_s"] for c in ceilings if c and c.get("service_images_per_s")]
+    return sum(found) / len(found) if found else None
+
+
+def headline_table(
+    rows: list[tuple[str, str]],
+    by_server: dict[str, list[Step]],
+    levels: list[int],
+    ceiling: float | None,
+    problems: dict[str, str],
+) -> str:
+    """Issue 34's table: one row per (server, title) of ``rows``: successful requests/s and p50 at
+    each level, p99 per level, best images/s ÷ ``ceiling``; a server not measured says why."""
+    heads = [f"{n} client{'s' if n != 1 else ''} req/s, p50" for n in levels]
+    lines = [
+        "| server | " + " | ".join(heads) + " | p99 per level (ms) | best ÷ in-process ceiling |",
+        "|---|" + "---:|" * len(levels) + "---:|---:|",
+    ]
+    for name, title in rows:
+        steps = by_server.get(name)
+        if not steps:
+            why = problems.get(name, "not run")
+            lines.append(f"| {title} | NOT MEASURED: {_escape(why)} |" + " |" * (len(levels) + 1))
+            continue
+        cells, p99s = [], []
+        for users in levels:
+            step = at_users(steps, users)
+            cells.append("" if step is None else f"{step.ok_per_s:.1f}, {step.p50_ms:.2f} ms")
+            p99s.append("–" if step is None else f"{step.p99_ms:.0f}")
+        best = saturation(steps)
+        ratio = f"{best.images_per_s / ceiling:.2f}" if ceiling else "n/a"
+        lines.append(f"| {title} | " + " | ".join(cells) + f" | {' / '.join(p99s)} | {ratio} |")
+    return "\n".join(lines)
+
+
+def generator_table(rows: list[tuple[str, str]], by_server: dict[str, list[Step]], levels: list[int]) -> str:
+    """Per server and level: the load generator's CPU (cores: Locust's CPU seconds ÷ wall seconds)
+    and the machine's 1-minute load average after the step."""
+    heads = [f"{n} client{'s' if n != 1 else ''}: Locust CPU, load avg" for n in levels]
+    lines = ["| server | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(levels)]
+    for name, title in rows:
+        steps = by_server.get(name)
+        if not steps:
+            continue
+        cells = []
+        for users in levels:
+            step = at_users(steps, users)
+            cells.append(
+                ""
+                if step is None
+                else f"{_cell(step.generator_cpu, 2) or '?'}, {_cell(step.load_average, 2) or '?'}"
+            )
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def generator_note(by_server: dict[str, list[Step]]) -> str:
+    """Whether Locust, one gevent process on one core, set the pace anywhere."""
+    measured = [s for steps in by_server.values() for s in steps if s.generator_cpu is not None]
+    if not measured:
+        return "The load generator's CPU was not measured (no figures from the locustfile)."
+    top = max(measured, key=lambda s: s.generator_cpu)
+    busy = [s for s in measured if s.generator_cpu >= GENERATOR_SATURATED]
+    if not busy:
+        return (
+            f"The load generator was not the bottleneck: Locust used at most {top.generator_cpu:.2f} "
+            f"of its core ({top.server}, {top.users} users), below {GENERATOR_SATURATED:.2f} at every step."
+        )
+    where = ", ".join(f"{s.server} at {s.users} users ({s.generator_cpu:.2f})" for s in busy)
+    return (
+        f"**Locust saturated its core** (≥ {GENERATOR_SATURATED:.2f} of it) against {where}: there "
+        "the generator, not the server, may have set the pace, and those rows understate the server "
+        "(a leaner client is the remedy, issue 34)."
+    )
+
+
+def issue34_goals(by_server: dict[str, list[Step]], ceiling: float | None) -> list[Target]:
+    """Issue 34's goals, each from this run: convzoo ≥ Triton at every level (requests/s, p50 no
+    worse), each protocol; ``/v2`` and ``/classify`` each ≥ 0.90 of the same-work ceiling at
+    saturation; the two protocols' saturation images/s within 5 % of each other."""
+    goals = []
+    peer = by_server.get(REFERENCE_PEER) or []
+    for name, label in CONVZOO_ROWS.items():
+        ours = by_server.get(name) or []
+        levels = [s.users for s in ours if at_users(peer, s.users)]
+        if not ours or not levels:
+            goals.append(Target(f"{label} ≥ Triton at every level", "not measured", ">= req/s, p50 <=", None))
+            continue
+        parts, passed = [], True
+        for users in levels:
+            a, b = at_users(ours, users), at_users(peer, users)
+            passed &= a.ok_per_s >= b.ok_per_s and a.p50_ms <= b.p50_ms
+            parts.append(
+                f"{users}: {a.ok_per_s:.1f} vs {b.ok_per_s:.1f} req/s, "
+                f"p50 {a.p50_ms:.2f} vs {b.p50_ms:.2f} ms"
+            )
+        goals.append(
+            Target(f"{label} ≥ Triton at every level", "; ".join(parts), ">= req/s and p50 <=", passed)
+        )
+    for name, label in CONVZOO_ROWS.items():
+        ours = by_server.get(name) or []
+        if not ours or not ceiling:
+            goals.append(Target(f"{label} ÷ ceiling", "not measured", f">= {SAME_WORK_GOAL:.2f}", None))
+            continue
+        best = saturation(ours)
+        ratio = best.images_per_s / ceiling
+        goals.append(
+            Target(
+                f"{label} ÷ ceiling",
+                f"{best.images_per_s:.1f} / {ceiling:.1f} = {ratio:.2f} ({best.users} users)",
+                f">= {SAME_WORK_GOAL:.2f}",
+                ratio >= SAME_WORK_GOAL,
+            )
+        )
+    v2, classify = by_server.get("bentoml-v2"), by_server.get("bentoml")
+    if v2 and classify:
+        a, b = saturation(v2).images_per_s, saturation(classify).images_per_s
+        apart = abs(a - b) / max(a, b) if max(a, b) else 0.0
+        goals.append(
+            Target(
+                "/v2 and /classify within 5 %",
+                f"{a:.1f} vs {b:.1f} images/s at saturation: {100 * apart:.1f} % apart",
+                f"<= {100 * PROTOCOLS_APART_GOAL:.0f} %",
+                apart <= PROTOCOLS_APART_GOAL,
+            )
+        )
+    else:
+        goals.append(Target("/v2 and /classify within 5 %", "not measured", "<= 5 %", None))
+    return goals
+
+
+def _escape(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")[:200]
+
+
 def write_steps_csv(path: Path, steps: list[Step]) -> None:
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=[f.name for f in fields(Step)])
@@ -269,8 +421,12 @@ def targets_table(subject: str, targets: list[Target]) -> str:
         "| target | measured | goal | result |",
         "|---|---|---|---|",
     ]
-    lines += [f"| {t.name} | {t.measured} | {t.goal} | {'pass' if t.passed else 'FAIL'} |" for t in targets]
+    lines += [f"| {t.name} | {t.measured} | {t.goal} | {verdict(t)} |" for t in targets]
     return "\n".join(lines)
+
+
+def verdict(target: Target) -> str:
+    return "n/a" if target.passed is None else "pass" if target.passed else "FAIL"
 
 
 def write_markdown(
@@ -283,9 +439,11 @@ def write_markdown(
     ceilings: dict[str, dict],
     targets: list[Target],
     problems: dict[str, str],
+    headline: list[str] = (),
 ) -> None:
-    """``ceilings``: runtime -> ``benchmarks.raw`` result; the subject's is its first one."""
-    parts = ["# convzoo load benchmark", "", *(f"- {line}" for line in header), ""]
+    """``ceilings``: runtime -> ``benchmarks.raw`` result; the subject's is its first one.
+    ``headline``: markdown lines placed first (``--compare``'s table and goals)."""
+    parts = ["# convzoo load benchmark", "", *(f"- {line}" for line in header), "", *headline]
     parts += [
         "## Targets",
         "",

@@ -4,8 +4,9 @@ A LeNet-5 end-to-end model (random weights, 32x32) is exported into a temporary 
 and optimized (OpenVINO forms, calibrated and measured on generated images).
 ``benchmarks.raw`` measures it in-process on each runtime; ``benchmarks.load`` starts the FastAPI
 peer, runs Locust for a few seconds per step, and must write a well-formed CSV, report and plot.
-The full ``--compare`` run (the service on its default runtime and on TensorFlow, FastAPI and Ray
-Serve peers, both ceilings) is marked slow.
+Marked slow: convzoo's ``/v2`` and ``/classify`` rows of the headline against a real server, and a
+run of convzoo with the TensorFlow extras (the service on TensorFlow, FastAPI and Ray Serve peers,
+both ceilings). The OIP peers' own test is H1a's (tests of ``benchmarks.peers``).
 """
 
 from __future__ import annotations
@@ -323,11 +324,56 @@ def test_targets_compare_saturation_and_same_user_p99():
 
 
 @pytest.mark.slow
-def test_compare_runs_all_three_servers_and_the_ceiling(models_dir, tmp_path):
+def test_convzoo_v2_and_classify_rows_against_a_real_server(models_dir, tmp_path):
+    """One user, two seconds, on each of convzoo's protocols: a headline row each, answers checked
+    (probabilities of the tiny model's 3 classes on /v2), Locust's CPU measured."""
     out = tmp_path / "results"
     finished = run_load(
         [
-            "--compare",
+            "--servers",
+            "bentoml-v2,bentoml",
+            "--model",
+            MODEL_NAME,
+            "--models-dir",
+            str(models_dir),
+            "--users",
+            "1",
+            "--step-seconds",
+            "2",
+            "--warmup-seconds",
+            "0",
+            "--no-ceiling",
+            "--no-large-photo",
+            "--image-set",
+            "thumbnails",
+            "--out",
+            str(out),
+        ],
+        tmp_path,
+        tmp_path,
+    )
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    steps = read_csv(out / "steps.csv")
+    assert [(s["server"], s["users"]) for s in steps] == [("bentoml-v2", "1"), ("bentoml", "1")]
+    for row in steps:
+        assert int(row["requests"]) > 0 and int(row["failures"]) == 0, row
+        assert 0 < float(row["generator_cpu"]) <= 1.5 and float(row["load_average"]) >= 0
+    report = (out / "report.md").read_text()
+    assert "## Headline: the same export, every server" in report
+    assert "| convzoo `/v2` (BentoML), OIP binary tensor extension | " in report
+    assert "| convzoo `/classify` (BentoML), multipart upload | " in report
+    assert "### The load generator and the machine" in report and "Locust" in report
+    assert "Goals of issue 34" not in report  # --compare's only
+    assert (out / "locust" / "bentoml-v2-u1_stats.csv").is_file()
+
+
+@pytest.mark.slow
+def test_convzoo_with_the_tensorflow_extras_and_both_ceilings(models_dir, tmp_path):
+    out = tmp_path / "results"
+    finished = run_load(
+        [
+            "--servers",
+            "bentoml,bentoml-tf,fastapi,ray",
             "--model",
             MODEL_NAME,
             "--models-dir",
@@ -354,6 +400,9 @@ def test_compare_runs_all_three_servers_and_the_ceiling(models_dir, tmp_path):
     assert "| vs fastapi |" in report and "| vs ray |" in report and "Not measured" not in report
     assert "| vs bentoml-tf |" in report and "| top-1 vs the SavedModel | openvino-" in report
     assert "## Ceiling, runtime auto: openvino" in report and "## Ceiling, runtime tensorflow:" in report
+    headline = report.split("## Headline")[1].split("###")[0]
+    assert "convzoo `/classify`" in headline and "FastAPI" not in headline and "extra" not in headline
+    assert "## fastapi: FastAPI + uvicorn, one model call per request (peer) [extra: TensorFlow" in report
 
 
 def test_ab_runs_interleaved_rounds_and_summarizes(models_dir, tmp_path):
