@@ -104,12 +104,12 @@ def convzoo_answer(probabilities: np.ndarray, binary: bool):
 
 @pytest.mark.parametrize("binary", [False, True])
 def test_answers_count_as_ok_only_with_probabilities_of_the_right_size(binary):
-    good = convzoo_answer(np.full((2, 10), 0.1, dtype=np.float32), binary)
-    headers = Headers(raw=good.raw_headers)
-    assert wire.check("oip-binary", 200, good.body, headers, 2, 10) is None
-    assert wire.check("oip-binary", 200, good.body, headers, 2, None) is None
-    assert "expected 2 x 9" in wire.check("oip-binary", 200, good.body, headers, 2, 9)
-    assert "expected 1 x 10" in wire.check("oip-binary", 200, good.body, headers, 1, 10)
+    body, raw_headers = convzoo_answer(np.full((2, 10), 0.1, dtype=np.float32), binary)
+    headers = Headers(raw=raw_headers)
+    assert wire.check("oip-binary", 200, body, headers, 2, 10) is None
+    assert wire.check("oip-binary", 200, body, headers, 2, None) is None
+    assert "expected 2 x 9" in wire.check("oip-binary", 200, body, headers, 2, 9)
+    assert "expected 1 x 10" in wire.check("oip-binary", 200, body, headers, 1, 10)
     assert wire.check("oip-json", 503, b'{"error":"busy"}', {}, 1, 10).startswith("HTTP 503")
 
 
