@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import sys
 import tempfile
 
@@ -26,7 +25,7 @@ from mlserver import MLModel, MLServer
 from mlserver.settings import ModelSettings, Settings
 from mlserver.types import InferenceRequest, InferenceResponse, ResponseOutput
 
-from benchmarks.peers.oip_model import INPUT, OUTPUT, OIPModel, add_arguments, as_files, load
+from benchmarks.peers.oip_model import INPUT, OUTPUT, OIPModel, add_arguments, as_files, free_port, load
 
 RUNTIME = "benchmarks.peers.mlserver_server.ConvzooRuntime"
 MODEL: OIPModel | None = None
@@ -57,12 +56,6 @@ class ConvzooRuntime(MLModel):
         return InferenceResponse(
             model_name=self.name, model_version=self.version, id=payload.id, outputs=[output]
         )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def main(argv: list[str] | None = None) -> int:

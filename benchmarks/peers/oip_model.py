@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import socket
 import struct
 from collections.abc import Sequence
 from pathlib import Path
@@ -178,6 +179,13 @@ def infer_answer(
 
 
 # ----------------------------------------------------------------------- the command line
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the peers' own gRPC and metrics ports)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def add_arguments(parser: argparse.ArgumentParser, *, port: int, batch_wait_ms: float) -> None:

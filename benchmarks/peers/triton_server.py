@@ -19,19 +19,12 @@ import argparse
 import contextlib
 import os
 import signal
-import socket
 import sys
 import sysconfig
 
 import numpy as np
 
-from benchmarks.peers.oip_model import INPUT, OUTPUT, add_arguments, load
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from benchmarks.peers.oip_model import INPUT, OUTPUT, add_arguments, free_port, load
 
 
 def main(argv: list[str] | None = None) -> int:
