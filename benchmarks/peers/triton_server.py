@@ -5,12 +5,14 @@ model with convzoo's decoder (``oip_model``).
 
 Triton's C++ HTTP front end and dynamic batcher (max ``--max-batch-size``, queue delay
 ``--batch-wait-ms``, 0 by default as in Triton: a batch takes what waits when the model is free),
-one model instance; PyTriton hands each batch to the Python callable below, which decodes the
-JPEGs and runs the OpenVINO model. The Open Inference Protocol at ``/v2``: input ``image_bytes``
-(BYTES ``[n, 1]``: with batching, Triton wants one dimension of the input's own besides the batch),
-output ``probabilities`` (FP32 ``[n, classes]``); JSON or the binary data extension (a JPEG is
-sent binary: Triton takes a JSON string's UTF-8 bytes, which no JPEG is). Triton's gRPC and
-metrics ports are free ports of this host; SIGTERM or Ctrl-C stops Triton.
+one model instance (``--instances N``, or ``CONVZOO_TRITON_INSTANCES``: N instances, each its own
+loaded model, as a user runs Triton on N cores); PyTriton hands each batch to the Python callable
+below, which decodes the JPEGs and runs the OpenVINO model. The Open Inference Protocol at
+``/v2``: input ``image_bytes`` (BYTES ``[n, 1]``: with batching, Triton wants one dimension of the
+input's own besides the batch), output ``probabilities`` (FP32 ``[n, classes]``); JSON or the
+binary data extension (a JPEG is sent binary: Triton takes a JSON string's UTF-8 bytes, which no
+JPEG is). Triton's gRPC and metrics ports are free ports of this host; SIGTERM or Ctrl-C stops
+Triton.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import sysconfig
 
 import numpy as np
 
-from benchmarks.peers.oip_model import INPUT, OUTPUT, add_arguments, free_port, load
+from benchmarks.peers.oip_model import INPUT, OUTPUT, OIPModel, add_arguments, free_port, load
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,8 +36,15 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_arguments(parser, port=8000, batch_wait_ms=0.0)
+    parser.add_argument(
+        "--instances",
+        type=int,
+        default=int(os.environ.get("CONVZOO_TRITON_INSTANCES", "1")),
+        help="model instances, each its own loaded model (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
-    model = load(args)
+    models = [load(args) for _ in range(max(1, args.instances))]
+    model = models[0]
 
     # Triton's Python backend stub (which hands each batch to this process) loads libpython: the
     # one of this interpreter, not another build of the same version the system may have.
@@ -49,10 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
     from pytriton.triton import Triton, TritonConfig
 
-    @batch
-    def infer(**inputs: np.ndarray) -> dict[str, np.ndarray]:
-        files = [bytes(value) for value in inputs[INPUT].reshape(-1)]
-        return {OUTPUT: model.predict(files)}
+    def instance(one: OIPModel):
+        @batch
+        def infer(**inputs: np.ndarray) -> dict[str, np.ndarray]:
+            files = [bytes(value) for value in inputs[INPUT].reshape(-1)]
+            return {OUTPUT: one.predict(files)}
+
+        return infer
 
     config = TritonConfig(
         http_address=args.host,
@@ -70,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         triton.bind(
             model_name=model.name,
             model_version=model.version,
-            infer_func=infer,
+            infer_func=[instance(one) for one in models],
             inputs=[Tensor(name=INPUT, dtype=np.bytes_, shape=(1,))],
             outputs=[Tensor(name=OUTPUT, dtype=np.float32, shape=(model.classes,))],
             config=ModelConfig(
