@@ -106,12 +106,15 @@ def mbconv(
     expand: int,
     drop_path: float,
     name: str,
+    activation: str = "swish",
+    se_ratio: float = SE_RATIO,
 ):
-    """MBConv: expand 1x1 -> depthwise -> squeeze-excite -> linear 1x1, plus a stochastic skip."""
+    """MBConv: expand 1x1 -> depthwise -> squeeze-excite -> linear 1x1, plus a stochastic skip
+    (``se_ratio=0``: no squeeze-excite, as EfficientNet-Lite)."""
     filters_in = x.shape[-1]
     shortcut = x
     if expand != 1:
-        x = conv_bn(x, filters_in * expand, 1, name=f"{name}_expand")
+        x = conv_bn(x, filters_in * expand, 1, name=f"{name}_expand", activation=activation)
     x = layers.DepthwiseConv2D(
         kernel,
         strides=strides,
@@ -121,8 +124,9 @@ def mbconv(
         name=f"{name}_dwconv",
     )(x)
     x = layers.BatchNormalization(name=f"{name}_dwconv_bn")(x)
-    x = layers.Activation("swish", name=f"{name}_dwconv_swish")(x)
-    x = squeeze_excite(x, max(1, int(filters_in * SE_RATIO)), name=name)
+    x = layers.Activation(activation, name=f"{name}_dwconv_{activation}")(x)
+    if se_ratio:
+        x = squeeze_excite(x, max(1, int(filters_in * se_ratio)), name=name)
     x = conv_bn(x, filters_out, 1, activation=None, name=f"{name}_project")
     if strides == 1 and filters_in == filters_out:
         if drop_path:
@@ -177,12 +181,43 @@ def efficientnet(
     ``drop_path_rate`` is the stochastic-depth rate of the last block (the paper's "drop connect"
     0.2), growing linearly from 0 over the blocks; ``dropout`` applies before the classifier.
     """
+    return build(
+        num_classes,
+        input_shape,
+        name,
+        stem_filters=round_filters(STEM_FILTERS, width),
+        repeats=[round_repeats(args["repeats"], depth) for args in BLOCK_ARGS],
+        width=width,
+        top_filters=round_filters(TOP_FILTERS, width),
+        dropout=dropout,
+        drop_path_rate=drop_path_rate,
+        classifier_activation=classifier_activation,
+    )
+
+
+def build(
+    num_classes: int,
+    input_shape: tuple[int, int, int],
+    name: str,
+    *,
+    stem_filters: int,
+    repeats: list[int],
+    width: float,
+    top_filters: int,
+    dropout: float,
+    drop_path_rate: float,
+    classifier_activation: str | None,
+    activation: str = "swish",
+    se_ratio: float = SE_RATIO,
+) -> keras.Model:
+    """Stem, the seven stages of ``BLOCK_ARGS`` (``repeats[stage]`` blocks each, channels scaled by
+    ``width``), the 1x1 top, pooling and the classifier: EfficientNet and EfficientNet-Lite alike."""
     inputs = model_input(input_shape)
-    x = conv_bn(inputs, round_filters(STEM_FILTERS, width), 3, strides=2, name="stem")
-    total = sum(round_repeats(args["repeats"], depth) for args in BLOCK_ARGS)
+    x = conv_bn(inputs, stem_filters, 3, strides=2, name="stem", activation=activation)
+    total = sum(repeats)
     index = 0
-    for stage, args in enumerate(BLOCK_ARGS, start=1):
-        for i in range(round_repeats(args["repeats"], depth)):
+    for stage, (args, count) in enumerate(zip(BLOCK_ARGS, repeats, strict=True), start=1):
+        for i in range(count):
             x = mbconv(
                 x,
                 filters_out=round_filters(args["filters"], width),
@@ -191,9 +226,11 @@ def efficientnet(
                 expand=args["expand"],
                 drop_path=drop_path_rate * index / total,
                 name=f"block{stage}{chr(ord('a') + i)}",
+                activation=activation,
+                se_ratio=se_ratio,
             )
             index += 1
-    x = conv_bn(x, round_filters(TOP_FILTERS, width), 1, name="top")
+    x = conv_bn(x, top_filters, 1, name="top", activation=activation)
     x = layers.GlobalAveragePooling2D(name=f"{name}_avg_pool")(x)
     if dropout:
         x = layers.Dropout(dropout, name=f"{name}_head_dropout")(x)

@@ -24,17 +24,13 @@ growing to 0.2 over the blocks). The variants' (width, depth, resolution, dropou
 from __future__ import annotations
 
 import keras
-from keras import layers
 
 from training.architectures._registry import register_model
-from training.architectures.common import model_input
 from training.architectures.efficientnet import (
     BLOCK_ARGS,
-    CONV_INIT,
-    DENSE_INIT,
     STEM_FILTERS,
     TOP_FILTERS,
-    round_filters,
+    build,
     round_repeats,
 )
 
@@ -47,47 +43,6 @@ VARIANTS = {
     "lite4": (1.4, 1.8, 300, 0.3),
 }
 ACTIVATION = "relu6"
-
-
-def conv_bn(x, filters: int, kernel_size: int, *, name: str, strides: int = 1, activation: bool = True):
-    """Conv2D (no bias) -> BatchNormalization -> ReLU6 (``activation=False``: linear projection)."""
-    x = layers.Conv2D(
-        filters,
-        kernel_size,
-        strides=strides,
-        padding="same",
-        use_bias=False,
-        kernel_initializer=CONV_INIT,
-        name=f"{name}_conv",
-    )(x)
-    x = layers.BatchNormalization(epsilon=1e-3, name=f"{name}_bn")(x)
-    if activation:
-        x = layers.Activation(ACTIVATION, name=f"{name}_{ACTIVATION}")(x)
-    return x
-
-
-def mbconv_lite(x, *, filters_out: int, kernel: int, strides: int, expand: int, drop_path: float, name: str):
-    """MBConv without squeeze-and-excitation: expand 1x1 -> depthwise -> linear 1x1 (+ skip)."""
-    filters_in = x.shape[-1]
-    shortcut = x
-    if expand != 1:
-        x = conv_bn(x, filters_in * expand, 1, name=f"{name}_expand")
-    x = layers.DepthwiseConv2D(
-        kernel,
-        strides=strides,
-        padding="same",
-        use_bias=False,
-        depthwise_initializer=CONV_INIT,
-        name=f"{name}_dwconv",
-    )(x)
-    x = layers.BatchNormalization(epsilon=1e-3, name=f"{name}_dwconv_bn")(x)
-    x = layers.Activation(ACTIVATION, name=f"{name}_dwconv_{ACTIVATION}")(x)
-    x = conv_bn(x, filters_out, 1, activation=False, name=f"{name}_project")
-    if strides == 1 and filters_in == filters_out:
-        if drop_path:
-            x = layers.Dropout(drop_path, noise_shape=(None, 1, 1, 1), name=f"{name}_drop")(x)
-        x = layers.Add(name=f"{name}_add")([shortcut, x])
-    return x
 
 
 def stage_repeats(stage: int, depth: float) -> int:
@@ -133,27 +88,17 @@ def efficientnet_lite(
     classifier_activation: str | None = "softmax",
 ) -> keras.Model:
     """EfficientNet-Lite scaled by ``width`` and ``depth`` (Lite0: 1.0, 1.0); stem and head fixed."""
-    inputs = model_input(input_shape)
-    x = conv_bn(inputs, STEM_FILTERS, 3, strides=2, name="stem")
-    total = sum(stage_repeats(stage, depth) for stage in range(len(BLOCK_ARGS)))
-    index = 0
-    for stage, args in enumerate(BLOCK_ARGS):
-        for i in range(stage_repeats(stage, depth)):
-            x = mbconv_lite(
-                x,
-                filters_out=round_filters(args["filters"], width),
-                kernel=args["kernel"],
-                strides=args["strides"] if i == 0 else 1,
-                expand=args["expand"],
-                drop_path=drop_path_rate * index / total,
-                name=f"block{stage + 1}{chr(ord('a') + i)}",
-            )
-            index += 1
-    x = conv_bn(x, TOP_FILTERS, 1, name="top")
-    x = layers.GlobalAveragePooling2D(name=f"{name}_avg_pool")(x)
-    if dropout:
-        x = layers.Dropout(dropout, name=f"{name}_head_dropout")(x)
-    outputs = layers.Dense(
-        num_classes, activation=classifier_activation, kernel_initializer=DENSE_INIT, name="predictions"
-    )(x)
-    return keras.Model(inputs, outputs, name=name)
+    return build(
+        num_classes,
+        input_shape,
+        name,
+        stem_filters=STEM_FILTERS,
+        repeats=[stage_repeats(stage, depth) for stage in range(len(BLOCK_ARGS))],
+        width=width,
+        top_filters=TOP_FILTERS,
+        dropout=dropout,
+        drop_path_rate=drop_path_rate,
+        classifier_activation=classifier_activation,
+        activation=ACTIVATION,
+        se_ratio=0,
+    )
