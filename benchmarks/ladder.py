@@ -21,6 +21,7 @@ and the machine's 1-minute load average at the end of the step.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -32,6 +33,7 @@ from pathlib import Path
 
 from benchmarks import server_metrics
 from benchmarks.modelrepo import REPO
+from benchmarks.percentiles import exact_percentiles
 from benchmarks.servers import pin_prefix
 
 LOCUSTFILE = REPO / "benchmarks" / "locustfile.py"
@@ -63,6 +65,7 @@ class Step:
     # The load generator's side.
     generator_cpu: float | None = None  # Locust's CPU seconds ÷ wall seconds (1.0: its one core)
     load_average: float | None = None  # the machine's 1-minute load average after the step
+    windows: str = ""  # a step merged from alternating windows (merge_steps): each window's req/s
 
     @property
     def ok_per_s(self) -> float:
@@ -200,6 +203,48 @@ def parse_stats(stats_csv: Path, server: str, users: int, images_per_request: in
         p95_ms=_number(row["95%"]),
         p99_ms=_number(row["99%"]),
         mean_ms=_number(row["Average Response Time"]),
+    )
+
+
+def merge_steps(parts: list[tuple[Step, Path]]) -> Step:
+    """One step from several windows of one server at one level (``--compare`` alternates convzoo's
+    two protocols on one server, A B B A, a window each): requests, failures and seconds summed,
+    the rates their sums ÷ the seconds, the percentiles exact over every window's response times
+    (the ``CONVZOO_BENCH_TIMES`` file of each, ``parts``' paths), the server's per-request figures
+    weighted by requests, Locust's CPU by seconds, the load average the last window's; ``windows``
+    lists each window's successful requests/s."""
+    steps = [step for step, _ in parts]
+    seconds = sum(s.seconds for s in steps)
+    requests = sum(s.requests for s in steps)
+    times: list[float] = []
+    for _, path in parts:
+        with contextlib.suppress(OSError, ValueError):  # a window without the file: Locust's figures
+            times += json.loads(path.read_text()).get("times_ms", [])
+    exact = exact_percentiles(times) if times else {}
+
+    def weighted(key: str, weight: str) -> float | None:
+        known = [(getattr(s, key), getattr(s, weight)) for s in steps if getattr(s, key) is not None]
+        total = sum(w for _, w in known)
+        return sum(v * w for v, w in known) / total if known and total else None
+
+    return replace(
+        steps[-1],
+        seconds=seconds,
+        requests=requests,
+        failures=sum(s.failures for s in steps),
+        requests_per_s=requests / seconds if seconds else 0.0,
+        images_per_s=sum(s.images_per_s * s.seconds for s in steps) / seconds if seconds else 0.0,
+        p50_ms=exact.get("p50_ms", weighted("p50_ms", "requests")),
+        p95_ms=exact.get("p95_ms", weighted("p95_ms", "requests")),
+        p99_ms=exact.get("p99_ms", max(s.p99_ms for s in steps)),
+        mean_ms=exact.get("mean_ms", weighted("mean_ms", "requests")),
+        top_failure=next((s.top_failure for s in steps if s.top_failure), ""),
+        queue_ms=weighted("queue_ms", "requests"),
+        inference_ms=weighted("inference_ms", "requests"),
+        batch_size=weighted("batch_size", "requests"),
+        rss_mib=max((s.rss_mib for s in steps if s.rss_mib is not None), default=None),
+        generator_cpu=weighted("generator_cpu", "seconds"),
+        windows=" / ".join(f"{s.ok_per_s:.1f}" for s in steps),
     )
 
 

@@ -16,18 +16,22 @@ that cannot be built, started or checked gets a NOT MEASURED line and the run go
 
 ``--compare`` (issue 34) measures, on the same export, images and ladder (1, 32, 64 users, 20 s a
 step after a 5 s warm-up): convzoo's ``/v2`` (OIP, binary tensor extension), convzoo's
-``/classify``, then the peers ``triton``, ``mlserver``, ``kserve`` and ``ray-oip`` (OIP v2, binary
-where the peer accepts it); the in-process ceiling of the same work (convzoo's decoding + the
-model, ``benchmarks.raw``'s ``service`` mode, batch sizes up to 32) on the server CPUs before the
-first server and again after the last. Its report opens with one table: requests/s and p50 per
-level, p99 per level and best ÷ ceiling per server, the load generator's CPU and the load average
-per level, then issue 34's goals marked pass/FAIL. The old TensorFlow tutorial peers (``fastapi``,
-``ray``, and ``bentoml-tf``) run only when named in ``--servers``, and never in that table.
+``/classify`` (the two on one server, alternating A B B A at every level, half a step each window,
+each protocol's two windows merged), then the peers ``triton``, ``mlserver``, ``kserve`` and
+``ray-oip`` (OIP v2, binary where the peer accepts it); the in-process ceiling of the same work
+(convzoo's decoding + the model, ``benchmarks.raw``'s ``service`` mode, batch sizes up to 32) on the
+server CPUs before the first server and again after the last. Its report opens with one table:
+requests/s and p50 per level, p99 per level and best ÷ ceiling per server, the load generator's CPU
+and the load average per level, then issue 34's goals marked pass/FAIL. The old TensorFlow
+tutorial peers (``fastapi``, ``ray``, and ``bentoml-tf``) run only when named in ``--servers``, and
+never in that table.
 
 Otherwise the in-process ceilings (``benchmarks.raw``) run alone, on the server CPUs: one per
 runtime that a measured server uses, each just before the first server that runs on it (and the
 12 MP one just after the service's 12 MP step), and each server is judged against its own
-runtime's ceiling. Servers run one after the other, never together.
+runtime's ceiling. Servers run one after the other, never together; ``bentoml-v2`` and ``bentoml``
+named together are measured on one server, alternating, as with ``--compare`` (``--no-alternate``:
+one after the other, each on its own server).
 
 Output in ``benchmarks/results/<timestamp>/`` (or ``--out``): ``steps.csv``, ``ceiling.csv`` and
 ``ceiling-<runtime>.json``, ``report.md`` (header, headline, targets, a table per server, the
@@ -50,7 +54,7 @@ from datetime import datetime
 from pathlib import Path
 
 from benchmarks.images import add_image_set_argument, image_set
-from benchmarks.ladder import LocustError, Step, run_step
+from benchmarks.ladder import LocustError, Step, merge_steps, run_step
 from benchmarks.modelrepo import DEFAULT_MODEL, DEFAULT_MODELS_DIR, REPO, ModelRef, read_metadata, resolve
 from benchmarks.report import (
     accuracy_targets,
@@ -133,6 +137,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--locust-cpus", default="0", help="taskset CPU list for Locust (default: %(default)s)"
     )
     parser.add_argument("--no-pin", action="store_true", help="run everything without taskset")
+    parser.add_argument(
+        "--no-alternate",
+        action="store_true",
+        help="measure bentoml-v2 and bentoml one after the other, each on a server of its own "
+        "(default: together on one server, alternating A B B A at every level)",
+    )
     parser.add_argument("--no-ceiling", action="store_true", help="skip the in-process ceiling")
     parser.add_argument(
         "--ceiling-batch-sizes",
@@ -206,19 +216,21 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     large_ceiling = None
     if not args.host:
         _prepare(servers, problems)  # the peers' environments, before anything is timed
-    for name in servers:
-        if name in problems:
+    for group in _groups(servers, args):
+        group = [name for name in group if name not in problems]
+        if not group:
             continue
-        runtime = _runtime(name)
+        runtime = _runtime(group[0])
         if not args.no_ceiling and runtime not in ceilings:
             ceilings[runtime] = _ceiling(ref, args, server_cpus, out, runtime)
         try:
-            by_server[name] = _measure(name, ref, args, images, users, server_cpus, locust_cpus, out)
+            by_server.update(_measure(group, ref, args, images, users, server_cpus, locust_cpus, out))
         except (ServerError, LocustError, subprocess.TimeoutExpired) as error:
-            problems[name] = str(error).splitlines()[0] if str(error) else type(error).__name__
-            print(f"[{name}] NOT MEASURED: {error}", flush=True)
+            for name in group:
+                problems[name] = str(error).splitlines()[0] if str(error) else type(error).__name__
+            print(f"[{' and '.join(group)}] NOT MEASURED: {error}", flush=True)
             continue
-        if name == subject and LARGE_PHOTO_STEPS.get(name) is not None and runtime in ceilings:
+        if subject in group and LARGE_PHOTO_STEPS.get(subject) is not None and runtime in ceilings:
             large_ceiling = _ceiling(ref, args, server_cpus, out, runtime, images="phone")["ceiling"]
     headline_runtime = _runtime("bentoml")
     if args.compare and not args.no_ceiling and headline_runtime in ceilings:
@@ -359,6 +371,16 @@ def _headline(
             else "the ceiling (not measured in this run: --no-ceiling)."
         ),
         "",
+        *(
+            [
+                "convzoo's two rows: one server, measured alternating at every level (windows "
+                "A B B A of half a step each; each row merges its two windows, percentiles over "
+                "both; each window's req/s in the tables below).",
+                "",
+            ]
+            if any(step.windows for name, _ in rows for step in by_server.get(name) or [])
+            else []
+        ),
         "### The load generator and the machine",
         "",
         generator_table(rows, by_server, users),
@@ -403,8 +425,28 @@ def _servers(args: argparse.Namespace) -> list[str]:
     return names
 
 
+SHARED_SERVER = ("bentoml-v2", "bentoml")
+"""convzoo's two protocols: one server answers both, so a run with both measures them together on
+one server, alternating (``_ladder``), not one after the other on two."""
+
+
+def _groups(servers: list[str], args) -> list[list[str]]:
+    """The servers in measuring order, those measured together on one server grouped: both of
+    ``SHARED_SERVER`` at the place of the first (unless --host or --no-alternate)."""
+    together = [n for n in servers if n in SHARED_SERVER]
+    if args.host or args.no_alternate or len(together) < 2:
+        return [[name] for name in servers]
+    groups: list[list[str]] = []
+    for name in servers:
+        if name == together[0]:
+            groups.append(together)
+        elif name not in together:
+            groups.append([name])
+    return groups
+
+
 def _measure(
-    name: str,
+    names: list[str],
     ref: ModelRef | None,
     args,
     images: list[Path],
@@ -412,24 +454,27 @@ def _measure(
     server_cpus: str | None,
     locust_cpus: str | None,
     out: Path,
-) -> list[Step]:
-    """All steps of the ladder against one server (started and stopped here unless --host)."""
+) -> dict[str, list[Step]]:
+    """All steps of the ladder against one server (started and stopped here unless --host), for
+    each of ``names`` (several: the same server on each one's protocol, ``_ladder``)."""
     if args.host:
         host = ServerSpec("host", args.host, None, 0, protocol=args.protocol)
         check_served(args.host, ref, host)
-        return _ladder(name, host, args.host, ref, args, images, users, locust_cpus, out)
-    spec = server_spec(name)
-    print(f"[{name}] starting: {spec.title}", flush=True)
-    with RunningServer(spec, ref, args.models_dir, server_cpus, out / "logs" / f"{name}.log") as server:
-        print(f"[{name}] {shlex.join(server.argv)}", flush=True)
-        print(f"[{name}] ready after {server.wait_ready():.1f} s on {server.url}", flush=True)
-        check_served(server.url, ref, spec)
-        return _ladder(name, spec, server.url, ref, args, images, users, locust_cpus, out)
+        return _ladder([(names[0], host)], args.host, ref, args, images, users, locust_cpus, out)
+    specs = [(name, server_spec(name)) for name in names]
+    spec = specs[0][1]
+    label = " and ".join(names)
+    print(f"[{label}] starting: {spec.title}", flush=True)
+    with RunningServer(spec, ref, args.models_dir, server_cpus, out / "logs" / f"{names[0]}.log") as server:
+        print(f"[{label}] {shlex.join(server.argv)}", flush=True)
+        print(f"[{label}] ready after {server.wait_ready():.1f} s on {server.url}", flush=True)
+        for _, each in specs:
+            check_served(server.url, ref, each)
+        return _ladder(specs, server.url, ref, args, images, users, locust_cpus, out)
 
 
 def _ladder(
-    name: str,
-    spec: ServerSpec,
+    lanes: list[tuple[str, ServerSpec]],
     url: str,
     ref: ModelRef | None,
     args,
@@ -437,69 +482,100 @@ def _ladder(
     users: list[int],
     locust_cpus: str | None,
     out: Path,
-) -> list[Step]:
-    workload = {
-        "protocol": spec.protocol,
-        "model": ref.name if ref else None,
-        "classes": len(read_metadata(ref)["labels"]) if ref else None,
-        "column": spec.column,
+) -> dict[str, list[Step]]:
+    """Every level of the ladder against the server at ``url``, for each lane (a name and the spec
+    whose protocol the users speak). One lane: a step of ``--step-seconds`` per level. Two (convzoo's
+    two protocols on its one server): at every level four windows of half that, A B B A, each
+    lane's two merged into its step (``merge_steps``: exact percentiles over both): so each has
+    the same time at the level, and neither is always the first after a change of load (the order
+    of servers measured one after the other swung the gap between the two by 5 %: issue 34)."""
+    workloads = {
+        name: {
+            "protocol": spec.protocol,
+            "model": ref.name if ref else None,
+            "classes": len(read_metadata(ref)["labels"]) if ref else None,
+            "column": spec.column,
+        }
+        for name, spec in lanes
     }
-    warm_up(url, images, **workload)
-    label = name if name in known_servers() or name in OIP_PEERS else "host"
+    labels = {name: name if name in known_servers() or name in OIP_PEERS else "host" for name, _ in lanes}
+    for name, _ in lanes:
+        warm_up(url, images, **workloads[name])
     if args.warmup_seconds > 0:
-        print(f"[{name}] warm-up: {max(users)} users for {args.warmup_seconds:g} s", flush=True)
-        run_step(
-            name,
-            url,
-            max(users),
-            args.warmup_seconds,
-            images,
-            args.images_per_request,
-            out / "locust" / f"{label}-warmup",
-            locust_cpus,
-            **workload,
-        )
-    steps = []
+        for name, _ in lanes:
+            print(f"[{name}] warm-up: {max(users)} users for {args.warmup_seconds:g} s", flush=True)
+            run_step(
+                name,
+                url,
+                max(users),
+                args.warmup_seconds,
+                images,
+                args.images_per_request,
+                out / "locust" / f"{labels[name]}-warmup",
+                locust_cpus,
+                **workloads[name],
+            )
+    names = [name for name, _ in lanes]
+    order = names if len(names) == 1 else [names[0], names[1], names[1], names[0]]
+    seconds = args.step_seconds / (len(order) // len(names))
+    steps: dict[str, list[Step]] = {name: [] for name in names}
     for index, count in enumerate(users, 1):
-        print(
-            f"[{name}] step {index}/{len(users)}: {count} users for {args.step_seconds:g} s ...",
-            end="",
-            flush=True,
-        )
-        step = run_step(
-            name,
-            url,
-            count,
-            args.step_seconds,
-            images,
-            args.images_per_request,
-            out / "locust" / f"{label}-u{count}",
-            locust_cpus,
-            **workload,
-        )
-        steps.append(step)
-        cpu = "" if step.generator_cpu is None else f", Locust CPU {step.generator_cpu:.2f}"
-        print(
-            f" {step.ok_per_s:.1f} req/s, {step.images_per_s:.1f} images/s, p50 {step.p50_ms:.2f} ms, "
-            f"p99 {step.p99_ms:.0f} ms, {step.failures} failures of {step.requests}{cpu}",
-            flush=True,
-        )
-    if (name == "bentoml" or label == "host") and not args.no_large_photo:  # the service, or --host
-        phone = list(image_set("phone").paths)
-        warm_up(url, phone[:2], **workload)
-        step = run_step(
-            f"{name} (12 MP)",
-            url,
-            1,
-            args.step_seconds,
-            phone,
-            1,
-            out / "locust" / f"{label}-phone-u1",
-            locust_cpus,
-            **workload,
-        )
-        LARGE_PHOTO_STEPS[name] = step
-        print(f"[{name}] one client, 12 MP phone JPEGs: p50 {step.p50_ms:.1f} ms", flush=True)
+        windows: dict[str, list[tuple[Step, Path]]] = {name: [] for name in names}
+        for window, name in enumerate(order, 1):
+            part = f"-w{window}" if len(order) > 1 else ""
+            print(
+                f"[{name}] step {index}/{len(users)}{f' window {window}/{len(order)}' if part else ''}: "
+                f"{count} users for {seconds:g} s ...",
+                end="",
+                flush=True,
+            )
+            prefix = out / "locust" / f"{labels[name]}-u{count}{part}"
+            step = run_step(
+                name,
+                url,
+                count,
+                seconds,
+                images,
+                args.images_per_request,
+                prefix,
+                locust_cpus,
+                **workloads[name],
+            )
+            windows[name].append((step, Path(f"{prefix}_times.json")))
+            cpu = "" if step.generator_cpu is None else f", Locust CPU {step.generator_cpu:.2f}"
+            print(
+                f" {step.ok_per_s:.1f} req/s, {step.images_per_s:.1f} images/s, p50 {step.p50_ms:.2f} ms, "
+                f"p99 {step.p99_ms:.0f} ms, {step.failures} failures of {step.requests}{cpu}",
+                flush=True,
+            )
+        for name in names:
+            found = windows[name]
+            steps[name].append(found[0][0] if len(found) == 1 else merge_steps(found))
+            if len(found) > 1:
+                merged = steps[name][-1]
+                print(
+                    f"[{name}] {count} users, windows merged: {merged.ok_per_s:.1f} req/s "
+                    f"({merged.windows}), p50 {merged.p50_ms:.2f} ms, p99 {merged.p99_ms:.0f} ms",
+                    flush=True,
+                )
+    for name, _ in lanes:
+        # the one-client step with 12 MP photos: the service (/classify), or --host
+        if (name == "bentoml" or labels[name] == "host") and not args.no_large_photo:
+            phone = list(image_set("phone").paths)
+            warm_up(url, phone[:2], **workloads[name])
+            step = run_step(
+                f"{name} (12 MP)",
+                url,
+                1,
+                args.step_seconds,
+                phone,
+                1,
+                out / "locust" / f"{labels[name]}-phone-u1",
+                locust_cpus,
+                **workloads[name],
+            )
+            LARGE_PHOTO_STEPS[name] = step
+            print(f"[{name}] one client, 12 MP phone JPEGs: p50 {step.p50_ms:.1f} ms", flush=True)
     return steps
 
 

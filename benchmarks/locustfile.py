@@ -41,7 +41,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import statistics
 import time
 from pathlib import Path
 
@@ -49,6 +48,7 @@ import psutil
 from locust import FastHttpUser, constant, events, task
 
 from benchmarks import wire
+from benchmarks.percentiles import exact_percentiles
 
 IMAGES_VAR = "CONVZOO_BENCH_IMAGES"
 PER_REQUEST_VAR = "CONVZOO_BENCH_IMAGES_PER_REQUEST"
@@ -128,30 +128,13 @@ def _write_times(**_: object) -> None:
     path = os.environ.get(TIMES_VAR)
     if path:
         figures = exact_percentiles(_times)
+        figures["times_ms"] = _times  # windows of one level merge exactly (ladder.merge_steps)
         end = _cpu_end or [_cpu_seconds(), time.monotonic()]
         if _cpu_start and end[1] > _cpu_start[1]:
             figures["generator_cpu_s"] = end[0] - _cpu_start[0]
             figures["generator_wall_s"] = end[1] - _cpu_start[1]
             figures["generator_cpu"] = figures["generator_cpu_s"] / figures["generator_wall_s"]
         Path(path).write_text(json.dumps(figures))
-
-
-def exact_percentiles(times: list[float]) -> dict[str, float | int]:
-    """p50/p95/p99 and the mean (ms) of ``times``, unrounded (nearest-rank percentiles)."""
-    if not times:
-        return {"count": 0}
-    ranked = sorted(times)
-
-    def rank(q: float) -> float:
-        return ranked[min(len(ranked) - 1, max(0, round(q * len(ranked)) - 1))]
-
-    return {
-        "count": len(ranked),
-        "p50_ms": statistics.median(ranked),
-        "p95_ms": rank(0.95),
-        "p99_ms": rank(0.99),
-        "mean_ms": statistics.fmean(ranked),
-    }
 
 
 class ClassifyUser(FastHttpUser):

@@ -359,16 +359,18 @@ def _cell(value: float | None, digits: int) -> str:
 
 def steps_table(steps: list[Step]) -> str:
     """Locust's figures (client side), then the server's own from its /metrics (empty for peers)."""
+    windows = any(s.windows for s in steps)  # steps merged from alternating windows (merge_steps)
     lines = [
         "| users | requests | failures | requests/s | images/s | p50 ms | p95 ms | p99 ms "
-        "| queue ms | inference ms/batch | batch size | worker RSS MiB |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| queue ms | inference ms/batch | batch size | worker RSS MiB |"
+        + (" req/s of each window |" if windows else ""),
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if windows else ""),
     ]
     lines += [
         f"| {s.users} | {s.requests} | {s.failures} | {s.requests_per_s:.1f} | "
         f"{s.images_per_s:.1f} | {s.p50_ms:.1f} | {s.p95_ms:.0f} | {s.p99_ms:.0f} | "
         f"{_cell(s.queue_ms, 1)} | {_cell(s.inference_ms, 1)} | {_cell(s.batch_size, 2)} | "
-        f"{_cell(s.rss_mib, 0)} |"
+        f"{_cell(s.rss_mib, 0)} |" + (f" {s.windows} |" if windows else "")
         for s in steps
     ]
     return "\n".join(lines)

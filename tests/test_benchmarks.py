@@ -325,7 +325,8 @@ def test_targets_compare_saturation_and_same_user_p99():
 
 @pytest.mark.slow
 def test_convzoo_v2_and_classify_rows_against_a_real_server(models_dir, tmp_path):
-    """One user, two seconds, on each of convzoo's protocols: a headline row each, answers checked
+    """One user, four seconds, on each of convzoo's protocols, on one server, alternating (windows
+    A B B A of two seconds): a headline row each from its two windows merged, answers checked
     (probabilities of the tiny model's 3 classes on /v2), Locust's CPU measured."""
     out = tmp_path / "results"
     finished = run_load(
@@ -339,7 +340,7 @@ def test_convzoo_v2_and_classify_rows_against_a_real_server(models_dir, tmp_path
             "--users",
             "1",
             "--step-seconds",
-            "2",
+            "4",
             "--warmup-seconds",
             "0",
             "--no-ceiling",
@@ -358,13 +359,21 @@ def test_convzoo_v2_and_classify_rows_against_a_real_server(models_dir, tmp_path
     for row in steps:
         assert int(row["requests"]) > 0 and int(row["failures"]) == 0, row
         assert 0 < float(row["generator_cpu"]) <= 1.5 and float(row["load_average"]) >= 0
+        assert len(row["windows"].split(" / ")) == 2, row  # its two windows' req/s
+        assert 1.0 < float(row["seconds"]) <= 4.5, row  # the measured spans of two 2-second windows
+    windows = sorted(p.name for p in (out / "locust").glob("*-u1-w*_stats.csv"))
+    assert windows == [
+        f"{n}-u1-w{w}_stats.csv"
+        for n, w in (("bentoml", 2), ("bentoml", 3), ("bentoml-v2", 1), ("bentoml-v2", 4))
+    ]
+    assert [p.name for p in (out / "logs").iterdir()] == ["bentoml-v2.log"]  # one server for both
     report = (out / "report.md").read_text()
     assert "## Headline: the same export, every server" in report
     assert "| convzoo `/v2` (BentoML), OIP binary tensor extension | " in report
     assert "| convzoo `/classify` (BentoML), multipart upload | " in report
     assert "### The load generator and the machine" in report and "Locust" in report
     assert "Goals of issue 34" not in report  # --compare's only
-    assert (out / "locust" / "bentoml-v2-u1_stats.csv").is_file()
+    assert "measured alternating at every level" in report
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ import pytest
 from starlette.datastructures import Headers
 
 from benchmarks import load, wire
-from benchmarks.ladder import GENERATOR_SATURATED, Step, exact_times
+from benchmarks.ladder import GENERATOR_SATURATED, Step, exact_times, merge_steps
 from benchmarks.report import (
     generator_note,
     generator_table,
@@ -234,6 +234,41 @@ def test_exact_times_carry_the_generators_cpu(tmp_path):
     }
     path.write_text(json.dumps({"count": 0, "generator_cpu": 0.02}))
     assert exact_times(path) == {"generator_cpu": 0.02}
+
+
+def test_merged_windows_add_up_and_take_percentiles_over_every_response(tmp_path):
+    """Two windows of one level (``--compare``'s A B B A): counts and seconds summed, rates from
+    the sums, percentiles exact over both windows' response times, not an average of the two."""
+    first = Step("bentoml", 32, 10, 4000, 0, 400, 400, 80, 90, 100, 81, generator_cpu=0.10, batch_size=20)
+    second = Step(
+        "bentoml", 32, 10, 3000, 30, 300, 297, 100, 120, 150, 101, generator_cpu=0.20, batch_size=30
+    )
+    paths = [tmp_path / "w1.json", tmp_path / "w2.json"]
+    paths[0].write_text(json.dumps({"times_ms": [80.0] * 4000}))
+    paths[1].write_text(json.dumps({"times_ms": [100.0] * 2970}))
+    merged = merge_steps([(first, paths[0]), (second, paths[1])])
+    assert (merged.requests, merged.failures, merged.seconds) == (7000, 30, 20)
+    assert merged.requests_per_s == 350 and merged.images_per_s == pytest.approx((4000 + 2970) / 20)
+    assert merged.ok_per_s == pytest.approx(6970 / 20)
+    assert (merged.p50_ms, merged.p99_ms) == (80.0, 100.0)  # 4,000 at 80 ms, 2,970 at 100 ms
+    assert merged.mean_ms == pytest.approx((4000 * 80 + 2970 * 100) / 6970)
+    assert merged.generator_cpu == pytest.approx(0.15) and merged.batch_size == pytest.approx(
+        (20 * 4 + 30 * 3) / 7
+    )
+    assert merged.windows == "400.0 / 297.0"
+    paths[1].unlink()  # a window without its file: its figures from Locust's, percentiles from the rest
+    assert merge_steps([(first, paths[0]), (second, paths[1])]).p99_ms == 80.0
+
+
+def test_convzoos_two_protocols_share_one_server_unless_told():
+    groups = load._groups(load._servers(compare_args("--compare")), compare_args("--compare"))
+    assert groups == [["bentoml-v2", "bentoml"], ["triton"], ["mlserver"], ["kserve"], ["ray-oip"]]
+    args = compare_args("--servers", "triton,bentoml,bentoml-v2")
+    assert load._groups(load._servers(args), args) == [["triton"], ["bentoml", "bentoml-v2"]]
+    args = compare_args("--compare", "--no-alternate")
+    assert load._groups(load._servers(args), args)[:2] == [["bentoml-v2"], ["bentoml"]]
+    args = compare_args("--servers", "bentoml,fastapi")
+    assert load._groups(load._servers(args), args) == [["bentoml"], ["fastapi"]]
 
 
 def compare_args(*argv: str) -> argparse.Namespace:
