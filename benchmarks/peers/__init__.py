@@ -5,7 +5,8 @@ The peers (``PEERS``): Triton, MLServer, the KServe model server and Ray Serve, 
 OpenVINO int8 form of ``models/<name>/<version>``, on as many threads as the service gives its one
 worker, every JPEG decoded by convzoo's own ``service.serving.images`` (``oip_model``), all on the
 Open Inference Protocol v2 (``POST /v2/models/<name>/infer``: one input ``image_bytes``, BYTES, the
-raw JPEG; one output ``probabilities``, FP32 ``[1, classes]``; readiness ``GET /v2/health/ready``).
+raw JPEG; one output ``probabilities``, FP32 ``[1, classes]``; ready once the model's own
+``GET /v2/models/<name>/ready`` answers 200: ``ready_path``).
 Each runs in its own virtual environment (``envs``: their pins conflict with convzoo's), started
 as ``<env python> -m <module> --model NAME[:VERSION] --models-dir DIR --host H --port P``.
 
