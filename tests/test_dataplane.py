@@ -216,6 +216,18 @@ def test_json_memory_bounds_what_parsing_takes(shape):
     assert parsed == value and peak <= json_memory(text), (peak, json_memory(text))
 
 
+def test_json_memory_at_most_bounds_json_memory_from_the_length_alone():
+    """``json_memory_at_most`` (what ``DataPlane.parse_json`` checks a small text against before
+    counting it) is never below ``json_memory`` of a text of that length, the dearest included."""
+    from service.serving.jsonbody import JSON_COSTS, json_memory, json_memory_at_most
+
+    texts = [b"", b"{}", b'{"inputs": [{"name": "image_bytes"}]}', b"{" * 16384]
+    texts += [char * 1000 for char in JSON_COSTS]
+    for text in texts:
+        assert json_memory(text) <= json_memory_at_most(len(text))
+    assert json_memory(b"{" * 16384) == json_memory_at_most(16384)
+
+
 def v2_binary(
     images: list[bytes], binary_output: bool = True, name: str = "image_bytes"
 ) -> tuple[bytes, int]:

@@ -323,6 +323,47 @@ def test_route_labels_remember_a_bounded_number_of_paths():
     assert max(map(len, labelled.seen)) <= MAX_SEEN_PATH_LENGTH
 
 
+def test_the_inline_timeout_answers_as_bentomls_timeout_middleware():
+    """``InlineTimeout`` in place of BentoML's ``TimeoutMiddleware``: the same 504 for a request
+    that sent nothing in time (its app cancelled), the same answer for one that did, no time limit
+    once the answer started, and an app's own ``TimeoutError`` is not taken for the timeout."""
+    from bentoml._internal.server.http.traffic import TimeoutMiddleware
+
+    from service.http.app import InlineTimeout
+
+    cancelled: list[str] = []
+
+    async def app(scope, receive, send):
+        if scope["path"] == "/own":
+            raise TimeoutError("the app's own")
+        if scope["path"] in ("/slow", "/slow-after-start"):
+            try:
+                if scope["path"] == "/slow-after-start":
+                    await send({"type": "http.response.start", "status": 200, "headers": []})
+                await asyncio.sleep(0.3)
+            except asyncio.CancelledError:
+                cancelled.append(scope["path"])
+                raise
+            if scope["path"] == "/slow-after-start":
+                await send({"type": "http.response.body", "body": b"late"})
+                return
+        await JSONResponse({"ok": scope["path"]})(scope, receive, send)
+
+    async def answers(middleware):
+        timed = middleware(app, timeout=0.1)
+        return [await call(timed, "GET", path, [], [b""]) for path in ("/fast", "/slow", "/slow-after-start")]
+
+    theirs, ours = run(answers(TimeoutMiddleware)), run(answers(InlineTimeout))
+    assert ours == theirs
+    assert ours[1][0] == 504 and json.loads(ours[1][2]) == {
+        "error": "Not able to process the request in 0.1 seconds"
+    }
+    assert ours[2][:3:2] == (200, b"late")
+    assert cancelled == ["/slow", "/slow"]  # each one's app was cancelled, not left running
+    with pytest.raises(TimeoutError, match="the app's own"):
+        run(call(InlineTimeout(app, timeout=5), "GET", "/own", [], [b""]))
+
+
 def test_metadata_shows_no_path_and_no_training_machine():
     """Attack 5: the shipped metadata named the folders of the machines that trained and optimized
     the default model, and its GPU."""

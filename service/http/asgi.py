@@ -47,7 +47,9 @@ def relative_redirects(send: Send) -> Send:
     client's Host header when it adds a slash) into the path alone."""
 
     async def send_relative(message: Message) -> None:
-        if message["type"] == "http.response.start":
+        if message["type"] == "http.response.start" and any(
+            k.lower() == b"location" for k, _ in message.get("headers", ())
+        ):
             headers = [
                 (k, _path_of(v) if k.lower() == b"location" else v) for k, v in message.get("headers", [])
             ]

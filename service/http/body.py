@@ -137,39 +137,43 @@ class RequestGuard:
         chunks: list[bytes] = []
         received = 0
         more = True
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.body_deadline_s
+        task = asyncio.current_task()
+        cancelling = task.cancelling()
+        timer = BodyTimer(task, self.body_timeout_s, self.body_deadline_s)
         try:
-            async with asyncio.timeout(None) as timeout:  # one timer, moved on with every chunk
-                while more:
-                    timeout.reschedule(min(loop.time() + self.body_timeout_s, deadline))
-                    message = await receive()
-                    if message["type"] != "http.request":  # the client went away
-                        raise ServiceError(400, "the client closed the connection before the end of the body")
-                    chunk = message.get("body", b"")
-                    more = message.get("more_body", False)
-                    received += len(chunk)
-                    if received > limit:
-                        raise ServiceError(
-                            413, self._too_large(received, route), headers=[(b"connection", b"close")]
-                        )
-                    if self.buffered + len(chunk) > self.max_buffered_bytes:
-                        raise ServiceError(
-                            503,
-                            f"the server holds {self.buffered} bytes of request bodies already, its limit "
-                            f"is {self.max_buffered_bytes} (CONVZOO_MAX_BUFFERED_BYTES): try again shortly",
-                            [(b"connection", b"close"), (b"retry-after", b"1")],
-                        )
-                    self.buffered += len(chunk)
-                    held[0] += len(chunk)
-                    chunks.append(chunk)
-        except TimeoutError:
-            if loop.time() >= deadline:
+            while more:
+                message = await receive()
+                timer.last = timer.loop.time()
+                if message["type"] != "http.request":  # the client went away
+                    raise ServiceError(400, "the client closed the connection before the end of the body")
+                chunk = message.get("body", b"")
+                more = message.get("more_body", False)
+                received += len(chunk)
+                if received > limit:
+                    raise ServiceError(
+                        413, self._too_large(received, route), headers=[(b"connection", b"close")]
+                    )
+                if self.buffered + len(chunk) > self.max_buffered_bytes:
+                    raise ServiceError(
+                        503,
+                        f"the server holds {self.buffered} bytes of request bodies already, its limit "
+                        f"is {self.max_buffered_bytes} (CONVZOO_MAX_BUFFERED_BYTES): try again shortly",
+                        [(b"connection", b"close"), (b"retry-after", b"1")],
+                    )
+                self.buffered += len(chunk)
+                held[0] += len(chunk)
+                chunks.append(chunk)
+        except asyncio.CancelledError:
+            if not timer.expired or task.uncancel() > cancelling:  # not the timer's: as asyncio.timeout
+                raise
+            if timer.loop.time() >= timer.deadline:
                 reason = f"the request body took longer than {self.body_deadline_s:g} s (CONVZOO_TIMEOUT_S)"
             else:
                 idle = self.body_timeout_s
                 reason = f"no part of the request body arrived for {idle:g} s (CONVZOO_BODY_TIMEOUT_S)"
             raise ServiceError(408, reason, headers=[(b"connection", b"close")]) from None
+        finally:
+            timer.cancel()
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         if form is not None:
             problem = form.feed_body(body)
@@ -216,6 +220,35 @@ class RequestGuard:
     def _too_large(self, size: int, route: str) -> str:
         limit, setting = self._limit(route)
         return f"request body of {size}+ bytes exceeds the limit of {limit} bytes ({setting})"
+
+
+class BodyTimer:
+    """The time limits of one body being read: cancels ``task`` once no part of it has arrived for
+    ``idle_s`` seconds (``last``: when the last part came), or ``deadline_s`` seconds after it
+    started. One timer per body, moved on only when it fires early (not once per part, as
+    ``asyncio.timeout``'s ``reschedule`` would)."""
+
+    __slots__ = ("deadline", "expired", "handle", "idle_s", "last", "loop", "task")
+
+    def __init__(self, task: asyncio.Task, idle_s: float, deadline_s: float) -> None:
+        self.task = task
+        self.loop = task.get_loop()
+        self.idle_s = idle_s
+        self.last = self.loop.time()
+        self.deadline = self.last + deadline_s
+        self.expired = False
+        self.handle = self.loop.call_at(min(self.last + idle_s, self.deadline), self._fire)
+
+    def _fire(self) -> None:
+        due = min(self.last + self.idle_s, self.deadline)
+        if self.loop.time() < due:  # a part came meanwhile: wait on from it
+            self.handle = self.loop.call_at(due, self._fire)
+            return
+        self.expired = True
+        self.task.cancel()
+
+    def cancel(self) -> None:
+        self.handle.cancel()
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

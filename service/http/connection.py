@@ -151,13 +151,17 @@ def _httptools_protocol() -> type:
             self._guard_init()
             self.in_head = True  # the next bytes belong to a request's head
             self.in_trailer = False  # after a chunk's size line, until its data: maybe the trailer
+            self.heads = 0  # heads completed on this connection
 
         def data_received(self, data: bytes) -> None:
-            if self.in_head or self.in_trailer:
+            # A head that starts in these bytes starts its timer, unless it also ends in them (a
+            # keep-alive request's head nearly always does: no timer made and cancelled for it).
+            in_head, heads = self.in_head, self.heads
+            if in_head or self.in_trailer:
                 self.head_bytes += len(data)
-                if self.in_head:
-                    self._head_started()
             super().data_received(data)
+            if in_head and self.heads == heads:
+                self._head_started()
             if self.in_head or self.in_trailer:
                 self._head_too_large()
 
@@ -176,6 +180,7 @@ def _httptools_protocol() -> type:
 
         def on_headers_complete(self) -> None:
             self.in_head = False
+            self.heads += 1
             self._head_complete()
             super().on_headers_complete()
 

@@ -27,6 +27,8 @@ from service.serving.errors import ServiceError, send_error
 from service.serving.requests import Files, InferRequest, ModelSpec, Upload
 
 PATH = "/classify"
+COMPACT_UTF8 = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+"""``json.dumps(..., ensure_ascii=False, separators=(",", ":"))``, without making its encoder per answer."""
 
 
 async def classify(plane: DataPlane, uploads: list[Upload], top_k: int, model: str | None) -> list[dict]:
@@ -86,7 +88,7 @@ class ClassifyRoute:
         except ServiceError as error:
             await send_error(send, error)
             return
-        body = json.dumps(answer, ensure_ascii=False, separators=(",", ":")).encode()
+        body = COMPACT_UTF8.encode(answer).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})

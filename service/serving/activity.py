@@ -5,9 +5,6 @@ one ``Activity``; ``service.http.body.RequestGuard`` counts each request in it
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 
 class Activity:
     """``now``: the requests being answered; ``request()`` counts one for as long as it lasts."""
@@ -18,10 +15,12 @@ class Activity:
     def count(self) -> int:
         return self.now
 
-    @contextlib.contextmanager
-    def request(self) -> Iterator[None]:
+    def request(self) -> Activity:
+        """``with activity.request():`` one request counted while it lasts (no generator per request)."""
+        return self
+
+    def __enter__(self) -> None:
         self.now += 1
-        try:
-            yield
-        finally:
-            self.now -= 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.now -= 1

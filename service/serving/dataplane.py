@@ -42,7 +42,7 @@ from service.serving.activity import Activity
 from service.serving.batching import Deferred
 from service.serving.errors import ServiceError, forget_frames, internal
 from service.serving.images import RESAMPLING, InvalidImage, Resize, crop_box, open_upload, prepare_image
-from service.serving.jsonbody import json_memory
+from service.serving.jsonbody import json_memory, json_memory_at_most
 from service.serving.jsonbody import parse_json as parse_json_text
 from service.serving.limits import check_count, check_decode_budget, public_limits
 from service.serving.metrics import metrics
@@ -236,10 +236,13 @@ class DataPlane:
 
         A text of at most ``INLINE_JSON_BYTES`` (the JSON header of a binary request, a small JSON
         request) is parsed right here, on the event loop: microseconds, less than the hand-over
-        to a thread and back would cost."""
+        to a thread and back would cost; and not counted first when even its dearest reading
+        (``json_memory_at_most``) is within the limit."""
         limits = self.config.limits
-        cost = json_memory(text)
         limit = min(limits.max_request_decode_bytes, self.decode_memory.capacity)
+        if len(text) <= INLINE_JSON_BYTES and json_memory_at_most(len(text)) <= limit:
+            return parse_json_text(text, convert)  # within the limit whatever it holds: not counted
+        cost = json_memory(text)
         if cost > limit:
             raise ServiceError(
                 413,

@@ -31,6 +31,15 @@ def json_memory(text: bytes) -> int:
     return 3 * len(text) + 4096 + sum(cost * text.count(char) for char, cost in JSON_COSTS.items())
 
 
+def json_memory_at_most(length: int) -> int:
+    """What ``json_memory`` gives at most for a text of ``length`` bytes (every byte the dearest
+    structural character), known without reading the text."""
+    return 3 * length + 4096 + DEAREST_CHARACTER * length
+
+
+DEAREST_CHARACTER = max(JSON_COSTS.values())
+
+
 WALKED_DEPTH = 3
 """JSON containers this shallow (the request, its list of instances or inputs, an image) may be
 read an element at a time by ``loads_in_steps``; deeper values in one call of the C parser each."""

@@ -16,12 +16,11 @@ and its counters; the core that every protocol (``service.service``, ``service.p
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import shutil
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,16 +176,19 @@ class ServedVersion:
         callers copy it before changing it."""
         return self.description
 
-    @contextlib.contextmanager
-    def hold(self) -> Iterator[ServedVersion]:
-        """A request uses this version: it is not unloaded before the request ends."""
+    def hold(self) -> ServedVersion:
+        """``with served.hold():`` a request uses this version: it is not unloaded before the
+        request ends (the version is its own context manager: no generator per request)."""
+        return self
+
+    def __enter__(self) -> ServedVersion:
         self.in_flight += 1
         self._in_flight_gauge.inc()
-        try:
-            yield self
-        finally:
-            self.in_flight -= 1
-            self._in_flight_gauge.dec()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.in_flight -= 1
+        self._in_flight_gauge.dec()
 
     async def infer(self, images: np.ndarray) -> np.ndarray:
         """Probabilities ``[n, classes]`` for uint8 images ``[n, height, width, 3]`` at the input size."""
