@@ -49,7 +49,7 @@ def variants() -> dict[str, Callable[[list[Any]], list[Any]]]:
         "full": lambda middleware: middleware,
         "- BentoML metrics (RouteLabels)": without("RouteLabels"),
         "- BentoML access log": without("EscapedAccessLog"),  # service.http.app wraps BentoML's
-        "- BentoML timeout": without("TimeoutMiddleware"),
+        "- request timeout (InlineTimeout)": without("InlineTimeout"),  # BentoML's, in the request's task
         "- BentoML max concurrency": without("MaxConcurrencyMiddleware"),
     }
 
