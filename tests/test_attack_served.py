@@ -367,7 +367,7 @@ def test_a_failing_handler_is_answered_at_once_behind_bentomls_timeout():
     from starlette.routing import Mount, Route
     from starlette.testclient import TestClient
 
-    from service.http.app import AlwaysAnswer
+    from service.http.answering import AlwaysAnswer
 
     async def fails(request):
         raise ValueError("a bug")

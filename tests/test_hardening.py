@@ -329,7 +329,7 @@ def test_the_inline_timeout_answers_as_bentomls_timeout_middleware():
     once the answer started, and an app's own ``TimeoutError`` is not taken for the timeout."""
     from bentoml._internal.server.http.traffic import TimeoutMiddleware
 
-    from service.http.app import InlineTimeout
+    from service.http.answering import InlineTimeout
 
     cancelled: list[str] = []
 

@@ -110,17 +110,7 @@ class RequestGuard:
 
     async def _read(self, scope: Scope, receive: Receive, held: list[int]) -> bytes:
         """The whole body, once it passed every check; ``ServiceError`` otherwise."""
-        content_types: list[bytes] = []
-        length = b""
-        binary_data = False  # the Open Inference Protocol's binary data extension: JSON, then bytes
-        for key, value in scope["headers"]:
-            key = key.lower()
-            if key == b"content-type":
-                content_types.append(value)
-            elif key == b"content-length":
-                length = length or value
-            elif key == b"inference-header-content-length":
-                binary_data = True
+        content_types, length, binary_data = _body_headers(scope)
         if len(content_types) > 1:
             raise ServiceError(400, "more than one Content-Type header: send exactly one", kind="bad_header")
         form_upload = scope["method"] == "POST" and scope["path"] == self.upload_path
@@ -263,3 +253,20 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return {"type": "http.request", "body": body, "more_body": False}
 
     return replay
+
+
+def _body_headers(scope: Scope) -> tuple[list[bytes], bytes, bool]:
+    """The request's Content-Type values, its first Content-Length (b"" without), and whether it
+    uses the Open Inference Protocol's binary data extension (JSON, then bytes)."""
+    content_types: list[bytes] = []
+    length = b""
+    binary_data = False
+    for key, value in scope["headers"]:
+        key = key.lower()
+        if key == b"content-type":
+            content_types.append(value)
+        elif key == b"content-length":
+            length = length or value
+        elif key == b"inference-header-content-length":
+            binary_data = True
+    return content_types, length, binary_data
