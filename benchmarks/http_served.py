@@ -5,29 +5,40 @@ py-spy profile of the worker, grouped by layer.
     python -m benchmarks.http_served base: --rounds 1 --py-spy benchmarks/results/http_served
     python -m benchmarks.http_served before@/tmp/convzoo-before: after: --rounds 5
     python -m benchmarks.http_served one: two:CONVZOO_WORKERS=2 --server-cpus 0,1 --client-cpus 0,1
+    python -m benchmarks.http_served shared: apart: --apart apart --loop-cpus 0 --model-cpus 1 --clients 32,64
 
 Each variant is ``NAME[@CHECKOUT]:[VAR=VALUE,...]`` as for ``benchmarks.ab``. Every round starts
 each variant's server in turn (``bentoml serve``, ``taskset -c 1``), warms it up, and for each
 route runs ``benchmarks.http_client`` (``taskset -c 0``; asyncio, keep-alive connections,
 prepared requests: much leaner than Locust, whose CPU would crowd a shared machine) for
-``--seconds`` after ``--warmup``. Figures of the measured window only:
+``--seconds`` after ``--warmup``, once per ``--clients`` count. With ``--loop-cpus`` and
+``--model-cpus``, the variants named by ``--apart`` (default: all) have their worker's threads
+pinned apart once the server is up (``pin_apart``: the model's thread, found by its native name
+``convzoo-model``, on ``--model-cpus``; the event loop and every other thread of the worker on
+``--loop-cpus``), each thread's allowed CPUs read back from ``/proc`` and printed. The server still
+starts on ``--server-cpus``, so its settings (one CPU: decoding in the batch, one inference thread)
+are those of the shared variant. Figures of the measured window only:
 
 - server CPU ms per request: user + system of the server's whole process tree (``benchmarks.ab``'s
   measure), divided by the requests answered;
 - per thread of the worker (``/proc/<pid>/task/*/stat``): the main thread (uvicorn's event loop),
-  the busiest other thread (the model's thread, which also decodes when the worker has one CPU)
-  and all others together, in ms per request;
-- requests/s, p50 and p99 as the client saw them, and the client's own CPU.
+  the model's thread (``convzoo-model`` by its native name, ``service.serving.threads``; in a
+  checkout that does not name it, the busiest other thread; it also decodes when the worker has
+  one CPU) and all others together, in ms per request; and every thread that ran, by name, with
+  the CPUs it is allowed on;
+- requests/s, p50 and p99 as the client saw them, the client's own CPU, the 1-minute load average.
 
-The summary gives the median of each figure over the rounds. With ``--py-spy DIR`` (first round
-only, its figures then perturbed by the sampling) each window is also sampled
-(``py-spy record --threads -f raw``) and ``profile_table`` attributes every sample of the worker
+The summary gives the median of each figure over the rounds, and each variant's requests/s over
+the first variant's, round by round (on a shared machine the ratio is the result). With
+``--py-spy DIR`` (first round only, its figures then perturbed by the sampling) each window is also
+sampled (``py-spy record --threads -f raw``) and ``profile_table`` attributes every sample of the worker
 to a layer (``LAYERS``): the innermost frame that belongs to a known file decides.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import re
@@ -46,7 +57,9 @@ import requests
 from benchmarks.ab import Variant, cpu_seconds
 from benchmarks.images import add_image_set_argument, image_set
 from benchmarks.modelrepo import DEFAULT_MODEL, DEFAULT_MODELS_DIR, REPO, resolve
+from benchmarks.raw import parse_cpus
 from benchmarks.servers import SERVERS, RunningServer, free_port, pin_prefix, warm_up
+from service.serving.threads import MODEL_THREAD
 
 TICKS = os.sysconf("SC_CLK_TCK")
 ROUTES = ("v2", "classify")
@@ -62,6 +75,7 @@ class Figures:
     p50_ms: list[float] = field(default_factory=list)
     p99_ms: list[float] = field(default_factory=list)
     client_cores: list[float] = field(default_factory=list)
+    load_average: list[float] = field(default_factory=list)
 
 
 def thread_ticks(pid: int) -> dict[int, int]:
@@ -75,6 +89,92 @@ def thread_ticks(pid: int) -> dict[int, int]:
         fields = stat[stat.rindex(")") + 2 :].split()
         ticks[int(task.name)] = int(fields[11]) + int(fields[12])
     return ticks
+
+
+def thread_name(pid: int, tid: int) -> str:
+    """The thread's name as the kernel shows it (``comm``: ``convzoo-model`` for the model's
+    thread, ``service.serving.threads``), or ``""`` once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def allowed_cpus(pid: int, tid: int) -> str:
+    """``Cpus_allowed_list`` of the thread (``/proc/<pid>/task/<tid>/status``), or ``"?"``."""
+    try:
+        status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+    except OSError:
+        return "?"
+    match = re.search(r"^Cpus_allowed_list:\s*(\S+)", status, re.MULTILINE)
+    return match[1] if match else "?"
+
+
+def model_threads(pid: int) -> list[int]:
+    """The threads of the worker ``pid`` named ``convzoo-model`` (one per model version)."""
+    return [
+        int(task.name)
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        if thread_name(pid, int(task.name)).startswith(MODEL_THREAD)
+    ]
+
+
+def start_model_thread(server: RunningServer, images: list[Path], pid: int) -> None:
+    """Make the worker start its model's thread: the batcher makes it at the first batch, and a
+    lone request runs in the event loop's thread instead (``Batcher(at_once=True)``), so send
+    requests side by side until a thread named ``convzoo-model`` is there."""
+
+    def post(path: Path) -> int:
+        files = {"images": (path.name, path.read_bytes())}
+        return requests.post(f"{server.url}/classify", files=files, timeout=60).status_code
+
+    for _ in range(10):
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            list(pool.map(post, images[:16]))
+        if model_threads(pid):
+            return
+    raise RuntimeError(
+        f"no thread named {MODEL_THREAD!r} in the worker {pid}: is it named (service.serving.threads)?"
+    )
+
+
+def pin_apart(server: RunningServer, images: list[Path], loop_cpus: set[int], model_cpus: set[int]) -> str:
+    """Pin the worker's threads apart, the server already started on ``--server-cpus`` (its
+    settings, one CPU's, follow from that): the model's thread (``convzoo-model``) to
+    ``model_cpus``, the worker's every other thread (the event loop's, the watcher, the pools) to
+    ``loop_cpus``, every other process of the server (BentoML's arbiter) to both. A thread started
+    later inherits the affinity of the thread that starts it (the model's, for the runtime's own).
+    Returns the table of every thread and where the kernel now allows it (read back from
+    ``/proc``); raises when a thread is not where it was put."""
+    pids = [w.pid for w in workers(server.process.pid)]
+    for pid in pids:
+        start_model_thread(server, images, pid)
+    every = [
+        server.process.pid,
+        *(c.pid for c in psutil.Process(server.process.pid).children(recursive=True)),
+    ]
+    wanted: dict[tuple[int, int], set[int]] = {}
+    for pid in every:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            tid = int(task.name)
+            if pid not in pids:
+                wanted[pid, tid] = loop_cpus | model_cpus
+            elif thread_name(pid, tid).startswith(MODEL_THREAD):
+                wanted[pid, tid] = model_cpus
+            else:
+                wanted[pid, tid] = loop_cpus
+    lines = ["| process | thread | name | allowed CPUs |", "|---|---|---|---|"]
+    for (pid, tid), cpus in wanted.items():
+        try:
+            os.sched_setaffinity(tid, cpus)
+        except ProcessLookupError:
+            continue
+        allowed = allowed_cpus(pid, tid)
+        if allowed != "?" and set(parse_cpus(allowed)) != cpus:
+            raise RuntimeError(f"thread {tid} of {pid}: allowed on {allowed}, not {sorted(cpus)}")
+        role = "worker" if pid in pids else "server"
+        lines.append(f"| {role} {pid} | {tid} | {thread_name(pid, tid)} | {allowed} |")
+    return "\n".join(lines)
 
 
 def workers(server_pid: int) -> list[psutil.Process]:
@@ -100,8 +200,11 @@ def py_spy() -> str:
     raise SystemExit("--py-spy: py-spy is not installed (pip install py-spy)")
 
 
-def measure(server: RunningServer, route: str, images: list[Path], args, profile: Path | None) -> dict:
-    """One window of ``route`` against ``server``: its figures (module docstring)."""
+def measure(
+    server: RunningServer, route: str, images: list[Path], args, profile: Path | None, clients: int
+) -> dict:
+    """One window of ``route`` against ``server`` with ``clients`` clients: its figures (module
+    docstring)."""
     pids = [w.pid for w in workers(server.process.pid)] or [server.process.pid]  # the floor: one process
     command = pin_prefix(args.client_cpus) + [
         sys.executable,
@@ -114,7 +217,7 @@ def measure(server: RunningServer, route: str, images: list[Path], args, profile
         "--model",
         resolve(args.model, args.models_dir).name,
         "--clients",
-        str(args.clients),
+        str(clients),
         "--warmup",
         str(args.warmup),
         "--seconds",
@@ -145,14 +248,19 @@ def measure(server: RunningServer, route: str, images: list[Path], args, profile
         spy.wait()
     if not result.get("requests"):
         raise RuntimeError(f"{route}: no request answered ({result})")
+    load_average = os.getloadavg()[0]
     count = result["requests"]
     loop = model = other = 0.0
+    busy = []  # (pid, tid, name, ticks) of every thread that ran in the window
     for pid in pids:
         used = {tid: after[pid].get(tid, 0) - before[pid].get(tid, 0) for tid in after[pid]}
+        busy += [(pid, tid, thread_name(pid, tid), n) for tid, n in used.items() if n > 0]
         loop += used.pop(pid, 0)
-        busiest = max(used.values(), default=0)
-        model += busiest
-        other += sum(used.values()) - busiest
+        named = [tid for tid in used if thread_name(pid, tid).startswith(MODEL_THREAD)]
+        # the model's thread by its native name; a checkout that does not name it: the busiest
+        models = sum(used[tid] for tid in named) if named else max(used.values(), default=0)
+        model += models
+        other += sum(used.values()) - models
     per_request = 1e3 / TICKS / count
     return {
         **result,
@@ -161,6 +269,11 @@ def measure(server: RunningServer, route: str, images: list[Path], args, profile
         "model_ms": model * per_request,
         "other_ms": other * per_request,
         "client_cores": result["client_cpu_s"] / result["seconds"],
+        "load_average": load_average,
+        "threads": [
+            f"{tid} {name or '?'} on {allowed_cpus(pid, tid)}: {n * per_request:.3f} ms"
+            for pid, tid, name, n in sorted(busy, key=lambda row: -row[3])
+        ],
     }
 
 
@@ -294,25 +407,46 @@ def format_profile(raw: Path, loop_tid: int, cpu_ms: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def summary(results: dict[tuple[str, str], Figures]) -> str:
+def summary(results: dict[tuple[str, str, int], Figures]) -> str:
     lines = [
         "",
-        "| variant | route | server CPU ms/request | event loop | model thread | other threads "
-        "| requests/s | p50 ms | p99 ms | client cores | server ms, every round |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| variant | route | clients | server CPU ms/request | event loop | model thread | other threads "
+        "| requests/s | p50 ms | p99 ms | client cores | load average | requests/s, every round "
+        "| server ms, every round |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
     ]
-    for (name, route), f in results.items():
+    for (name, route, clients), f in results.items():
         m = statistics.median
         lines.append(
-            f"| {name} | {route} | {m(f.server_ms):.3f} | {m(f.loop_ms):.3f} | {m(f.model_ms):.3f} "
+            f"| {name} | {route} | {clients} | {m(f.server_ms):.3f} | {m(f.loop_ms):.3f} "
+            f"| {m(f.model_ms):.3f} "
             f"| {m(f.other_ms):.3f} | {m(f.requests_per_s):.1f} | {m(f.p50_ms):.2f} | {m(f.p99_ms):.1f} "
-            f"| {m(f.client_cores):.2f} | {', '.join(f'{x:.3f}' for x in f.server_ms)} |"
+            f"| {m(f.client_cores):.2f} | {min(f.load_average):.2f}–{max(f.load_average):.2f} "
+            f"| {', '.join(f'{x:.1f}' for x in f.requests_per_s)} "
+            f"| {', '.join(f'{x:.3f}' for x in f.server_ms)} |"
+        )
+    return "\n".join(lines)
+
+
+def ratios(results: dict[tuple[str, str, int], Figures], base: str) -> str:
+    """Each variant's requests/s over ``base``'s, round by round (the two measured minutes apart
+    on the same shared machine: the ratio, not either figure, is what a run says), and the median."""
+    lines = []
+    for (name, route, clients), f in results.items():
+        if name == base or (base, route, clients) not in results:
+            continue
+        base_figures = results[base, route, clients].requests_per_s
+        each = [x / y for x, y in zip(f.requests_per_s, base_figures, strict=True)]
+        lines.append(
+            f"{name} / {base}, {route}, {clients} clients: requests/s × {statistics.median(each):.3f} "
+            f"(rounds: {', '.join(f'{r:.3f}' for r in each)})"
         )
     return "\n".join(lines)
 
 
 def run_variant(variant: Variant, round_index: int, routes, ref, images, args, results) -> None:
-    """One server start of ``variant``: a window per route, its figures added to ``results``."""
+    """One server start of ``variant``: a window per route and client count, its figures added to
+    ``results``; its worker's threads pinned apart first when ``--loop-cpus`` covers it."""
     saved = {key: os.environ.get(key) for key in variant.env}
     os.environ.update(variant.env)
     log = args.out / "logs" / f"{variant.name}-r{round_index}.log"
@@ -322,20 +456,28 @@ def run_variant(variant: Variant, round_index: int, routes, ref, images, args, r
         ) as server:
             server.wait_ready()
             warm_up(server.url, images[:40])
+            if args.loop_cpus is not None and variant.name in args.apart:
+                table = pin_apart(server, images, args.loop_cpus, args.model_cpus)
+                print(
+                    f"round {round_index} {variant.name}: the server's threads pinned apart\n{table}",
+                    flush=True,
+                )
             for route in routes:
-                profile = None
-                if args.py_spy is not None and round_index == 1:
-                    args.py_spy.mkdir(parents=True, exist_ok=True)
-                    profile = args.py_spy / f"{variant.name}-{route}.txt"
-                got = measure(server, route, images, args, profile)
-                record(results[variant.name, route], got, f"round {round_index} {variant.name} {route}")
-                if profile is not None and profile.is_file():
-                    cpu = {
-                        "event loop": got["loop_ms"],
-                        "model thread": got["model_ms"],
-                        "other threads": got["other_ms"],
-                    }
-                    print(format_profile(profile, workers(server.process.pid)[0].pid, cpu), flush=True)
+                for clients in args.clients:
+                    profile = None
+                    if args.py_spy is not None and round_index == 1:
+                        args.py_spy.mkdir(parents=True, exist_ok=True)
+                        profile = args.py_spy / f"{variant.name}-{route}-{clients}.txt"
+                    got = measure(server, route, images, args, profile, clients)
+                    title = f"round {round_index} {variant.name} {route} {clients} clients"
+                    record(results[variant.name, route, clients], got, title)
+                    if profile is not None and profile.is_file():
+                        cpu = {
+                            "event loop": got["loop_ms"],
+                            "model thread": got["model_ms"],
+                            "other threads": got["other_ms"],
+                        }
+                        print(format_profile(profile, workers(server.process.pid)[0].pid, cpu), flush=True)
     finally:
         for key, value in saved.items():
             if value is None:
@@ -378,19 +520,26 @@ class FloorServer:
 def run_floor(round_index: int, routes, images, args, results) -> None:
     with FloorServer(args.server_cpus, args.out / "logs" / f"floor-r{round_index}.log") as server:
         for route in routes:
-            got = measure(server, route, images, args, None)
-            record(results[FLOOR, route], got, f"round {round_index} floor {route}")
+            for clients in args.clients:
+                got = measure(server, route, images, args, None, clients)
+                record(
+                    results[FLOOR, route, clients],
+                    got,
+                    f"round {round_index} floor {route} {clients} clients",
+                )
 
 
 def record(figures: Figures, got: dict, title: str) -> None:
     for key in ("server_ms", "loop_ms", "model_ms", "other_ms", "requests_per_s", "p50_ms", "p99_ms"):
         getattr(figures, key).append(got[key])
     figures.client_cores.append(got["client_cores"])
+    figures.load_average.append(got["load_average"])
     print(
         f"{title}: server {got['server_ms']:.3f} ms/request (loop {got['loop_ms']:.3f}, model thread "
         f"{got['model_ms']:.3f}, other {got['other_ms']:.3f}), {got['requests_per_s']:.1f} requests/s, "
         f"p50 {got['p50_ms']:.2f} ms, p99 {got['p99_ms']:.1f} ms, client {got['client_cores']:.2f} cores, "
-        f"{got['failures']} failures {got['first_failure'][:60]}",
+        f"load average {got['load_average']:.2f}, {got['failures']} failures {got['first_failure'][:60]}\n"
+        f"  the worker's threads that ran (CPU per request): {'; '.join(got['threads'])}",
         flush=True,
     )
 
@@ -407,33 +556,53 @@ def main(argv: list[str] | None = None) -> int:
     add_image_set_argument(parser)
     parser.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--clients", default="32", help="comma-separated: a window each (32,64)")
     parser.add_argument("--warmup", type=float, default=3)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--server-cpus", default="1")
     parser.add_argument("--client-cpus", default="0")
+    parser.add_argument(
+        "--loop-cpus",
+        help="after start, pin the worker's event loop and every thread but the model's here "
+        "(with --model-cpus; the server starts on --server-cpus, its settings follow from those)",
+    )
+    parser.add_argument("--model-cpus", help="after start, pin the model's thread (convzoo-model) here")
+    parser.add_argument(
+        "--apart", help="comma-separated: the variants whose threads are pinned apart (default: every one)"
+    )
     parser.add_argument("--py-spy", type=Path, default=None, help="profile the first round into DIR")
     parser.add_argument("--floor", action="store_true", help="also measure uvicorn with a trivial app")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "http_served")
     args = parser.parse_args(argv)
     routes = [r for r in args.routes.split(",") if r]
+    args.clients = [int(c) for c in args.clients.split(",") if c]
+    if (args.loop_cpus is None) != (args.model_cpus is None):
+        parser.error("--loop-cpus and --model-cpus go together")
+    if args.loop_cpus is not None:
+        args.loop_cpus, args.model_cpus = set(parse_cpus(args.loop_cpus)), set(parse_cpus(args.model_cpus))
     if not set(routes) <= set(ROUTES):
         parser.error(f"--routes: choose from {', '.join(ROUTES)}")
     try:
         variants = [Variant.parse(text) for text in args.variants]
     except ValueError as error:
         parser.error(str(error))
+    names = [v.name for v in variants]
+    args.apart = names if args.apart is None else [n for n in args.apart.split(",") if n]
+    if not set(args.apart) <= set(names):
+        parser.error(f"--apart: no variant named {', '.join(sorted(set(args.apart) - set(names)))}")
     ref = resolve(args.model, args.models_dir)
     images = list(image_set(args.image_set).paths)
-    results = {(v.name, r): Figures() for v in variants for r in routes}
+    results = {(v.name, r, c): Figures() for v in variants for r in routes for c in args.clients}
     if args.floor:
-        results.update({(FLOOR, r): Figures() for r in routes})
+        results.update({(FLOOR, r, c): Figures() for r in routes for c in args.clients})
     for round_index in range(1, args.rounds + 1):
         for variant in variants:
             run_variant(variant, round_index, routes, ref, images, args, results)
         if args.floor:
             run_floor(round_index, routes, images, args, results)
     print(summary(results))
+    if len(names) > 1:
+        print(ratios(results, names[0]))
     return 0
 
 
