@@ -13,11 +13,12 @@ route runs ``benchmarks.http_client`` (``taskset -c 0``; asyncio, keep-alive con
 prepared requests: much leaner than Locust, whose CPU would crowd a shared machine) for
 ``--seconds`` after ``--warmup``, once per ``--clients`` count. With ``--loop-cpus`` and
 ``--model-cpus``, the variants named by ``--apart`` (default: all) have their worker's threads
-pinned apart once the server is up (``pin_apart``: the model's thread, found by its native name
+pinned apart once the server is up (``Apart``: the model's thread, found by its native name
 ``convzoo-model``, on ``--model-cpus``; the event loop and every other thread of the worker on
-``--loop-cpus``), each thread's allowed CPUs read back from ``/proc`` and printed. The server still
-starts on ``--server-cpus``, so its settings (one CPU: decoding in the batch, one inference thread)
-are those of the shared variant. Figures of the measured window only:
+``--loop-cpus``), each thread's allowed CPUs read back from ``/proc`` and printed, and pinned again
+as each window starts (OpenVINO moves a thread that runs an inference back to the model's CPUs).
+The server still starts on ``--server-cpus``, so its settings (one CPU: decoding in the batch, one
+inference thread) are those of the shared variant. Figures of the measured window only:
 
 - server CPU ms per request: user + system of the server's whole process tree (``benchmarks.ab``'s
   measure), divided by the requests answered;
@@ -50,12 +51,14 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import psutil
 import requests
 
 from benchmarks.ab import Variant, cpu_seconds
 from benchmarks.images import add_image_set_argument, image_set
+from benchmarks.load import _ceiling
 from benchmarks.modelrepo import DEFAULT_MODEL, DEFAULT_MODELS_DIR, REPO, resolve
 from benchmarks.raw import parse_cpus
 from benchmarks.servers import SERVERS, RunningServer, free_port, pin_prefix, warm_up
@@ -138,43 +141,59 @@ def start_model_thread(server: RunningServer, images: list[Path], pid: int) -> N
     )
 
 
-def pin_apart(server: RunningServer, images: list[Path], loop_cpus: set[int], model_cpus: set[int]) -> str:
-    """Pin the worker's threads apart, the server already started on ``--server-cpus`` (its
-    settings, one CPU's, follow from that): the model's thread (``convzoo-model``) to
-    ``model_cpus``, the worker's every other thread (the event loop's, the watcher, the pools) to
-    ``loop_cpus``, every other process of the server (BentoML's arbiter) to both. A thread started
-    later inherits the affinity of the thread that starts it (the model's, for the runtime's own).
-    Returns the table of every thread and where the kernel now allows it (read back from
-    ``/proc``); raises when a thread is not where it was put."""
-    pids = [w.pid for w in workers(server.process.pid)]
-    for pid in pids:
-        start_model_thread(server, images, pid)
-    every = [
-        server.process.pid,
-        *(c.pid for c in psutil.Process(server.process.pid).children(recursive=True)),
-    ]
-    wanted: dict[tuple[int, int], set[int]] = {}
-    for pid in every:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            tid = int(task.name)
-            if pid not in pids:
-                wanted[pid, tid] = loop_cpus | model_cpus
-            elif thread_name(pid, tid).startswith(MODEL_THREAD):
-                wanted[pid, tid] = model_cpus
-            else:
-                wanted[pid, tid] = loop_cpus
-    lines = ["| process | thread | name | allowed CPUs |", "|---|---|---|---|"]
-    for (pid, tid), cpus in wanted.items():
-        try:
-            os.sched_setaffinity(tid, cpus)
-        except ProcessLookupError:
-            continue
-        allowed = allowed_cpus(pid, tid)
-        if allowed != "?" and set(parse_cpus(allowed)) != cpus:
-            raise RuntimeError(f"thread {tid} of {pid}: allowed on {allowed}, not {sorted(cpus)}")
-        role = "worker" if pid in pids else "server"
-        lines.append(f"| {role} {pid} | {tid} | {thread_name(pid, tid)} | {allowed} |")
-    return "\n".join(lines)
+class Apart:
+    """The worker's threads pinned apart, the server already started on ``--server-cpus`` (its
+    settings, one CPU's, follow from that): the model's thread (``convzoo-model``) on
+    ``model_cpus``, the worker's every other thread (the event loop's, the watcher, the pools, the
+    runtime's idle ones) on ``loop_cpus``, every other process of the server (BentoML's arbiter) on
+    both. A thread started later inherits the affinity of the thread that starts it.
+
+    ``pin()`` is called again at the start of every window: OpenVINO (``ENABLE_CPU_PINNING``, on by
+    default) pins every thread that runs an inference to the CPUs it chose when the model was
+    compiled, that is, the server's: a lone request that the event loop runs itself
+    (``Batcher(at_once=True)``, a client's first request) puts the loop back on the model's CPU.
+    So ``--model-cpus`` should be the server's own CPUs."""
+
+    def __init__(self, server: RunningServer, loop_cpus: set[int], model_cpus: set[int]) -> None:
+        self.server = server
+        self.loop_cpus = loop_cpus
+        self.model_cpus = model_cpus
+        self.pids = [w.pid for w in workers(server.process.pid)]
+
+    def wanted(self) -> dict[tuple[int, int], set[int]]:
+        """(process, thread) -> the CPUs it belongs on, for every thread of the server now."""
+        children = psutil.Process(self.server.process.pid).children(recursive=True)
+        wanted: dict[tuple[int, int], set[int]] = {}
+        for pid in [self.server.process.pid, *(child.pid for child in children)]:
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                tid = int(task.name)
+                if pid not in self.pids:
+                    wanted[pid, tid] = self.loop_cpus | self.model_cpus
+                elif thread_name(pid, tid).startswith(MODEL_THREAD):
+                    wanted[pid, tid] = self.model_cpus
+                else:
+                    wanted[pid, tid] = self.loop_cpus
+        return wanted
+
+    def pin(self) -> tuple[list[str], list[str]]:
+        """Every thread put where it belongs and read back from ``/proc`` (raises when one is not
+        there): the table of every thread, and the threads that had moved (``tid name: was``)."""
+        table = ["| process | thread | name | allowed CPUs |", "|---|---|---|---|"]
+        moved = []
+        for (pid, tid), cpus in self.wanted().items():
+            was = allowed_cpus(pid, tid)
+            try:
+                os.sched_setaffinity(tid, cpus)
+            except ProcessLookupError:
+                continue
+            allowed = allowed_cpus(pid, tid)
+            if allowed != "?" and set(parse_cpus(allowed)) != cpus:
+                raise RuntimeError(f"thread {tid} of {pid}: allowed on {allowed}, not {sorted(cpus)}")
+            if was not in ("?", allowed):
+                moved.append(f"{tid} {thread_name(pid, tid) or '?'} was on {was}")
+            role = "worker" if pid in self.pids else "server"
+            table.append(f"| {role} {pid} | {tid} | {thread_name(pid, tid)} | {allowed} |")
+        return table, moved
 
 
 def workers(server_pid: int) -> list[psutil.Process]:
@@ -201,10 +220,16 @@ def py_spy() -> str:
 
 
 def measure(
-    server: RunningServer, route: str, images: list[Path], args, profile: Path | None, clients: int
+    server: RunningServer,
+    route: str,
+    images: list[Path],
+    args,
+    profile: Path | None,
+    clients: int,
+    apart: Apart | None = None,
 ) -> dict:
     """One window of ``route`` against ``server`` with ``clients`` clients: its figures (module
-    docstring)."""
+    docstring). ``apart``: its threads pinned again as the window starts (``Apart``)."""
     pids = [w.pid for w in workers(server.process.pid)] or [server.process.pid]  # the floor: one process
     command = pin_prefix(args.client_cpus) + [
         sys.executable,
@@ -227,8 +252,10 @@ def measure(
     client = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True)
     spy = None
     result: dict = {}
+    repinned: list[str] = []
     for line in client.stdout:
         if line.strip() == "START":
+            repinned = apart.pin()[1] if apart is not None else []
             tree, before = cpu_seconds(server.process.pid), {pid: thread_ticks(pid) for pid in pids}
             if profile is not None:
                 spy = subprocess.Popen(
@@ -270,6 +297,7 @@ def measure(
         "other_ms": other * per_request,
         "client_cores": result["client_cpu_s"] / result["seconds"],
         "load_average": load_average,
+        "repinned": repinned,
         "threads": [
             f"{tid} {name or '?'} on {allowed_cpus(pid, tid)}: {n * per_request:.3f} ms"
             for pid, tid, name, n in sorted(busy, key=lambda row: -row[3])
@@ -444,6 +472,40 @@ def ratios(results: dict[tuple[str, str, int], Figures], base: str) -> str:
     return "\n".join(lines)
 
 
+CEILING_BATCH_SIZE = "32"
+"""The in-process ceiling's batch: the best of ``benchmarks.load --compare``'s batch sizes on the
+photos (``benchmarks.load.COMPARE_CEILING_BATCH_SIZES``), the one it divides every served figure by."""
+
+
+def ceiling(round_index: int, ref, args) -> float:
+    """``benchmarks.load``'s in-process ceiling (``benchmarks.raw``, ``service`` mode: the service's
+    decoding and runtime, no HTTP, batch ``CEILING_BATCH_SIZE``) on the CPUs of the model: images/s."""
+    options = SimpleNamespace(
+        models_dir=args.models_dir,
+        ceiling_batch_sizes=CEILING_BATCH_SIZE,
+        image_set=args.image_set,
+        ceiling_modes="service",
+    )
+    cpus = ",".join(map(str, sorted(args.model_cpus))) if args.model_cpus else args.server_cpus
+    images_per_s = _ceiling(ref, options, cpus, args.out, "auto", suffix=f"r{round_index}")["ceiling"][
+        "service_images_per_s"
+    ]
+    print(f"round {round_index} ceiling: {images_per_s:.1f} images/s", flush=True)
+    return images_per_s
+
+
+def ceiling_ratios(results: dict[tuple[str, str, int], Figures], ceilings: list[float]) -> str:
+    """Each variant's requests/s (one photo a request) over the ceiling of its own round."""
+    lines = [f"in-process ceiling, images/s, every round: {', '.join(f'{c:.1f}' for c in ceilings)}"]
+    for (name, route, clients), f in results.items():
+        each = [x / c for x, c in zip(f.requests_per_s, ceilings, strict=True)]
+        lines.append(
+            f"{name}, {route}, {clients} clients: {statistics.median(each):.3f} of the ceiling "
+            f"(rounds: {', '.join(f'{r:.3f}' for r in each)})"
+        )
+    return "\n".join(lines)
+
+
 def run_variant(variant: Variant, round_index: int, routes, ref, images, args, results) -> None:
     """One server start of ``variant``: a window per route and client count, its figures added to
     ``results``; its worker's threads pinned apart first when ``--loop-cpus`` covers it."""
@@ -456,10 +518,14 @@ def run_variant(variant: Variant, round_index: int, routes, ref, images, args, r
         ) as server:
             server.wait_ready()
             warm_up(server.url, images[:40])
+            apart = None
             if args.loop_cpus is not None and variant.name in args.apart:
-                table = pin_apart(server, images, args.loop_cpus, args.model_cpus)
+                apart = Apart(server, args.loop_cpus, args.model_cpus)
+                for pid in apart.pids:
+                    start_model_thread(server, images, pid)
+                table, _ = apart.pin()
                 print(
-                    f"round {round_index} {variant.name}: the server's threads pinned apart\n{table}",
+                    f"round {round_index} {variant.name}: threads pinned apart\n" + "\n".join(table),
                     flush=True,
                 )
             for route in routes:
@@ -468,7 +534,7 @@ def run_variant(variant: Variant, round_index: int, routes, ref, images, args, r
                     if args.py_spy is not None and round_index == 1:
                         args.py_spy.mkdir(parents=True, exist_ok=True)
                         profile = args.py_spy / f"{variant.name}-{route}-{clients}.txt"
-                    got = measure(server, route, images, args, profile, clients)
+                    got = measure(server, route, images, args, profile, clients, apart)
                     title = f"round {round_index} {variant.name} {route} {clients} clients"
                     record(results[variant.name, route, clients], got, title)
                     if profile is not None and profile.is_file():
@@ -539,7 +605,10 @@ def record(figures: Figures, got: dict, title: str) -> None:
         f"{got['model_ms']:.3f}, other {got['other_ms']:.3f}), {got['requests_per_s']:.1f} requests/s, "
         f"p50 {got['p50_ms']:.2f} ms, p99 {got['p99_ms']:.1f} ms, client {got['client_cores']:.2f} cores, "
         f"load average {got['load_average']:.2f}, {got['failures']} failures {got['first_failure'][:60]}\n"
-        f"  the worker's threads that ran (CPU per request): {'; '.join(got['threads'])}",
+        f"  the worker's threads that ran (CPU per request): {'; '.join(got['threads'])}"
+        + (
+            f"\n  pinned again as the window started: {'; '.join(got['repinned'])}" if got["repinned"] else ""
+        ),
         flush=True,
     )
 
@@ -570,6 +639,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--apart", help="comma-separated: the variants whose threads are pinned apart (default: every one)"
     )
+    parser.add_argument(
+        "--ceiling", action="store_true", help="each round, the in-process ceiling too (on --model-cpus)"
+    )
+    parser.add_argument(
+        "--alternate", action="store_true", help="the variants in reverse order every other round"
+    )
     parser.add_argument("--py-spy", type=Path, default=None, help="profile the first round into DIR")
     parser.add_argument("--floor", action="store_true", help="also measure uvicorn with a trivial app")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "http_served")
@@ -580,6 +655,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--loop-cpus and --model-cpus go together")
     if args.loop_cpus is not None:
         args.loop_cpus, args.model_cpus = set(parse_cpus(args.loop_cpus)), set(parse_cpus(args.model_cpus))
+        if args.server_cpus and not args.model_cpus <= set(parse_cpus(args.server_cpus)):
+            parser.error(
+                "--model-cpus: among --server-cpus (OpenVINO keeps the model on the CPUs it was compiled on)"
+            )
     if not set(routes) <= set(ROUTES):
         parser.error(f"--routes: choose from {', '.join(ROUTES)}")
     try:
@@ -595,14 +674,20 @@ def main(argv: list[str] | None = None) -> int:
     results = {(v.name, r, c): Figures() for v in variants for r in routes for c in args.clients}
     if args.floor:
         results.update({(FLOOR, r, c): Figures() for r in routes for c in args.clients})
+    ceilings = []
     for round_index in range(1, args.rounds + 1):
-        for variant in variants:
+        if args.ceiling:
+            ceilings.append(ceiling(round_index, ref, args))
+        turn = variants[::-1] if args.alternate and round_index % 2 == 0 else variants
+        for variant in turn:
             run_variant(variant, round_index, routes, ref, images, args, results)
         if args.floor:
             run_floor(round_index, routes, images, args, results)
     print(summary(results))
     if len(names) > 1:
         print(ratios(results, names[0]))
+    if ceilings:
+        print(ceiling_ratios(results, ceilings))
     return 0
 
 
