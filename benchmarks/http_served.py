@@ -27,6 +27,8 @@ inference thread) are those of the shared variant. Figures of the measured windo
   checkout that does not name it, the busiest other thread; it also decodes when the worker has
   one CPU) and all others together, in ms per request; and every thread that ran, by name, with
   the CPUs it is allowed on;
+- the model's thread's share of a core (its CPU seconds over the window's: 1.0 is a model that never
+  waits for work) and the mean images a model call (the server's ``convzoo_batch_size``);
 - requests/s, p50 and p99 as the client saw them, the client's own CPU, the 1-minute load average.
 
 The summary gives the median of each figure over the rounds, and each variant's requests/s over
@@ -79,6 +81,8 @@ class Figures:
     p99_ms: list[float] = field(default_factory=list)
     client_cores: list[float] = field(default_factory=list)
     load_average: list[float] = field(default_factory=list)
+    model_busy: list[float] = field(default_factory=list)
+    mean_batch: list[float] = field(default_factory=list)
 
 
 def thread_ticks(pid: int) -> dict[int, int]:
@@ -219,6 +223,22 @@ def py_spy() -> str:
     raise SystemExit("--py-spy: py-spy is not installed (pip install py-spy)")
 
 
+BATCH_SERIES = re.compile(r"^convzoo_batch_size_(sum|count)\{[^}]*\} (\S+)$", re.MULTILINE)
+
+
+def batches(url: str) -> tuple[float, float] | None:
+    """(images, model calls) so far, from the server's ``convzoo_batch_size`` histogram (every
+    model version summed); None where there is none (the trivial app)."""
+    try:
+        text = requests.get(f"{url}/metrics", timeout=10).text
+    except requests.RequestException:
+        return None
+    found = {"sum": 0.0, "count": 0.0}
+    for kind, value in BATCH_SERIES.findall(text):
+        found[kind] += float(value)
+    return (found["sum"], found["count"]) if found["count"] else None
+
+
 def measure(
     server: RunningServer,
     route: str,
@@ -253,9 +273,11 @@ def measure(
     spy = None
     result: dict = {}
     repinned: list[str] = []
+    batches_before = batches_after = None
     for line in client.stdout:
         if line.strip() == "START":
             repinned = apart.pin()[1] if apart is not None else []
+            batches_before = batches(server.url)
             tree, before = cpu_seconds(server.process.pid), {pid: thread_ticks(pid) for pid in pids}
             if profile is not None:
                 spy = subprocess.Popen(
@@ -268,6 +290,7 @@ def measure(
         elif line.strip() == "END":
             tree = cpu_seconds(server.process.pid) - tree
             after = {pid: thread_ticks(pid) for pid in pids}
+            batches_after = batches(server.url)
         elif line.startswith("{"):
             result = json.loads(line)
     client.wait()
@@ -289,6 +312,9 @@ def measure(
         model += models
         other += sum(used.values()) - models
     per_request = 1e3 / TICKS / count
+    batch = None
+    if batches_before is not None and batches_after is not None and batches_after[1] > batches_before[1]:
+        batch = (batches_after[0] - batches_before[0]) / (batches_after[1] - batches_before[1])
     return {
         **result,
         "server_ms": 1e3 * tree / count,
@@ -296,6 +322,8 @@ def measure(
         "model_ms": model * per_request,
         "other_ms": other * per_request,
         "client_cores": result["client_cpu_s"] / result["seconds"],
+        "model_busy": model / TICKS / result["seconds"],
+        "mean_batch": batch,
         "load_average": load_average,
         "repinned": repinned,
         "threads": [
@@ -439,16 +467,18 @@ def summary(results: dict[tuple[str, str, int], Figures]) -> str:
     lines = [
         "",
         "| variant | route | clients | server CPU ms/request | event loop | model thread | other threads "
+        "| model thread, cores | images a batch "
         "| requests/s | p50 ms | p99 ms | client cores | load average | requests/s, every round "
         "| server ms, every round |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
     ]
     for (name, route, clients), f in results.items():
         m = statistics.median
+        batch = f"{m(f.mean_batch):.1f}" if f.mean_batch else "–"
         lines.append(
             f"| {name} | {route} | {clients} | {m(f.server_ms):.3f} | {m(f.loop_ms):.3f} "
-            f"| {m(f.model_ms):.3f} "
-            f"| {m(f.other_ms):.3f} | {m(f.requests_per_s):.1f} | {m(f.p50_ms):.2f} | {m(f.p99_ms):.1f} "
+            f"| {m(f.model_ms):.3f} | {m(f.other_ms):.3f} | {m(f.model_busy):.2f} | {batch} "
+            f"| {m(f.requests_per_s):.1f} | {m(f.p50_ms):.2f} | {m(f.p99_ms):.1f} "
             f"| {m(f.client_cores):.2f} | {min(f.load_average):.2f}–{max(f.load_average):.2f} "
             f"| {', '.join(f'{x:.1f}' for x in f.requests_per_s)} "
             f"| {', '.join(f'{x:.3f}' for x in f.server_ms)} |"
@@ -600,11 +630,16 @@ def record(figures: Figures, got: dict, title: str) -> None:
         getattr(figures, key).append(got[key])
     figures.client_cores.append(got["client_cores"])
     figures.load_average.append(got["load_average"])
+    figures.model_busy.append(got["model_busy"])
+    if got["mean_batch"] is not None:
+        figures.mean_batch.append(got["mean_batch"])
     print(
         f"{title}: server {got['server_ms']:.3f} ms/request (loop {got['loop_ms']:.3f}, model thread "
         f"{got['model_ms']:.3f}, other {got['other_ms']:.3f}), {got['requests_per_s']:.1f} requests/s, "
         f"p50 {got['p50_ms']:.2f} ms, p99 {got['p99_ms']:.1f} ms, client {got['client_cores']:.2f} cores, "
-        f"load average {got['load_average']:.2f}, {got['failures']} failures {got['first_failure'][:60]}\n"
+        f"model thread {got['model_busy']:.2f} of a core, "
+        + (f"{got['mean_batch']:.1f} images a batch, " if got["mean_batch"] is not None else "")
+        + f"load average {got['load_average']:.2f}, {got['failures']} failures {got['first_failure'][:60]}\n"
         f"  the worker's threads that ran (CPU per request): {'; '.join(got['threads'])}"
         + (
             f"\n  pinned again as the window started: {'; '.join(got['repinned'])}" if got["repinned"] else ""
