@@ -28,7 +28,9 @@ inference thread) are those of the shared variant. Figures of the measured windo
   one CPU) and all others together, in ms per request; and every thread that ran, by name, with
   the CPUs it is allowed on;
 - the model's thread's share of a core (its CPU seconds over the window's: 1.0 is a model that never
-  waits for work) and the mean images a model call (the server's ``convzoo_batch_size``);
+  waits), the share of the window its CPUs (``--model-cpus``, else ``--server-cpus``) were idle
+  (``/proc/stat``: a model that waits for work leaves them idle, one that waits for another
+  process's job does not), and the mean images a model call (the server's ``convzoo_batch_size``);
 - requests/s, p50 and p99 as the client saw them, the client's own CPU, the 1-minute load average.
 
 The summary gives the median of each figure over the rounds, and each variant's requests/s over
@@ -83,6 +85,7 @@ class Figures:
     load_average: list[float] = field(default_factory=list)
     model_busy: list[float] = field(default_factory=list)
     mean_batch: list[float] = field(default_factory=list)
+    model_cpus_idle: list[float] = field(default_factory=list)
 
 
 def thread_ticks(pid: int) -> dict[int, int]:
@@ -223,6 +226,27 @@ def py_spy() -> str:
     raise SystemExit("--py-spy: py-spy is not installed (pip install py-spy)")
 
 
+def cpu_idle() -> dict[int, tuple[int, int]]:
+    """{CPU: (idle + iowait ticks, all ticks)} so far, from ``/proc/stat``."""
+    found = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *ticks = line.split()
+        if name.startswith("cpu") and name[3:].isdigit():
+            numbers = [int(t) for t in ticks]
+            found[int(name[3:])] = (numbers[3] + numbers[4], sum(numbers[:8]))
+    return found
+
+
+def idle_share(
+    before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]], cpus: set[int]
+) -> float:
+    """The share of ``cpus``' time in the window that nothing ran on them (0: always busy, with our
+    threads or anyone's)."""
+    idle = sum(after[c][0] - before[c][0] for c in cpus if c in before and c in after)
+    total = sum(after[c][1] - before[c][1] for c in cpus if c in before and c in after)
+    return idle / total if total else 0.0
+
+
 BATCH_SERIES = re.compile(r"^convzoo_batch_size_(sum|count)\{[^}]*\} (\S+)$", re.MULTILINE)
 
 
@@ -237,6 +261,13 @@ def batches(url: str) -> tuple[float, float] | None:
     for kind, value in BATCH_SERIES.findall(text):
         found[kind] += float(value)
     return (found["sum"], found["count"]) if found["count"] else None
+
+
+def model_cpus(args) -> set[int]:
+    """The CPUs the model runs on: ``--model-cpus``, else the server's."""
+    if args.model_cpus:
+        return set(args.model_cpus)
+    return set(parse_cpus(args.server_cpus)) if args.server_cpus else set(os.sched_getaffinity(0))
 
 
 def measure(
@@ -274,10 +305,11 @@ def measure(
     result: dict = {}
     repinned: list[str] = []
     batches_before = batches_after = None
+    idle_before = idle_after = {}
     for line in client.stdout:
         if line.strip() == "START":
             repinned = apart.pin()[1] if apart is not None else []
-            batches_before = batches(server.url)
+            batches_before, idle_before = batches(server.url), cpu_idle()
             tree, before = cpu_seconds(server.process.pid), {pid: thread_ticks(pid) for pid in pids}
             if profile is not None:
                 spy = subprocess.Popen(
@@ -290,7 +322,7 @@ def measure(
         elif line.strip() == "END":
             tree = cpu_seconds(server.process.pid) - tree
             after = {pid: thread_ticks(pid) for pid in pids}
-            batches_after = batches(server.url)
+            batches_after, idle_after = batches(server.url), cpu_idle()
         elif line.startswith("{"):
             result = json.loads(line)
     client.wait()
@@ -324,6 +356,7 @@ def measure(
         "client_cores": result["client_cpu_s"] / result["seconds"],
         "model_busy": model / TICKS / result["seconds"],
         "mean_batch": batch,
+        "model_cpus_idle": idle_share(idle_before, idle_after, model_cpus(args)),
         "load_average": load_average,
         "repinned": repinned,
         "threads": [
@@ -467,17 +500,18 @@ def summary(results: dict[tuple[str, str, int], Figures]) -> str:
     lines = [
         "",
         "| variant | route | clients | server CPU ms/request | event loop | model thread | other threads "
-        "| model thread, cores | images a batch "
+        "| model thread, cores | its CPUs idle | images a batch "
         "| requests/s | p50 ms | p99 ms | client cores | load average | requests/s, every round "
         "| server ms, every round |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
     ]
     for (name, route, clients), f in results.items():
         m = statistics.median
         batch = f"{m(f.mean_batch):.1f}" if f.mean_batch else "–"
         lines.append(
             f"| {name} | {route} | {clients} | {m(f.server_ms):.3f} | {m(f.loop_ms):.3f} "
-            f"| {m(f.model_ms):.3f} | {m(f.other_ms):.3f} | {m(f.model_busy):.2f} | {batch} "
+            f"| {m(f.model_ms):.3f} | {m(f.other_ms):.3f} | {m(f.model_busy):.2f} "
+            f"| {m(f.model_cpus_idle):.2f} | {batch} "
             f"| {m(f.requests_per_s):.1f} | {m(f.p50_ms):.2f} | {m(f.p99_ms):.1f} "
             f"| {m(f.client_cores):.2f} | {min(f.load_average):.2f}–{max(f.load_average):.2f} "
             f"| {', '.join(f'{x:.1f}' for x in f.requests_per_s)} "
@@ -631,13 +665,14 @@ def record(figures: Figures, got: dict, title: str) -> None:
     figures.client_cores.append(got["client_cores"])
     figures.load_average.append(got["load_average"])
     figures.model_busy.append(got["model_busy"])
+    figures.model_cpus_idle.append(got["model_cpus_idle"])
     if got["mean_batch"] is not None:
         figures.mean_batch.append(got["mean_batch"])
     print(
         f"{title}: server {got['server_ms']:.3f} ms/request (loop {got['loop_ms']:.3f}, model thread "
         f"{got['model_ms']:.3f}, other {got['other_ms']:.3f}), {got['requests_per_s']:.1f} requests/s, "
         f"p50 {got['p50_ms']:.2f} ms, p99 {got['p99_ms']:.1f} ms, client {got['client_cores']:.2f} cores, "
-        f"model thread {got['model_busy']:.2f} of a core, "
+        f"model thread {got['model_busy']:.2f} of a core, its CPUs idle {got['model_cpus_idle']:.2f}, "
         + (f"{got['mean_batch']:.1f} images a batch, " if got["mean_batch"] is not None else "")
         + f"load average {got['load_average']:.2f}, {got['failures']} failures {got['first_failure'][:60]}\n"
         f"  the worker's threads that ran (CPU per request): {'; '.join(got['threads'])}"
