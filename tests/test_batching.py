@@ -8,12 +8,15 @@ rule is checked with a model that records what it was called with.
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from service.serving.batching import Batcher, Deferred
+from service.serving.threads import MODEL_THREAD
 
 
 class RecordingModel:
@@ -83,6 +86,27 @@ def test_waiting_requests_share_one_call_and_deferred_work_runs_in_the_model_thr
     assert [r[:, 0].tolist() for r in results] == [[1], [2], [3, 4], [5]]
     assert work_threads and loop_thread not in work_threads  # decoded off the event loop
     assert work_threads <= model.threads  # in the thread that runs the model
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="native thread names: Linux's prctl")
+def test_the_model_thread_has_its_name_in_the_kernel():
+    """``top -H``, ``ps -T`` and the benchmarks' ``--model-cpus`` find the model's thread by the
+    name the kernel shows (``/proc/self/task/<tid>/comm``), not Python's alone."""
+    seen: dict[str, str] = {}
+
+    def model(batch: np.ndarray) -> np.ndarray:
+        seen["comm"] = Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text().strip()
+        seen["python"] = threading.current_thread().name
+        return batch[:, 0, 0, :1].astype(np.float32)
+
+    async def scenario():
+        return await Batcher(model, max_batch_size=32)(images(1))
+
+    assert asyncio.run(scenario())[:, 0].tolist() == [1]
+    assert seen["comm"] == MODEL_THREAD == "convzoo-model"
+    assert seen["python"].startswith(MODEL_THREAD)
+    own = Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text().strip()
+    assert own != MODEL_THREAD  # the caller's thread keeps its own name
 
 
 def test_a_failing_deferred_request_fails_alone():

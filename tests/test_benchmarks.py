@@ -15,6 +15,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -568,14 +569,19 @@ def test_http_served_groups_profile_samples_by_layer(tmp_path):
 @pytest.mark.slow
 def test_http_served_measures_both_routes_per_thread(models_dir, tmp_path):
     """``benchmarks.http_served`` against the real service (one short round): a row per route, the
-    server's CPU per request split by thread, every answer checked."""
-    pin = [] if {0, 1} <= os.sched_getaffinity(0) else ["--server-cpus", "", "--client-cpus", ""]
+    server's CPU per request split by thread, every answer checked; on two CPUs a second variant
+    with the worker's threads pinned apart (``--loop-cpus 0 --model-cpus 1``), which the kernel's
+    own record of each thread (``Cpus_allowed_list``, read back) shows."""
+    two = {0, 1} <= os.sched_getaffinity(0)
+    pin = ["--apart", "apart", "--loop-cpus", "0", "--model-cpus", "1"] if two else []
+    pin += [] if two else ["--server-cpus", "", "--client-cpus", ""]
     finished = subprocess.run(
         [
             sys.executable,
             "-m",
             "benchmarks.http_served",
             "only:",
+            *(["apart:"] if two else []),
             "--model",
             MODEL_NAME,
             "--models-dir",
@@ -602,6 +608,16 @@ def test_http_served_measures_both_routes_per_thread(models_dir, tmp_path):
     )
     assert finished.returncode == 0, finished.stderr[-2000:]
     rows = [line.split(" | ") for line in finished.stdout.splitlines() if line.startswith("| only |")]
-    assert [row[1] for row in rows] == ["v2", "classify"]
-    assert all(float(row[2]) > 0 and float(row[3]) > 0 for row in rows)
-    assert " 0 failures" in finished.stdout
+    assert [row[1:3] for row in rows] == [["v2", "4"], ["classify", "4"]]
+    assert all(float(row[3]) > 0 and float(row[4]) > 0 for row in rows)
+    windows = [line for line in finished.stdout.splitlines() if line.startswith("round ") and "p50" in line]
+    assert len(windows) == len(rows) * (2 if two else 1) and all(" 0 failures" in w for w in windows)
+    if two:
+        table = finished.stdout.split("threads pinned apart")[1]
+        worker = [line.split(" | ") for line in table.splitlines() if line.startswith("| worker ")]
+        main = worker[0][0].split()[-1]  # the worker's pid: its main thread, the event loop's
+        assert [row[3] for row in worker if row[1] == main] == ["0 |"]
+        assert [row[3] for row in worker if row[2] == "convzoo-model"] == ["1 |"]
+        assert {row[3] for row in worker if row[2] != "convzoo-model"} == {"0 |"}
+        assert re.search(r"\d+ convzoo-model on 1: [\d.]+ ms", finished.stdout)
+        assert len([line for line in finished.stdout.splitlines() if line.startswith("| apart |")]) == 2

@@ -47,6 +47,8 @@ from typing import Any
 
 import numpy as np
 
+from service.serving.threads import MODEL_THREAD, name_native_thread
+
 
 @dataclass(frozen=True)
 class Deferred:
@@ -130,7 +132,9 @@ class Batcher:
             self.runner.get_loop().call_soon_threadsafe(self.wakeup.set)
 
     async def _run(self) -> None:
-        self.thread = ThreadPoolExecutor(1, thread_name_prefix="convzoo-model")
+        self.thread = ThreadPoolExecutor(  # named in the kernel too: top -H, ps -T (serving.threads)
+            1, thread_name_prefix=MODEL_THREAD, initializer=name_native_thread, initargs=(MODEL_THREAD,)
+        )
         try:
             while not self.closed or self.queue:
                 await self.wakeup.wait()

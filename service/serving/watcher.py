@@ -47,6 +47,7 @@ from service import repository, runtimes
 from service.config import ServiceConfig
 from service.serving.metrics import ProcessSampler, metrics
 from service.serving.registry import Policy, Registry, ServedVersion, load_version
+from service.serving.threads import WATCHER_THREAD, name_native_thread
 
 logger = logging.getLogger("bentoml.convzoo")
 
@@ -84,13 +85,14 @@ class Watcher:
         self.thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self.thread = threading.Thread(target=self._run, name="convzoo-watcher", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=WATCHER_THREAD, daemon=True)
         self.thread.start()
 
     def stop(self) -> None:
         self.stopped.set()
 
     def _run(self) -> None:
+        name_native_thread(WATCHER_THREAD)  # as top -H and ps -T show it (service.serving.threads)
         next_poll = 0.0
         while not self.stopped.is_set():
             now = time.monotonic()
