@@ -14,8 +14,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import os
-import signal
 import struct
 import subprocess
 import time
@@ -27,7 +25,7 @@ import pytest
 import requests
 
 from benchmarks.peers import PEERS, Peer
-from tests.helpers import REPO, free_port
+from tests.helpers import REPO, free_port, stop_group
 
 PHOTOS = REPO.parent / "shared" / "data" / "photos-varied"
 MODELS = REPO / "models"
@@ -163,13 +161,7 @@ class PeerProcess:
 
     def stop(self) -> None:
         self._remember_children()
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_group(self.process)
         for child in self.children:
             with contextlib.suppress(psutil.NoSuchProcess):
                 child.kill()

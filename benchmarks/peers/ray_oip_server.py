@@ -23,13 +23,11 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import sys
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import numpy as np
-import ray
 from fastapi import FastAPI, Request, Response
 from ray import serve
 
@@ -41,8 +39,8 @@ from benchmarks.peers.oip_model import (
     infer_answer,
     parse_infer,
 )
+from benchmarks.peers.ray_run import serve_until_stopped
 
-OBJECT_STORE_BYTES = 256 * 1024 * 1024
 app = FastAPI(title="convzoo's model on Ray Serve (OIP peer)")
 
 
@@ -105,27 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_arguments(parser, port=8002, batch_wait_ms=0.0)
     args = parser.parse_args(argv)
-    ray.init(
-        num_cpus=len(os.sched_getaffinity(0)),
-        include_dashboard=False,
-        object_store_memory=OBJECT_STORE_BYTES,
-        log_to_driver=False,
+    deployment = OIPClassifier.bind(
+        args.model, str(args.models_dir.resolve()), args.threads, args.max_batch_size, args.batch_wait_ms
     )
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # after ray.init, which sets its own
-    try:
-        serve.start(http_options={"host": args.host, "port": args.port})
-        deployment = OIPClassifier.bind(
-            args.model, str(args.models_dir.resolve()), args.threads, args.max_batch_size, args.batch_wait_ms
-        )
-        serve.run(deployment, route_prefix="/")
-        print(f"Ray Serve ready on http://{args.host}:{args.port}", flush=True)
-        signal.pause()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-    return 0
+    return serve_until_stopped(deployment, args.host, args.port)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ Ctrl-C shuts Serve and Ray down.
 import argparse
 import asyncio
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -25,15 +24,14 @@ from typing import Annotated
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import numpy as np
-import ray
 from fastapi import FastAPI, File, HTTPException, UploadFile
 from ray import serve
 
 from benchmarks.modelrepo import DEFAULT_MODEL, DEFAULT_MODELS_DIR, read_metadata, resolve
 from benchmarks.peers.common import TOP_K, decode
+from benchmarks.peers.ray_run import serve_until_stopped
 from service.answers import top_k_answer
 
-OBJECT_STORE_BYTES = 256 * 1024 * 1024
 app = FastAPI(title="convzoo (Ray Serve peer)")
 
 
@@ -97,29 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     resolve(args.model, args.models_dir)  # fail fast, before starting Ray
 
-    ray.init(
-        num_cpus=len(os.sched_getaffinity(0)),
-        include_dashboard=False,
-        object_store_memory=OBJECT_STORE_BYTES,
-        log_to_driver=False,
+    deployment = Classifier.bind(
+        args.model, str(args.models_dir.resolve()), args.max_batch_size, args.batch_wait_ms
     )
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # after ray.init, which sets its own
-    try:
-        serve.start(http_options={"host": args.host, "port": args.port})
-        serve.run(
-            Classifier.bind(
-                args.model, str(args.models_dir.resolve()), args.max_batch_size, args.batch_wait_ms
-            ),
-            route_prefix="/",
-        )
-        print(f"Ray Serve ready on http://{args.host}:{args.port}", flush=True)
-        signal.pause()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-    return 0
+    return serve_until_stopped(deployment, args.host, args.port)
 
 
 if __name__ == "__main__":
